@@ -1,0 +1,21 @@
+# Two targets do everything on a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
+	touch $@
+
+.PHONY: install run test bench
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) -m fdrl_jax.main --config=configs/default.py --workdir=runs/default
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) experiments/bench_flow.py

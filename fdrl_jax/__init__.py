@@ -1,0 +1,16 @@
+"""fdrl_jax: generative modelling with density-ratio gradient flows (FDRL, MonoFlow) in JAX.
+
+Convention: r(x) = q(x)/p(x), q = prior / flowed samples, p = data (FDRL's). MonoFlow's logit is
+d = log p/q = −log r.
+"""
+
+from fdrl_jax import divergences, losses, priors
+from fdrl_jax.divergences import DIVERGENCES, flow_potential
+from fdrl_jax.flows import flow, potential_gradient, two_stage_flow
+from fdrl_jax.losses import LOSSES, bregman_loss
+from fdrl_jax.priors import fit_gaussian
+
+__all__ = [
+    "DIVERGENCES", "LOSSES", "bregman_loss", "divergences", "fit_gaussian", "flow",
+    "flow_potential", "losses", "potential_gradient", "priors", "two_stage_flow",
+]
