@@ -1,23 +1,68 @@
-"""Command-line entry point: ``python -m fdrl_jax.main --config=configs/default.py --workdir=DIR``.
+"""Command line: ``python -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits``.
 
-Training is not implemented yet (it is the next piece of work); today this command only checks its
-flags and says so. The library (divergences, losses, flow, priors) is usable from Python.
+Modes: ``--mode=train`` (default; resumes from the workdir's latest checkpoint) and
+``--mode=sample --num_samples=N --output=FILE.npz``. Override any config key with
+``--config.a.b=value``. For multi-host runs pass ``--distributed`` (calls
+``jax.distributed.initialize()``, which finds SLURM / TPU pod settings itself).
 """
 
-from absl import app, flags
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, e.g. configs/digits.py or configs/toy2d.py:chasm.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "sample mode: number of samples.")
+_OUTPUT = flags.DEFINE_string("output", None, "sample mode: output .npz file (key 'x').")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with bad flags and config overrides reported in one line."""
+  try:
+    rest = flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    _fail(f"unknown config key {str(e.args[0]).strip(chr(39) + chr(34) + chr(92))!r} in a --config.* override; "
+          "configs/default.py lists every key.")
+  except (flags.Error, TypeError, ValueError) as e:
+    _fail(f"{e} (configs/default.py lists every config key and its type).")
+  missing = [name for name in ("config", "workdir") if flags.FLAGS[name].value is None]
+  if missing:
+    _fail(f"--{' and --'.join(missing)} must be given, e.g. --config=configs/digits.py "
+          "--workdir=runs/digits.")
+  return rest
 
 
 def main(argv: list[str]) -> None:
   del argv
-  print(f"fdrl_jax: training is not implemented yet; nothing was written to {_WORKDIR.value!r}. "
-        "Use the library from Python (see README.md) until the training command lands.")
+  import jax  # imported here so that flag errors are reported before JAX starts
+  from fdrl_jax import run_lib
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  try:
+    if _MODE.value == "train":
+      run_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      if not _OUTPUT.value:
+        _fail("--mode=sample needs --output=FILE.npz.")
+      path = run_lib.sample_to_file(_CONFIG.value, _WORKDIR.value, _NUM_SAMPLES.value,
+                                    _OUTPUT.value)
+      print(f"wrote {_NUM_SAMPLES.value} samples to {path}")
+  except ValueError as e:
+    _fail(str(e))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -49,12 +49,14 @@ class UniformPrior:
 
 
 @struct.dataclass
-class StandardNormalPrior:
-  """N(0, I) with the given event shape."""
+class NormalPrior:
+  """N(loc, scale²·I) with the given event shape; the defaults give the standard normal."""
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
+  loc: float = struct.field(pytree_node=False, default=0.0)
+  scale: float = struct.field(pytree_node=False, default=1.0)
 
   def sample(self, key: Array, n: int) -> Array:
-    return jax.random.normal(key, (n, *self.event_shape))
+    return self.loc + self.scale * jax.random.normal(key, (n, *self.event_shape))
 
 
 @struct.dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fdrl_jax import priors
-from fdrl_jax.priors import (EmpiricalPrior, GaussianPrior, StandardNormalPrior, UniformPrior,
+from fdrl_jax.priors import (EmpiricalPrior, GaussianPrior, NormalPrior, UniformPrior,
                              fit_gaussian)
 
 COV = np.array([[0.20, 0.05, 0.00], [0.05, 0.10, -0.03], [0.00, -0.03, 0.15]])
@@ -57,8 +57,10 @@ def test_uniform_standard_normal_empirical():
   u = UniformPrior(event_shape=(2, 3)).sample(jax.random.key(0), 10_000)
   assert u.shape == (10_000, 2, 3)
   assert float(u.min()) >= -1 and float(u.max()) <= 1 and abs(float(u.mean())) < 0.02
-  z = StandardNormalPrior(event_shape=(4,)).sample(jax.random.key(1), 20_000)
+  z = NormalPrior(event_shape=(4,)).sample(jax.random.key(1), 20_000)
   assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+  z = NormalPrior(event_shape=(2,), loc=6.0, scale=0.5).sample(jax.random.key(1), 20_000)
+  assert abs(float(z.mean()) - 6) < 0.02 and abs(float(z.std()) - 0.5) < 0.01
   source = jnp.arange(12.0).reshape(6, 2)
   empirical = EmpiricalPrior(data=source)
   drawn = empirical.sample(jax.random.key(2), 50)

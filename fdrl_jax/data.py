@@ -1,0 +1,157 @@
+"""Bundled data sets that need no download, as float32 numpy arrays in the model's space.
+
+Toy sets (2-D, infinite: ``sample`` draws fresh points, ``test`` is None):
+
+* ``chasm``: FDRL's density-chasm target p = N((6, 6), 0.1·I) (its prior N(0, 0.1·I) lives elsewhere).
+* ``chasm_near``: p = N((1, 1), 0.1·I), FDRL Fig. 2a, where a stale ratio estimator still works.
+* ``8gaussians``: equal mixture of N(cᵢ, 0.1²·I), cᵢ = 2·(cos kπ/4, sin kπ/4), k = 0..7.
+* ``25gaussians``: equal mixture of N(cᵢ, 0.05²·I), cᵢ on the grid {-2, -1, 0, 1, 2}².
+* ``swissroll``: ``sklearn.datasets.make_swiss_roll(noise=1.0)``, coordinates (x, z) divided by 5
+  (the FFJORD convention), spanning about [-2.8, 2.8]².
+
+Image sets (NHWC float32 in [-1, 1], finite, with a fixed held-out split):
+
+* ``digits``: scikit-learn's 1 797 8×8 handwritten digits, x/8 − 1, shape (8, 8, 1); a permutation
+  drawn from ``seed`` holds out 297 images as ``test`` and keeps 1 500 for training.
+
+Batches are a pure function of (seed, step) (``get_batch``), so a resumed run sees the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+from sklearn import datasets as sk_datasets
+
+Sampler = Callable[[np.random.Generator, int], np.ndarray]
+
+CHASM_VARIANCE = 0.1
+EIGHT_GAUSSIANS_RADIUS = 2.0
+EIGHT_GAUSSIANS_STD = 0.1
+TWENTY_FIVE_GAUSSIANS_STD = 0.05
+SWISSROLL_NOISE = 1.0
+SWISSROLL_SCALE = 1.0 / 5.0
+DIGITS_TEST_SIZE = 297
+
+
+class Dataset(NamedTuple):
+  """A data set: a training-batch sampler plus, for finite data, its splits.
+
+  Attributes:
+    name: the registry name.
+    event_shape: shape of one example, e.g. (2,) or (8, 8, 1).
+    is_image: whether examples are NHWC images in [-1, 1].
+    sample: (rng, n) → a training batch (n, *event_shape), float32.
+    test: held-out examples, or None for the infinite toy sets.
+    train: the full training split, or None for the infinite toy sets.
+  """
+  name: str
+  event_shape: tuple[int, ...]
+  is_image: bool
+  sample: Sampler
+  test: np.ndarray | None
+  train: np.ndarray | None = None
+
+
+def gaussian_mixture_sampler(centres: np.ndarray, std: float) -> Sampler:
+  """Returns a sampler of the equal-weight mixture of N(cᵢ, std²·I) over the rows cᵢ of centres."""
+  centres = np.asarray(centres, np.float32)
+
+  def sample(rng: np.random.Generator, n: int) -> np.ndarray:
+    idx = rng.integers(len(centres), size=n)
+    noise = rng.standard_normal((n, centres.shape[1]), dtype=np.float32)
+    return centres[idx] + np.float32(std) * noise
+
+  return sample
+
+
+def swissroll_sample(rng: np.random.Generator, n: int) -> np.ndarray:
+  """Draws n points of the 2-D swiss roll: sklearn's (x, z) coordinates scaled by 1/5."""
+  x, _ = sk_datasets.make_swiss_roll(n_samples=n, noise=SWISSROLL_NOISE,
+                                     random_state=int(rng.integers(2**31)))
+  return (x[:, [0, 2]] * SWISSROLL_SCALE).astype(np.float32)
+
+
+def rows_sampler(rows: np.ndarray) -> Sampler:
+  """Returns a sampler drawing n distinct rows of a finite array (n ≤ its length)."""
+
+  def sample(rng: np.random.Generator, n: int) -> np.ndarray:
+    if n > len(rows):
+      raise ValueError(f"cannot draw {n} distinct examples from a training split of {len(rows)}")
+    return rows[rng.choice(len(rows), size=n, replace=False)]
+
+  return sample
+
+
+def toy_dataset(name: str, sample: Sampler) -> Dataset:
+  """Wraps an infinite 2-D sampler as a Dataset."""
+  return Dataset(name=name, event_shape=(2,), is_image=False, sample=sample, test=None)
+
+
+def eight_gaussians_centres() -> np.ndarray:
+  """Computes the 8 centres 2·(cos kπ/4, sin kπ/4), k = 0..7, shape (8, 2)."""
+  angles = np.arange(8) * np.pi / 4
+  return EIGHT_GAUSSIANS_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def twenty_five_gaussians_centres() -> np.ndarray:
+  """Computes the 25 centres of the grid {-2, -1, 0, 1, 2}², shape (25, 2)."""
+  grid = np.arange(-2.0, 3.0)
+  return np.stack(np.meshgrid(grid, grid, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def digits_images() -> np.ndarray:
+  """Loads scikit-learn's 8×8 digits as (1797, 8, 8, 1) float32 scaled from 0..16 to [-1, 1]."""
+  images = sk_datasets.load_digits().images
+  return (images[..., None] / 8.0 - 1.0).astype(np.float32)
+
+
+def build_digits(seed: int) -> Dataset:
+  """Builds the digits set with a seed-fixed split of 1 500 training and 297 test images."""
+  images = digits_images()
+  perm = np.random.default_rng(seed).permutation(len(images))
+  train, test = images[perm[DIGITS_TEST_SIZE:]], images[perm[:DIGITS_TEST_SIZE]]
+  return Dataset(name="digits", event_shape=(8, 8, 1), is_image=True,
+                 sample=rows_sampler(train), test=test, train=train)
+
+
+def chasm_sampler(mean: tuple[float, float]) -> Sampler:
+  """Returns a sampler of N(mean, 0.1·I) in 2-D."""
+  return gaussian_mixture_sampler(np.array([mean]), np.sqrt(CHASM_VARIANCE))
+
+
+DATASETS: dict[str, Callable[[int], Dataset]] = {
+    "chasm": lambda seed: toy_dataset("chasm", chasm_sampler((6.0, 6.0))),
+    "chasm_near": lambda seed: toy_dataset("chasm_near", chasm_sampler((1.0, 1.0))),
+    "8gaussians": lambda seed: toy_dataset(
+        "8gaussians", gaussian_mixture_sampler(eight_gaussians_centres(), EIGHT_GAUSSIANS_STD)),
+    "25gaussians": lambda seed: toy_dataset(
+        "25gaussians",
+        gaussian_mixture_sampler(twenty_five_gaussians_centres(), TWENTY_FIVE_GAUSSIANS_STD)),
+    "swissroll": lambda seed: toy_dataset("swissroll", swissroll_sample),
+    "digits": build_digits,
+}
+
+
+def create_dataset(name: str, *, seed: int = 0) -> Dataset:
+  """Builds the named data set; ``seed`` fixes the train/test split of finite sets.
+
+  Raises:
+    ValueError: if ``name`` is not a key of ``DATASETS``.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
+  return DATASETS[name](seed)
+
+
+def get_batch(dataset: Dataset, seed: int, step: int, batch_size: int) -> np.ndarray:
+  """Draws the training batch of step ``step``, a pure function of (seed, step)."""
+  return dataset.sample(np.random.default_rng([seed, step]), batch_size)
+
+
+def fit_samples(dataset: Dataset, n: int, seed: int) -> np.ndarray:
+  """Returns samples to fit a prior on: the whole training split if finite, else n fresh draws."""
+  if dataset.train is not None:
+    return dataset.train
+  return dataset.sample(np.random.default_rng(seed), n)

@@ -1,0 +1,213 @@
+"""The training loop and the sampling command around the pure steps of ``fdrl_jax.train``.
+
+A workdir holds ``config.json`` (the resolved config), ``checkpoints/`` (Orbax, the whole
+TrainState with the fitted prior), ``metrics.jsonl`` and ``samples/step_*.png``. Re-running the same
+command on the same workdir resumes from the latest checkpoint and replays exactly what an
+uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from fdrl_jax import data, images, models, train
+
+# Config keys that may change between runs on the same workdir (everything else must match).
+RESUMABLE_CHANGES = ("training",)
+
+
+class TrainingDiverged(ValueError):
+  """The loss became NaN or infinite."""
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json())
+
+
+def _check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bool) -> str:
+  """Refuses a workdir that is a file, unwritable, or written by an incompatible config."""
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is a file; give a directory.")
+  if create:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise ValueError(f"Cannot create --workdir {workdir}: {e.strerror}.") from None
+    if not os.access(workdir, os.W_OK):
+      raise ValueError(f"--workdir {workdir} is not writable; choose another directory.")
+  path = os.path.join(workdir, "config.json")
+  new = _config_dict(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if diff:
+      raise ValueError(
+          f"--workdir {workdir} was written by a different config (sections differ: "
+          f"{', '.join(diff)}); use a new --workdir, or the config in {path}.")
+  elif not create:
+    raise ValueError(f"--workdir {workdir} holds no run (no config.json); train there first.")
+  if create:
+    with open(path, "w") as f:
+      json.dump(new, f, indent=2)
+  return workdir
+
+
+class _Run:
+  """The pieces of a run built from its config (shared by training and sampling)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    self.config = config
+    self.dataset = data.create_dataset(config.data.name, seed=config.seed)
+    self.model = models.create_model(config.model)
+    self.tx = train.build_optimizer(config)
+    self.loss, self.potential = train.build_potential(config)
+    self.flow_spec = train.build_flow_spec(config)
+    self.mesh = train.data_mesh() if mesh is None else mesh
+    self.replicated = NamedSharding(self.mesh, P())
+    init_key, self.step_key, self.sample_key = jax.random.split(jax.random.key(config.seed), 3)
+    self.init_key = init_key
+
+  def new_state(self, fit: bool) -> train.TrainState:
+    fit_data = data.fit_samples(self.dataset, 10_000, self.config.seed) if fit else None
+    prior = train.build_prior(self.config, fit_data, self.dataset.event_shape)
+    state = train.create_train_state(self.model, self.tx, prior, self.init_key,
+                                     self.dataset.event_shape)
+    return jax.device_put(state, self.replicated)
+
+  def restore(self, mngr: ocp.CheckpointManager, step: int) -> train.TrainState:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.new_state(fit=False))
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return restored.state
+
+  def sampler(self):
+    return train.make_sampler(self.model.apply, self.potential, self.flow_spec)
+
+
+def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None
+                       ) -> train.TrainState:
+  """Trains FDRL per ``config`` in ``workdir``, resuming from its latest checkpoint if any."""
+  workdir = _check_workdir(workdir, config, create=True)
+  run = _Run(config, mesh)
+  cfg = config.training
+  dequantization = config.data.dequantization if run.dataset.is_image else 0.0
+  random_flip = config.data.random_flip and run.dataset.is_image
+  step_fn = train.jit_train_step(
+      lambda sharding: train.make_train_step(
+          run.model.apply, run.tx, run.loss, run.potential, run.flow_spec,
+          dequantization=dequantization, random_flip=random_flip,
+          ema_decay=config.optim.ema_decay, particle_sharding=sharding), run.mesh)
+  sampler = run.sampler()
+  reference = data.fit_samples(run.dataset, 2000, config.seed)
+
+  with _checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr:
+    latest = mngr.latest_step()
+    state = run.new_state(fit=True) if latest is None else run.restore(mngr, latest)
+    start = int(state.step)
+    if latest is not None:
+      print(f"Resuming from the checkpoint of step {latest} in {workdir}", flush=True)
+    pending: list[tuple[int, dict]] = []
+    last_good = latest
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=cfg.num_steps, initial=start, disable=not tty, dynamic_ncols=True)
+    clock = (time.perf_counter(), start)
+
+    def flush(step: int) -> None:
+      nonlocal pending, clock
+      fetched = jax.device_get(pending)
+      pending = []
+      for s, m in fetched:
+        if not np.isfinite(m["loss"]):
+          raise TrainingDiverged(
+              f"Training diverged: the loss is {m['loss']} at step {s}. The last good checkpoint "
+              f"(step {last_good}) is kept in {workdir}; lower the learning rate or the flow step "
+              "size and train in a new --workdir.")
+      if not fetched:
+        return
+      s, m = fetched[-1]
+      now = time.perf_counter()
+      rate = (step - clock[1]) / max(now - clock[0], 1e-9)
+      clock = (now, step)
+      record = {"step": s, **{k: float(v) for k, v in m.items()}, "steps_per_s": rate}
+      with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+      if tty:
+        bar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{rate:.1f}")
+      else:
+        print(f"step {s}/{cfg.num_steps}  loss {record['loss']:.5g}  ratio data "
+              f"{record['ratio_data']:.4g} flowed {record['ratio_flowed']:.4g}  {rate:.1f} steps/s",
+              flush=True)
+
+    for step in range(start, cfg.num_steps):
+      batch = data.get_batch(run.dataset, config.seed, step, config.data.batch_size)
+      state, metrics = step_fn(state, train.global_batch(batch, run.mesh), run.step_key)
+      pending.append((step + 1, metrics))
+      bar.update(1)
+      done = step + 1
+      last = done == cfg.num_steps
+      if done % cfg.log_every == 0 or last:
+        flush(done)
+      if done % cfg.checkpoint_every == 0 or last:
+        flush(done)
+        mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        last_good = done
+      if done % cfg.sample_every == 0 or last:
+        x = sampler(state.ema_params, state.prior, jax.random.fold_in(run.sample_key, done),
+                    cfg.num_grid_samples)
+        images.save_samples(np.asarray(x), os.path.join(workdir, "samples",
+                                                        f"step_{done:07d}.png"), reference)
+    bar.close()
+    mngr.wait_until_finished()
+  return state
+
+
+def sample_to_file(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
+                   output: str, batch_size: int | None = None) -> str:
+  """Draws ``num_samples`` with the EMA estimator of the latest checkpoint (K + κ flow steps) and
+  writes them to ``output`` (.npz, key ``x``, values clipped to [-1, 1] for images)."""
+  workdir = _check_workdir(workdir, config, create=False)
+  if num_samples < 1:
+    raise ValueError(f"--num_samples must be positive, got {num_samples}.")
+  if os.path.exists(output):
+    raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
+  run = _Run(config)
+  with _checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
+    latest = mngr.latest_step()
+    if latest is None:
+      raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")
+    state = run.restore(mngr, latest)
+  sampler = run.sampler()
+  batch_size = batch_size or config.data.batch_size
+  chunks, key = [], jax.random.fold_in(run.sample_key, 0)  # training grids use steps ≥ 1
+  with tqdm(total=num_samples, disable=not sys.stderr.isatty(), unit="sample") as bar:
+    for i, start in enumerate(range(0, num_samples, batch_size)):
+      n = min(batch_size, num_samples - start)
+      x = sampler(state.ema_params, state.prior, jax.random.fold_in(key, i), n)
+      chunks.append(np.asarray(x))
+      bar.update(n)
+  folder = os.path.dirname(os.path.abspath(output))
+  os.makedirs(folder, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as f:
+    np.savez(f, x=np.concatenate(chunks))
+  os.replace(f.name, output)
+  return output
