@@ -2,23 +2,26 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python experiments/bench_flow.py            # full run (a few minutes on 2 CPU cores)
+    PYTHONPATH=. python experiments/bench_flow.py            # full run: ~4 min on 2 CPU cores
     PYTHONPATH=. python experiments/bench_flow.py --quick    # seconds: small K, small batch
     PYTHONPATH=. python experiments/bench_flow.py --cases conv --steps 10,100 --conv-batch 8
 
 Two potentials: the paper's toy MLP on 2-D particles, and a three-layer conv net on 32×32×3
 images (a stand-in for the CIFAR10 ResNet). For each case and number of steps K, three strategies:
 
-* ``auto``: ``unroll=None``, what the library picks (on CPU: unrolled for conv nets, a loop else);
+* ``auto``: ``unroll=None``, what the library picks (on CPU: straight-line code for conv flows of
+  at most ``fdrl_jax.flows.CPU_UNROLL_MAX_STEPS`` steps, a loop otherwise);
 * ``scan``: ``unroll=1``, a ``lax.scan`` loop (the strategy before the CPU special case);
+* ``unrolled`` (conv only): ``unroll=True``, straight-line code at any K (slow to compile);
 * ``python-loop`` (conv only): a Python for-loop over a jitted one-step flow, which pays a dispatch
   per step and cannot run inside a user's ``jax.jit``.
 
 Columns: compile time (lower + compile, ahead of time); steady time per call (median of repeated
 calls, ``block_until_ready``), per step and in particle-steps/s; XLA's temporary buffer size from
-``memory_analysis()`` (it should not grow with K) and, on GPU, the process's peak device memory so
-far; for the conv net the achieved GFLOP/s, from ``cost_analysis()`` of one step times K (XLA counts
-a while-loop body once, so the whole program's count would undercount ``scan``).
+``memory_analysis()`` (constant in K for a loop; it grows with K where the flow is unrolled) and,
+on GPU, the process's peak device memory so far; for the conv net the achieved GFLOP/s, from
+``cost_analysis()`` of one step times K (XLA counts a while-loop body once, so the whole program's
+count would undercount ``scan``).
 """
 
 from __future__ import annotations
@@ -36,30 +39,21 @@ import jax.numpy as jnp
 
 from fdrl_jax import flow
 from fdrl_jax.flows import _auto_unroll
+from fdrl_jax.models import MLP
 
 MiB = 2**20
 STEP_SIZE = 1e-3
 NOISE_SCALE = 1e-2
 
 
-class ToyMLP(nn.Module):
-  """The paper's toy potential: Dense 2→64, three Dense 64→64, Dense 64→1, LeakyReLU(0.2)."""
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for _ in range(4):
-      x = nn.leaky_relu(nn.Dense(64)(x), 0.2)
-    return nn.Dense(1)(x)
-
-
 class ConvNet(nn.Module):
-  """CIFAR10 stand-in: three 3×3 convs to 128 channels (no bias), LeakyReLU(0.2), mean pool, Dense."""
+  """CIFAR10 stand-in: three 3×3 convs to 128 channels (no bias), LeakyReLU(0.2), pool, Dense."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for _ in range(3):
       x = nn.leaky_relu(nn.Conv(128, (3, 3), use_bias=False)(x), 0.2)
-    return nn.Dense(1)(x.mean(axis=(1, 2)))
+    return nn.Dense(1)(x.mean(axis=(1, 2)))[:, 0]
 
 
 @dataclass(frozen=True)
@@ -72,10 +66,11 @@ class Case:
 
 
 CASES = {
-    "mlp": Case("mlp", ToyMLP(), (2,), None, ("auto", "scan")),
-    "conv": Case("conv", ConvNet(), (32, 32, 3), (-1.0, 1.0), ("auto", "scan", "python-loop")),
+    "mlp": Case("mlp", MLP(), (2,), None, ("auto", "scan")),  # the paper's toy MLP
+    "conv": Case("conv", ConvNet(), (32, 32, 3), (-1.0, 1.0),
+                 ("auto", "scan", "unrolled", "python-loop")),
 }
-UNROLL = {"auto": None, "scan": 1, "python-loop": None}
+UNROLL = {"auto": None, "scan": 1, "unrolled": True, "python-loop": None}
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,7 @@ def make_flow_fn(case: Case, num_steps: int, unroll: int | bool | None) -> Calla
   """Jitted (params, x0, key) → particles after ``num_steps`` steps; params are an argument."""
 
   def run(params, x0, key):
-    potential = lambda x: case.model.apply(params, x)[:, 0]
+    potential = lambda x: case.model.apply(params, x)
     return flow(potential, x0, key, num_steps=num_steps, step_size=STEP_SIZE,
                 noise_scale=NOISE_SCALE, clip=case.clip, unroll=unroll)
 
@@ -160,7 +155,7 @@ def bench_strategy(case: Case, strategy: str, num_steps: int, params, x0: jax.Ar
   call_s = median_call_s(call, args.repeats, args.budget)
   memory = compiled.memory_analysis()
   if unroll is None:
-    unroll = _auto_unroll(lambda x: case.model.apply(params, x)[:, 0], x0)
+    unroll = _auto_unroll(lambda x: case.model.apply(params, x), x0, num_steps)
   return Result(case.name, x0.shape[0], num_steps, strategy, unroll, compile_s, call_s,
                 memory.temp_size_in_bytes / MiB,
                 None if flops is None else flops * num_steps / call_s / 1e9, gpu_peak_mib())

@@ -14,9 +14,12 @@ Execution strategy. The step loop is a ``jax.lax.scan``: constant memory and com
 number of steps, which is what GPU and TPU want. XLA:CPU, however, runs the input-gradient
 convolution of a conv net several times slower inside a while-loop body than in straight-line code
 (jax-ml/jax#12868: in a loop the transposed kernel is not re-laid-out for the fast convolution
-path). So on CPU, when the potential's gradient contains a convolution, the scan is fully unrolled;
-dense potentials (MLPs) keep the loop, which is as fast there and compiles in constant time. The
-figures are in ``experiments/bench_flow.py``. ``unroll`` overrides the choice.
+path). So on CPU, when the potential's gradient contains a convolution and the flow has at most
+``CPU_UNROLL_MAX_STEPS`` steps, the steps are traced in straight-line code (3-5x faster per step);
+longer conv flows keep the loop, because XLA's compile time grows faster than linearly in the
+unrolled length (about 100 s for K = 100 of a 3-layer conv net). Dense potentials (MLPs) always
+keep the loop, which is as fast there and compiles in constant time. The figures are in
+``experiments/README.md``. ``unroll`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -44,12 +47,16 @@ def _has_convolution(jaxpr) -> bool:
   return False
 
 
-def _auto_unroll(potential_fn: PotentialFn, x0: Array) -> int | bool:
-  if jax.default_backend() != "cpu":
+# Longest conv flow that is unrolled on CPU: its compile time stays within seconds.
+CPU_UNROLL_MAX_STEPS = 20
+
+
+def _auto_unroll(potential_fn: PotentialFn, x0: Array, num_steps: int) -> int | bool:
+  if jax.default_backend() != "cpu" or num_steps > CPU_UNROLL_MAX_STEPS:
     return 1
   spec = jax.ShapeDtypeStruct(x0.shape, x0.dtype)
   jaxpr = jax.make_jaxpr(lambda x: potential_gradient(potential_fn, x))(spec)
-  return _has_convolution(jaxpr.jaxpr) or 1  # True unrolls fully (even a 1-step scan).
+  return _has_convolution(jaxpr.jaxpr) or 1
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -107,9 +114,8 @@ def flow(
     save_every: if given, also return the trajectory: x0 and the particles after every
       ``save_every`` steps, shape (num_steps // save_every + 1, B, ...). Must divide num_steps.
       Without it, memory does not grow with ``num_steps``.
-    unroll: scan unroll factor (True unrolls fully); default: chosen per backend and
-      potential (see the module docstring). On CPU, ``unroll=1`` trades a conv net's run time for
-      compile time.
+    unroll: scan unroll factor, or True for straight-line code; default: chosen per backend,
+      potential and length (see the module docstring).
 
   Returns:
     The particles after ``num_steps`` steps, and the trajectory if ``save_every`` is given.
@@ -121,7 +127,7 @@ def flow(
   if not jnp.issubdtype(x0.dtype, jnp.floating):
     raise ValueError(f"x0 must be a floating-point array, got dtype {x0.dtype}.")
   if unroll is None:
-    unroll = _auto_unroll(potential_fn, x0)
+    unroll = _auto_unroll(potential_fn, x0, num_steps)
   elif unroll is not True:
     unroll = _check_int("unroll", unroll)
 
@@ -134,21 +140,34 @@ def flow(
       x = jnp.clip(x, clip[0], clip[1])
     return (x, k + 1), None
 
+  def run(carry, length):
+    if unroll is True:  # straight-line code (lax.scan turns a 1-step full unroll into a loop)
+      for _ in range(length):
+        carry, _ = step(carry, None)
+      return carry
+    return jax.lax.scan(step, carry, length=length, unroll=unroll)[0]
+
   start = (x0, jnp.zeros((), jnp.uint32))
   if save_every is None:
-    (x, _), _ = jax.lax.scan(step, start, length=num_steps, unroll=unroll)
-    return x
+    return run(start, num_steps)[0]
 
   save_every = _check_int("save_every", save_every)
   if num_steps % save_every:
     raise ValueError(f"save_every={save_every} must divide num_steps={num_steps}.")
 
+  saved, carry = [x0], start
+  if unroll is True:
+    for _ in range(num_steps // save_every):
+      carry = run(carry, save_every)
+      saved.append(carry[0])
+    return carry[0], jnp.stack(saved)
+
   def chunk(carry, _):
-    carry, _ = jax.lax.scan(step, carry, length=save_every, unroll=unroll)
+    carry = run(carry, save_every)
     return carry, carry[0]
 
-  (x, _), saved = jax.lax.scan(chunk, start, length=num_steps // save_every, unroll=unroll)
-  return x, jnp.concatenate([x0[None], saved])
+  (x, _), traj = jax.lax.scan(chunk, start, length=num_steps // save_every)
+  return x, jnp.concatenate([x0[None], traj])
 
 
 def two_stage_flow(

@@ -67,7 +67,7 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: b
   return workdir
 
 
-class _Run:
+class Run:
   """The pieces of a run built from its config (shared by training and sampling)."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
@@ -97,6 +97,22 @@ class _Run:
   def sampler(self):
     return train.make_sampler(self.model.apply, self.potential, self.flow_spec)
 
+  def train_step(self):
+    """The jitted, data-parallel ``step(state, batch, key)`` of Algorithm 1 for this config."""
+    is_image = self.dataset.is_image
+    return train.jit_train_step(
+        lambda sharding: train.make_train_step(
+            self.model.apply, self.tx, self.loss, self.potential, self.flow_spec,
+            dequantization=self.config.data.dequantization if is_image else 0.0,
+            random_flip=self.config.data.random_flip and is_image,
+            ema_decay=self.config.optim.ema_decay, particle_sharding=sharding), self.mesh)
+
+  def batch(self, step: int):
+    """The global batch of training step ``step``, placed on the mesh."""
+    return train.global_batch(
+        data.get_batch(self.dataset, self.config.seed, step, self.config.data.batch_size),
+        self.mesh)
+
 
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
@@ -108,15 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
                        ) -> train.TrainState:
   """Trains FDRL per ``config`` in ``workdir``, resuming from its latest checkpoint if any."""
   workdir = _check_workdir(workdir, config, create=True)
-  run = _Run(config, mesh)
+  run = Run(config, mesh)
   cfg = config.training
-  dequantization = config.data.dequantization if run.dataset.is_image else 0.0
-  random_flip = config.data.random_flip and run.dataset.is_image
-  step_fn = train.jit_train_step(
-      lambda sharding: train.make_train_step(
-          run.model.apply, run.tx, run.loss, run.potential, run.flow_spec,
-          dequantization=dequantization, random_flip=random_flip,
-          ema_decay=config.optim.ema_decay, particle_sharding=sharding), run.mesh)
+  step_fn = run.train_step()
   sampler = run.sampler()
   reference = data.fit_samples(run.dataset, 2000, config.seed)
 
@@ -159,8 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
               flush=True)
 
     for step in range(start, cfg.num_steps):
-      batch = data.get_batch(run.dataset, config.seed, step, config.data.batch_size)
-      state, metrics = step_fn(state, train.global_batch(batch, run.mesh), run.step_key)
+      state, metrics = step_fn(state, run.batch(step), run.step_key)
       pending.append((step + 1, metrics))
       bar.update(1)
       done = step + 1
@@ -190,7 +199,7 @@ def sample_to_file(config: ml_collections.ConfigDict, workdir: str, num_samples:
     raise ValueError(f"--num_samples must be positive, got {num_samples}.")
   if os.path.exists(output):
     raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
-  run = _Run(config)
+  run = Run(config)
   with _checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
     latest = mngr.latest_step()
     if latest is None:

@@ -100,9 +100,14 @@ def build_prior(config: ml_collections.ConfigDict, fit_data: np.ndarray | None,
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, prior, key: Array,
                        event_shape: tuple[int, ...]) -> TrainState:
-  params = model.init(key, jnp.zeros((1, *event_shape)))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    ema_params=jax.tree.map(jnp.copy, params), prior=prior)
+  @jax.jit  # one compilation instead of one per initialiser op
+  def init(key):
+    params = model.init(key, jnp.zeros((1, *event_shape)))
+    return params, tx.init(params), jax.tree.map(jnp.copy, params)
+
+  params, opt_state, ema_params = init(key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                    ema_params=ema_params, prior=prior)
 
 
 def estimator_potential(apply_fn: Callable, potential: Callable, params) -> Callable[[Array], Array]:
@@ -156,7 +161,7 @@ def make_train_step(
         lambda o: o)
     metrics = {"loss": value, "data_term": data_term, "flowed_term": flowed_term,
                "ratio_data": jnp.mean(to_ratio(out_p)), "ratio_flowed": jnp.mean(to_ratio(out_q)),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema_params)
     return new_state, metrics

@@ -1,0 +1,171 @@
+"""Training (Algorithm 1): data-parallel equivalence, exact resume, the CLI end to end, bad input."""
+
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits, toy2d
+from fdrl_jax import run_lib, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_digits_config(num_steps=4):
+  config = digits.get_config()
+  config.data.batch_size = 8
+  config.flow.num_steps = 2
+  config.flow.num_refine_steps = 1
+  config.training.num_steps = num_steps
+  config.training.log_every = 2
+  config.training.checkpoint_every = 2
+  config.training.sample_every = num_steps
+  config.training.num_grid_samples = 4
+  return config
+
+
+def one_step(config, devices):
+  """One training step of ``config`` on a mesh over ``devices``; returns parameters and metrics."""
+  run = run_lib.Run(config, train.data_mesh(devices))
+  state, metrics = run.train_step()(run.new_state(fit=True), run.batch(0), jax.random.key(1))
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+def test_four_devices_equal_one_device():
+  assert len(jax.devices()) == 4, "tests/conftest.py fakes 4 CPU devices"
+  config = tiny_digits_config()
+  config.data.random_flip = True  # exercise every random input of the step
+  params_1, metrics_1 = one_step(config, jax.devices()[:1])
+  params_4, metrics_4 = one_step(config, jax.devices())
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               params_1, params_4)
+  np.testing.assert_allclose(metrics_1["loss"], metrics_4["loss"], rtol=1e-4)
+
+
+def test_step_moves_every_parameter_and_keeps_them_finite():
+  config = tiny_digits_config()
+  params, metrics = one_step(config, jax.devices()[:1])
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+  assert set(metrics) == {"loss", "data_term", "flowed_term", "ratio_data", "ratio_flowed",
+                          "grad_norm"}
+
+
+def test_resume_replays_exactly(tmp_path):
+  config = toy2d.get_config("8gaussians")
+  config.training.num_steps = 6
+  config.training.checkpoint_every = 3
+  config.training.sample_every = 6
+  config.training.log_every = 3
+  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.training.num_steps = 3
+  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  config.training.num_steps = 6
+  resumed = run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert int(resumed.step) == int(straight.step) == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params),
+               jax.device_get(resumed.params))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.opt_state),
+               jax.device_get(resumed.opt_state))
+
+
+def test_interrupted_save_is_not_taken_as_latest(tmp_path):
+  config = toy2d.get_config("8gaussians")
+  config.training.num_steps = 2
+  config.training.checkpoint_every = 2
+  workdir = tmp_path / "run"
+  run_lib.train_and_evaluate(config, str(workdir))
+  ckpts = workdir / "checkpoints"
+  # What a save killed half-way leaves: an unfinalised temporary folder of a later step.
+  shutil.copytree(ckpts / "2", ckpts / "4.orbax-checkpoint-tmp-1700000000000000")
+  (ckpts / "4.orbax-checkpoint-tmp-1700000000000000" / "commit_success.txt").unlink(
+      missing_ok=True)
+  config.training.num_steps = 4
+  state = run_lib.train_and_evaluate(config, str(workdir))
+  assert int(state.step) == 4  # resumed from step 2, not from the half-written step 4
+  assert (ckpts / "4").is_dir()
+
+
+def cli(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, "-m", "fdrl_jax.main", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+TINY_FLAGS = ["--config.data.batch_size=8", "--config.flow.num_steps=2",
+              "--config.flow.num_refine_steps=1", "--config.training.log_every=2",
+              "--config.training.checkpoint_every=2", "--config.training.sample_every=3",
+              "--config.training.num_grid_samples=4"]
+
+
+def test_digits_end_to_end_through_main(tmp_path):
+  workdir = str(tmp_path / "digits")
+  first = cli("--config=configs/digits.py", f"--workdir={workdir}",
+              "--config.training.num_steps=3", *TINY_FLAGS)
+  assert first.returncode == 0, first.stderr
+  second = cli("--config=configs/digits.py", f"--workdir={workdir}",
+               "--config.training.num_steps=5", *TINY_FLAGS)
+  assert second.returncode == 0, second.stderr
+  assert "Resuming from the checkpoint of step 3" in second.stdout
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3", "4", "5"][-3:]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [2, 3, 4, 5]
+  assert all(np.isfinite(r["loss"]) for r in records)
+  assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
+      "step_0000003.png", "step_0000005.png"]
+  out = str(tmp_path / "samples.npz")
+  sampled = cli("--config=configs/digits.py", f"--workdir={workdir}", "--mode=sample",
+                "--num_samples=10", f"--output={out}", *TINY_FLAGS)
+  assert sampled.returncode == 0, sampled.stderr
+  x = np.load(out)["x"]
+  assert x.shape == (10, 8, 8, 1) and x.min() >= -1 and x.max() <= 1
+  again = cli("--config=configs/digits.py", f"--workdir={workdir}", "--mode=sample",
+              "--num_samples=10", f"--output={out}", *TINY_FLAGS)
+  assert again.returncode == 2 and "exists" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.flow.nm=3"], "unknown config key 'nm'"),
+    (["--config.flow.num_steps=abc"], "invalid literal for int()"),
+    (["--config.loss.name=bce"], "Unknown loss 'bce'. Available losses are: kl, lr, lsif."),
+])
+def test_bad_config_is_one_line(tmp_path, args, message):
+  result = cli("--config=configs/toy2d.py:chasm", f"--workdir={tmp_path / 'w'}", *args)
+  assert result.returncode == 2
+  assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_bad_workdirs(tmp_path):
+  config = tiny_digits_config()
+  a_file = tmp_path / "file"
+  a_file.write_text("mine")
+  with pytest.raises(ValueError, match="is a file"):
+    run_lib.train_and_evaluate(config, str(a_file))
+  assert a_file.read_text() == "mine"
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump({**json.loads(config.to_json()), "loss": {"name": "lr"}}, f)
+  with pytest.raises(ValueError, match="different config.*loss"):
+    run_lib.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
+    run_lib.sample_to_file(config, str(tmp_path / "empty"), 4, str(tmp_path / "s.npz"))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_digits_config(num_steps=40)
+  config.optim.learning_rate = 1e6  # diverges within a few steps
+  config.flow.clip = False
+  workdir = tmp_path / "nan"
+  with pytest.raises(run_lib.TrainingDiverged, match=r"at step \d+\. The last good checkpoint") as info:
+    run_lib.train_and_evaluate(config, str(workdir))
+  bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+  saved = sorted(int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit())
+  assert all(s < bad_step for s in saved)
+  if (workdir / "metrics.jsonl").exists():
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert all(np.isfinite(r["loss"]) for r in records)
