@@ -19,3 +19,4 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_flow.py
+	$(PY) experiments/bench_train.py

@@ -6,8 +6,10 @@ Run from the repository root::
     PYTHONPATH=. python experiments/bench_flow.py --quick    # seconds: small K, small batch
     PYTHONPATH=. python experiments/bench_flow.py --cases conv --steps 10,100 --conv-batch 8
 
-Two potentials: the paper's toy MLP on 2-D particles, and a three-layer conv net on 32×32×3
-images (a stand-in for the CIFAR10 ResNet). For each case and number of steps K, three strategies:
+Potentials: the paper's toy MLP on 2-D particles (``mlp``), and a three-layer conv net on 32×32×3
+images (a stand-in for the CIFAR10 ResNet) built with plain ``jax.lax`` convolutions, as a user's
+``nn.Conv`` is (``conv``), or with ``fdrl_jax.conv`` as the package's estimators are
+(``conv-fdrl``). For each case and number of steps K, the strategies:
 
 * ``auto``: ``unroll=None``, what the library picks (on CPU: straight-line code for conv flows of
   at most ``fdrl_jax.flows.CPU_UNROLL_MAX_STEPS`` steps, a loop otherwise);
@@ -39,6 +41,7 @@ import jax.numpy as jnp
 
 from fdrl_jax import flow
 from fdrl_jax.flows import _auto_unroll
+from fdrl_jax.conv import conv_general_dilated
 from fdrl_jax.models import MLP
 
 MiB = 2**20
@@ -47,12 +50,18 @@ NOISE_SCALE = 1e-2
 
 
 class ConvNet(nn.Module):
-  """CIFAR10 stand-in: three 3×3 convs to 128 channels (no bias), LeakyReLU(0.2), pool, Dense."""
+  """CIFAR10 stand-in: three 3×3 convs to 128 channels (no bias), LeakyReLU(0.2), pool, Dense.
+
+  ``loop_friendly`` selects ``fdrl_jax.conv.conv_general_dilated`` (what the package's estimators
+  use) instead of ``jax.lax.conv_general_dilated`` (what a user's plain ``nn.Conv`` uses).
+  """
+  loop_friendly: bool
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    kwargs = {"conv_general_dilated": conv_general_dilated} if self.loop_friendly else {}
     for _ in range(3):
-      x = nn.leaky_relu(nn.Conv(128, (3, 3), use_bias=False)(x), 0.2)
+      x = nn.leaky_relu(nn.Conv(128, (3, 3), use_bias=False, **kwargs)(x), 0.2)
     return nn.Dense(1)(x.mean(axis=(1, 2)))[:, 0]
 
 
@@ -67,8 +76,10 @@ class Case:
 
 CASES = {
     "mlp": Case("mlp", MLP(), (2,), None, ("auto", "scan")),  # the paper's toy MLP
-    "conv": Case("conv", ConvNet(), (32, 32, 3), (-1.0, 1.0),
+    "conv": Case("conv", ConvNet(loop_friendly=False), (32, 32, 3), (-1.0, 1.0),
                  ("auto", "scan", "unrolled", "python-loop")),
+    "conv-fdrl": Case("conv-fdrl", ConvNet(loop_friendly=True), (32, 32, 3), (-1.0, 1.0),
+                      ("auto", "python-loop")),
 }
 UNROLL = {"auto": None, "scan": 1, "unrolled": True, "python-loop": None}
 
@@ -155,7 +166,7 @@ def bench_strategy(case: Case, strategy: str, num_steps: int, params, x0: jax.Ar
   call_s = median_call_s(call, args.repeats, args.budget)
   memory = compiled.memory_analysis()
   if unroll is None:
-    unroll = _auto_unroll(lambda x: case.model.apply(params, x), x0, num_steps)
+    unroll = _auto_unroll(lambda x: case.model.apply(params, x), x0, 1 if loop else num_steps)
   return Result(case.name, x0.shape[0], num_steps, strategy, unroll, compile_s, call_s,
                 memory.temp_size_in_bytes / MiB,
                 None if flops is None else flops * num_steps / call_s / 1e9, gpu_peak_mib())
@@ -165,7 +176,7 @@ def bench_case(case: Case, batch: int, steps: list[int], args: argparse.Namespac
   key_init, key_x, key_flow = jax.random.split(jax.random.key(0), 3)
   x0 = jax.random.uniform(key_x, (batch, *case.particle_shape), minval=-1.0, maxval=1.0)
   params = case.model.init(key_init, x0)
-  flops = step_flops(case, params, x0, key_flow) if case.name == "conv" else None
+  flops = step_flops(case, params, x0, key_flow) if case.name != "mlp" else None
   return [bench_strategy(case, strategy, num_steps, params, x0, key_flow, args, flops)
           for num_steps in steps for strategy in case.strategies]
 
@@ -199,7 +210,8 @@ def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true",
                       help="small K and conv batch (overrides --steps, --conv-batch, --repeats)")
-  parser.add_argument("--cases", default="mlp,conv", help="comma-separated, from: mlp, conv")
+  parser.add_argument("--cases", default="mlp,conv,conv-fdrl",
+                      help="comma-separated, from: mlp, conv, conv-fdrl")
   parser.add_argument("--steps", default="10,100", help="comma-separated numbers of steps K")
   parser.add_argument("--mlp-batch", type=int, default=256)
   parser.add_argument("--conv-batch", type=int, default=8)
@@ -215,7 +227,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
   args = parse_args()
   steps = [int(k) for k in args.steps.split(",")]
-  batches = {"mlp": args.mlp_batch, "conv": args.conv_batch}
+  batches = {"mlp": args.mlp_batch, "conv": args.conv_batch, "conv-fdrl": args.conv_batch}
   results = []
   for name in args.cases.split(","):
     results += bench_case(CASES[name], batches[name], steps, args)

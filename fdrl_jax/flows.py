@@ -11,15 +11,14 @@ transform. Particles move independently; the gradient of the batch *sum* is each
 gradient.
 
 Execution strategy. The step loop is a ``jax.lax.scan``: constant memory and compile time in the
-number of steps, which is what GPU and TPU want. XLA:CPU, however, runs the input-gradient
-convolution of a conv net several times slower inside a while-loop body than in straight-line code
-(jax-ml/jax#12868: in a loop the transposed kernel is not re-laid-out for the fast convolution
-path). So on CPU, when the potential's gradient contains a convolution and the flow has at most
-``CPU_UNROLL_MAX_STEPS`` steps, the steps are traced in straight-line code (3-5x faster per step);
-longer conv flows keep the loop, because XLA's compile time grows faster than linearly in the
-unrolled length (about 100 s for K = 100 of a 3-layer conv net). Dense potentials (MLPs) always
-keep the loop, which is as fast there and compiles in constant time. The figures are in
-``experiments/README.md``. ``unroll`` overrides the choice.
+number of steps. XLA:CPU, however, runs the input gradient of ``jax.lax.conv_general_dilated``
+several times slower inside a while-loop body than in straight-line code (jax-ml/jax#12868: in a
+loop the reversed kernel is not re-laid-out for the fast convolution path). The estimators of this
+package use ``fdrl_jax.conv.conv_general_dilated``, whose gradient avoids that, so their flows stay
+a fast loop. For any other potential whose gradient has that slow pattern, on CPU, flows of at most
+``CPU_UNROLL_MAX_STEPS`` steps are traced as straight-line code instead (faster per step; longer
+ones keep the loop, since compiling a long unrolled conv flow takes minutes). GPU and TPU always
+run the loop. The figures are in ``experiments/README.md``. ``unroll`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -29,21 +28,26 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 
 Array = jax.Array
 PotentialFn = Callable[[Array], Array]
 
 
-def _has_convolution(jaxpr) -> bool:
-  """Whether a jaxpr, or any jaxpr nested in its equations, contains a convolution."""
+def _has_slow_loop_convolution(jaxpr) -> bool:
+  """Whether a jaxpr (or one nested in it) convolves with a reversed kernel: the input gradient
+  of ``jax.lax.conv_general_dilated``, which XLA:CPU runs slowly inside loop bodies."""
+  reversed_vars = set()
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "conv_general_dilated":
+    name = eqn.primitive.name
+    if name == "rev":
+      reversed_vars.update(eqn.outvars)
+    elif name == "conv_general_dilated":
+      kernel = eqn.invars[1]
+      if isinstance(kernel, jax_core.Var) and kernel in reversed_vars:
+        return True
+    if any(_has_slow_loop_convolution(sub) for sub in jax_core.jaxprs_in_params(eqn.params)):
       return True
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr → Jaxpr
-        if hasattr(sub, "eqns") and _has_convolution(sub):
-          return True
   return False
 
 
@@ -56,7 +60,7 @@ def _auto_unroll(potential_fn: PotentialFn, x0: Array, num_steps: int) -> int | 
     return 1
   spec = jax.ShapeDtypeStruct(x0.shape, x0.dtype)
   jaxpr = jax.make_jaxpr(lambda x: potential_gradient(potential_fn, x))(spec)
-  return _has_convolution(jaxpr.jaxpr) or 1
+  return _has_slow_loop_convolution(jaxpr.jaxpr) or 1
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -131,11 +135,15 @@ def flow(
   elif unroll is not True:
     unroll = _check_int("unroll", unroll)
 
+  # A literal zero noise scale skips drawing the noise (MonoFlow and the toy flows are deterministic).
+  deterministic = isinstance(noise_scale, (int, float)) and noise_scale == 0
+
   def step(carry, _):
     x, k = carry  # the step counter rides in the carry: no per-step input array of length K
     _, grad = potential_gradient(potential_fn, x)
-    noise = jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype)
-    x = x - step_size * grad + noise_scale * noise
+    x = x - step_size * grad
+    if not deterministic:
+      x = x + noise_scale * jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype)
     if clip is not None:
       x = jnp.clip(x, clip[0], clip[1])
     return (x, k + 1), None

@@ -2,6 +2,8 @@
 
 The toy MLP is the reference's 2-D estimator (2→64, three 64→64, 64→1, LeakyReLU 0.2); the small
 conv net is sized for the bundled 8×8 digits. The paper's ResNets (Table 4) are a later addition.
+Convolutions use ``fdrl_jax.conv.conv_general_dilated`` so that the flow's input gradients stay
+fast inside ``lax.scan`` on CPU.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import ml_collections
+
+from fdrl_jax.conv import conv_general_dilated
 
 
 class MLP(nn.Module):
@@ -37,7 +41,8 @@ class ConvNet(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, c in enumerate(self.channels):
       stride = 1 if i == 0 else 2
-      x = nn.Conv(c, (3, 3), strides=stride, use_bias=False)(x)
+      x = nn.Conv(c, (3, 3), strides=stride, use_bias=False,
+                  conv_general_dilated=conv_general_dilated)(x)
       x = nn.leaky_relu(x, self.negative_slope)
     return nn.Dense(1)(x.mean(axis=(1, 2)))[:, 0]
 

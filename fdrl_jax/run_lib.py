@@ -187,6 +187,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
                                                         f"step_{done:07d}.png"), reference)
     bar.close()
     mngr.wait_until_finished()
+  if start >= cfg.num_steps:
+    print(f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
+          "--config.training.num_steps to train longer.", flush=True)
+  else:
+    print(f"Trained to step {cfg.num_steps}; samples in {os.path.join(workdir, 'samples')}",
+          flush=True)
   return state
 
 
