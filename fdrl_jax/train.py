@@ -204,9 +204,15 @@ def jit_train_step(step_fn_builder: Callable[[NamedSharding | None], Callable], 
 
 
 def global_batch(batch: np.ndarray, mesh: Mesh) -> Array:
-  """Places a host batch on the mesh, split over "data" (each process passes its own rows)."""
-  n_dev = mesh.devices.size
-  if batch.shape[0] * jax.process_count() % n_dev:
-    raise ValueError(f"The global batch size ({batch.shape[0] * jax.process_count()}) must be "
-                     f"divisible by the number of devices ({n_dev}); set --config.data.batch_size.")
-  return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), batch)
+  """Places a global host batch (the same on every process) on the mesh, split over "data".
+
+  Each process contributes only its own rows, so multi-host runs load no row twice on a device.
+  """
+  n_dev, n_proc = mesh.devices.size, jax.process_count()
+  if batch.shape[0] % n_dev:
+    raise ValueError(f"The batch size ({batch.shape[0]}) must be divisible by the number of "
+                     f"devices ({n_dev}); set --config.data.batch_size.")
+  rows = batch.shape[0] // n_proc
+  local = batch[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local,
+                                                batch.shape)

@@ -169,3 +169,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
   if (workdir / "metrics.jsonl").exists():
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_batch_not_divisible_by_devices_is_refused(tmp_path):
+  config = toy2d.get_config("8gaussians")
+  config.data.batch_size = 6  # 4 fake devices
+  with pytest.raises(ValueError, match=r"batch size \(6\) must be divisible by the number of "
+                                       r"devices \(4\)"):
+    run_lib.train_and_evaluate(config, str(tmp_path / "w"))
