@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python experiments/bench_flow.py            # full run: ~4 min on 2 CPU cores
-    PYTHONPATH=. python experiments/bench_flow.py --quick    # seconds: small K, small batch
-    PYTHONPATH=. python experiments/bench_flow.py --cases conv --steps 10,100 --conv-batch 8
+    python experiments/bench_flow.py            # full run: about 7 min on 2 CPU cores
+    python experiments/bench_flow.py --quick    # seconds: small K, small batch
+    python experiments/bench_flow.py --cases conv --steps 10,100 --conv-batch 8
 
 Potentials: the paper's toy MLP on 2-D particles (``mlp``), and a three-layer conv net on 32×32×3
 images (a stand-in for the CIFAR10 ResNet) built with plain ``jax.lax`` convolutions, as a user's

@@ -1,6 +1,6 @@
 """Training steps per second of the toy and digits configs (a Markdown table).
 
-  python experiments/bench_train.py [--steps 50] [--configs toy2d.py:8gaussians,toy2d.py:chasm,digits.py]
+  python experiments/bench_train.py [--steps 50] [--configs toy2d.py:8gaussians,digits.py]
 
 Each config is built exactly as `python -m fdrl_jax.main` builds it (fdrl_jax.run_lib.Run, all
 devices of the process), compiled once, then timed over --steps steady steps.
@@ -49,7 +49,8 @@ def bench(spec: str, steps: int) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=50)
-  parser.add_argument("--configs", default="toy2d.py:8gaussians,toy2d.py:chasm,digits.py")
+  parser.add_argument("--configs",
+                      default="toy2d.py:8gaussians,toy2d.py:25gaussians,toy2d.py:chasm,digits.py")
   args = parser.parse_args()
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {len(jax.devices())}, "
         f"{os.cpu_count()} CPUs\n")
