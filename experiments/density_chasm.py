@@ -120,7 +120,8 @@ def fit_estimator(setup: Setup, flow_spec: train.FlowSpec, record_every: int = 0
   means = []
   for step in range(config.training.num_steps + 1):
     if record_every and step % record_every == 0:
-      x = sampler(state.ema_params, state.prior, jax.random.fold_in(sample_key, step), num_record)
+      x = sampler(state.ema_variables(), state.prior, jax.random.fold_in(sample_key, step),
+                  num_record)
       means.append(jnp.mean(x, axis=0))
     if step < config.training.num_steps:
       batch = data.get_batch(setup.dataset, config.seed, step, config.data.batch_size)
@@ -137,7 +138,7 @@ def run_stale(steps: int, seed: int = 0, num_samples: int = 1000,
   state, _ = fit_estimator(setup, spec.replace(num_steps=1, step_size=0.0, noise_scale=0.0))
   k_prior, k_flow = jax.random.split(run_keys(seed)[3])
   x, path = flows.flow(
-      train.estimator_potential(setup.model.apply, setup.potential, state.ema_params),
+      train.estimator_potential(setup.model.apply, setup.potential, state.ema_variables()),
       state.prior.sample(k_prior, num_samples), k_flow, num_steps=flow_steps,
       step_size=spec.step_size, noise_scale=spec.noise_scale, clip=spec.clip, save_every=1)
   return Result(samples=np.asarray(x), path=np.asarray(path.mean(axis=1)),
@@ -151,7 +152,7 @@ def run_fdrl(steps: int, seed: int = 0, num_samples: int = 1000, record_every: i
   setup = chasm_setup(steps, seed)
   state, path = fit_estimator(setup, setup.flow_spec, record_every)
   sampler = train.make_sampler(setup.model.apply, setup.potential, setup.flow_spec)
-  x = sampler(state.ema_params, state.prior, run_keys(seed)[3], num_samples)
+  x = sampler(state.ema_variables(), state.prior, run_keys(seed)[3], num_samples)
   return Result(samples=np.asarray(x), path=path, seconds=time.perf_counter() - start)
 
 

@@ -8,9 +8,10 @@ from fdrl_jax import divergences, losses, priors
 from fdrl_jax.divergences import DIVERGENCES, flow_potential
 from fdrl_jax.flows import flow, potential_gradient, two_stage_flow
 from fdrl_jax.losses import LOSSES, bregman_loss
-from fdrl_jax.priors import fit_gaussian
+from fdrl_jax.priors import fit_gaussian, fit_low_rank_gaussian
 
 __all__ = [
-    "DIVERGENCES", "LOSSES", "bregman_loss", "divergences", "fit_gaussian", "flow",
-    "flow_potential", "losses", "potential_gradient", "priors", "two_stage_flow",
+    "DIVERGENCES", "LOSSES", "bregman_loss", "divergences", "fit_gaussian",
+    "fit_low_rank_gaussian", "flow", "flow_potential", "losses", "potential_gradient", "priors",
+    "two_stage_flow",
 ]

@@ -1,17 +1,24 @@
 """Density-ratio estimators (Flax Linen): one scalar per example, r or log r by the loss's choice.
 
 The toy MLP is the reference's 2-D estimator (2→64, three 64→64, 64→1, LeakyReLU 0.2); the small
-conv net is sized for the bundled 8×8 digits. The paper's ResNets (Table 4) are a later addition.
-Convolutions use ``fdrl_jax.conv.conv_general_dilated`` so that the flow's input gradients stay
-fast inside ``lax.scan`` on CPU.
+conv net is sized for the bundled 8×8 digits; ``ResNet`` builds the paper's estimators (Table 4)
+with the reference implementation's block internals and layer shapes (parameter counts in
+``RESNET_PARAMETER_COUNTS``). Convolutions use ``fdrl_jax.conv.conv_general_dilated`` so that the
+flow's input gradients stay fast inside ``lax.scan`` on CPU.
+
+Spectral normalisation (``spectral_norm=True``) wraps every conv and dense layer in
+``flax.linen.SpectralNorm``, whose power-iteration state lives in the ``batch_stats`` collection:
+call with ``update_stats=True`` and ``mutable=["batch_stats"]`` in a training step, and with
+``update_stats=False`` everywhere else (the flow), which keeps sampling pure.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from fdrl_jax.conv import conv_general_dilated
@@ -24,7 +31,8 @@ class MLP(nn.Module):
   negative_slope: float = 0.2
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    del update_stats  # no spectral norm here; the argument keeps one call signature for all
     x = x.reshape((x.shape[0], -1))
     for _ in range(self.depth):
       x = nn.leaky_relu(nn.Dense(self.width)(x), self.negative_slope)
@@ -38,7 +46,8 @@ class ConvNet(nn.Module):
   negative_slope: float = 0.2
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    del update_stats  # no spectral norm here; the argument keeps one call signature for all
     for i, c in enumerate(self.channels):
       stride = 1 if i == 0 else 2
       x = nn.Conv(c, (3, 3), strides=stride, use_bias=False,
@@ -47,9 +56,119 @@ class ConvNet(nn.Module):
     return nn.Dense(1)(x.mean(axis=(1, 2)))[:, 0]
 
 
+# (stem width, [(width, number of blocks, stride of the first)...], stage after which self-attention
+# goes) of the reference's ResNet32x32, ResNet64x64, ResNet128x128 and ResNet64x64Shallow.
+RESNETS = {
+    "resnet32": (128, ((128, 3, 1), (256, 3, 2), (256, 3, 2), (256, 3, 2)), 0),
+    "resnet64": (64, ((64, 1, 2), (128, 2, 2), (256, 2, 2), (256, 2, 2)), 1),
+    "resnet128": (64, ((64, 1, 2), (128, 1, 2), (128, 2, 2), (256, 2, 2), (256, 2, 2)), 1),
+    "resnet64_shallow": (64, ((64, 1, 2), (128, 1, 2), (128, 1, 2), (256, 1, 2)), 1),
+}
+
+# Trainable parameters for 3-channel inputs, without / with self-attention (tests/test_models.py
+# recomputes them from the layer shapes; spectral norm adds no trainable parameters).
+RESNET_PARAMETER_COUNTS = {
+    "resnet32": (11_374_209, 11_382_578),
+    "resnet64": (5_126_081, 5_134_450),
+    "resnet128": (5_437_377, 5_445_746),
+    "resnet64_shallow": (1_537_985, 1_546_354),
+}
+
+
+class _Layer(nn.Module):
+  """A conv or dense layer, spectrally normalised when ``spectral_norm``."""
+  layer: nn.Module
+  spectral_norm: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
+    if self.spectral_norm:
+      return nn.SpectralNorm(self.layer)(x, update_stats=update_stats)
+    return self.layer(x)
+
+
+class ResBlock(nn.Module):
+  """Post-activation residual block: y = LReLU(conv3×3(LReLU(conv3×3_s(x))) + shortcut(x)).
+
+  The shortcut is a 1×1 conv with the block's stride when the stride or the width changes, else the
+  identity; no biases, no normalisation layers (as the reference's BasicBlock).
+  """
+  features: int
+  stride: int = 1
+  spectral_norm: bool = False
+  negative_slope: float = 0.2
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    conv = lambda k, s: _Layer(nn.Conv(self.features, (k, k), strides=s, use_bias=False,
+                                       padding=((k // 2, k // 2),) * 2, dtype=self.dtype,
+                                       conv_general_dilated=conv_general_dilated),
+                               self.spectral_norm)
+    h = nn.leaky_relu(conv(3, self.stride)(x, update_stats), self.negative_slope)
+    h = conv(3, 1)(h, update_stats)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = conv(1, self.stride)(x, update_stats)
+    return nn.leaky_relu(h + shortcut, self.negative_slope)
+
+
+class SelfAttention(nn.Module):
+  """SAGAN self-attention: y = γ·W_o(softmax(kᵀq) v) + x, with 1×1 convs C→C/8 for k, q, v and
+  C/8→C for W_o (biases on), softmax over the key positions, γ initialised to 0 (so the block is
+  the identity at initialisation)."""
+  reduction: int = 8
+  spectral_norm: bool = False
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    b, h, w, c = x.shape
+    conv = lambda f: _Layer(nn.Conv(f, (1, 1), dtype=self.dtype,
+                                    conv_general_dilated=conv_general_dilated), self.spectral_norm)
+    inner = c // self.reduction
+    key, query, value = (conv(inner)(x, update_stats).reshape(b, h * w, inner) for _ in range(3))
+    attention = jax.nn.softmax(jnp.einsum("bic,bjc->bij", key, query), axis=1)  # over keys i
+    attended = jnp.einsum("bic,bij->bjc", value, attention).reshape(b, h, w, inner)
+    out = conv(c)(attended, update_stats)
+    gamma = self.param("gamma", nn.initializers.zeros, ())
+    return gamma * out + x
+
+
+class ResNet(nn.Module):
+  """The paper's ResNet estimators (Table 4): stem conv3×3 → residual stages → optional
+  self-attention → global mean pool → Dense(1). ``arch`` is a key of RESNETS."""
+  arch: str = "resnet32"
+  spectral_norm: bool = False
+  self_attention: bool = False
+  negative_slope: float = 0.2
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    stem, stages, attention_after = RESNETS[self.arch]
+    x = _Layer(nn.Conv(stem, (3, 3), use_bias=False, padding=((1, 1), (1, 1)), dtype=self.dtype,
+                       conv_general_dilated=conv_general_dilated), self.spectral_norm)(
+                           x, update_stats)
+    x = nn.leaky_relu(x, self.negative_slope)
+    for i, (features, blocks, stride) in enumerate(stages):
+      for j in range(blocks):
+        x = ResBlock(features, stride if j == 0 else 1, self.spectral_norm, self.negative_slope,
+                     self.dtype)(x, update_stats)
+      if self.self_attention and i == attention_after:
+        x = SelfAttention(spectral_norm=self.spectral_norm, dtype=self.dtype)(x, update_stats)
+    x = x.mean(axis=(1, 2))
+    out = _Layer(nn.Dense(1, dtype=self.dtype), self.spectral_norm)(x, update_stats)
+    return out[:, 0].astype(jnp.float32)
+
+
 MODELS = {
     "mlp": lambda cfg: MLP(width=cfg.width, depth=cfg.depth, negative_slope=cfg.negative_slope),
     "conv": lambda cfg: ConvNet(channels=tuple(cfg.channels), negative_slope=cfg.negative_slope),
+    **{arch: (lambda cfg, arch=arch: ResNet(
+        arch=arch, spectral_norm=cfg.get("spectral_norm", False),
+        self_attention=cfg.get("self_attention", False), negative_slope=cfg.negative_slope,
+        dtype=jnp.bfloat16 if cfg.get("bf16", False) else None)) for arch in RESNETS},
 }
 
 

@@ -7,7 +7,10 @@ through ``jax.jit``, sharded and saved with a run's checkpoint) and its event sh
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +21,13 @@ Array = jax.Array
 
 # Samples of the Gaussian priors are clipped to the data range, as the reference implementation does.
 DATA_RANGE = (-1.0, 1.0)
+
+
+def _to_events(x: Array, event_shape: tuple[int, ...],
+               clip: tuple[float, float] | None) -> Array:
+  """Reshapes flat samples (n, d) to (n, *event_shape), clipped to ``clip`` (None: no clipping)."""
+  x = x.reshape((x.shape[0], *event_shape))
+  return x if clip is None else jnp.clip(x, *clip)
 
 
 @struct.dataclass
@@ -33,8 +43,30 @@ class GaussianPrior:
 
   def sample(self, key: Array, n: int) -> Array:
     z = jax.random.normal(key, (n, self.mean.shape[0]), self.mean.dtype)
-    x = (self.mean + z @ self.scale_tril.T).reshape((n, *self.event_shape))
-    return x if self.clip is None else jnp.clip(x, *self.clip)
+    return _to_events(self.mean + z @ self.scale_tril.T, self.event_shape, self.clip)
+
+
+@struct.dataclass
+class LowRankGaussianPrior:
+  """N(mean, C Cᵀ + σ²·I) on flattened particles: FDRL's data-dependent prior (Eq. 8) at any size.
+
+  The covariance is the probabilistic-PCA approximation of the data covariance (Tipping & Bishop,
+  1999): C = U (Λ − σ_r²·I)^½ holds the top-k principal directions U scaled so that the variance
+  along them is the data's, λ_i + jitter, and σ² = σ_r² + jitter, where σ_r² is the mean of the
+  d − k discarded eigenvalues. Sampling is mean + C z₁ + σ z₂ with z₁ ~ N(0, I_k), z₂ ~ N(0, I_d),
+  then clipped to ``clip`` (None: no clipping); it costs O(n·d·k), never a d×d matrix.
+  """
+  mean: Array                      # (d,)
+  components: Array                # (d, k), C = U (Λ − σ_r²·I)^½
+  residual_scale: Array            # (), σ = (σ_r² + jitter)^½, the isotropic residual std
+  event_shape: tuple[int, ...] = struct.field(pytree_node=False)
+  clip: tuple[float, float] | None = struct.field(pytree_node=False, default=DATA_RANGE)
+
+  def sample(self, key: Array, n: int) -> Array:
+    d, k = self.components.shape
+    z = jax.random.normal(key, (n, k + d), self.mean.dtype)
+    x = self.mean + z[:, :k] @ self.components.T + self.residual_scale * z[:, k:]
+    return _to_events(x, self.event_shape, self.clip)
 
 
 @struct.dataclass
@@ -87,6 +119,22 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
+def _check_memory(needed: int, what: str, advice: str) -> None:
+  """Raises a ValueError if ``needed`` bytes of host memory exceed what is available."""
+  available = _available_memory_bytes()
+  if available is not None and needed > available:
+    raise ValueError(f"{what} needs about {needed / 2**30:.1f} GiB of host memory but only "
+                     f"{available / 2**30:.1f} GiB is available; {advice}.")
+
+
+def _check_finite(flat: np.ndarray, caller: str, offset: int = 0) -> None:
+  """Raises a ValueError naming the first sample (counted from ``offset``) with a NaN or inf."""
+  finite = np.all(np.isfinite(flat), axis=1)
+  if not np.all(finite):
+    raise ValueError(f"{caller} got non-finite values (NaN or inf), first in sample "
+                     f"{offset + int(np.argmin(finite))}; clean the data before fitting the prior.")
+
+
 def fit_gaussian(x, jitter: float = 1e-4, *, chunk_size: int = 4096,
                  clip: tuple[float, float] | None = DATA_RANGE) -> GaussianPrior:
   """Fits FDRL's data-dependent prior N(μ_D, Σ_D + jitter·I) to data x of shape (N, ...) (Eq. 8).
@@ -113,17 +161,10 @@ def fit_gaussian(x, jitter: float = 1e-4, *, chunk_size: int = 4096,
   flat = x.reshape(n, -1)
   d = flat.shape[1]
   # Covariance (float64) + its factor and a float32 copy of each, plus one chunk's product.
-  needed = d * d * (8 + 8 + 4 + 4)
-  available = _available_memory_bytes()
-  if available is not None and needed > available:
-    raise ValueError(
-        f"A full-covariance Gaussian prior for d={d} needs about {needed / 2**30:.1f} GiB of host "
-        f"memory but only {available / 2**30:.1f} GiB is available; use a smaller image size or a "
-        "uniform / standard-normal prior.")
-  if not np.all(np.isfinite(flat)):
-    bad = int(np.argmax(~np.all(np.isfinite(flat), axis=1)))
-    raise ValueError(f"fit_gaussian got non-finite values (NaN or inf), first in sample {bad}; "
-                     "clean the data before fitting the prior.")
+  _check_memory(d * d * (8 + 8 + 4 + 4), f"A full-covariance Gaussian prior for d={d}",
+                "use fit_low_rank_gaussian, a smaller image size or a uniform / standard-normal "
+                "prior")
+  _check_finite(flat, "fit_gaussian")
 
   mean = flat.mean(axis=0, dtype=np.float64)
   cov = np.zeros((d, d), np.float64)
@@ -140,3 +181,112 @@ def fit_gaussian(x, jitter: float = 1e-4, *, chunk_size: int = 4096,
   return GaussianPrior(mean=jnp.asarray(mean, jnp.float32),
                        scale_tril=jnp.asarray(scale_tril, jnp.float32),
                        event_shape=event_shape, clip=clip)
+
+
+Batches = np.ndarray | Array | Callable[[], Iterable[np.ndarray | Array]]
+_LOW_RANK = "fit_low_rank_gaussian"
+
+
+def _row_chunks(batches: Batches, chunk_size: int, event_shape: tuple[int, ...] | None = None
+                ) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+  """Yields one pass over ``batches`` as (event shape, flattened rows of at most chunk_size).
+
+  Every batch must have shape (m, *event_shape); ``event_shape`` None takes the first batch's.
+  """
+  for batch in (batches() if callable(batches) else (batches,)):
+    batch = np.asarray(batch)
+    if batch.ndim < 2:
+      raise ValueError(f"{_LOW_RANK} needs batches of shape (N, ...), got shape {batch.shape}.")
+    event_shape = batch.shape[1:] if event_shape is None else event_shape
+    if batch.shape[1:] != event_shape:
+      raise ValueError(f"{_LOW_RANK} got a batch of shape {batch.shape} after batches of samples "
+                       f"of shape {event_shape}; all samples must have the same shape.")
+    flat = batch.reshape(batch.shape[0], math.prod(event_shape))
+    for start in range(0, flat.shape[0], chunk_size):
+      yield event_shape, flat[start:start + chunk_size]
+
+
+def _stream_moments(batches: Batches, chunk_size: int
+                    ) -> tuple[np.ndarray, float, int, tuple[int, ...]]:
+  """Computes the mean, the covariance's trace, N and the event shape in one pass (float64)."""
+  total, sum_sq, n, event_shape = 0.0, 0.0, 0, None
+  for event_shape, rows in _row_chunks(batches, chunk_size):
+    _check_finite(rows, _LOW_RANK, offset=n)
+    rows = rows.astype(np.float64)
+    total = total + rows.sum(axis=0)
+    sum_sq += np.vdot(rows, rows)
+    n += rows.shape[0]
+  if n < 2:
+    raise ValueError(f"{_LOW_RANK} needs N >= 2 samples, got {n}.")
+  mean = total / n
+  return mean, float(sum_sq - n * np.dot(mean, mean)) / (n - 1), n, event_shape
+
+
+def _covariance_times(batches: Batches, chunk_size: int, event_shape: tuple[int, ...],
+                      mean: np.ndarray, n: int, q: np.ndarray) -> np.ndarray:
+  """Computes Σ_D q = Xᶜᵀ(Xᶜ q) / (N − 1) in one pass, Xᶜ the centred data (float64 sums)."""
+  q32, out, seen = q.astype(np.float32), np.zeros_like(q), 0
+  for _, rows in _row_chunks(batches, chunk_size, event_shape):
+    centred = (rows - mean).astype(np.float32)
+    out += centred.T @ (centred @ q32)
+    seen += rows.shape[0]
+  if seen != n:
+    raise ValueError(f"{_LOW_RANK} saw {seen} samples on a later pass over the data but {n} on "
+                     "the first; `batches` must return a fresh iterable over the same data.")
+  return out / (n - 1)
+
+
+def fit_low_rank_gaussian(batches: Batches, rank: int, *, jitter: float = 1e-4,
+                          clip: tuple[float, float] | None = DATA_RANGE, oversample: int = 10,
+                          power_iters: int = 2, seed: int = 0,
+                          chunk_size: int = 1024) -> LowRankGaussianPrior:
+  """Fits N(μ_D, C Cᵀ + σ²·I), the rank-k PPCA approximation of FDRL's prior N(μ_D, Σ_D) (Eq. 8).
+
+  Σ_D is never formed: the data are read in 3 + ``power_iters`` streaming passes (the mean and
+  tr Σ_D; then a randomized subspace iteration, Halko et al. 2011, Alg. 4.3, for the top-k
+  eigenspace, each pass accumulating Xᶜᵀ(Xᶜ Q) in float64 for a d × (k + oversample) Q; then the
+  Rayleigh–Ritz eigenvalues λ₁..λ_k of QᵀΣ_D Q). The residual variance is
+  σ_r² = (tr Σ_D − Σλ_i) / (d − k), so tr(C Cᵀ + σ²·I) = tr Σ_D + d·jitter. The order of the
+  samples may differ between passes; the samples themselves may not.
+
+  Args:
+    batches: data of shape (N, ...), or a callable returning a fresh iterable of arrays
+      (m, ...) on every call (for data that does not fit in memory); N ≥ 2 in total.
+    rank: k, the number of principal directions kept, 1 ≤ k < d.
+    jitter: added to the covariance's diagonal, as in ``fit_gaussian``.
+    clip: range the samples are clipped to (None: no clipping).
+    oversample: extra directions of the subspace iteration (more: more accurate λ_k).
+    power_iters: extra passes of subspace iteration (more: more accurate for flat spectra).
+    seed: seed of the random starting subspace.
+    chunk_size: rows per update (bounds the temporary memory).
+
+  Raises:
+    ValueError: for k out of range, fewer than 2 samples, non-finite values (naming the first bad
+      sample in the stream), samples of different shapes, a callable that does not give the
+      same data on every pass, or working memory larger than what is available.
+  """
+  if rank < 1:
+    raise ValueError(f"{_LOW_RANK} needs rank >= 1, got {rank}.")
+  mean, trace, n, event_shape = _stream_moments(batches, chunk_size)
+  d = mean.shape[0]
+  if rank >= d:
+    raise ValueError(f"{_LOW_RANK} needs rank < d = {d}, got {rank}; use fit_gaussian for a "
+                     "full covariance.")
+  width = min(rank + oversample, d)
+  # Q, Σ_D Q and QR's workspace in float64, plus one chunk in float64 and float32.
+  _check_memory(8 * 3 * d * width + 12 * chunk_size * d,
+                f"A rank-{rank} Gaussian prior for d={d} (k + oversample = {width})",
+                "lower rank or oversample")
+  cov_times = functools.partial(_covariance_times, batches, chunk_size, event_shape, mean, n)
+  q = np.random.default_rng(seed).standard_normal((d, width))
+  for _ in range(power_iters + 1):
+    q = np.linalg.qr(cov_times(q))[0]
+  projected = q.T @ cov_times(q)
+  eigvals, eigvecs = np.linalg.eigh((projected + projected.T) / 2)
+  eigvals, eigvecs = eigvals[::-1][:rank], eigvecs[:, ::-1][:, :rank]
+  residual = max(trace - eigvals.sum(), 0.0) / (d - rank)
+  components = (q @ eigvecs) * np.sqrt(np.maximum(eigvals - residual, 0.0))
+  return LowRankGaussianPrior(mean=jnp.asarray(mean, jnp.float32),
+                              components=jnp.asarray(components, jnp.float32),
+                              residual_scale=jnp.asarray(np.sqrt(residual + jitter), jnp.float32),
+                              event_shape=event_shape, clip=clip)

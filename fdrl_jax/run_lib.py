@@ -181,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
         last_good = done
       if done % cfg.sample_every == 0 or last:
-        x = sampler(state.ema_params, state.prior, jax.random.fold_in(run.sample_key, done),
+        x = sampler(state.ema_variables(), state.prior, jax.random.fold_in(run.sample_key, done),
                     cfg.num_grid_samples)
         images.save_samples(np.asarray(x), os.path.join(workdir, "samples",
                                                         f"step_{done:07d}.png"), reference)
@@ -217,7 +217,7 @@ def sample_to_file(config: ml_collections.ConfigDict, workdir: str, num_samples:
   with tqdm(total=num_samples, disable=not sys.stderr.isatty(), unit="sample") as bar:
     for i, start in enumerate(range(0, num_samples, batch_size)):
       n = min(batch_size, num_samples - start)
-      x = sampler(state.ema_params, state.prior, jax.random.fold_in(key, i), n)
+      x = sampler(state.ema_variables(), state.prior, jax.random.fold_in(key, i), n)
       chunks.append(np.asarray(x))
       bar.update(n)
   folder = os.path.dirname(os.path.abspath(output))

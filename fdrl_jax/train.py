@@ -34,14 +34,28 @@ Array = jax.Array
 Metrics = dict[str, Array]
 
 
+def variables(params, batch_stats) -> dict:
+  """Flax variables from trainable parameters and (possibly empty) spectral-norm statistics."""
+  return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
 @struct.dataclass
 class TrainState:
-  """Everything a run needs to resume: saved whole by the checkpoints."""
+  """Everything a run needs to resume: saved whole by the checkpoints.
+
+  ``batch_stats`` holds mutable collections (the spectral-norm power-iteration state), updated by
+  the training step and, like the parameters, averaged into the EMA copy used for sampling.
+  """
   step: Array
   params: Any
+  batch_stats: Any
   opt_state: Any
   ema_params: Any
+  ema_batch_stats: Any
   prior: Any  # a fdrl_jax.priors prior, fitted once and stored with the run
+
+  def ema_variables(self) -> dict:
+    return variables(self.ema_params, self.ema_batch_stats)
 
 
 class FlowSpec(struct.PyTreeNode):
@@ -102,17 +116,20 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, prior
                        event_shape: tuple[int, ...]) -> TrainState:
   @jax.jit  # one compilation instead of one per initialiser op
   def init(key):
-    params = model.init(key, jnp.zeros((1, *event_shape)))
-    return params, tx.init(params), jax.tree.map(jnp.copy, params)
+    init_vars = model.init(key, jnp.zeros((1, *event_shape)))
+    params, batch_stats = init_vars["params"], init_vars.get("batch_stats", {})
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # donated buffers must not alias
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), ema_params=copy(params),
+                      ema_batch_stats=copy(batch_stats), prior=None)
 
-  params, opt_state, ema_params = init(key)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                    ema_params=ema_params, prior=prior)
+  return init(key).replace(prior=prior)
 
 
-def estimator_potential(apply_fn: Callable, potential: Callable, params) -> Callable[[Array], Array]:
-  """x ↦ f'(r_θ(x)) per particle, for ``flow``."""
-  return lambda x: potential(apply_fn(params, x))
+def estimator_potential(apply_fn: Callable, potential: Callable, model_vars
+                        ) -> Callable[[Array], Array]:
+  """x ↦ f'(r_θ(x)) per particle, for ``flow`` (spectral-norm statistics frozen)."""
+  return lambda x: potential(apply_fn(model_vars, x))
 
 
 def make_train_step(
@@ -123,7 +140,8 @@ def make_train_step(
   """Algorithm 1 as a pure function ``step(state, batch, key) -> (state, metrics)``.
 
   Args:
-    apply_fn: the estimator's ``apply(params, x) -> (B,)`` outputs (r or log r, per ``loss``).
+    apply_fn: the estimator's ``apply(variables, x, update_stats=False) -> (B,)`` outputs (r or
+      log r, per ``loss``), e.g. a Flax module's ``apply``.
     tx: the optimizer.
     loss: Bregman loss on (outputs on data, outputs on flowed samples).
     potential: stable f'(output) of the flow's divergence.
@@ -142,28 +160,34 @@ def make_train_step(
     x_0 = state.prior.sample(k_prior, batch.shape[0])
     if particle_sharding is not None:
       x_0 = jax.lax.with_sharding_constraint(x_0, particle_sharding)
-    x_k = flow(estimator_potential(apply_fn, potential, state.params), x_0, k_flow,
+    current = variables(state.params, state.batch_stats)
+    x_k = flow(estimator_potential(apply_fn, potential, current), x_0, k_flow,
                num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
                noise_scale=flow_spec.noise_scale, clip=flow_spec.clip)
     x_k = jax.lax.stop_gradient(x_k)
 
     def objective(params):
-      out_p, out_q = apply_fn(params, x_p), apply_fn(params, x_k)
+      # One power iteration of spectral norm per training step, on the data pass.
+      out_p, mutated = apply_fn(variables(params, state.batch_stats), x_p, update_stats=True,
+                                mutable=["batch_stats"])
+      batch_stats = mutated.get("batch_stats", state.batch_stats)
+      out_q = apply_fn(variables(params, batch_stats), x_k)
       data_term, flowed_term = jnp.mean(loss.data_term(out_p)), jnp.mean(loss.flowed_term(out_q))
-      return data_term + flowed_term, (data_term, flowed_term, out_p, out_q)
+      return data_term + flowed_term, (data_term, flowed_term, out_p, out_q, batch_stats)
 
-    (value, (data_term, flowed_term, out_p, out_q)), grads = jax.value_and_grad(
+    (value, (data_term, flowed_term, out_p, out_q, batch_stats)), grads = jax.value_and_grad(
         objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+    ema = lambda new, old: optax.incremental_update(new, old, 1.0 - ema_decay)
     to_ratio = (lambda o: jnp.exp(jnp.clip(o, -80.0, 80.0))) if loss.output == "log_ratio" else (
         lambda o: o)
     metrics = {"loss": value, "data_term": data_term, "flowed_term": flowed_term,
                "ratio_data": jnp.mean(to_ratio(out_p)), "ratio_flowed": jnp.mean(to_ratio(out_q)),
                "grad_norm": optax.tree.norm(grads)}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema_params)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, ema_params=ema(params, state.ema_params),
+                              ema_batch_stats=ema(batch_stats, state.ema_batch_stats))
     return new_state, metrics
 
   return step
@@ -171,13 +195,13 @@ def make_train_step(
 
 def make_sampler(apply_fn: Callable, potential: Callable, flow_spec: FlowSpec
                  ) -> Callable[[Any, Any, Array, int], Array]:
-  """Algorithm 2: ``sample(params, prior, key, n)`` draws x_0 ~ q' and flows K + κ steps.
+  """Algorithm 2: ``sample(variables, prior, key, n)`` draws x_0 ~ q' and flows K + κ steps.
 
-  Jitted with ``n`` static; params and prior are arguments, so one compilation serves them all.
+  Jitted with ``n`` static; variables and prior are arguments, so one compilation serves them all.
   """
-  def sample(params, prior, key: Array, n: int) -> Array:
+  def sample(model_vars, prior, key: Array, n: int) -> Array:
     k_prior, k_flow = jax.random.split(key)
-    return two_stage_flow(estimator_potential(apply_fn, potential, params),
+    return two_stage_flow(estimator_potential(apply_fn, potential, model_vars),
                           prior.sample(k_prior, n), k_flow, num_steps=flow_spec.num_steps,
                           num_refine_steps=flow_spec.num_refine_steps,
                           step_size=flow_spec.step_size, noise_scale=flow_spec.noise_scale,

@@ -1,0 +1,100 @@
+"""Estimators: the paper's ResNets (Table 4), spectral norm, self-attention."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fdrl_jax import flows
+from fdrl_jax.models import RESNET_PARAMETER_COUNTS, RESNETS, ResNet, SelfAttention
+
+SIZES = {"resnet32": 32, "resnet64": 64, "resnet128": 128, "resnet64_shallow": 64}
+
+
+def expected_count(arch: str, self_attention: bool) -> int:
+  """Trainable parameters from the layer shapes of the reference implementation (PyTorch)."""
+  stem, stages, _ = RESNETS[arch]
+  total, width = 9 * 3 * stem, stem                      # stem conv, no bias
+  for features, blocks, stride in stages:
+    for j in range(blocks):
+      s = stride if j == 0 else 1
+      total += 9 * width * features + 9 * features * features  # two 3×3 convs, no bias
+      if s != 1 or width != features:
+        total += width * features                        # 1×1 shortcut, no bias
+      width = features
+  if self_attention:
+    c = 128
+    total += 3 * (c * (c // 8) + c // 8) + (c // 8) * c + c + 1  # k, q, v, out (biased), γ
+  return total + width + 1                               # Dense(256 → 1) with bias
+
+
+@pytest.mark.parametrize("arch", sorted(RESNETS))
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_parameter_counts_match_reference_shapes(arch, self_attention):
+  size = SIZES[arch]
+  variables = jax.eval_shape(ResNet(arch=arch, self_attention=self_attention).init,
+                             jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  count = sum(p.size for p in jax.tree.leaves(variables["params"]))
+  assert count == expected_count(arch, self_attention)
+  assert count == RESNET_PARAMETER_COUNTS[arch][self_attention]
+
+
+@pytest.mark.parametrize("arch", sorted(RESNETS))
+def test_output_is_one_scalar_per_image(arch):
+  size = SIZES[arch]
+  model = ResNet(arch=arch, self_attention=True)
+  x = jax.random.uniform(jax.random.key(0), (2, size, size, 3), minval=-1, maxval=1)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  out = jax.jit(model.apply)(variables, x)
+  assert out.shape == (2,) and out.dtype == jnp.float32 and np.all(np.isfinite(out))
+
+
+def test_self_attention_is_identity_at_init():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+  block = SelfAttention()
+  variables = block.init(jax.random.key(1), x)
+  np.testing.assert_array_equal(block.apply(variables, x), x)
+  variables["params"]["gamma"] = jnp.array(1.0)
+  assert not np.allclose(block.apply(variables, x), x)
+
+
+def test_spectral_norm_stats_change_in_training_only():
+  model = ResNet(arch="resnet64_shallow", spectral_norm=True, self_attention=True)
+  x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3), minval=-1, maxval=1)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  assert "batch_stats" in variables
+  # A training call updates the power-iteration state ...
+  _, updated = model.apply(variables, x, update_stats=True, mutable=["batch_stats"])
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), variables["batch_stats"],
+                         updated["batch_stats"])
+  assert any(jax.tree.leaves(changed))
+  # ... a flow does not touch it (it runs without mutable collections, update_stats=False).
+  potential = lambda y: model.apply(variables, y)
+  out = flows.flow(potential, x, jax.random.key(2), num_steps=2, step_size=0.01, noise_scale=0.0)
+  assert out.shape == x.shape and np.all(np.isfinite(out))
+
+
+def test_spectral_norm_bounds_each_layer():
+  dense = nn.SpectralNorm(nn.Dense(16))
+  x = jax.random.normal(jax.random.key(0), (4, 32))
+  variables = dense.init(jax.random.key(1), x, update_stats=True)
+  variables = {"params": jax.tree.map(lambda p: 10 * p, variables["params"]),
+               "batch_stats": variables["batch_stats"]}
+  for _ in range(30):  # power iterations converge to the top singular value
+    _, state = dense.apply(variables, x, update_stats=True, mutable=["batch_stats"])
+    variables = {"params": variables["params"], "batch_stats": state["batch_stats"]}
+  kernel = variables["params"]["layer_instance"]["kernel"]
+  normalised = kernel / np.linalg.svd(np.asarray(kernel), compute_uv=False)[0]
+  out = dense.apply(variables, x, update_stats=False)
+  bias = variables["params"]["layer_instance"]["bias"]
+  np.testing.assert_allclose(out, x @ normalised + bias, rtol=1e-3, atol=1e-4)
+
+
+def test_bf16_compute_keeps_float32_parameters():
+  model = ResNet(arch="resnet32", dtype=jnp.bfloat16)
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  out = jax.eval_shape(model.apply, variables, x)
+  assert out.dtype == jnp.float32
