@@ -20,3 +20,4 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_flow.py
 	$(PY) experiments/bench_train.py
+	$(PY) experiments/bench_resnet.py

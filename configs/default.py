@@ -14,17 +14,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0                     # fixes the data split, the initialisation and every step's keys
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "digits"         # fdrl_jax.data.DATASETS: digits | chasm | chasm_near | ...
+  # A bundled set (fdrl_jax.data.DATASETS: digits, chasm, 8gaussians, ...), a tensorflow-datasets
+  # preset (fdrl_jax.image_data.TFDS_PRESETS: cifar10, celeb_a, lsun_church, mnist), "folder" (any
+  # folder of PNG/JPEG images at data.path) or "npz" (an NHWC array, key "x", at data.path).
+  config.data.name = "digits"
   config.data.batch_size = 64         # global batch, split over all devices
   config.data.dequantization = 0.03   # σ of the Gaussian noise added to image data (Algorithm 1)
   config.data.random_flip = False     # random horizontal flips of image data (off for digits)
+  config.data.data_dir = ""           # tfds: data folder ("" = tfds's default, $TFDS_DATA_DIR)
+  config.data.path = ""               # folder / npz: where the training images are
+  config.data.test_path = ""          # folder: held-out images ("" = none)
+  config.data.image_size = 64         # folder: output size (shorter side resized, centre crop)
+  config.data.resize_first = 0        # folder: resize the shorter side to this first (0 = no)
+  config.data.center_crop = 0         # folder: centre crop before the final resize (0 = no)
+  config.data.max_fit_samples = 10_000  # training images decoded to fit the prior (and kept in
+                                      # memory when the split is no larger)
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "conv"          # fdrl_jax.models.MODELS: mlp | conv
+  config.model.name = "conv"          # fdrl_jax.models.MODELS: mlp | conv | resnet32 | resnet64 |
+                                      # resnet128 | resnet64_shallow
   config.model.width = 64             # mlp: hidden width
   config.model.depth = 4              # mlp: number of hidden layers
   config.model.channels = (32, 64, 64)  # conv: channels per 3×3 conv (stride 2 after the first)
   config.model.negative_slope = 0.2   # LeakyReLU slope
+  config.model.spectral_norm = False  # resnets: spectral norm on every conv and dense layer
+  config.model.self_attention = False  # resnets: SAGAN self-attention at 128 channels
+  config.model.bf16 = False           # resnets: bfloat16 compute, float32 parameters (GPU/TPU)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "lsif"           # Bregman loss: lsif | lr | kl (fdrl_jax.losses.LOSSES)
@@ -38,8 +53,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.flow.clip = True             # clip particles to [-1, 1] after every step (images)
 
   config.prior = ml_collections.ConfigDict()
-  config.prior.name = "gaussian"      # gaussian (fitted to data, Eq. 8) | uniform | normal
-  config.prior.jitter = 1e-4          # gaussian: added to the fitted covariance's diagonal
+  # gaussian (full covariance fitted to the data, Eq. 8) | low_rank (top-k PCA + isotropic rest,
+  # for large images) | uniform (on [-1, 1]) | normal | empirical (images of prior.source_path:
+  # the source domain of translation)
+  config.prior.name = "gaussian"
+  config.prior.jitter = 1e-4          # gaussian, low_rank: added to the covariance's diagonal
+  config.prior.rank = 64              # low_rank: number of principal components
+  config.prior.source_path = ""       # empirical: folder of source images (data.* preprocessing)
   config.prior.loc = 0.0              # normal: mean of every coordinate
   config.prior.scale = 1.0            # normal: standard deviation of every coordinate
 

@@ -166,9 +166,9 @@ MODELS = {
     "mlp": lambda cfg: MLP(width=cfg.width, depth=cfg.depth, negative_slope=cfg.negative_slope),
     "conv": lambda cfg: ConvNet(channels=tuple(cfg.channels), negative_slope=cfg.negative_slope),
     **{arch: (lambda cfg, arch=arch: ResNet(
-        arch=arch, spectral_norm=cfg.get("spectral_norm", False),
-        self_attention=cfg.get("self_attention", False), negative_slope=cfg.negative_slope,
-        dtype=jnp.bfloat16 if cfg.get("bf16", False) else None)) for arch in RESNETS},
+        arch=arch, spectral_norm=cfg.spectral_norm, self_attention=cfg.self_attention,
+        negative_slope=cfg.negative_slope, dtype=jnp.bfloat16 if cfg.bf16 else None))
+        for arch in RESNETS},
 }
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
+from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -67,12 +69,96 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: b
   return workdir
 
 
+def _folder(config: ml_collections.ConfigDict, path: str, test_path: str = ""):
+  from fdrl_jax import image_data  # imports tensorflow-datasets: only when images are used
+  d = config.data
+  return image_data.folder_dataset(
+      path, image_size=d.image_size, center_crop=d.center_crop or None,
+      resize_first=d.resize_first or None, test_path=test_path or None,
+      max_fit_samples=d.max_fit_samples)
+
+
+def _tfds(config: ml_collections.ConfigDict):
+  from fdrl_jax import image_data
+  d = config.data
+  return image_data.tfds_dataset(**image_data.TFDS_PRESETS[d.name], data_dir=d.data_dir or None,
+                                 max_fit_samples=d.max_fit_samples)
+
+
+def _npz(config: ml_collections.ConfigDict):
+  from fdrl_jax import image_data
+  return image_data.npz_dataset(config.data.path)
+
+
+IMAGE_SOURCES = {"cifar10": _tfds, "celeb_a": _tfds, "lsun_church": _tfds, "mnist": _tfds,
+                 "folder": lambda c: _folder(c, c.data.path, c.data.test_path), "npz": _npz}
+
+
+def build_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
+  """The training data named by ``config.data.name``: bundled, a tfds preset, a folder or npz."""
+  name = config.data.name
+  if name in data.DATASETS:
+    return data.create_dataset(name, seed=config.seed)
+  if name not in IMAGE_SOURCES:
+    raise ValueError(f"Unknown data set {name!r}. Available: "
+                     f"{', '.join(sorted([*data.DATASETS, *IMAGE_SOURCES]))}.")
+  if name in ("folder", "npz") and not config.data.path:
+    raise ValueError(f"--config.data.name={name} needs --config.data.path=<where the images are>.")
+  return IMAGE_SOURCES[name](config)
+
+
+def _prior_data(config: ml_collections.ConfigDict, dataset: data.Dataset) -> np.ndarray:
+  """What the prior is built from: the source domain for "empirical", else training samples."""
+  if config.prior.name == "empirical":
+    if not config.prior.source_path:
+      raise ValueError("--config.prior.name=empirical needs --config.prior.source_path=<folder of "
+                       "source-domain images>.")
+    source = _folder(config, config.prior.source_path)
+    return data.fit_samples(source, config.data.max_fit_samples, config.seed)
+  return data.fit_samples(dataset, config.data.max_fit_samples, config.seed)
+
+
+def prefetch(make: Callable[[int], Any], steps: range, depth: int = 2) -> Iterator[Any]:
+  """Yields ``make(step)`` for each step, computed up to ``depth`` steps ahead in a thread.
+
+  A thread rather than Grain or processes: batch making is PIL decoding, NumPy and the host→device
+  copy, which release the GIL, and a training step is long next to it, so one thread keeps the
+  device fed without another dependency. An error in ``make`` is raised in the consumer.
+  """
+  items: queue.Queue = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def work() -> None:
+    try:
+      for step in steps:
+        item = make(step)
+        while not stop.is_set():
+          try:
+            items.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except Exception as e:  # noqa: BLE001 — handed to the consumer
+      items.put(e)
+
+  thread = threading.Thread(target=work, daemon=True)
+  thread.start()
+  try:
+    for _ in steps:
+      item = items.get()
+      if isinstance(item, Exception):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
 class Run:
   """The pieces of a run built from its config (shared by training and sampling)."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None):
     self.config = config
-    self.dataset = data.create_dataset(config.data.name, seed=config.seed)
+    self.dataset = build_dataset(config)
     self.model = models.create_model(config.model)
     self.tx = train.build_optimizer(config)
     self.loss, self.potential = train.build_potential(config)
@@ -83,8 +169,10 @@ class Run:
     self.init_key = init_key
 
   def new_state(self, fit: bool) -> train.TrainState:
-    fit_data = data.fit_samples(self.dataset, 10_000, self.config.seed) if fit else None
-    prior = train.build_prior(self.config, fit_data, self.dataset.event_shape)
+    """A fresh state; ``fit=False`` skips fitting the prior (a template to restore into)."""
+    needs_data = fit or self.config.prior.name == "empirical"  # its shape is the data's
+    prior_data = _prior_data(self.config, self.dataset) if needs_data else None
+    prior = train.build_prior(self.config, prior_data, self.dataset.event_shape)
     state = train.create_train_state(self.model, self.tx, prior, self.init_key,
                                      self.dataset.event_shape)
     return jax.device_put(state, self.replicated)
@@ -128,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   cfg = config.training
   step_fn = run.train_step()
   sampler = run.sampler()
-  reference = data.fit_samples(run.dataset, 2000, config.seed)
+  reference = None if run.dataset.is_image else data.fit_samples(run.dataset, 2000, config.seed)
 
   with _checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr:
     latest = mngr.latest_step()
@@ -168,8 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
               f"{record['ratio_data']:.4g} flowed {record['ratio_flowed']:.4g}  {rate:.1f} steps/s",
               flush=True)
 
-    for step in range(start, cfg.num_steps):
-      state, metrics = step_fn(state, run.batch(step), run.step_key)
+    steps = range(start, cfg.num_steps)
+    for step, batch in zip(steps, prefetch(run.batch, steps)):
+      state, metrics = step_fn(state, batch, run.step_key)
       pending.append((step + 1, metrics))
       bar.update(1)
       done = step + 1

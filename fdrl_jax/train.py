@@ -91,22 +91,42 @@ def build_potential(config: ml_collections.ConfigDict) -> tuple[BregmanLoss, Cal
   return loss, flow_potential(config.loss.divergence, loss.output)
 
 
-def build_prior(config: ml_collections.ConfigDict, fit_data: np.ndarray | None,
+def _gaussian_prior(p, data, event_shape):
+  if data is None:  # restore template: same shapes, no fit
+    d = int(np.prod(event_shape))
+    return priors.GaussianPrior(mean=jnp.zeros((d,)), scale_tril=jnp.eye(d),
+                                event_shape=event_shape)
+  return priors.fit_gaussian(data, jitter=p.jitter)
+
+
+def _low_rank_prior(p, data, event_shape):
+  if data is None:
+    d = int(np.prod(event_shape))
+    return priors.LowRankGaussianPrior(mean=jnp.zeros((d,)), components=jnp.zeros((d, p.rank)),
+                                       residual_scale=jnp.zeros(()), event_shape=event_shape)
+  return priors.fit_low_rank_gaussian(data, p.rank, jitter=p.jitter)
+
+
+# name → (prior config group, data or None, event shape) → prior. "data" is what the prior is
+# fitted to (the training images) or, for "empirical", the source domain it draws from.
+PRIORS: dict[str, Callable] = {
+    "gaussian": _gaussian_prior,
+    "low_rank": _low_rank_prior,
+    "uniform": lambda p, data, event_shape: priors.UniformPrior(event_shape=event_shape),
+    "normal": lambda p, data, event_shape: priors.NormalPrior(event_shape=event_shape, loc=p.loc,
+                                                              scale=p.scale),
+    "empirical": lambda p, data, event_shape: priors.EmpiricalPrior(data=jnp.asarray(data)),
+}
+
+
+def build_prior(config: ml_collections.ConfigDict, data: np.ndarray | None,
                 event_shape: tuple[int, ...]):
-  """The prior q' named by ``config.prior.name``; ``fit_data`` None gives a same-shaped template
-  (for restoring a checkpoint without refitting)."""
-  p = config.prior
-  if p.name == "gaussian":
-    if fit_data is None:
-      d = int(np.prod(event_shape))
-      return priors.GaussianPrior(mean=jnp.zeros((d,)), scale_tril=jnp.eye(d),
-                                  event_shape=event_shape)
-    return priors.fit_gaussian(fit_data, jitter=p.jitter)
-  if p.name == "uniform":
-    return priors.UniformPrior(event_shape=event_shape)
-  if p.name == "normal":
-    return priors.NormalPrior(event_shape=event_shape, loc=p.loc, scale=p.scale)
-  raise ValueError(f"Unknown prior {p.name!r}. Available priors are: gaussian, normal, uniform.")
+  """The prior q' named by ``config.prior.name`` (a key of PRIORS), fitted to ``data``; ``data``
+  None gives a same-shaped template, to restore a checkpoint without refitting."""
+  if config.prior.name not in PRIORS:
+    raise ValueError(f"Unknown prior {config.prior.name!r}. Available priors are: "
+                     f"{', '.join(sorted(PRIORS))}.")
+  return PRIORS[config.prior.name](config.prior, data, event_shape)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -177,3 +177,25 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"batch size \(6\) must be divisible by the number of "
                                        r"devices \(4\)"):
     run_lib.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+def test_prefetch_yields_in_order_and_reraises():
+  assert list(run_lib.prefetch(lambda s: s * s, range(3, 9))) == [9, 16, 25, 36, 49, 64]
+  def boom(step):
+    if step == 2:
+      raise ValueError("bad batch 2")
+    return step
+  with pytest.raises(ValueError, match="bad batch 2"):
+    list(run_lib.prefetch(boom, range(5)))
+
+
+@pytest.mark.parametrize("prior", ["gaussian", "low_rank", "uniform", "normal"])
+def test_prior_restore_template_matches_the_fitted_prior(prior):
+  config = digits.get_config()
+  config.prior.name = prior
+  config.prior.rank = 3
+  images = np.random.default_rng(0).uniform(-1, 1, (40, 4, 4, 1)).astype(np.float32)
+  fitted = train.build_prior(config, images, (4, 4, 1))
+  template = train.build_prior(config, None, (4, 4, 1))
+  assert jax.tree.structure(fitted) == jax.tree.structure(template)
+  assert [a.shape for a in jax.tree.leaves(fitted)] == [a.shape for a in jax.tree.leaves(template)]
