@@ -1,4 +1,4 @@
-"""Default configuration: FDRL-DDP, LSIF-χ², on the bundled 8×8 digits. Every key, commented.
+"""Default configuration: FDRL-DDP, LR-KL, on the bundled 8×8 digits. Every key, commented.
 
 Dataset configs import this file and change only what differs.
 
@@ -42,8 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.bf16 = False           # resnets: bfloat16 compute, float32 parameters (GPU/TPU)
 
   config.loss = ml_collections.ConfigDict()
-  config.loss.name = "lsif"           # Bregman loss: lsif | lr | kl (fdrl_jax.losses.LOSSES)
-  config.loss.divergence = "pearson"  # f-divergence of the flow: pearson | kl | js | logd
+  # Bregman loss: lsif | lr | kl (fdrl_jax.losses.LOSSES); f-divergence of the flow: pearson | kl |
+  # js | logd. On these digits with these flow settings LR-KL reached FD-digits 23.7 after 1 500
+  # steps and LSIF-χ² 188.4, worse than its prior's 146.6 (experiments/digits_table.py).
+  config.loss.name = "lr"
+  config.loss.divergence = "kl"
 
   config.flow = ml_collections.ConfigDict()
   config.flow.num_steps = 20          # K, flow steps per training step (Eq. 9; paper: 100)
@@ -77,4 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.keep_checkpoints = 3
   config.training.sample_every = 1000  # PNG sample grid (EMA parameters, K + κ steps)
   config.training.num_grid_samples = 64
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.metric = "fd_digits"    # --mode=eval: fd_digits (bundled digits) | fid
+  config.eval.num_samples = 1000      # samples drawn with the EMA estimator, K + κ steps
+  config.eval.inception_weights = ""  # fid: .npz of the FID Inception (see fdrl_jax/inception.py)
+  config.eval.num_reference = 10_000  # fid: training images behind the cached statistics
   return config

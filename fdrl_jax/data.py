@@ -107,11 +107,17 @@ def digits_images() -> np.ndarray:
   return (images[..., None] / 8.0 - 1.0).astype(np.float32)
 
 
+def digits_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """The seed-fixed split of the digits: train images, train labels, test images, test labels."""
+  images, labels = digits_images(), sk_datasets.load_digits().target
+  perm = np.random.default_rng(seed).permutation(len(images))
+  train, test = perm[DIGITS_TEST_SIZE:], perm[:DIGITS_TEST_SIZE]
+  return images[train], labels[train], images[test], labels[test]
+
+
 def build_digits(seed: int) -> Dataset:
   """Builds the digits set with a seed-fixed split of 1 500 training and 297 test images."""
-  images = digits_images()
-  perm = np.random.default_rng(seed).permutation(len(images))
-  train, test = images[perm[DIGITS_TEST_SIZE:]], images[perm[:DIGITS_TEST_SIZE]]
+  train, _, test, _ = digits_split(seed)
   return Dataset(name="digits", event_shape=(8, 8, 1), is_image=True,
                  sample=rows_sampler(train), test=test, train=train)
 

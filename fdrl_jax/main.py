@@ -1,13 +1,15 @@
 """Command line: ``python -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits``.
 
-Modes: ``--mode=train`` (default; resumes from the workdir's latest checkpoint) and
-``--mode=sample --num_samples=N --output=FILE.npz``. Override any config key with
+Modes: ``--mode=train`` (default; resumes from the workdir's latest checkpoint),
+``--mode=sample --num_samples=N --output=FILE.npz`` and ``--mode=eval`` (FD-digits, see
+``fdrl_jax.evaluate``; writes ``eval_step_*.json`` into the workdir). Override any config key with
 ``--config.a.b=value``. For multi-host runs pass ``--distributed`` (calls
 ``jax.distributed.initialize()``, which finds SLURM / TPU pod settings itself).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 from absl import app, flags, logging
@@ -17,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/digits.py or configs/toy2d.py:chasm.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "sample mode: number of samples.")
 _OUTPUT = flags.DEFINE_string("output", None, "sample mode: output .npz file (key 'x').")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
@@ -54,6 +56,9 @@ def main(argv: list[str]) -> None:
   try:
     if _MODE.value == "train":
       run_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == "eval":
+      result = run_lib.evaluate_to_file(_CONFIG.value, _WORKDIR.value)
+      print(json.dumps(result, indent=2))
     else:
       if not _OUTPUT.value:
         _fail("--mode=sample needs --output=FILE.npz.")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from fdrl_jax import data, images, models, train
 
 # Config keys that may change between runs on the same workdir (everything else must match).
-RESUMABLE_CHANGES = ("training",)
+RESUMABLE_CHANGES = ("training", "eval")
 
 
 class TrainingDiverged(ValueError):
@@ -285,33 +285,127 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   return state
 
 
-def sample_to_file(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
-                   output: str, batch_size: int | None = None) -> str:
-  """Draws ``num_samples`` with the EMA estimator of the latest checkpoint (K + κ flow steps) and
-  writes them to ``output`` (.npz, key ``x``, values clipped to [-1, 1] for images)."""
+def restore_latest(config: ml_collections.ConfigDict, workdir: str
+                    ) -> tuple[Run, train.TrainState, int]:
+  """The run and the state of the latest checkpoint of an existing ``workdir``."""
   workdir = _check_workdir(workdir, config, create=False)
-  if num_samples < 1:
-    raise ValueError(f"--num_samples must be positive, got {num_samples}.")
-  if os.path.exists(output):
-    raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
   run = Run(config)
   with _checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
     latest = mngr.latest_step()
     if latest is None:
       raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")
-    state = run.restore(mngr, latest)
-  sampler = run.sampler()
-  batch_size = batch_size or config.data.batch_size
+    return run, run.restore(mngr, latest), latest
+
+
+def draw_samples(run: Run, state: train.TrainState, num_samples: int, batch_size: int,
+                 flow_spec: train.FlowSpec | None = None) -> np.ndarray:
+  """Algorithm 2 with the EMA estimator (the run's flow, or ``flow_spec``), in batches, with a
+  progress bar on a terminal."""
+  if num_samples < 1:
+    raise ValueError(f"The number of samples must be positive, got {num_samples}.")
+  sampler = train.make_sampler(run.model.apply, run.potential, flow_spec or run.flow_spec)
   chunks, key = [], jax.random.fold_in(run.sample_key, 0)  # training grids use steps ≥ 1
   with tqdm(total=num_samples, disable=not sys.stderr.isatty(), unit="sample") as bar:
     for i, start in enumerate(range(0, num_samples, batch_size)):
       n = min(batch_size, num_samples - start)
-      x = sampler(state.ema_variables(), state.prior, jax.random.fold_in(key, i), n)
-      chunks.append(np.asarray(x))
+      chunks.append(np.asarray(sampler(state.ema_variables(), state.prior,
+                                       jax.random.fold_in(key, i), n)))
       bar.update(n)
+  return np.concatenate(chunks)
+
+
+def sample_to_file(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
+                   output: str, batch_size: int | None = None) -> str:
+  """Draws ``num_samples`` with the EMA estimator of the latest checkpoint (K + κ flow steps) and
+  writes them to ``output`` (.npz, key ``x``, values clipped to [-1, 1] for images)."""
+  if os.path.exists(output):
+    raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
+  run, state, _ = restore_latest(config, workdir)
+  x = draw_samples(run, state, num_samples, batch_size or config.data.batch_size)
   folder = os.path.dirname(os.path.abspath(output))
   os.makedirs(folder, exist_ok=True)
   with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as f:
-    np.savez(f, x=np.concatenate(chunks))
+    np.savez(f, x=x)
   os.replace(f.name, output)
   return output
+
+
+def _free_path(path: str) -> str:
+  """``path``, or ``path`` with -2, -3, ... before its extension if it exists."""
+  stem, ext = os.path.splitext(path)
+  candidate, i = path, 1
+  while os.path.exists(candidate):
+    i += 1
+    candidate = f"{stem}-{i}{ext}"
+  return candidate
+
+
+def _fd_digits(config, run: Run, state: train.TrainState, samples: np.ndarray, workdir: str
+               ) -> dict:
+  from fdrl_jax import evaluate  # the classifier is trained on first use
+  classifier = evaluate.digits_classifier(config.seed)
+  prior = np.asarray(state.prior.sample(jax.random.fold_in(run.sample_key, 1 << 30),
+                                        len(samples)))
+  test = run.dataset.test
+  return {"fd_digits": evaluate.fd_digits(samples, test, classifier),
+          "fd_digits_prior": evaluate.fd_digits(prior, test, classifier),
+          "fd_digits_floor": evaluate.fd_digits(run.dataset.train, test, classifier),
+          "confident_share": evaluate.confident_share(samples, classifier),
+          "classifier_test_accuracy": classifier.test_accuracy}
+
+
+def _fid(config, run: Run, state: train.TrainState, samples: np.ndarray, workdir: str) -> dict:
+  from fdrl_jax import evaluate, inception
+  variables = inception.load_weights(config.eval.inception_weights)
+  rgb = lambda x: np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+  n_ref = config.eval.num_reference
+  cache = os.path.join(workdir, f"fid_stats_{config.data.name}_{n_ref}.npz")
+  if os.path.exists(cache):  # the data set's statistics are computed once per workdir
+    with np.load(cache) as f:
+      mu, sigma = f["mu"], f["sigma"]
+  else:
+    reference = run.dataset.sample(np.random.default_rng(config.seed), n_ref)
+    mu, sigma = evaluate.feature_statistics(inception.features(variables, rgb(reference)))
+    np.savez(cache, mu=mu, sigma=sigma)
+  stats = evaluate.feature_statistics(inception.features(variables, rgb(samples)))
+  return {"fid": evaluate.frechet_distance(*stats, mu, sigma), "num_reference": n_ref,
+          "fid_variant": "pytorch-fid's InceptionV3 pool3 (TF-FID weights), bilinear resize to "
+                         "299, float samples (not quantised to uint8), reference = training data"}
+
+
+METRICS = {"fd_digits": _fd_digits, "fid": _fid}
+
+
+def _check_metric(config: ml_collections.ConfigDict) -> None:
+  metric = config.eval.metric
+  if metric not in METRICS:
+    raise ValueError(f"Unknown --config.eval.metric={metric!r}; available: "
+                     f"{', '.join(sorted(METRICS))}.")
+  if metric == "fd_digits" and config.data.name != "digits":
+    raise ValueError(f"FD-digits needs the bundled digits (data.name=digits), not "
+                     f"{config.data.name!r}; use --config.eval.metric=fid.")
+  weights = config.eval.inception_weights
+  if metric == "fid" and not os.path.isfile(weights):
+    raise ValueError(f"FID needs --config.eval.inception_weights=FILE.npz (found {weights!r}): "
+                     "pytorch-fid's Inception weights converted as fdrl_jax/inception.py says.")
+
+
+def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Samples ``eval.num_samples`` with the EMA estimator (K + κ steps) and scores them.
+
+  ``eval.metric``: ``"fd_digits"`` (bundled digits only): FD-digits against the held-out split,
+  with the same distance for the prior's own samples and the real floor (training vs held-out),
+  and the share of confidently classified samples; ``"fid"``: FID against the training data's
+  Inception statistics (computed once, cached in the workdir). The result is written to
+  ``workdir/eval_step_<step>.json`` (a new name if that exists) and returned.
+  """
+  _check_metric(config)
+  run, state, step = restore_latest(config, workdir)
+  samples = draw_samples(run, state, config.eval.num_samples, config.data.batch_size)
+  workdir = os.path.abspath(workdir)
+  result = {"step": step, "metric": config.eval.metric, "num_samples": len(samples),
+            **METRICS[config.eval.metric](config, run, state, samples, workdir)}
+  path = _free_path(os.path.join(workdir, f"eval_step_{step:07d}.json"))
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  return {**result, "path": path}

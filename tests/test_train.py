@@ -128,6 +128,14 @@ def test_digits_end_to_end_through_main(tmp_path):
   again = cli("--config=configs/digits.py", f"--workdir={workdir}", "--mode=sample",
               "--num_samples=10", f"--output={out}", *TINY_FLAGS)
   assert again.returncode == 2 and "exists" in again.stderr
+  evaluated = cli("--config=configs/digits.py", f"--workdir={workdir}", "--mode=eval",
+                  "--config.eval.num_samples=40", *TINY_FLAGS)
+  assert evaluated.returncode == 0, evaluated.stderr
+  with open(os.path.join(workdir, "eval_step_0000005.json")) as f:
+    result = json.load(f)
+  assert result["step"] == 5 and result["num_samples"] == 40
+  assert 0 < result["fd_digits_floor"] < result["fd_digits_prior"]
+  assert np.isfinite(result["fd_digits"]) and 0 <= result["confident_share"] <= 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -154,6 +162,14 @@ def test_bad_workdirs(tmp_path):
     run_lib.train_and_evaluate(config, str(tmp_path))
   with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
     run_lib.sample_to_file(config, str(tmp_path / "empty"), 4, str(tmp_path / "s.npz"))
+  with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
+    run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
+  toy = toy2d.get_config("8gaussians")
+  with pytest.raises(ValueError, match="FD-digits needs the bundled digits"):
+    run_lib.evaluate_to_file(toy, str(tmp_path / "empty"))
+  config.eval.metric = "fid"
+  with pytest.raises(ValueError, match="FID needs --config.eval.inception_weights=FILE.npz"):
+    run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
