@@ -178,12 +178,16 @@ class Run:
     return jax.device_put(state, self.replicated)
 
   def restore(self, mngr: ocp.CheckpointManager, step: int) -> train.TrainState:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.new_state(fit=False))
+    # Shapes only: no parameters initialised, no d×d template prior materialised.
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
+        jax.eval_shape(lambda: self.new_state(fit=False)))
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     return restored.state
 
-  def sampler(self):
-    return train.make_sampler(self.model.apply, self.potential, self.flow_spec)
+  def sampler(self, flow_spec: train.FlowSpec | None = None):
+    """Algorithm 2 with this run's estimator and flow (or ``flow_spec``)."""
+    return train.make_sampler(self.model.apply, self.potential, flow_spec or self.flow_spec)
 
   def train_step(self):
     """The jitted, data-parallel ``step(state, batch, key)`` of Algorithm 1 for this config."""
@@ -303,7 +307,7 @@ def draw_samples(run: Run, state: train.TrainState, num_samples: int, batch_size
   progress bar on a terminal."""
   if num_samples < 1:
     raise ValueError(f"The number of samples must be positive, got {num_samples}.")
-  sampler = train.make_sampler(run.model.apply, run.potential, flow_spec or run.flow_spec)
+  sampler = run.sampler(flow_spec)
   chunks, key = [], jax.random.fold_in(run.sample_key, 0)  # training grids use steps ≥ 1
   with tqdm(total=num_samples, disable=not sys.stderr.isatty(), unit="sample") as bar:
     for i, start in enumerate(range(0, num_samples, batch_size)):
