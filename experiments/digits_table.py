@@ -1,13 +1,16 @@
 """FDRL's Table 2 grid and Fig. 8 flow-length ablation, on the bundled 8×8 digits, scored by FD-digits.
 
-  python experiments/digits_table.py [--steps 2000] [--samples 1000] [--out experiments/out]
+  python experiments/digits_table.py [--part table|curve|all] [--steps 2000] [--samples 1000]
+                                     [--out experiments/out]
 
 Trains each variant with ``configs/digits.py`` for the same number of steps (FDRL-DDP with LSIF-χ²,
 LR-KL, LR-JS, LR-logD; FDRL-UP with LSIF-χ² and LR-KL), scores samples of the EMA estimator
 (K + κ steps) with FD-digits against the held-out split (``fdrl_jax.evaluate``), and lists the
-prior's own FD-digits and the real floor (training vs held-out split). Then, for the first variant,
-FD-digits as a function of the sampling length K + κ (Fig. 8). Writes ``digits_table.md`` into
---out and prints it. FD-digits is a Fréchet distance on a small digits classifier's features, not
+prior's own FD-digits and the real floor (training vs held-out split), into ``digits_table.md``.
+The curve part trains the digits default (FDRL-DDP LR-KL) and writes FD-digits as a function of
+the sampling length K + κ (Fig. 8) into ``digits_flow_length.md``, and that model's pictures
+(``digits_*.png``: samples, the flow strip of Fig. 6, interpolations of Fig. 7, nearest training
+digits by pixels and by classifier features of Fig. 10–11). Everything goes into --out. FD-digits is a Fréchet distance on a small digits classifier's features, not
 FID.
 """
 
@@ -24,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
-from fdrl_jax import evaluate, run_lib  # noqa: E402
+from fdrl_jax import evaluate, figures, run_lib  # noqa: E402
 
 # (label, loss, divergence, prior, κ): the rows of the paper's Table 2.
 VARIANTS = [
@@ -35,6 +38,7 @@ VARIANTS = [
     ("FDRL-UP LSIF-χ²", "lsif", "pearson", "uniform", 3),
     ("FDRL-UP LR-KL", "lr", "kl", "uniform", 3),
 ]
+CURVE_VARIANT = "FDRL-DDP LR-KL"  # the digits default, whose samples are digits
 
 
 def variant_config(loss: str, divergence: str, prior: str, kappa: int, steps: int, samples: int):
@@ -61,42 +65,70 @@ def flow_length_curve(config, workdir: str, lengths: list[int]) -> list[tuple[in
   return rows
 
 
+def train_variant(variant, steps: int, samples: int):
+  """Trains one row of VARIANTS in a fresh workdir; returns (config, workdir, eval result, s)."""
+  _, loss, divergence, prior, kappa = variant
+  config = variant_config(loss, divergence, prior, kappa, steps, samples)
+  workdir = tempfile.mkdtemp(prefix="digits_table_")
+  start = time.perf_counter()
+  run_lib.train_and_evaluate(config, workdir)
+  seconds = time.perf_counter() - start
+  return config, workdir, run_lib.evaluate_to_file(config, workdir), seconds
+
+
+def write_figures(config, workdir: str, out: str) -> list[str]:
+  """The pictures of the trained model (``fdrl_jax.figures``): samples, the flow strip (Fig. 6),
+  interpolations (Fig. 7) and nearest training digits by pixels and by features (Fig. 10–11)."""
+  paths = []
+  for name, kwargs in (("grid", {}), ("strip", {}), ("interpolation", {}),
+                       ("neighbours", {"space": "pixel"}), ("neighbours", {"space": "feature"})):
+    suffix = f"_{kwargs['space']}" if kwargs else ""
+    path = os.path.join(out, f"digits_{name}{suffix}.png")
+    if os.path.exists(path):
+      os.remove(path)  # the experiment's own output, regenerated
+    paths.append(figures.FIGURES[name](config, workdir, path, **kwargs))
+  return paths
+
+
+def write(out: str, name: str, lines: list[str]) -> None:
+  text = "\n".join(lines) + "\n"
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, name), "w") as f:
+    f.write(text)
+  print(text)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--part", choices=["table", "curve", "all"], default="all")
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--samples", type=int, default=1000)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args()
-  lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}, {args.steps} training steps "
-           f"each, {args.samples} samples, FD-digits against the 297 held-out digits.", "",
-           "| model | FD-digits | prior's FD-digits | confident share | train time |",
-           "|---|---|---|---|---|"]
-  first = None
-  for label, loss, divergence, prior, kappa in VARIANTS:
-    config = variant_config(loss, divergence, prior, kappa, args.steps, args.samples)
-    workdir = tempfile.mkdtemp(prefix="digits_table_")
-    start = time.perf_counter()
-    run_lib.train_and_evaluate(config, workdir)
-    seconds = time.perf_counter() - start
-    result = run_lib.evaluate_to_file(config, workdir)
-    lines.append(f"| {label} | {result['fd_digits']:.1f} | {result['fd_digits_prior']:.1f} | "
-                 f"{result['confident_share']:.2f} | {seconds:.0f} s |")
-    print(lines[-1], flush=True)
-    first = first or (config, workdir, result)
-  config, workdir, result = first
-  lines += ["", f"Real floor (training vs held-out split): {result['fd_digits_floor']:.1f}. "
-            f"Classifier test accuracy: {result['classifier_test_accuracy']:.3f}.", "",
-            f"Flow length (Fig. 8), {VARIANTS[0][0]} trained with K = {config.flow.num_steps}:",
-            "", "| K + κ | FD-digits |", "|---|---|"]
-  k = config.flow.num_steps
-  for total, fd in flow_length_curve(config, workdir, [k // 2, k, k + 5, k + 10, 2 * k, 3 * k]):
-    lines.append(f"| {total} | {fd:.1f} |")
-  text = "\n".join(lines) + "\n"
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "digits_table.md"), "w") as f:
-    f.write(text)
-  print(text)
-
+  header = (f"CPU: {os.cpu_count()} cores, jax {jax.__version__}, {args.steps} training steps, "
+            f"{args.samples} samples, FD-digits against the 297 held-out digits.")
+  if args.part in ("table", "all"):
+    lines = [header, "", "| model | FD-digits | prior's FD-digits | confident share | train time |",
+             "|---|---|---|---|---|"]
+    for variant in VARIANTS:
+      _, _, result, seconds = train_variant(variant, args.steps, args.samples)
+      lines.append(f"| {variant[0]} | {result['fd_digits']:.1f} | {result['fd_digits_prior']:.1f} "
+                   f"| {result['confident_share']:.2f} | {seconds:.0f} s |")
+      print(lines[-1], flush=True)
+    lines += ["", f"Real floor (training vs held-out split): {result['fd_digits_floor']:.1f}. "
+              f"Classifier test accuracy: {result['classifier_test_accuracy']:.3f}."]
+    write(args.out, "digits_table.md", lines)
+  if args.part in ("curve", "all"):
+    variant = next(v for v in VARIANTS if v[0] == CURVE_VARIANT)
+    config, workdir, result, _ = train_variant(variant, args.steps, args.samples)
+    k = config.flow.num_steps
+    lines = [header, "", f"Flow length (Fig. 8), {CURVE_VARIANT} trained with K = {k}; prior's "
+             f"FD-digits {result['fd_digits_prior']:.1f}, real floor "
+             f"{result['fd_digits_floor']:.1f}.", "", "| K + κ | FD-digits |", "|---|---|"]
+    for total, fd in flow_length_curve(config, workdir, [k // 2, k, k + 5, k + 10, 2 * k, 3 * k]):
+      lines.append(f"| {total} | {fd:.1f} |")
+    write(args.out, "digits_flow_length.md", lines)
+    print("\n".join(write_figures(config, workdir, args.out)))
 
 if __name__ == "__main__":
   main()

@@ -17,6 +17,7 @@ the classifier assigns to one class with probability ≥ 0.9.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -51,10 +52,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
     raise ValueError(f"Mismatched statistics: means {mu1.shape} and {mu2.shape}, covariances "
                      f"{sigma1.shape} and {sigma2.shape}.")
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.all(np.isfinite(covmean)):
-    offset = eps * np.eye(sigma1.shape[0])
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+  with warnings.catch_warnings():  # singular products are handled here, not warned about
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.all(np.isfinite(covmean)):
+      offset = eps * np.eye(sigma1.shape[0])
+      covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
   if np.iscomplexobj(covmean):
     if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
       raise ValueError(f"The covariance square root has an imaginary part of "

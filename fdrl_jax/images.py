@@ -9,25 +9,38 @@ import numpy as np
 from PIL import Image
 
 
-def grid(images: np.ndarray, *, pad: int = 1, min_size: int = 32) -> np.ndarray:
-  """Tiles images (N, H, W, C) with values in [-1, 1] into one uint8 RGB array.
+def tile(rows: np.ndarray, *, pad: int = 1, min_size: int = 32) -> np.ndarray:
+  """Tiles images (R, C, H, W, ch) with values in [-1, 1] as R rows of C columns into one uint8
+  RGB array with ``pad``-pixel white borders.
 
-  Images smaller than ``min_size`` pixels are enlarged by an integer factor (nearest neighbour).
+  Images smaller than ``min_size`` pixels are enlarged by an integer factor s = ⌈min_size /
+  max(H, W)⌉ (nearest neighbour), so the picture is R·(sH + pad) + pad by C·(sW + pad) + pad.
   """
-  images = np.asarray(images, np.float32)
-  n, h, w, c = images.shape
+  rows = np.asarray(rows, np.float32)
+  if rows.ndim != 5:
+    raise ValueError(f"tile needs images of shape (rows, columns, H, W, C), got {rows.shape}.")
+  num_rows, num_cols, h, w, c = rows.shape
   scale = max(1, math.ceil(min_size / max(h, w)))
-  images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+  rows = rows.repeat(scale, axis=2).repeat(scale, axis=3)
   if c == 1:
-    images = images.repeat(3, axis=3)
-  cols = math.ceil(math.sqrt(n))
-  rows = math.ceil(n / cols)
+    rows = rows.repeat(3, axis=4)
   h, w = h * scale, w * scale
-  out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), np.float32)
-  for i, img in enumerate(images):
-    r, col = divmod(i, cols)
-    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
+  out = np.ones((num_rows * (h + pad) + pad, num_cols * (w + pad) + pad, 3), np.float32)
+  for r in range(num_rows):
+    for col in range(num_cols):
+      top, left = pad + r * (h + pad), pad + col * (w + pad)
+      out[top:top + h, left:left + w] = rows[r, col]
   return np.round((np.clip(out, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def grid(images: np.ndarray, *, pad: int = 1, min_size: int = 32) -> np.ndarray:
+  """Tiles N images (N, H, W, C) in [-1, 1] in ⌈√N⌉ columns (``tile``; empty cells white)."""
+  images = np.asarray(images, np.float32)
+  cols = math.ceil(math.sqrt(len(images)))
+  rows = math.ceil(len(images) / cols)
+  blank = np.ones((rows * cols - len(images), *images.shape[1:]), np.float32)
+  cells = np.concatenate([images, blank]).reshape(rows, cols, *images.shape[1:])
+  return tile(cells, pad=pad, min_size=min_size)
 
 
 def scatter(points: np.ndarray, reference: np.ndarray | None = None, *, size: int = 256,

@@ -1,8 +1,11 @@
 """Command line: ``python -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits``.
 
 Modes: ``--mode=train`` (default; resumes from the workdir's latest checkpoint),
-``--mode=sample --num_samples=N --output=FILE.npz`` and ``--mode=eval`` (FD-digits, see
-``fdrl_jax.evaluate``; writes ``eval_step_*.json`` into the workdir). Override any config key with
+``--mode=sample --num_samples=N --output=FILE.npz``, ``--mode=eval`` (FD-digits or FID, see
+``fdrl_jax.evaluate``; writes ``eval_step_*.json`` into the workdir) and
+``--mode=figure --figure=grid|strip|interpolation|neighbours --output=FILE.png`` (one picture of the
+latest checkpoint, see ``fdrl_jax.figures``; ``--num_samples`` sets its samples or rows,
+``--space=pixel|feature`` the neighbours' distance). Override any config key with
 ``--config.a.b=value``. For multi-host runs pass ``--distributed`` (calls
 ``jax.distributed.initialize()``, which finds SLURM / TPU pod settings itself).
 """
@@ -19,9 +22,16 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/digits.py or configs/toy2d.py:chasm.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "sample mode: number of samples.")
-_OUTPUT = flags.DEFINE_string("output", None, "sample mode: output .npz file (key 'x').")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "figure"], "What to do.")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 1000, "sample mode: number of samples; figure mode: samples (grid) or rows "
+    "(strip, interpolation, neighbours), default per figure.")
+_OUTPUT = flags.DEFINE_string("output", None, "sample mode: output .npz file (key 'x'); figure "
+                              "mode: output .png file. Never overwritten.")
+_FIGURE = flags.DEFINE_enum("figure", None, ["grid", "strip", "interpolation", "neighbours"],
+                            "figure mode: which picture (see fdrl_jax/figures.py).")
+_SPACE = flags.DEFINE_enum("space", None, ["pixel", "feature"],
+                           "figure mode, neighbours: distance of pixels (default) or features.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
 
@@ -48,6 +58,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   del argv
+  if _MODE.value == "figure":  # checked before JAX starts, like the flags
+    if not _FIGURE.value:
+      _fail("--mode=figure needs --figure=grid|strip|interpolation|neighbours.")
+    if not _OUTPUT.value:
+      _fail("--mode=figure needs --output=FILE.png.")
   import jax  # imported here so that flag errors are reported before JAX starts
   from fdrl_jax import run_lib
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
@@ -59,6 +74,12 @@ def main(argv: list[str]) -> None:
     elif _MODE.value == "eval":
       result = run_lib.evaluate_to_file(_CONFIG.value, _WORKDIR.value)
       print(json.dumps(result, indent=2))
+    elif _MODE.value == "figure":
+      from fdrl_jax import figures
+      num_samples = _NUM_SAMPLES.value if flags.FLAGS["num_samples"].present else None
+      path = figures.make_figure(_FIGURE.value, _CONFIG.value, _WORKDIR.value, _OUTPUT.value,
+                                 num_samples=num_samples, space=_SPACE.value)
+      print(f"wrote the {_FIGURE.value} figure to {path}")
     else:
       if not _OUTPUT.value:
         _fail("--mode=sample needs --output=FILE.npz.")

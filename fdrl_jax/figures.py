@@ -1,0 +1,462 @@
+"""The pictures people expect from a trained run, each written as one PNG by one function.
+
+* ``grid``: samples of Algorithm 2 (K + κ flow steps) as an image grid, or for 2-D toy data a
+  scatter plot over training points (the picture training leaves in ``samples/``).
+* ``strip`` (FDRL Fig. 6, the flow process): a few particles (rows) from their prior draw
+  (column 0) through the flow to the final sample (last column).
+* ``interpolation`` (Fig. 7): each row interpolates between two prior draws and flows every
+  interpolant with the same noise, so that a row varies only through its starting point.
+* ``neighbours`` (Fig. 10–11): samples (column 0) next to their nearest training images, in
+  pixel space or in a feature space, to show that samples are not copies of the training set.
+
+Every function takes ``(config, workdir, output_path, ...)``, restores the workdir's latest
+checkpoint and flows with what ``--mode=sample`` uses: the EMA estimator, the run's prior, its
+flow settings (``run.flow_spec``: K + κ steps, η, ν, clipping) and its potential. The arrays
+behind each picture come from pure helpers (``flow_snapshots``, ``interpolants``,
+``flow_interpolation``, ``nearest_neighbours``), so that tests check numbers rather than pixels.
+Rows × columns pictures are tiled by ``images.tile`` (an integer enlargement up to 32 pixels,
+1-pixel white borders): R rows and C columns of H×W images make R·(sH + 1) + 1 by C·(sW + 1) + 1
+pixels, s = max(1, ⌈32 / max(H, W)⌉) (33 pixels a cell for the 8×8 digits).
+
+An existing output file is never overwritten: it is refused up front, and the PNG is written to a
+temporary file that is hard-linked to the output name, which fails if the name appeared meanwhile.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fdrl_jax import data, flows, images, priors, run_lib, train
+
+Array = jax.Array
+
+# Keys of the figures: fold_in(run.sample_key, FIGURE_KEY + i). Training grids use
+# fold_in(sample_key, step ≥ 1), --mode=sample fold_in(sample_key, 0), FD-digits' prior 1 << 30.
+FIGURE_KEY = 1 << 29
+SPACES = ("pixel", "feature")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers: the arrays behind the pictures.
+
+def snapshot_plan(total_steps: int, num_columns: int = 10) -> tuple[int, list[int]]:
+  """Which flow steps a strip shows: ``(save_every, steps)``, steps from 0 to ``total_steps``.
+
+  If some ``save_every`` dividing ``total_steps`` gives between ``num_columns`` − 2 and
+  ``num_columns`` + 1 snapshots (8–11 for the default 10), every saved snapshot is a column, evenly
+  spaced (K + κ = 120: every 12th step, 11 columns). Otherwise the flow saves at the largest
+  divisor that still gives at least ``num_columns`` snapshots (often every step) and
+  ``num_columns`` of them, as evenly spaced as possible, are shown (K + κ = 25: steps 0, 3, 6, 8,
+  11, 14, 17, 19, 22, 25). Flows shorter than ``num_columns`` steps show every step.
+  """
+  if num_columns < 2:
+    raise ValueError(f"A strip needs at least 2 columns (prior draw and sample), got "
+                     f"{num_columns}.")
+  if total_steps + 1 <= num_columns:
+    return 1, list(range(total_steps + 1))
+  divisors = [s for s in range(1, total_steps + 1) if total_steps % s == 0]
+  near = [s for s in divisors if num_columns - 2 <= total_steps // s + 1 <= num_columns + 1]
+  if near:
+    every = min(near, key=lambda s: (abs(total_steps // s + 1 - num_columns), s))
+    return every, list(range(0, total_steps + 1, every))
+  every = max(s for s in divisors if total_steps // s + 1 >= num_columns)
+  picks = np.round(np.linspace(0, total_steps // every, num_columns)).astype(int)
+  return every, [int(p) * every for p in picks]
+
+
+class Snapshots(NamedTuple):
+  """A strip's arrays: ``frames`` (R, C, ...) at flow ``steps`` (C,); ``frames[:, 0]`` is the
+  prior draw ``prior_draw`` and ``frames[:, -1]`` the final sample ``final`` (R, ...)."""
+  frames: np.ndarray
+  steps: list[int]
+  prior_draw: np.ndarray
+  final: np.ndarray
+
+
+def _flow_kwargs(spec: train.FlowSpec) -> dict[str, Any]:
+  """Algorithm 2's K + κ steps with the run's η, ν and clipping, as ``flows.flow`` takes them."""
+  return dict(num_steps=spec.num_steps + spec.num_refine_steps, step_size=spec.step_size,
+              noise_scale=spec.noise_scale, clip=spec.clip)
+
+
+# The jitted figure functions are cached on what they close over (the estimator module, which
+# compares by its fields, the potential, the flow settings and static sizes), so that figures of
+# the same run made in one process compile once, however often the checkpoint is restored.
+
+@functools.lru_cache(maxsize=16)
+def _snapshots_fn(model, potential: Callable, spec: train.FlowSpec, num_samples: int,
+                  save_every: int, picks: tuple[int, ...]) -> Callable:
+  kwargs = _flow_kwargs(spec)
+
+  @jax.jit
+  def snapshots(model_vars, prior, key):
+    k_prior, k_flow = jax.random.split(key)
+    x0 = prior.sample(k_prior, num_samples)
+    flow_potential = train.estimator_potential(model.apply, potential, model_vars)
+    final, trajectory = flows.flow(flow_potential, x0, k_flow, save_every=save_every, **kwargs)
+    return x0, final, trajectory[np.asarray(picks)]
+
+  return snapshots
+
+
+def flow_snapshots(run: run_lib.Run, state: train.TrainState, key: Array, num_samples: int,
+                   num_columns: int = 10) -> Snapshots:
+  """Draws ``num_samples`` particles from the prior and flows them K + κ steps, keeping snapshots.
+
+  The key is used as ``train.make_sampler`` uses it (split into prior and flow keys), so the final
+  column is the sample ``run.sampler()(state.ema_variables(), state.prior, key, num_samples)``
+  draws: the strip shows how Algorithm 2's own samples came about.
+  """
+  _check_count("strip rows", num_samples)
+  save_every, steps = snapshot_plan(_flow_kwargs(run.flow_spec)["num_steps"], num_columns)
+  snapshots = _snapshots_fn(run.model, run.potential, run.flow_spec, num_samples, save_every,
+                            tuple(s // save_every for s in steps))
+  x0, final, frames = jax.device_get(snapshots(state.ema_variables(), state.prior, key))
+  return Snapshots(frames=np.swapaxes(frames, 0, 1), steps=steps, prior_draw=x0, final=final)
+
+
+def prior_mean(prior) -> Array | None:
+  """The mean of a Gaussian-type prior in its event shape, or None for other priors.
+
+  ``GaussianPrior`` and ``LowRankGaussianPrior`` keep a flat ``mean``; ``NormalPrior`` a scalar
+  ``loc``. Uniform and empirical priors have no such centre.
+  """
+  if hasattr(prior, "mean"):
+    return jnp.reshape(prior.mean, prior.event_shape)
+  if isinstance(prior, priors.NormalPrior):
+    return jnp.full(prior.event_shape, prior.loc, jnp.float32)
+  return None
+
+
+def interpolants(prior, a: Array, b: Array, num_columns: int) -> Array:
+  """Rows of ``num_columns`` points from a (R, ...) to b (R, ...) at t = 0, 1/(C−1), ..., 1.
+
+  Gaussian-type priors (with a mean μ, see ``prior_mean``): spherical interpolation around μ,
+
+      x(t) = μ + cos(tπ/2)(a − μ) + sin(tπ/2)(b − μ).
+
+  If a − μ and b − μ are independent N(0, Σ) draws, so is every x(t) − μ (cos² + sin² = 1): each
+  interpolant is a typical prior draw, as far from μ as a and b. Linear interpolation would pull
+  the middle of a row towards μ (covariance Σ/2 at t = ½), where the prior has almost no mass in
+  high dimension and the flow was never trained. Interpolants are clipped to the prior's own
+  clipping range, as its samples are. Other priors (uniform, empirical): linear interpolation
+  x(t) = (1 − t) a + t b. Either way x(0) = a and x(1) = b exactly.
+
+  Returns:
+    (R, C, ...) starting points.
+  """
+  _check_count("interpolation columns", num_columns, minimum=2)
+  t = np.linspace(0.0, 1.0, num_columns)
+  a, b = jnp.asarray(a)[:, None], jnp.asarray(b)[:, None]
+  shape = (1, num_columns) + (1,) * (a.ndim - 2)
+  mean = prior_mean(prior)
+  if mean is None:
+    w_a, w_b = 1.0 - t, t
+  else:  # sin(π/2 (1 − t)) = cos(tπ/2), but exactly 0 and 1 at the ends in float64
+    w_a, w_b = np.sin(np.pi / 2 * (1.0 - t)), np.sin(np.pi / 2 * t)
+  weight = lambda w: jnp.asarray(w, a.dtype).reshape(shape)
+  x = weight(w_a) * a + weight(w_b) * b  # at t = 0 and 1 this is a or b exactly
+  if mean is not None:
+    x = x + weight(1.0 - w_a - w_b) * mean
+    clip = getattr(prior, "clip", None)
+    if clip is not None:
+      x = jnp.clip(x, *clip)
+  return x
+
+
+@functools.lru_cache(maxsize=16)
+def _interpolation_fn(model, potential: Callable, spec: train.FlowSpec, num_columns: int
+                      ) -> Callable:
+  kwargs = _flow_kwargs(spec)
+
+  @jax.jit
+  def flow_rows(model_vars, prior, a, b, keys):
+    starts = interpolants(prior, a, b, num_columns)
+    flow_potential = train.estimator_potential(model.apply, potential, model_vars)
+    one = lambda x0, k: flows.flow(flow_potential, x0[None], k, **kwargs)[0]
+    # Columns share their row's key (in_axes None): the same noise for the whole row.
+    return starts, jax.vmap(jax.vmap(one, in_axes=(0, None)))(starts, keys)
+
+  return flow_rows
+
+
+class Interpolation(NamedTuple):
+  """An interpolation figure's arrays: ``starts`` and ``flowed`` (R, C, ...); ``starts[:, 0]`` is
+  ``a``, ``starts[:, -1]`` is ``b``; ``spherical`` tells which interpolation was used."""
+  starts: np.ndarray
+  flowed: np.ndarray
+  a: np.ndarray
+  b: np.ndarray
+  spherical: bool
+
+
+def flow_interpolation(run: run_lib.Run, state: train.TrainState, key: Array, num_rows: int,
+                       num_columns: int = 10, *, a: Array | None = None,
+                       b: Array | None = None) -> Interpolation:
+  """Interpolates between pairs of prior draws (``interpolants``) and flows every interpolant.
+
+  Each particle is flowed on its own (``jax.vmap`` of the flow over particles) with its row's flow
+  key, so every interpolant of a row sees the same noise realisation and the row varies only
+  through its starting point. ``a`` and ``b`` (R, ...) replace the prior draws when given.
+  """
+  _check_count("interpolation rows", num_rows)
+  k_a, k_b, k_flow = jax.random.split(key, 3)
+  a = state.prior.sample(k_a, num_rows) if a is None else jnp.asarray(a)
+  b = state.prior.sample(k_b, num_rows) if b is None else jnp.asarray(b)
+  if a.shape != b.shape or a.shape[0] != num_rows:
+    raise ValueError(f"Interpolation ends must both have shape ({num_rows}, ...), got {a.shape} "
+                     f"and {b.shape}.")
+  _check_count("interpolation columns", num_columns, minimum=2)
+  flow_rows = _interpolation_fn(run.model, run.potential, run.flow_spec, num_columns)
+  starts, flowed = flow_rows(state.ema_variables(), state.prior, a, b,
+                             jax.random.split(k_flow, num_rows))
+  starts, flowed, a, b = jax.device_get((starts, flowed, a, b))
+  return Interpolation(starts=starts, flowed=flowed, a=a, b=b,
+                       spherical=prior_mean(state.prior) is not None)
+
+
+def nearest_neighbours(queries: np.ndarray, reference: np.ndarray, k: int, *,
+                       chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """The ``k`` nearest rows of ``reference`` (M, ...) to each query (N, ...) in Euclidean distance.
+
+  Candidates come from ‖q‖² − 2 q·x + ‖x‖² in float32 over chunks of ``chunk_size`` reference rows
+  (memory N × chunk, never N × M × D); a few more candidates than ``k`` are kept and their exact
+  distances recomputed in float64, so float32 cancellation cannot reorder close neighbours.
+
+  Returns:
+    indices (N, k) into ``reference``, nearest first, and their distances (N, k).
+  """
+  queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
+  m = len(reference)
+  if not 1 <= k <= m:
+    raise ValueError(f"Asked for {k} nearest neighbours among {m} training examples.")
+  flat_ref = np.asarray(reference).reshape(m, -1)
+  if flat_ref.shape[1] != queries.shape[1]:
+    raise ValueError(f"Queries of {queries.shape[1]} values cannot be compared with training "
+                     f"examples of {flat_ref.shape[1]}.")
+  keep = min(m, k + max(k, 16))
+  q_sq = np.sum(queries * queries, axis=1)
+  best_d = np.zeros((len(queries), 0), np.float32)
+  best_i = np.zeros((len(queries), 0), np.int64)
+  for start in range(0, m, chunk_size):
+    chunk = flat_ref[start:start + chunk_size].astype(np.float32)
+    d = q_sq[:, None] - 2.0 * (queries @ chunk.T) + np.sum(chunk * chunk, axis=1)[None]
+    all_d = np.concatenate([best_d, d], axis=1)
+    all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(chunk)),
+                                                    d.shape)], axis=1)
+    if all_d.shape[1] > keep:
+      part = np.argpartition(all_d, keep - 1, axis=1)[:, :keep]
+      all_d, all_i = np.take_along_axis(all_d, part, 1), np.take_along_axis(all_i, part, 1)
+    best_d, best_i = all_d, all_i
+  exact = np.sum((queries[:, None].astype(np.float64) - flat_ref[best_i].astype(np.float64)) ** 2,
+                 axis=-1)
+  order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(best_i, order, 1), np.sqrt(np.take_along_axis(exact, order, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# The figures.
+
+def _check_count(what: str, n: int, minimum: int = 1) -> None:
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
+    raise ValueError(f"The number of {what} must be an integer >= {minimum}, got {n!r}.")
+
+
+def _check_output(output_path: str) -> None:
+  if not output_path.lower().endswith(".png"):
+    raise ValueError(f"--output {output_path} must name a .png file.")
+  if os.path.exists(output_path):
+    raise ValueError(f"--output {output_path} exists; choose a new file (nothing was "
+                     "overwritten).")
+
+
+def _write(picture: np.ndarray, output_path: str) -> str:
+  """Writes ``picture`` as PNG to ``output_path`` unless that exists (then a ValueError)."""
+  folder = os.path.dirname(os.path.abspath(output_path))
+  os.makedirs(folder, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=folder, prefix=".figure-", suffix=".png",
+                                   delete=False) as f:
+    tmp = f.name
+  try:
+    images.save_png(picture, tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # a temporary file is private; the figure need not be
+    try:
+      os.link(tmp, output_path)  # atomic: fails if the name exists, never replaces it
+    except FileExistsError:
+      raise ValueError(f"--output {output_path} exists; choose a new file (nothing was "
+                       "overwritten).") from None
+    except OSError:  # a file system without hard links
+      if os.path.exists(output_path):
+        raise ValueError(f"--output {output_path} exists; choose a new file (nothing was "
+                         "overwritten).") from None
+      os.replace(tmp, output_path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return output_path
+
+
+def _require_images(config: ml_collections.ConfigDict, figure: str) -> None:
+  """A one-line ValueError for 2-D toy data (checked from the config, before restoring)."""
+  name = config.data.name
+  if name in data.DATASETS and not data.create_dataset(name, seed=config.seed).is_image:
+    raise ValueError(f"The {figure} figure needs image data; {name!r} is 2-D points "
+                     "(use --figure=grid for a scatter plot).")
+
+
+def _require_flow(config: ml_collections.ConfigDict, figure: str) -> None:
+  """A one-line ValueError for runs that do not sample by FDRL's flow from a prior (a GAN)."""
+  method = config.get("method", "fdrl")
+  if method != "fdrl":
+    raise ValueError(f"The {figure} figure shows FDRL's flow from the prior; a "
+                     f"--config.method={method} run has none (use --figure=grid or neighbours).")
+
+
+def _key(run: run_lib.Run, figure: int) -> Array:
+  return jax.random.fold_in(run.sample_key, FIGURE_KEY + figure)
+
+
+def grid(config: ml_collections.ConfigDict, workdir: str, output_path: str,
+         num_samples: int = 64) -> str:
+  """``num_samples`` samples (Algorithm 2, K + κ steps, EMA estimator) as an image grid.
+
+  The samples are the first ``num_samples`` that ``--mode=sample`` draws. Images are laid out by
+  ``images.grid`` (⌈√N⌉ columns, ⌈N / columns⌉ rows); 2-D toy data is drawn as a 256×256
+  scatter plot (red) over 2 000 training points (grey), like the training grids.
+  """
+  _check_count("samples", num_samples)
+  _check_output(output_path)
+  run, state, _ = run_lib.restore_latest(config, workdir)
+  samples = run_lib.draw_samples(run, state, num_samples, config.data.batch_size)
+  if run.dataset.is_image:
+    picture = images.grid(samples)
+  else:
+    picture = images.scatter(samples, data.fit_samples(run.dataset, 2000, config.seed))
+  return _write(picture, output_path)
+
+
+def strip(config: ml_collections.ConfigDict, workdir: str, output_path: str,
+          num_samples: int = 8, num_columns: int = 10) -> str:
+  """FDRL Fig. 6: ``num_samples`` particles (rows) from their prior draw (first column) through
+  the K + κ flow steps to the final sample (last column); ``snapshot_plan`` picks the steps
+  shown (8–11 columns by default). Image data only."""
+  _check_count("strip rows", num_samples)
+  _check_output(output_path)
+  _require_images(config, "strip")
+  _require_flow(config, "strip")
+  run, state, _ = run_lib.restore_latest(config, workdir)
+  snaps = flow_snapshots(run, state, _key(run, 1), num_samples, num_columns)
+  return _write(images.tile(snaps.frames), output_path)
+
+
+def interpolation(config: ml_collections.ConfigDict, workdir: str, output_path: str,
+                  num_samples: int = 6, num_columns: int = 10) -> str:
+  """FDRL Fig. 7: ``num_samples`` rows, each ``num_columns`` flowed interpolants between two prior
+  draws a (first column) and b (last column).
+
+  Gaussian-type priors are interpolated spherically around their mean μ,
+  x(t) = μ + cos(tπ/2)(a − μ) + sin(tπ/2)(b − μ), so that every interpolant is still a typical
+  prior draw; uniform and empirical priors linearly (see ``interpolants``). Every interpolant of a
+  row is flowed K + κ steps with the same noise (``flow_interpolation``). Image data only.
+  """
+  _check_count("interpolation rows", num_samples)
+  _check_output(output_path)
+  _require_images(config, "interpolation")
+  _require_flow(config, "interpolation")
+  run, state, _ = run_lib.restore_latest(config, workdir)
+  result = flow_interpolation(run, state, _key(run, 2), num_samples, num_columns)
+  return _write(images.tile(result.flowed), output_path)
+
+
+def _check_feature_space(config: ml_collections.ConfigDict) -> None:
+  weights = config.eval.inception_weights
+  if config.data.name != "digits" and not (weights and os.path.isfile(weights)):
+    raise ValueError(f"--space=feature needs the bundled digits (FD-digits classifier) or "
+                     f"--config.eval.inception_weights=FILE.npz (found {weights!r}; see "
+                     "fdrl_jax/inception.py); or use --space=pixel.")
+
+
+def feature_extractor(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
+  """Images (N, H, W, C) in [-1, 1] → features (N, D) for ``--space=feature``.
+
+  The bundled digits use the FD-digits classifier's 128-d penultimate features (trained on the
+  run's own training split, ``evaluate.digits_classifier(config.seed)``); other data the FID
+  Inception's 2048-d pool3 features, from ``config.eval.inception_weights`` (grey images repeated
+  to RGB). Raises a ValueError naming what to set when neither is available.
+  """
+  _check_feature_space(config)
+  if config.data.name == "digits":
+    from fdrl_jax import evaluate  # the classifier is trained on first use (seconds)
+    return evaluate.digits_classifier(config.seed).features
+  from fdrl_jax import inception
+  variables = inception.load_weights(config.eval.inception_weights)
+  rgb = lambda x: np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+  return lambda x: inception.features(variables, rgb(np.asarray(x)))
+
+
+def training_images(run: run_lib.Run) -> np.ndarray:
+  """The training images neighbours are searched in: the whole training split when it is held in
+  memory, else the ``data.max_fit_samples`` images decoded to fit the prior (a random subset of a
+  large split, drawn with the config's seed)."""
+  config = run.config
+  return data.fit_samples(run.dataset, config.data.max_fit_samples, config.seed)
+
+
+def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str,
+               num_samples: int = 8, k: int = 8, space: str = "pixel") -> str:
+  """FDRL Fig. 10–11: ``num_samples`` samples (first column) and their ``k`` nearest training
+  images (next columns, nearest first).
+
+  ``space="pixel"``: Euclidean distance between pixel values; ``space="feature"``: between
+  features (``feature_extractor``: the digits classifier, or Inception pool3). Samples are the
+  first ones ``--mode=sample`` draws; training images are ``training_images(run)``. Image data
+  only.
+  """
+  _check_count("samples", num_samples)
+  _check_count("neighbours", k)
+  if space not in SPACES:
+    raise ValueError(f"Unknown --space {space!r}; choose pixel or feature.")
+  _check_output(output_path)
+  _require_images(config, "neighbours")
+  if space == "feature":
+    _check_feature_space(config)  # before the (possibly long) restore
+  run, state, _ = run_lib.restore_latest(config, workdir)
+  samples = run_lib.draw_samples(run, state, num_samples, config.data.batch_size)
+  train_images = training_images(run)
+  if space == "pixel":
+    index, _ = nearest_neighbours(samples, train_images, k)
+  else:
+    features = feature_extractor(config)
+    index, _ = nearest_neighbours(features(samples), features(train_images), k)
+  rows = np.concatenate([samples[:, None], train_images[index]], axis=1)
+  return _write(images.tile(rows), output_path)
+
+
+FIGURES: dict[str, Callable[..., str]] = {
+    "grid": grid, "strip": strip, "interpolation": interpolation, "neighbours": neighbours}
+
+
+def make_figure(name: str, config: ml_collections.ConfigDict, workdir: str, output_path: str, *,
+                num_samples: int | None = None, space: str | None = None) -> str:
+  """The figure ``name`` (a key of FIGURES), as ``--mode=figure`` calls it; ``None`` arguments take
+  the figure's defaults. ``space`` applies to ``neighbours`` only."""
+  if name not in FIGURES:
+    raise ValueError(f"Unknown --figure {name!r}; choose one of {', '.join(FIGURES)}.")
+  kwargs: dict[str, Any] = {}
+  if num_samples is not None:
+    kwargs["num_samples"] = num_samples
+  if space is not None:
+    if name != "neighbours":
+      raise ValueError(f"--space applies to --figure=neighbours only, not {name}.")
+    kwargs["space"] = space
+  return FIGURES[name](config, workdir, output_path, **kwargs)
