@@ -12,6 +12,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0                     # fixes the data split, the initialisation and every step's keys
+  # fdrl: FDRL (an estimator flows prior samples); gan: a GAN trained in the MonoFlow view (the
+  # estimator of `model` is the discriminator, `generator` and `gan` below set the rest).
+  config.method = "fdrl"
 
   config.data = ml_collections.ConfigDict()
   # A bundled set (fdrl_jax.data.DATASETS: digits, chasm, 8gaussians, ...), a tensorflow-datasets
@@ -65,6 +68,35 @@ def get_config() -> ml_collections.ConfigDict:
   config.prior.source_path = ""       # empirical: folder of source images (data.* preprocessing)
   config.prior.loc = 0.0              # normal: mean of every coordinate
   config.prior.scale = 1.0            # normal: standard deviation of every coordinate
+
+  # method = gan: the generator x = G(z), z ~ N(0, I), and the MonoFlow generator loss −E[h(d)].
+  config.generator = ml_collections.ConfigDict()
+  config.generator.name = "mlp"       # fdrl_jax.models.GENERATORS: mlp | dcgan
+  config.generator.latent_dim = 100   # dimension of z
+  config.generator.width = 256        # mlp: hidden width
+  config.generator.depth = 2          # mlp: number of hidden layers
+  config.generator.channels = (128, 64)  # dcgan: widths before each ×2 upsampling (4ngf, 2ngf[, ngf])
+
+  config.gan = ml_collections.ConfigDict()
+  # h of the generator loss (fdrl_jax.monoflow.MONOTONE_MAPS): logit | vanilla | non_saturating |
+  # arcsinh | exp. vanilla is log(1 − σ(d + shift)); exp is exp(scale·d).
+  config.gan.h = "non_saturating"
+  config.gan.shift = 0.0              # vanilla: C
+  config.gan.scale = 1.5              # exp: a
+  config.gan.gen_learning_rate = 1e-4  # Adam, generator (MonoFlow's DCGAN setting)
+  config.gan.disc_learning_rate = 2e-4  # Adam, discriminator
+  config.gan.b1 = 0.5
+  config.gan.b2 = 0.999
+
+  # method = gan, sampling: DGflow-style refinement of G(z) along the trained discriminator's
+  # MonoFlow, z ← z + η h'(d)∇d + ν ξ in latent space (or x ← ... in data space). May change
+  # between runs on one workdir (a sampling choice, like `eval`).
+  config.refine = ml_collections.ConfigDict()
+  config.refine.num_steps = 0         # 0 = off
+  config.refine.h = "logit"           # MONOTONE_MAPS name (logit = DGflow's KL flow)
+  config.refine.space = "latent"      # latent | data
+  config.refine.step_size = 0.1       # η (DGflow on CIFAR10)
+  config.refine.noise_scale = 0.045   # ν = √(2ηγ) with DGflow's γ = 0.01
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-3   # Adam (paper: 1e-4 at batch 64 for 100k steps)

@@ -37,7 +37,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from fdrl_jax import flow
 from fdrl_jax.flows import _auto_unroll

@@ -4,7 +4,7 @@ Convention: r(x) = q(x)/p(x), q = prior / flowed samples, p = data (FDRL's). Mon
 d = log p/q = −log r.
 """
 
-from fdrl_jax import divergences, losses, priors
+from fdrl_jax import divergences, losses, monoflow, priors
 from fdrl_jax.divergences import DIVERGENCES, flow_potential
 from fdrl_jax.flows import flow, potential_gradient, two_stage_flow
 from fdrl_jax.losses import LOSSES, bregman_loss
@@ -12,6 +12,7 @@ from fdrl_jax.priors import fit_gaussian, fit_low_rank_gaussian
 
 __all__ = [
     "DIVERGENCES", "LOSSES", "bregman_loss", "divergences", "fit_gaussian",
-    "fit_low_rank_gaussian", "flow", "flow_potential", "losses", "potential_gradient", "priors",
+    "fit_low_rank_gaussian", "flow", "flow_potential", "losses", "monoflow", "potential_gradient",
+    "priors",
     "two_stage_flow",
 ]

@@ -14,6 +14,7 @@ call with ``update_stats=True`` and ``mutable=["batch_stats"]`` in a training st
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -162,7 +163,28 @@ class ResNet(nn.Module):
     return out[:, 0].astype(jnp.float32)
 
 
+class DCGANDiscriminator(nn.Module):
+  """DCGAN discriminator: 4×4 stride-2 convs (``channels``), LeakyReLU 0.2, flatten, Dense → 1.
+
+  As the estimator of a MonoFlow field it must be a per-sample function d(x), so unlike the DCGAN
+  paper it has no batch normalisation (which would make d(x) depend on the rest of the batch).
+  """
+  channels: Sequence[int] = (32, 64)
+  negative_slope: float = 0.2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    del update_stats
+    for c in self.channels:
+      x = nn.Conv(c, (4, 4), strides=2, padding=((1, 1), (1, 1)),
+                  conv_general_dilated=conv_general_dilated)(x)
+      x = nn.leaky_relu(x, self.negative_slope)
+    return nn.Dense(1)(x.reshape((x.shape[0], -1)))[:, 0]
+
+
 MODELS = {
+    "dcgan": lambda cfg: DCGANDiscriminator(channels=tuple(cfg.channels),
+                                            negative_slope=cfg.negative_slope),
     "mlp": lambda cfg: MLP(width=cfg.width, depth=cfg.depth, negative_slope=cfg.negative_slope),
     "conv": lambda cfg: ConvNet(channels=tuple(cfg.channels), negative_slope=cfg.negative_slope),
     **{arch: (lambda cfg, arch=arch: ResNet(
@@ -178,3 +200,75 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
     raise ValueError(f"Unknown model {config.name!r}. Available models are: "
                      f"{', '.join(sorted(MODELS))}.")
   return MODELS[config.name](config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generators x = G(z) for the GAN training of ``fdrl_jax.gan`` (MonoFlow).
+
+class MLPGenerator(nn.Module):
+  """z → ``depth`` Dense(``width``) + ReLU → Dense → reshaped to ``event_shape`` (any data)."""
+  event_shape: tuple[int, ...]
+  width: int = 128
+  depth: int = 2
+  tanh: bool = False  # squash into [-1, 1] (image data)
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    for _ in range(self.depth):
+      z = nn.relu(nn.Dense(self.width)(z))
+    x = nn.Dense(int(math.prod(self.event_shape)))(z)
+    return (jnp.tanh(x) if self.tanh else x).reshape((z.shape[0], *self.event_shape))
+
+
+class DCGANGenerator(nn.Module):
+  """DCGAN generator: Dense → s×s×C₀, then 4×4 stride-2 transposed convs, each doubling the size:
+  batch norm + ReLU between them, the last one to the image channels, tanh.
+
+  ``channels`` = (C₀, C₁, ...): the widths before each upsampling, so the start size is
+  s = H / 2^len(channels): (4·ngf, 2·ngf) for 28² (7 → 14 → 28), (4·ngf, 2·ngf, ngf) for 32²
+  (4 → 8 → 16 → 32). Batch statistics are used with ``train=True`` (kept in ``batch_stats``) and
+  their running averages otherwise.
+  """
+  event_shape: tuple[int, int, int]
+  channels: Sequence[int] = (128, 64)
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    h, w, c = self.event_shape
+    n = len(self.channels)
+    start = (h // 2 ** n, w // 2 ** n)
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+    x = nn.Dense(start[0] * start[1] * self.channels[0], use_bias=False)(z)
+    x = nn.relu(norm()(x.reshape((z.shape[0], *start, self.channels[0]))))
+    for width in self.channels[1:]:
+      x = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
+      x = nn.relu(norm()(x))
+    return jnp.tanh(nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")(x))
+
+
+GENERATORS = {
+    "mlp": lambda cfg, shape, is_image: MLPGenerator(event_shape=tuple(shape), width=cfg.width,
+                                                     depth=cfg.depth, tanh=is_image),
+    "dcgan": lambda cfg, shape, is_image: DCGANGenerator(event_shape=tuple(shape),
+                                                         channels=tuple(cfg.channels)),
+}
+
+
+def create_generator(config: ml_collections.ConfigDict, event_shape: tuple[int, ...],
+                     is_image: bool) -> nn.Module:
+  """Builds the generator named ``config.name`` (a key of GENERATORS) for data of ``event_shape``.
+
+  Raises a one-line ValueError when that generator cannot produce such data.
+  """
+  if config.name not in GENERATORS:
+    raise ValueError(f"Unknown generator {config.name!r}. Available generators are: "
+                     f"{', '.join(sorted(GENERATORS))}.")
+  if config.name == "dcgan":
+    n = len(config.channels)
+    if len(event_shape) != 3 or any(side % 2 ** n for side in event_shape[:2]):
+      raise ValueError(f"The dcgan generator with {n} channel widths makes images whose sides are "
+                       f"multiples of {2 ** n}; the data have shape {tuple(event_shape)}. Set "
+                       "--config.generator.channels (e.g. 2 widths for 28², 3 for 32²) or use "
+                       "--config.generator.name=mlp.")
+  return GENERATORS[config.name](config, event_shape, is_image)

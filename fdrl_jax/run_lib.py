@@ -8,6 +8,7 @@ uninterrupted run would have done.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -24,10 +25,13 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from fdrl_jax import data, images, models, train
+from fdrl_jax import data, gan, images, models, train
 
 # Config keys that may change between runs on the same workdir (everything else must match).
-RESUMABLE_CHANGES = ("training", "eval")
+RESUMABLE_CHANGES = ("training", "eval", "refine")
+# Sections added with the GAN method: a config.json written before them is an FDRL run, which
+# they do not affect.
+GAN_SECTIONS = ("method", "gan", "generator", "refine")
 
 
 class TrainingDiverged(ValueError):
@@ -55,6 +59,8 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: b
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
+    if "method" not in old and new["method"] == "fdrl":
+      old.update({k: new[k] for k in GAN_SECTIONS})
     diff = sorted(k for k in set(old) | set(new)
                   if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if diff:
@@ -189,6 +195,20 @@ class Run:
     """Algorithm 2 with this run's estimator and flow (or ``flow_spec``)."""
     return train.make_sampler(self.model.apply, self.potential, flow_spec or self.flow_spec)
 
+  @functools.cache
+  def _cached_sampler(self, flow_spec: train.FlowSpec | None):
+    return self.sampler(flow_spec)
+
+  def draw(self, state, key: jax.Array, n: int, flow_spec: train.FlowSpec | None = None
+           ) -> jax.Array:
+    """``n`` samples of the model in ``state`` (FDRL: the EMA estimator's K + κ flow from the
+    prior, or ``flow_spec``'s flow)."""
+    return self._cached_sampler(flow_spec)(state.ema_variables(), state.prior, key, n)
+
+  def prior_samples(self, state, key: jax.Array, n: int) -> np.ndarray | None:
+    """Draws of the run's starting distribution, for the prior's own score (None if it has none)."""
+    return np.asarray(state.prior.sample(key, n))
+
   def train_step(self):
     """The jitted, data-parallel ``step(state, batch, key)`` of Algorithm 1 for this config."""
     is_image = self.dataset.is_image
@@ -206,6 +226,61 @@ class Run:
         self.mesh)
 
 
+class GANRun(Run):
+  """A GAN trained in the MonoFlow view (``config.method = "gan"``, ``fdrl_jax.gan``).
+
+  The discriminator is ``config.model`` (a ratio estimator of ``fdrl_jax.models``); the generator
+  is ``config.generator``; the generator loss is −E[h(d)] with h = ``config.gan.h``. Sampling
+  draws G(z), refined along the trained discriminator's MonoFlow when ``refine.num_steps`` > 0.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    super().__init__(config, mesh)
+    r = config.refine
+    self.generator = models.create_generator(config.generator, self.dataset.event_shape,
+                                             self.dataset.is_image)
+    self.gen_tx, self.disc_tx = gan.build_optimizers(config)
+    self.hmap = gan.build_monotone_map(config)
+    refine_spec = train.FlowSpec(num_steps=r.num_steps, num_refine_steps=0,
+                                 step_size=r.step_size, noise_scale=r.noise_scale,
+                                 clip=self.flow_spec.clip)
+    self.gan_sampler = gan.make_sampler(
+        self.generator.apply, self.model.apply, config.generator.latent_dim,
+        gan.build_monotone_map(config, r.h), r.space, refine_spec)
+
+  def new_state(self, fit: bool) -> gan.GANState:
+    del fit  # nothing is fitted to the data
+    state = gan.create_gan_state(self.generator, self.model, self.gen_tx, self.disc_tx,
+                                 self.init_key, self.dataset.event_shape,
+                                 self.config.generator.latent_dim)
+    return jax.device_put(state, self.replicated)
+
+  def train_step(self):
+    return train.jit_train_step(
+        lambda sharding: gan.make_gan_step(
+            self.generator.apply, self.model.apply, self.gen_tx, self.disc_tx, self.hmap,
+            self.config.generator.latent_dim, particle_sharding=sharding), self.mesh)
+
+  def draw(self, state, key, n, flow_spec=None):
+    if flow_spec is not None:
+      raise ValueError("A GAN run samples G(z) (refined per config.refine), not an FDRL flow.")
+    return self.gan_sampler(state, key, n)
+
+  def prior_samples(self, state, key, n):
+    return None
+
+
+RUNS = {"fdrl": Run, "gan": GANRun}
+
+
+def make_run(config: ml_collections.ConfigDict, mesh=None) -> Run:
+  """The run of ``config.method``: FDRL (``Run``) or a MonoFlow GAN (``GANRun``)."""
+  if config.method not in RUNS:
+    raise ValueError(f"Unknown --config.method={config.method!r}; available: "
+                     f"{', '.join(sorted(RUNS))}.")
+  return RUNS[config.method](config, mesh)
+
+
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(workdir, "checkpoints"),
@@ -216,10 +291,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
                        ) -> train.TrainState:
   """Trains FDRL per ``config`` in ``workdir``, resuming from its latest checkpoint if any."""
   workdir = _check_workdir(workdir, config, create=True)
-  run = Run(config, mesh)
+  run = make_run(config, mesh)
   cfg = config.training
   step_fn = run.train_step()
-  sampler = run.sampler()
   reference = None if run.dataset.is_image else data.fit_samples(run.dataset, 2000, config.seed)
 
   with _checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr:
@@ -256,9 +330,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       if tty:
         bar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{rate:.1f}")
       else:
-        print(f"step {s}/{cfg.num_steps}  loss {record['loss']:.5g}  ratio data "
-              f"{record['ratio_data']:.4g} flowed {record['ratio_flowed']:.4g}  {rate:.1f} steps/s",
-              flush=True)
+        values = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "steps_per_s"))
+        print(f"step {s}/{cfg.num_steps}  {values}  {rate:.1f} steps/s", flush=True)
 
     steps = range(start, cfg.num_steps)
     for step, batch in zip(steps, prefetch(run.batch, steps)):
@@ -274,8 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
         last_good = done
       if done % cfg.sample_every == 0 or last:
-        x = sampler(state.ema_variables(), state.prior, jax.random.fold_in(run.sample_key, done),
-                    cfg.num_grid_samples)
+        x = run.draw(state, jax.random.fold_in(run.sample_key, done), cfg.num_grid_samples)
         images.save_samples(np.asarray(x), os.path.join(workdir, "samples",
                                                         f"step_{done:07d}.png"), reference)
     bar.close()
@@ -293,7 +365,7 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
                     ) -> tuple[Run, train.TrainState, int]:
   """The run and the state of the latest checkpoint of an existing ``workdir``."""
   workdir = _check_workdir(workdir, config, create=False)
-  run = Run(config)
+  run = make_run(config)
   with _checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
     latest = mngr.latest_step()
     if latest is None:
@@ -301,19 +373,17 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
     return run, run.restore(mngr, latest), latest
 
 
-def draw_samples(run: Run, state: train.TrainState, num_samples: int, batch_size: int,
+def draw_samples(run: Run, state, num_samples: int, batch_size: int,
                  flow_spec: train.FlowSpec | None = None) -> np.ndarray:
-  """Algorithm 2 with the EMA estimator (the run's flow, or ``flow_spec``), in batches, with a
-  progress bar on a terminal."""
+  """``run.draw`` in batches (FDRL: Algorithm 2 with the EMA estimator, the run's flow or
+  ``flow_spec``), with a progress bar on a terminal."""
   if num_samples < 1:
     raise ValueError(f"The number of samples must be positive, got {num_samples}.")
-  sampler = run.sampler(flow_spec)
   chunks, key = [], jax.random.fold_in(run.sample_key, 0)  # training grids use steps ≥ 1
   with tqdm(total=num_samples, disable=not sys.stderr.isatty(), unit="sample") as bar:
     for i, start in enumerate(range(0, num_samples, batch_size)):
       n = min(batch_size, num_samples - start)
-      chunks.append(np.asarray(sampler(state.ema_variables(), state.prior,
-                                       jax.random.fold_in(key, i), n)))
+      chunks.append(np.asarray(run.draw(state, jax.random.fold_in(key, i), n, flow_spec)))
       bar.update(n)
   return np.concatenate(chunks)
 
@@ -348,11 +418,11 @@ def _fd_digits(config, run: Run, state: train.TrainState, samples: np.ndarray, w
                ) -> dict:
   from fdrl_jax import evaluate  # the classifier is trained on first use
   classifier = evaluate.digits_classifier(config.seed)
-  prior = np.asarray(state.prior.sample(jax.random.fold_in(run.sample_key, 1 << 30),
-                                        len(samples)))
+  prior = run.prior_samples(state, jax.random.fold_in(run.sample_key, 1 << 30), len(samples))
   test = run.dataset.test
   return {"fd_digits": evaluate.fd_digits(samples, test, classifier),
-          "fd_digits_prior": evaluate.fd_digits(prior, test, classifier),
+          **({} if prior is None else {"fd_digits_prior": evaluate.fd_digits(prior, test,
+                                                                             classifier)}),
           "fd_digits_floor": evaluate.fd_digits(run.dataset.train, test, classifier),
           "confident_share": evaluate.confident_share(samples, classifier),
           "classifier_test_accuracy": classifier.test_accuracy}

@@ -17,8 +17,10 @@ from fdrl_jax import run_lib, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_digits_config(num_steps=4):
-  config = digits.get_config()
+def tiny_digits_config(num_steps=4, config=None):
+  """``config`` (default: the digits config) with a batch of 8, K = 2, κ = 1 and ``num_steps``
+  training steps that log and checkpoint every 2 steps."""
+  config = digits.get_config() if config is None else config
   config.data.batch_size = 8
   config.flow.num_steps = 2
   config.flow.num_refine_steps = 1

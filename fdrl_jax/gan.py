@@ -1,0 +1,233 @@
+"""GAN training in the MonoFlow view: estimate the log-ratio field, then move the generator along it.
+
+One training step, all inside one jitted function of (state, data batch, key):
+
+    discriminator:  l = D(x) ≈ log q/p by the package's logistic-regression Bregman loss
+                    (``losses.LOSSES["lr"]``: data p against generated samples q), one Adam step;
+    generator:      L_G(θ) = −E_z[h(d(G_θ(z)))],  d = −l = log p/q with the *updated*
+                    discriminator held fixed, one Adam step.
+
+The generator's gradient is Σᵢ −h'(d(xᵢ)) ∇ₓd(xᵢ) · ∂xᵢ/∂θ: each generated point is pulled along
+the MonoFlow velocity h'(d)∇d (``fdrl_jax.monoflow``), and the choice of h is the choice of GAN loss
+(vanilla with shift C, non-saturating, logit, arcsinh, ...). The step's randomness is
+``fold_in(key, state.step)`` so a resumed run replays exactly; over several devices the batch and the
+latent draws are sharded over the "data" axis as in ``fdrl_jax.train``. Only ``build_*`` read a
+config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+from jax.sharding import NamedSharding
+
+from fdrl_jax import monoflow
+from fdrl_jax.flows import flow
+from fdrl_jax.losses import LOSSES
+from fdrl_jax.train import FlowSpec, variables
+
+Array = jax.Array
+
+# The discriminator is the package's logistic-regression ratio estimator: it outputs log q/p.
+DISCRIMINATOR_LOSS = LOSSES["lr"]
+
+
+@struct.dataclass
+class GANState:
+  """Generator and discriminator parameters and optimizer states; saved whole by the checkpoints.
+
+  ``gen_stats`` holds the generator's batch-norm statistics (empty for the MLP generator).
+  """
+  step: Array
+  gen_params: Any
+  gen_stats: Any
+  disc_params: Any
+  gen_opt_state: Any
+  disc_opt_state: Any
+
+  def generator_variables(self) -> dict:
+    return variables(self.gen_params, self.gen_stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders: the only functions here that read a config.
+
+def build_monotone_map(config: ml_collections.ConfigDict, name: str | None = None
+                       ) -> monoflow.MonotoneMap:
+  """The generator's h (``gan.h``, or ``name``) with its parameters (``gan.shift``, ``gan.scale``)."""
+  g = config.gan
+  return monoflow.get_map(name or g.h, shift=g.shift, scale=g.scale)
+
+
+def build_optimizers(config: ml_collections.ConfigDict
+                     ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  """Adam for the generator and the discriminator (the DCGAN settings: β₁ = 0.5)."""
+  g = config.gan
+  return (optax.adam(g.gen_learning_rate, b1=g.b1, b2=g.b2),
+          optax.adam(g.disc_learning_rate, b1=g.b1, b2=g.b2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure functions.
+
+def create_gan_state(generator: nn.Module, discriminator: nn.Module,
+                     gen_tx: optax.GradientTransformation, disc_tx: optax.GradientTransformation,
+                     key: Array, event_shape: tuple[int, ...], latent_dim: int) -> GANState:
+  """Initialises both networks after checking, from shapes alone, that they fit the data.
+
+  Raises:
+    ValueError: (one line) if the generator does not produce ``event_shape`` samples or the
+      discriminator does not give one value per sample.
+  """
+  k_gen, k_disc = jax.random.split(key)
+  z = jax.ShapeDtypeStruct((2, latent_dim), jnp.float32)
+  gen_shape = jax.eval_shape(lambda z: generator.init_with_output(k_gen, z)[0], z).shape
+  if gen_shape[1:] != tuple(event_shape):
+    raise ValueError(f"The generator makes samples of shape {gen_shape[1:]} but the data have "
+                     f"shape {tuple(event_shape)}; fix --config.generator (name, channels) for "
+                     "this data set.")
+  x = jax.ShapeDtypeStruct((2, *event_shape), jnp.float32)
+  disc_shape = jax.eval_shape(lambda x: discriminator.init_with_output(k_disc, x)[0], x).shape
+  if disc_shape != (2,):
+    raise ValueError(f"The discriminator must give one value per sample, shape (batch,), but gives "
+                     f"{disc_shape} for a batch of 2; choose a --config.model that ends in one "
+                     "output.")
+
+  @jax.jit
+  def init(k_gen, k_disc):
+    gen_vars = generator.init(k_gen, jnp.zeros((1, latent_dim)))
+    disc_params = discriminator.init(k_disc, jnp.zeros((1, *event_shape)))["params"]
+    gen_params = gen_vars["params"]
+    return GANState(step=jnp.zeros((), jnp.int32), gen_params=gen_params,
+                    gen_stats=gen_vars.get("batch_stats", {}), disc_params=disc_params,
+                    gen_opt_state=gen_tx.init(gen_params), disc_opt_state=disc_tx.init(disc_params))
+
+  return init(k_gen, k_disc)
+
+
+def discriminator_logit(disc_apply: Callable, disc_params) -> Callable[[Array], Array]:
+  """x ↦ d(x) = log p/q of a discriminator trained with DISCRIMINATOR_LOSS (which outputs log q/p)."""
+  return lambda x: monoflow.logit_from_log_ratio(disc_apply({"params": disc_params}, x))
+
+
+def _generate(gen_apply: Callable, gen_vars: dict, z: Array, train: bool) -> tuple[Array, Any]:
+  """G(z) and the updated batch-norm statistics (unchanged when ``train`` is False or none)."""
+  if train and "batch_stats" in gen_vars:
+    x, mutated = gen_apply(gen_vars, z, train=True, mutable=["batch_stats"])
+    return x, mutated["batch_stats"]
+  return gen_apply(gen_vars, z), gen_vars.get("batch_stats", {})
+
+
+def make_gan_step(
+    gen_apply: Callable, disc_apply: Callable, gen_tx: optax.GradientTransformation,
+    disc_tx: optax.GradientTransformation, hmap: monoflow.MonotoneMap, latent_dim: int, *,
+    particle_sharding: NamedSharding | None = None,
+) -> Callable[[GANState, Array, Array], tuple[GANState, dict[str, Array]]]:
+  """One discriminator step, then one generator step, as ``step(state, batch, key)``.
+
+  Args:
+    gen_apply, disc_apply: the networks' ``apply`` functions (Flax modules' ``apply``).
+    gen_tx, disc_tx: their optimizers.
+    hmap: the increasing map h of the generator loss −E[h(d(G(z)))].
+    latent_dim: dimension of z ~ N(0, I).
+    particle_sharding: sharding of the latent draws (the data sharding), when data-parallel.
+  """
+  def latents(key, n):
+    z = jax.random.normal(key, (n, latent_dim))
+    return z if particle_sharding is None else jax.lax.with_sharding_constraint(
+        z, particle_sharding)
+
+  def step(state: GANState, batch: Array, key: Array):
+    k_disc, k_gen = jax.random.split(jax.random.fold_in(key, state.step))
+    n = batch.shape[0]
+    gen_vars = state.generator_variables()
+    fake, _ = _generate(gen_apply, gen_vars, latents(k_disc, n), train=True)
+    fake = jax.lax.stop_gradient(fake)
+
+    def disc_objective(params):
+      out_data = disc_apply({"params": params}, batch)
+      out_fake = disc_apply({"params": params}, fake)
+      return DISCRIMINATOR_LOSS(out_data, out_fake), (out_data, out_fake)
+
+    (disc_loss, (out_data, out_fake)), disc_grads = jax.value_and_grad(
+        disc_objective, has_aux=True)(state.disc_params)
+    updates, disc_opt_state = disc_tx.update(disc_grads, state.disc_opt_state, state.disc_params)
+    disc_params = optax.apply_updates(state.disc_params, updates)
+    logit = discriminator_logit(disc_apply, jax.lax.stop_gradient(disc_params))  # d held fixed
+
+    def gen_objective(params):
+      x, stats = _generate(gen_apply, variables(params, state.gen_stats), latents(k_gen, n),
+                           train=True)
+      d = logit(x)
+      return -jnp.mean(hmap.h(d)), (stats, d)
+
+    (gen_loss, (gen_stats, d_gen)), gen_grads = jax.value_and_grad(
+        gen_objective, has_aux=True)(state.gen_params)
+    updates, gen_opt_state = gen_tx.update(gen_grads, state.gen_opt_state, state.gen_params)
+    gen_params = optax.apply_updates(state.gen_params, updates)
+    metrics = {
+        "loss": disc_loss + gen_loss, "disc_loss": disc_loss, "gen_loss": gen_loss,
+        # D(x) = σ(d): the classifier's probability of "data", on data and on generated samples.
+        "d_data": jnp.mean(jax.nn.sigmoid(-out_data)),
+        "d_fake": jnp.mean(jax.nn.sigmoid(-out_fake)),
+        # Mean h'(d) on the generator's batch: near 0 means the generator loss saturates.
+        "h_slope": jnp.mean(hmap.h_prime(d_gen)),
+        "gen_grad_norm": optax.tree.norm(gen_grads),
+    }
+    return state.replace(step=state.step + 1, gen_params=gen_params, gen_stats=gen_stats,
+                         disc_params=disc_params, gen_opt_state=gen_opt_state,
+                         disc_opt_state=disc_opt_state), metrics
+
+  return step
+
+
+REFINE_SPACES = ("latent", "data")
+
+
+def refine(
+    gen_apply: Callable, gen_vars: dict, logit_fn: Callable[[Array], Array],
+    hmap: monoflow.MonotoneMap, z: Array, key: Array, *, space: str, num_steps: int,
+    step_size: float, noise_scale: float, clip: tuple[float, float] | None = None,
+) -> Array:
+  """DGflow-style refinement of generated samples along the MonoFlow of a trained discriminator.
+
+  ``space="latent"``: z ← z + η h'(d(G(z)))∇_z d(G(z)) + ν ξ, then x = G(z) (DGflow's latent
+  refinement; with h = logit this is its KL flow). ``space="data"``: x = G(z), then x ← x +
+  η h'(d(x))∇ₓ d(x) + ν ξ (clipped to ``clip``). Both are ``fdrl_jax.flow`` runs.
+  """
+  generator = lambda z: gen_apply(gen_vars, z)
+  kwargs = dict(num_steps=num_steps, step_size=step_size, noise_scale=noise_scale)
+  if space == "latent":
+    z = flow(monoflow.latent_potential(logit_fn, generator, hmap), z, key, **kwargs)
+    return generator(z)
+  if space == "data":
+    return flow(monoflow.potential(logit_fn, hmap), generator(z), key, clip=clip, **kwargs)
+  raise ValueError(f"Unknown refinement space {space!r}; expected one of {', '.join(REFINE_SPACES)}.")
+
+
+def make_sampler(gen_apply: Callable, disc_apply: Callable, latent_dim: int,
+                 refine_map: monoflow.MonotoneMap | None = None, refine_space: str = "latent",
+                 refine_spec: FlowSpec | None = None) -> Callable[[GANState, Array, int], Array]:
+  """``sample(state, key, n)``: x = G(z), z ~ N(0, I), refined by ``refine`` when ``refine_spec``
+  has steps. Jitted with ``n`` static."""
+  if refine_space not in REFINE_SPACES:  # refused when built, not first at sampling
+    raise ValueError(f"Unknown refinement space {refine_space!r}; expected one of "
+                     f"{', '.join(REFINE_SPACES)}.")
+
+  def sample(state: GANState, key: Array, n: int) -> Array:
+    k_z, k_flow = jax.random.split(key)
+    z = jax.random.normal(k_z, (n, latent_dim))
+    if refine_spec is None or refine_spec.num_steps == 0:
+      return gen_apply(state.generator_variables(), z)
+    return refine(gen_apply, state.generator_variables(),
+                  discriminator_logit(disc_apply, state.disc_params), refine_map, z, k_flow,
+                  space=refine_space, num_steps=refine_spec.num_steps,
+                  step_size=refine_spec.step_size, noise_scale=refine_spec.noise_scale,
+                  clip=refine_spec.clip)
+  return jax.jit(sample, static_argnums=2)
