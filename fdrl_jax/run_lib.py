@@ -438,7 +438,11 @@ def _fid(config, run: Run, state: train.TrainState, samples: np.ndarray, workdir
     with np.load(cache) as f:
       mu, sigma = f["mu"], f["sigma"]
   else:
-    reference = run.dataset.sample(np.random.default_rng(config.seed), n_ref)
+    try:
+      reference = run.dataset.sample(np.random.default_rng(config.seed), n_ref)
+    except ValueError as e:  # fewer training images than asked for
+      raise ValueError(f"FID statistics of {config.data.name!r} cannot be computed: {e}; set "
+                       "--config.eval.num_reference to at most the split's size.") from None
     mu, sigma = evaluate.feature_statistics(inception.features(variables, rgb(reference)))
     np.savez(cache, mu=mu, sigma=sigma)
   stats = evaluate.feature_statistics(inception.features(variables, rgb(samples)))
@@ -458,6 +462,10 @@ def _check_metric(config: ml_collections.ConfigDict) -> None:
   if metric == "fd_digits" and config.data.name != "digits":
     raise ValueError(f"FD-digits needs the bundled digits (data.name=digits), not "
                      f"{config.data.name!r}; use --config.eval.metric=fid.")
+  for key in ("num_samples", "num_reference"):
+    if config.eval[key] < 2:
+      raise ValueError(f"--config.eval.{key}={config.eval[key]}: a Fréchet distance needs the "
+                       "statistics of at least 2 images (thousands for a meaningful value).")
   weights = config.eval.inception_weights
   if metric == "fid" and not os.path.isfile(weights):
     raise ValueError(f"FID needs --config.eval.inception_weights=FILE.npz (found {weights!r}): "

@@ -148,3 +148,6 @@ def test_fid_eval_end_to_end(weights_file, tmp_path):
   assert (tmp_path / "fid_stats_digits_6.npz").exists()
   second = run_lib.evaluate_to_file(config, str(tmp_path))  # reuses the cached statistics
   assert second["path"] != first["path"]
+  config.eval.num_reference = 2000  # the digits' training split has 1 500
+  with pytest.raises(ValueError, match="FID statistics of 'digits' cannot be computed.*at most"):
+    run_lib.evaluate_to_file(config, str(tmp_path))

@@ -169,6 +169,10 @@ def test_bad_workdirs(tmp_path):
   toy = toy2d.get_config("8gaussians")
   with pytest.raises(ValueError, match="FD-digits needs the bundled digits"):
     run_lib.evaluate_to_file(toy, str(tmp_path / "empty"))
+  config.eval.num_samples = 1
+  with pytest.raises(ValueError, match="eval.num_samples=1: a Fréchet distance needs"):
+    run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
+  config.eval.num_samples = 100
   config.eval.metric = "fid"
   with pytest.raises(ValueError, match="FID needs --config.eval.inception_weights=FILE.npz"):
     run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
