@@ -8,7 +8,6 @@ uninterrupted run would have done.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import queue
@@ -173,6 +172,7 @@ class Run:
     self.replicated = NamedSharding(self.mesh, P())
     init_key, self.step_key, self.sample_key = jax.random.split(jax.random.key(config.seed), 3)
     self.init_key = init_key
+    self._samplers: dict = {}  # flow spec (None: the run's) → jitted sampler
 
   def new_state(self, fit: bool) -> train.TrainState:
     """A fresh state; ``fit=False`` skips fitting the prior (a template to restore into)."""
@@ -195,15 +195,13 @@ class Run:
     """Algorithm 2 with this run's estimator and flow (or ``flow_spec``)."""
     return train.make_sampler(self.model.apply, self.potential, flow_spec or self.flow_spec)
 
-  @functools.cache
-  def _cached_sampler(self, flow_spec: train.FlowSpec | None):
-    return self.sampler(flow_spec)
-
   def draw(self, state, key: jax.Array, n: int, flow_spec: train.FlowSpec | None = None
            ) -> jax.Array:
     """``n`` samples of the model in ``state`` (FDRL: the EMA estimator's K + κ flow from the
-    prior, or ``flow_spec``'s flow)."""
-    return self._cached_sampler(flow_spec)(state.ema_variables(), state.prior, key, n)
+    prior, or ``flow_spec``'s flow); one compiled sampler per flow."""
+    if flow_spec not in self._samplers:
+      self._samplers[flow_spec] = self.sampler(flow_spec)
+    return self._samplers[flow_spec](state.ema_variables(), state.prior, key, n)
 
   def prior_samples(self, state, key: jax.Array, n: int) -> np.ndarray | None:
     """Draws of the run's starting distribution, for the prior's own score (None if it has none)."""
