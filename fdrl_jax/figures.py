@@ -18,15 +18,15 @@ Rows × columns pictures are tiled by ``images.tile`` (an integer enlargement up
 1-pixel white borders): R rows and C columns of H×W images make R·(sH + 1) + 1 by C·(sW + 1) + 1
 pixels, s = max(1, ⌈32 / max(H, W)⌉) (33 pixels a cell for the 8×8 digits).
 
-An existing output file is never overwritten: it is refused up front, and the PNG is written to a
-temporary file that is hard-linked to the output name, which fails if the name appeared meanwhile.
+An existing output file is never overwritten: it is refused up front, and the PNG is created by
+``run_lib.write_new_file`` (a temporary file hard-linked to the output name, which fails if the
+name appeared meanwhile), as ``--mode=sample`` writes its .npz.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -273,37 +273,12 @@ def _check_count(what: str, n: int, minimum: int = 1) -> None:
 def _check_output(output_path: str) -> None:
   if not output_path.lower().endswith(".png"):
     raise ValueError(f"--output {output_path} must name a .png file.")
-  if os.path.exists(output_path):
-    raise ValueError(f"--output {output_path} exists; choose a new file (nothing was "
-                     "overwritten).")
+  run_lib.refuse_existing(output_path)
 
 
 def _write(picture: np.ndarray, output_path: str) -> str:
-  """Writes ``picture`` as PNG to ``output_path`` unless that exists (then a ValueError)."""
-  folder = os.path.dirname(os.path.abspath(output_path))
-  os.makedirs(folder, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=folder, prefix=".figure-", suffix=".png",
-                                   delete=False) as f:
-    tmp = f.name
-  try:
-    images.save_png(picture, tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # a temporary file is private; the figure need not be
-    try:
-      os.link(tmp, output_path)  # atomic: fails if the name exists, never replaces it
-    except FileExistsError:
-      raise ValueError(f"--output {output_path} exists; choose a new file (nothing was "
-                       "overwritten).") from None
-    except OSError:  # a file system without hard links
-      if os.path.exists(output_path):
-        raise ValueError(f"--output {output_path} exists; choose a new file (nothing was "
-                         "overwritten).") from None
-      os.replace(tmp, output_path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-  return output_path
+  """Writes ``picture`` as a new PNG file (``run_lib.write_new_file``: never overwrites)."""
+  return run_lib.write_new_file(output_path, lambda path: images.save_png(picture, path))
 
 
 def _require_images(config: ml_collections.ConfigDict, figure: str) -> None:

@@ -386,20 +386,56 @@ def draw_samples(run: Run, state, num_samples: int, batch_size: int,
   return np.concatenate(chunks)
 
 
+def refuse_existing(output: str) -> None:
+  """A one-line ValueError if ``output`` exists: outputs never replace a user's file."""
+  if os.path.exists(output):
+    raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
+
+
+def write_new_file(output: str, write: Callable[[str], None]) -> str:
+  """Creates ``output`` with ``write(temporary_path)``, never replacing an existing file.
+
+  The content goes to a temporary file in the same folder, which is then hard-linked to
+  ``output``: atomic, and it fails (a ValueError) if the name appeared meanwhile. On a file system
+  without hard links it falls back to an existence check and a rename.
+  """
+  refuse_existing(output)
+  folder = os.path.dirname(os.path.abspath(output))
+  os.makedirs(folder, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=folder, prefix=".new-", suffix=os.path.splitext(output)[1],
+                                   delete=False) as f:
+    tmp = f.name
+  try:
+    write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # a temporary file is private; the output need not be
+    try:
+      os.link(tmp, output)
+    except FileExistsError:
+      refuse_existing(output)
+    except OSError:  # no hard links here
+      refuse_existing(output)
+      os.replace(tmp, output)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return output
+
+
 def sample_to_file(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
                    output: str, batch_size: int | None = None) -> str:
   """Draws ``num_samples`` with the EMA estimator of the latest checkpoint (K + κ flow steps) and
   writes them to ``output`` (.npz, key ``x``, values clipped to [-1, 1] for images)."""
-  if os.path.exists(output):
-    raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
+  refuse_existing(output)  # before the sampling, not after it
   run, state, _ = restore_latest(config, workdir)
   x = draw_samples(run, state, num_samples, batch_size or config.data.batch_size)
-  folder = os.path.dirname(os.path.abspath(output))
-  os.makedirs(folder, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as f:
-    np.savez(f, x=x)
-  os.replace(f.name, output)
-  return output
+
+  def write(path: str) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
+      np.savez(f, x=x)
+
+  return write_new_file(output, write)
 
 
 def _free_path(path: str) -> str:

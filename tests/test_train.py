@@ -221,3 +221,20 @@ def test_prior_restore_template_matches_the_fitted_prior(prior):
   template = train.build_prior(config, None, (4, 4, 1))
   assert jax.tree.structure(fitted) == jax.tree.structure(template)
   assert [a.shape for a in jax.tree.leaves(fitted)] == [a.shape for a in jax.tree.leaves(template)]
+
+
+def test_write_new_file_never_replaces_a_file(tmp_path):
+  out = tmp_path / "sub" / "x.npz"
+  assert run_lib.write_new_file(str(out), lambda p: open(p, "w").write("new")) == str(out)
+  assert out.read_text() == "new"
+  with pytest.raises(ValueError, match="exists; choose a new file"):
+    run_lib.write_new_file(str(out), lambda p: open(p, "w").write("newer"))
+
+  racer = tmp_path / "race.png"
+  def write_while_someone_creates_the_output(path):  # the name appears after the first check
+    open(path, "w").write("mine")
+    racer.write_text("theirs")
+  with pytest.raises(ValueError, match="exists"):
+    run_lib.write_new_file(str(racer), write_while_someone_creates_the_output)
+  assert racer.read_text() == "theirs"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["race.png", "sub"]  # no temporary left
