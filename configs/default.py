@@ -114,7 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.num_grid_samples = 64
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.metric = "fd_digits"    # --mode=eval: fd_digits (bundled digits) | fid
+  config.eval.metric = "fd_digits"    # --mode=eval: fd_digits (bundled digits) | fd_mnist | fid
   config.eval.num_samples = 1000      # samples drawn with the EMA estimator, K + κ steps
   config.eval.inception_weights = ""  # fid: .npz of the FID Inception (see fdrl_jax/inception.py)
   config.eval.num_reference = 10_000  # fid: training images behind the cached statistics

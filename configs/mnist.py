@@ -11,6 +11,7 @@ from configs import paper
 def get_config():
   config = paper.get_config()
   config.data.name = "mnist"
+  config.eval.metric = "fd_mnist"    # the in-project digit classifier, trained on MNIST
   config.data.random_flip = False
   config.model.name = "resnet32"
   return config

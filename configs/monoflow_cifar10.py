@@ -12,6 +12,7 @@ from configs import monoflow_mnist
 def get_config():
   config = monoflow_mnist.get_config()
   config.data.name = "cifar10"
+  config.eval.metric = "fid"
   config.model.channels = (64, 128, 256)      # 32² → 16² → 8² → 4², then Dense → 1
   config.generator.channels = (256, 128, 64)  # 4² × 4·ngf → 8² × 2·ngf → 16² × ngf → 32² × 3
   config.training.num_steps = 15 * (50_000 // 128)

@@ -17,6 +17,7 @@ def get_config():
   config = default.get_config()
   config.method = "gan"
   config.data.name = "mnist"
+  config.eval.metric = "fd_mnist"    # the in-project digit classifier, trained on MNIST
   config.data.batch_size = 128
   config.data.dequantization = 0.0
   config.data.random_flip = False

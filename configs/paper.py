@@ -24,6 +24,7 @@ def get_config():
   config.optim.learning_rate = 1e-4
   config.optim.decay_steps = (80_000, 90_000)
   config.optim.ema_decay = 0.998
+  config.eval.metric = "fid"            # with --config.eval.inception_weights (README)
   config.training.num_steps = 100_000
   config.training.log_every = 100
   config.training.checkpoint_every = 5_000

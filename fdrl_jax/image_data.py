@@ -155,6 +155,16 @@ def tfds_test_images(name: str, test_split: str | None, data_dir: str | os.PathL
   return load_all(min(len(source), max_images), tfds_loader(source, **preprocessing))
 
 
+def tfds_labelled(name: str, split: str, data_dir: str | os.PathLike | None, max_examples: int,
+                  **preprocessing: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """The first ``max_examples`` images of a tfds split with their integer ``label`` (for the
+  in-project classifier of an evaluation metric)."""
+  source = open_tfds(name, split, data_dir)
+  n = min(len(source), max_examples)
+  images = load_all(n, tfds_loader(source, **preprocessing))
+  return images, np.array([int(source[i]["label"]) for i in range(n)], np.int32)
+
+
 def tfds_dataset(name: str, *, split: str = "train", data_dir: str | os.PathLike | None = None,
                  image_size: int, center_crop: int | None = None, test_split: str | None = None,
                  max_fit_samples: int = DEFAULT_MAX_FIT_SAMPLES,

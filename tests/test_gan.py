@@ -146,3 +146,26 @@ def test_fdrl_workdir_written_before_the_gan_sections_still_resumes(tmp_path):
   config.method = "gan"  # but it is not a GAN run
   with pytest.raises(ValueError, match="different config"):
     run_lib.train_and_evaluate(config, workdir)
+
+
+def test_fd_mnist_eval_of_a_mnist_gan_on_mock_data(tmp_path, monkeypatch):
+  """--mode=eval with fd_mnist: the classifier is trained on labelled tfds MNIST (mock data here,
+  so the numbers mean nothing; the path through loading, training and scoring is what is tested)."""
+  monkeypatch.setattr(run_lib, "MNIST_CLASSIFIER_IMAGES", 40)
+  monkeypatch.setattr(run_lib, "MNIST_CLASSIFIER_STEPS", 3)
+  config = importlib.import_module("configs.monoflow_mnist").get_config()
+  config.data.batch_size = 4
+  config.generator.channels, config.model.channels = (8, 4), (4, 8)
+  config.training.num_steps = config.training.checkpoint_every = config.training.sample_every = 1
+  config.training.num_grid_samples = 4
+  config.eval.num_samples = 8
+  with tfds.testing.mock_data(num_examples=40):
+    run_lib.train_and_evaluate(config, str(tmp_path))
+    result = run_lib.evaluate_to_file(config, str(tmp_path))
+  assert result["metric"] == "fd_mnist" and result["num_samples"] == 8
+  assert np.isfinite(result["fd_mnist"]) and np.isfinite(result["fd_mnist_floor"])
+  assert "fd_mnist_prior" not in result  # a GAN has no prior
+  assert 0 <= result["classifier_test_accuracy"] <= 1
+  config.data.name = "cifar10"
+  with pytest.raises(ValueError, match="FD-MNIST needs tfds MNIST"):
+    run_lib.evaluate_to_file(config, str(tmp_path))
