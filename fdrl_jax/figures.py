@@ -291,7 +291,7 @@ def _require_images(config: ml_collections.ConfigDict, figure: str) -> None:
 
 def _require_flow(config: ml_collections.ConfigDict, figure: str) -> None:
   """A one-line ValueError for runs that do not sample by FDRL's flow from a prior (a GAN)."""
-  method = config.get("method", "fdrl")
+  method = config.method
   if method != "fdrl":
     raise ValueError(f"The {figure} figure shows FDRL's flow from the prior; a "
                      f"--config.method={method} run has none (use --figure=grid or neighbours).")
@@ -313,11 +313,7 @@ def grid(config: ml_collections.ConfigDict, workdir: str, output_path: str,
   _check_output(output_path)
   run, state, _ = run_lib.restore_latest(config, workdir)
   samples = run_lib.draw_samples(run, state, num_samples, config.data.batch_size)
-  if run.dataset.is_image:
-    picture = images.grid(samples)
-  else:
-    picture = images.scatter(samples, data.fit_samples(run.dataset, 2000, config.seed))
-  return _write(picture, output_path)
+  return _write(images.samples_picture(samples, run_lib.grid_reference(run)), output_path)
 
 
 def strip(config: ml_collections.ConfigDict, workdir: str, output_path: str,

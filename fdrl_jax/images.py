@@ -64,8 +64,13 @@ def save_png(array: np.ndarray, path: str) -> str:
   return path
 
 
-def save_samples(samples: np.ndarray, path: str, reference: np.ndarray | None = None) -> str:
-  """A picture of samples: a grid for images (N, H, W, C), a scatter plot for 2-D points."""
+def samples_picture(samples: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+  """A picture of samples: a grid for images (N, H, W, C), a scatter plot for 2-D points (over
+  ``reference`` points, if given)."""
   samples = np.asarray(samples)
-  picture = grid(samples) if samples.ndim == 4 else scatter(samples, reference)
-  return save_png(picture, path)
+  return grid(samples) if samples.ndim == 4 else scatter(samples, reference)
+
+
+def save_samples(samples: np.ndarray, path: str, reference: np.ndarray | None = None) -> str:
+  """Writes ``samples_picture(samples, reference)`` as PNG."""
+  return save_png(samples_picture(samples, reference), path)

@@ -285,6 +285,11 @@ def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
+def grid_reference(run: Run) -> np.ndarray | None:
+  """The points a 2-D sample picture is drawn over: 2 000 training points (None for images)."""
+  return None if run.dataset.is_image else data.fit_samples(run.dataset, 2000, run.config.seed)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None
                        ) -> train.TrainState:
   """Trains FDRL per ``config`` in ``workdir``, resuming from its latest checkpoint if any."""
@@ -292,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   run = make_run(config, mesh)
   cfg = config.training
   step_fn = run.train_step()
-  reference = None if run.dataset.is_image else data.fit_samples(run.dataset, 2000, config.seed)
+  reference = grid_reference(run)
 
   with _checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr:
     latest = mngr.latest_step()
@@ -328,7 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       if tty:
         bar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{rate:.1f}")
       else:
-        values = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "steps_per_s"))
+        values = "  ".join(f"{k} {v:.4g}" for k, v in record.items()
+                           if k not in ("step", "steps_per_s"))
         print(f"step {s}/{cfg.num_steps}  {values}  {rate:.1f} steps/s", flush=True)
 
     steps = range(start, cfg.num_steps)
