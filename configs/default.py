@@ -13,7 +13,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0                     # fixes the data split, the initialisation and every step's keys
   # fdrl: FDRL (an estimator flows prior samples); gan: a GAN trained in the MonoFlow view (the
-  # estimator of `model` is the discriminator, `generator` and `gan` below set the rest).
+  # estimator of `model` is the discriminator, `generator` and `gan` below set the rest);
+  # classifier: an image classifier (`classifier` below) to guide conditional sampling.
   config.method = "fdrl"
 
   config.data = ml_collections.ConfigDict()
@@ -65,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.prior.name = "gaussian"
   config.prior.jitter = 1e-4          # gaussian, low_rank: added to the covariance's diagonal
   config.prior.rank = 64              # low_rank: number of principal components
-  config.prior.source_path = ""       # empirical: folder of source images (data.* preprocessing)
+  config.prior.source_path = ""       # empirical: folder of source images (data.* preprocessing;
+                                      # a bundled translation set such as digits_bold has its own)
+  config.prior.source_test_path = ""  # empirical: held-out source images, translated by --mode=eval
   config.prior.loc = 0.0              # normal: mean of every coordinate
   config.prior.scale = 1.0            # normal: standard deviation of every coordinate
 
@@ -88,15 +91,36 @@ def get_config() -> ml_collections.ConfigDict:
   config.gan.b1 = 0.5
   config.gan.b2 = 0.999
 
-  # method = gan, sampling: DGflow-style refinement of G(z) along the trained discriminator's
-  # MonoFlow, z ← z + η h'(d)∇d + ν ξ in latent space (or x ← ... in data space). May change
-  # between runs on one workdir (a sampling choice, like `eval`).
+  # method = gan, sampling.name = refine: DGflow-style refinement of G(z) along the trained
+  # discriminator's MonoFlow, z ← z + η h'(d)∇d + ν ξ in latent space (or x ← ... in data space).
+  # May change between runs on one workdir (a sampling choice, like `eval`).
   config.refine = ml_collections.ConfigDict()
-  config.refine.num_steps = 0         # 0 = off
+  config.refine.num_steps = 0         # with sampling.name=refine (0: G(z) as is)
   config.refine.h = "logit"           # MONOTONE_MAPS name (logit = DGflow's KL flow)
   config.refine.space = "latent"      # latent | data
   config.refine.step_size = 0.1       # η (DGflow on CIFAR10)
   config.refine.noise_scale = 0.045   # ν = √(2ηγ) with DGflow's γ = 0.01
+
+  # How --mode=sample / eval / figure draw (fdrl_jax.sampling.SAMPLERS). May change between runs on
+  # one workdir (a sampling choice, like `eval`).
+  config.sampling = ml_collections.ConfigDict()
+  # prior: Algorithm 2 (a GAN: G(z)) | refine: a GAN's G(z) refined per `refine` | conditional:
+  # class-conditional FDRL with a classifier (Eq. 12, 29-31) | translate: --mode=translate's flow
+  config.sampling.name = "prior"
+  config.sampling.label = 0           # conditional: the requested class n
+  config.sampling.classifier_workdir = ""  # conditional: a workdir of --config.method=classifier
+  config.sampling.classifier_weight = 0.1  # conditional: ϕ, the classifier's weight (paper: 0.1)
+
+  # method = classifier: a conv classifier (fdrl_jax.classifier), adversarially robust by PGD-L2
+  # training when epsilon > 0; trained with `optim` (no EMA) on labelled data (digits, mnist,
+  # cifar10).
+  config.classifier = ml_collections.ConfigDict()
+  config.classifier.channels = (32, 64, 64)  # 3×3 conv widths (stride 2 after the first)
+  config.classifier.hidden = 128      # width of the dense layer before the output
+  config.classifier.num_classes = 10
+  config.classifier.epsilon = 0.0     # PGD-L2 radius in [-1, 1] pixel units (0: plain training)
+  config.classifier.num_steps = 7     # PGD steps per training step (and for eval's robust accuracy)
+  config.classifier.step_size = 0.0   # PGD step (0: 2.5·epsilon/num_steps)
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-3   # Adam (paper: 1e-4 at batch 64 for 100k steps)

@@ -11,7 +11,7 @@ For each case B×K (particles or batch, flow steps) and dtype, two rows:
 
 * ``flow``: ``jax.jit`` of ``fdrl_jax.flow`` along the LSIF estimator's Pearson potential
   f'(r) = 2r − 2 (η = 3, ν = 0.01, clipped to [−1, 1]) from B particles uniform in [−1, 1];
-* ``train``: one jitted step of Algorithm 1 (``train.make_train_step``: LSIF loss, Adam 1e-4,
+* ``train``: one jitted step of Algorithm 1 (``fdrl.make_train_step``: LSIF loss, Adam 1e-4,
   EMA 0.998, uniform prior, the paper's dequantisation and flips) on a uniform random batch.
 
 The 64×100 rows (the paper's training flow) run in float32 and with ``ResNet(dtype=bfloat16)``;
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from bench_flow import compile_timed, machine_lines, median_call_s
-from fdrl_jax import flow, flow_potential, losses, priors, train
+from fdrl_jax import fdrl, flow, flow_potential, flows, losses, models, priors
 from fdrl_jax.models import ResNet
 
 MiB = 2**20
@@ -78,7 +78,7 @@ def make_flow(model: nn.Module, num_steps: int) -> Callable:
   """Jitted (variables, x0, key) → particles after ``num_steps`` flow steps."""
 
   def run(model_vars, x0, key):
-    return flow(train.estimator_potential(model.apply, POTENTIAL, model_vars), x0, key,
+    return flow(fdrl.estimator_potential(model.apply, POTENTIAL, model_vars), x0, key,
                 num_steps=num_steps, step_size=STEP_SIZE, noise_scale=NOISE_SCALE, clip=CLIP)
 
   return jax.jit(run)
@@ -86,9 +86,9 @@ def make_flow(model: nn.Module, num_steps: int) -> Callable:
 
 def make_train(model: nn.Module, num_steps: int) -> Callable:
   """Jitted (state, batch, key) → (state, metrics): Algorithm 1 with a K = ``num_steps`` flow."""
-  spec = train.FlowSpec(num_steps=num_steps, num_refine_steps=0, step_size=STEP_SIZE,
+  spec = flows.FlowSpec(num_steps=num_steps, num_refine_steps=0, step_size=STEP_SIZE,
                         noise_scale=NOISE_SCALE, clip=CLIP)
-  return jax.jit(train.make_train_step(model.apply, TX, LOSS, POTENTIAL, spec,
+  return jax.jit(fdrl.make_train_step(model.apply, TX, LOSS, POTENTIAL, spec,
                                        dequantization=0.03, random_flip=True, ema_decay=0.998))
 
 
@@ -113,9 +113,9 @@ def bench_case(dtype: str, batch: int, steps: int, args: argparse.Namespace) -> 
   """The flow row and the training-step row of one (dtype, B, K)."""
   model = ResNet(arch="resnet32", dtype=DTYPES[dtype])
   k_init, k_x, k_data, key = jax.random.split(jax.random.key(0), 4)
-  state = train.create_train_state(model, TX, priors.UniformPrior(IMAGE_SHAPE), k_init,
-                                   IMAGE_SHAPE)
-  model_vars = train.variables(state.params, state.batch_stats)
+  state = fdrl.create_train_state(model, TX, priors.UniformPrior(IMAGE_SHAPE), k_init,
+                                  IMAGE_SHAPE)
+  model_vars = models.variables(state.params, state.batch_stats)
   x0 = jax.random.uniform(k_x, (batch, *IMAGE_SHAPE), minval=-1.0, maxval=1.0)
   data = jax.random.uniform(k_data, (batch, *IMAGE_SHAPE), minval=-1.0, maxval=1.0)
 

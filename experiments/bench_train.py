@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-
-from fdrl_jax import run_lib  # noqa: E402
+from fdrl_jax import run_lib
 
 
 def load_config(spec: str):

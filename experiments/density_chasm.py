@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -47,10 +46,8 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
-
-from configs import toy2d  # noqa: E402
-from fdrl_jax import data, flows, images, models, train  # noqa: E402
+from configs import toy2d
+from fdrl_jax import data, fdrl, flows, images, models, optim, priors, sampling
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set
 TARGET_STD = float(np.sqrt(data.CHASM_VARIANCE))
@@ -66,9 +63,9 @@ class Setup(NamedTuple):
   config: ml_collections.ConfigDict
   dataset: data.Dataset
   model: nn.Module
-  loss: train.BregmanLoss
+  loss: fdrl.BregmanLoss
   potential: Callable
-  flow_spec: train.FlowSpec
+  flow_spec: flows.FlowSpec
   prior: Any
 
 
@@ -89,10 +86,10 @@ def chasm_setup(steps: int, seed: int) -> Setup:
   config.seed = seed
   config.training.num_steps = steps
   dataset = data.create_dataset(config.data.name, seed=seed)
-  loss, potential = train.build_potential(config)
-  prior = train.build_prior(config, data.fit_samples(dataset, 10_000, seed), dataset.event_shape)
+  loss, potential = fdrl.build_potential(config)
+  prior = priors.build_prior(config, data.fit_samples(dataset, 10_000, seed), dataset.event_shape)
   return Setup(config=config, dataset=dataset, model=models.create_model(config.model), loss=loss,
-               potential=potential, flow_spec=train.build_flow_spec(config), prior=prior)
+               potential=potential, flow_spec=sampling.build_flow_spec(config), prior=prior)
 
 
 def run_keys(seed: int) -> jax.Array:
@@ -100,8 +97,14 @@ def run_keys(seed: int) -> jax.Array:
   return jax.random.split(jax.random.key(seed), 4)
 
 
-def fit_estimator(setup: Setup, flow_spec: train.FlowSpec, record_every: int = 0,
-                  num_record: int = 500) -> tuple[train.TrainState, np.ndarray]:
+def prior_sampler(setup: Setup) -> Callable[[Any, jax.Array, int], jax.Array]:
+  """Algorithm 2 with the setup's estimator and flow: ``sample(state, key, n)``."""
+  parts = fdrl.sampler_parts(setup.config, setup.dataset)
+  return sampling.build_sampler(setup.config, parts, "prior").sample
+
+
+def fit_estimator(setup: Setup, flow_spec: flows.FlowSpec, record_every: int = 0,
+                  num_record: int = 500) -> tuple[fdrl.TrainState, np.ndarray]:
   """Trains the estimator with Algorithm 1, its training flow given by ``flow_spec``.
 
   Returns the final state and, if ``record_every`` > 0, the mean of ``num_record`` particles
@@ -109,19 +112,18 @@ def fit_estimator(setup: Setup, flow_spec: train.FlowSpec, record_every: int = 0
   ``record_every`` steps.
   """
   config = setup.config
-  tx = train.build_optimizer(config)
+  tx = optim.build_optimizer(config)
   init_key, step_key, sample_key, _ = run_keys(config.seed)
-  state = train.create_train_state(setup.model, tx, setup.prior, init_key,
-                                   setup.dataset.event_shape)
-  step_fn = jax.jit(train.make_train_step(
+  state = fdrl.create_train_state(setup.model, tx, setup.prior, init_key,
+                                  setup.dataset.event_shape)
+  step_fn = jax.jit(fdrl.make_train_step(
       setup.model.apply, tx, setup.loss, setup.potential, flow_spec, dequantization=0.0,
       random_flip=False, ema_decay=config.optim.ema_decay))  # no image augmentation on 2-D data
-  sampler = train.make_sampler(setup.model.apply, setup.potential, setup.flow_spec)
+  sampler = prior_sampler(setup)
   means = []
   for step in range(config.training.num_steps + 1):
     if record_every and step % record_every == 0:
-      x = sampler(state.ema_variables(), state.prior, jax.random.fold_in(sample_key, step),
-                  num_record)
+      x = sampler(state, jax.random.fold_in(sample_key, step), num_record)
       means.append(jnp.mean(x, axis=0))
     if step < config.training.num_steps:
       batch = data.get_batch(setup.dataset, config.seed, step, config.data.batch_size)
@@ -138,7 +140,7 @@ def run_stale(steps: int, seed: int = 0, num_samples: int = 1000,
   state, _ = fit_estimator(setup, spec.replace(num_steps=1, step_size=0.0, noise_scale=0.0))
   k_prior, k_flow = jax.random.split(run_keys(seed)[3])
   x, path = flows.flow(
-      train.estimator_potential(setup.model.apply, setup.potential, state.ema_variables()),
+      fdrl.estimator_potential(setup.model.apply, setup.potential, state.ema_variables()),
       state.prior.sample(k_prior, num_samples), k_flow, num_steps=flow_steps,
       step_size=spec.step_size, noise_scale=spec.noise_scale, clip=spec.clip, save_every=1)
   return Result(samples=np.asarray(x), path=np.asarray(path.mean(axis=1)),
@@ -151,8 +153,7 @@ def run_fdrl(steps: int, seed: int = 0, num_samples: int = 1000, record_every: i
   start = time.perf_counter()
   setup = chasm_setup(steps, seed)
   state, path = fit_estimator(setup, setup.flow_spec, record_every)
-  sampler = train.make_sampler(setup.model.apply, setup.potential, setup.flow_spec)
-  x = sampler(state.ema_variables(), state.prior, run_keys(seed)[3], num_samples)
+  x = prior_sampler(setup)(state, run_keys(seed)[3], num_samples)
   return Result(samples=np.asarray(x), path=path, seconds=time.perf_counter() - start)
 
 
@@ -220,7 +221,7 @@ def main() -> None:
   args = parser.parse_args()
   stale = run_stale(args.steps, args.seed)
   fdrl = run_fdrl(args.steps, args.seed)
-  spec = train.build_flow_spec(toy2d.get_config("chasm"))
+  spec = sampling.build_flow_spec(toy2d.get_config("chasm"))
   print(markdown_table(stale, fdrl, args.steps, spec.num_steps + spec.num_refine_steps))
   print(f"\nWrote {save_plot(stale, fdrl, os.path.join(args.out, 'density_chasm.png'), args.seed)}")
 

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-
-from configs import digits  # noqa: E402
-from fdrl_jax import evaluate, figures, run_lib  # noqa: E402
+from configs import digits
+from fdrl_jax import evaluate, figures, run_lib, sampling
 
 # (label, loss, divergence, prior, κ): the rows of the paper's Table 2.
 VARIANTS = [
@@ -59,8 +56,12 @@ def flow_length_curve(config, workdir: str, lengths: list[int]) -> list[tuple[in
   run, state, _ = run_lib.restore_latest(config, workdir)
   rows = []
   for total in lengths:
-    spec = run.flow_spec.replace(num_steps=total, num_refine_steps=0)
-    x = run_lib.draw_samples(run, state, config.eval.num_samples, config.data.batch_size, spec)
+    flow_config = config.copy_and_resolve_references()
+    flow_config.flow.num_steps, flow_config.flow.num_refine_steps = total, 0
+    sampler = sampling.build_sampler(flow_config, run.method.sampler_parts(flow_config,
+                                                                           run.dataset))
+    x = sampling.draw(sampler, state, run.sample_key_for(0), config.eval.num_samples,
+                      config.data.batch_size)
     rows.append((total, evaluate.fd_digits(x, run.dataset.test, classifier)))
   return rows
 

@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import monoflow_digits  # noqa: E402
-from fdrl_jax import images, run_lib  # noqa: E402
+from configs import monoflow_digits
+from fdrl_jax import images, run_lib
 
 # (label, h, shift): MonoFlow's Section 5.2 losses.
 LOSSES = [("vanilla, C = 0", "vanilla", 0.0), ("vanilla, C = 5", "vanilla", 5.0),

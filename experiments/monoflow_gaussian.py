@@ -97,7 +97,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -108,9 +107,7 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fdrl_jax import images, losses, monoflow  # noqa: E402
+from fdrl_jax import images, losses, monoflow
 
 Array = jax.Array
 

@@ -13,6 +13,10 @@ Image sets (NHWC float32 in [-1, 1], finite, with a fixed held-out split):
 
 * ``digits``: scikit-learn's 1 797 8×8 handwritten digits, x/8 − 1, shape (8, 8, 1); a permutation
   drawn from ``seed`` holds out 297 images as ``test`` and keeps 1 500 for training.
+* ``digits_bold``: unpaired translation, plain → bold digits. The 1 500 training digits are split
+  (seed-fixed) into two disjoint halves of 750: the first, plain, is the source domain
+  (``source``), the second, made ``bold``, the target (``train``). The 297 held-out digits are the
+  test images of both domains (``source_test`` plain, ``test`` bold).
 
 Batches are a pure function of (seed, step) (``get_batch``), so a resumed run sees the same data.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import numpy as np
+from scipy import ndimage
 from sklearn import datasets as sk_datasets
 
 Sampler = Callable[[np.random.Generator, int], np.ndarray]
@@ -45,6 +50,10 @@ class Dataset(NamedTuple):
     sample: (rng, n) → a training batch (n, *event_shape), float32.
     test: held-out examples, or None for the infinite toy sets.
     train: the full training split, or None for the infinite toy sets.
+    source: translation only: the source domain's training images, what the "empirical" prior
+      draws from; else None.
+    source_test: translation only: held-out source images, translated at evaluation; else None.
+    train_labels, test_labels: integer class labels of ``train`` and ``test`` (classifiers).
   """
   name: str
   event_shape: tuple[int, ...]
@@ -52,6 +61,10 @@ class Dataset(NamedTuple):
   sample: Sampler
   test: np.ndarray | None
   train: np.ndarray | None = None
+  source: np.ndarray | None = None
+  source_test: np.ndarray | None = None
+  train_labels: np.ndarray | None = None
+  test_labels: np.ndarray | None = None
 
 
 def gaussian_mixture_sampler(centres: np.ndarray, std: float) -> Sampler:
@@ -122,6 +135,50 @@ def build_digits(seed: int) -> Dataset:
                  sample=rows_sampler(train), test=test, train=train)
 
 
+def bold(images: np.ndarray) -> np.ndarray:
+  """Makes digits bold: ``scipy.ndimage.grey_dilation(image, size=(1, 2))`` on each (H, W) plane.
+
+  With size=(1, 2) scipy takes each pixel's max with its right-hand neighbour,
+  y[i, j] = max(x[i, j], x[i, j + 1]); the last column reflects onto itself and is unchanged. A
+  lit pixel at column j ≥ 1 thus lights columns j − 1 and j: every stroke grows one pixel to the
+  left. A grey dilation commutes with the increasing map x/8 − 1, so it applies to [-1, 1] images
+  as to the raw 0..16 ones. Not idempotent (twice is a max over three columns).
+
+  Args:
+    images: (N, H, W, 1) or (N, H, W).
+
+  Returns:
+    The bold images, same shape and dtype.
+  """
+  images = np.asarray(images)
+  return ndimage.grey_dilation(images, size=(1, 1, 2) + (1,) * (images.ndim - 3))
+
+
+# Held-out digits are the test images of both domains; the training split halves are unpaired.
+DIGITS_BOLD_HALF = 750
+
+
+def digits_bold_split(seed: int) -> dict[str, np.ndarray]:
+  """The digits_bold arrays and labels: ``source``/``source_labels`` (plain half),
+  ``target``/``target_labels`` (bold other half), ``test_plain``, ``test_bold``, ``test_labels``."""
+  train, labels, test, test_labels = digits_split(seed)
+  perm = np.random.default_rng([seed, 1]).permutation(len(train))
+  src, tgt = perm[:DIGITS_BOLD_HALF], perm[DIGITS_BOLD_HALF:2 * DIGITS_BOLD_HALF]
+  return {"source": train[src], "source_labels": labels[src], "target": bold(train[tgt]),
+          "target_labels": labels[tgt], "test_plain": test, "test_bold": bold(test),
+          "test_labels": test_labels}
+
+
+def build_digits_bold(seed: int) -> Dataset:
+  """Builds the plain → bold translation set (see the module docstring)."""
+  split = digits_bold_split(seed)
+  return Dataset(name="digits_bold", event_shape=(8, 8, 1), is_image=True,
+                 sample=rows_sampler(split["target"]), test=split["test_bold"],
+                 train=split["target"], source=split["source"],
+                 source_test=split["test_plain"], train_labels=split["target_labels"],
+                 test_labels=split["test_labels"])
+
+
 def chasm_sampler(mean: tuple[float, float]) -> Sampler:
   """Returns a sampler of N(mean, 0.1·I) in 2-D."""
   return gaussian_mixture_sampler(np.array([mean]), np.sqrt(CHASM_VARIANCE))
@@ -137,6 +194,7 @@ DATASETS: dict[str, Callable[[int], Dataset]] = {
         gaussian_mixture_sampler(twenty_five_gaussians_centres(), TWENTY_FIVE_GAUSSIANS_STD)),
     "swissroll": lambda seed: toy_dataset("swissroll", swissroll_sample),
     "digits": build_digits,
+    "digits_bold": build_digits_bold,
 }
 
 

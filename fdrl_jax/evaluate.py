@@ -17,12 +17,14 @@ the classifier assigns to one class with probability ≥ 0.9.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import scipy.linalg
@@ -145,3 +147,202 @@ def fd_digits(samples: np.ndarray, reference: np.ndarray, classifier: Classifier
 def confident_share(samples: np.ndarray, classifier: Classifier, threshold: float = 0.9) -> float:
   """Share of samples the classifier puts in one class with probability ≥ ``threshold``."""
   return float(np.mean(classifier.probabilities(samples).max(axis=1) >= threshold))
+
+
+# ----------------------------------------------------------------------------------------------
+# Nearest neighbours and feature spaces (the neighbours figure, FDRL Fig. 10–11).
+
+def nearest_neighbours(queries: np.ndarray, reference: np.ndarray, k: int, *,
+                       chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """The ``k`` nearest rows of ``reference`` (M, ...) to each query (N, ...) in Euclidean distance.
+
+  Candidates come from ‖q‖² − 2 q·x + ‖x‖² in float32 over chunks of ``chunk_size`` reference rows
+  (memory N × chunk, never N × M × D); a few more candidates than ``k`` are kept and their exact
+  distances recomputed in float64, so float32 cancellation cannot reorder close neighbours.
+
+  Returns:
+    indices (N, k) into ``reference``, nearest first, and their distances (N, k).
+  """
+  queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
+  m = len(reference)
+  if not 1 <= k <= m:
+    raise ValueError(f"Asked for {k} nearest neighbours among {m} training examples.")
+  flat_ref = np.asarray(reference).reshape(m, -1)
+  if flat_ref.shape[1] != queries.shape[1]:
+    raise ValueError(f"Queries of {queries.shape[1]} values cannot be compared with training "
+                     f"examples of {flat_ref.shape[1]}.")
+  keep = min(m, k + max(k, 16))
+  q_sq = np.sum(queries * queries, axis=1)
+  best_d = np.zeros((len(queries), 0), np.float32)
+  best_i = np.zeros((len(queries), 0), np.int64)
+  for start in range(0, m, chunk_size):
+    chunk = flat_ref[start:start + chunk_size].astype(np.float32)
+    d = q_sq[:, None] - 2.0 * (queries @ chunk.T) + np.sum(chunk * chunk, axis=1)[None]
+    all_d = np.concatenate([best_d, d], axis=1)
+    all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(chunk)),
+                                                    d.shape)], axis=1)
+    if all_d.shape[1] > keep:
+      part = np.argpartition(all_d, keep - 1, axis=1)[:, :keep]
+      all_d, all_i = np.take_along_axis(all_d, part, 1), np.take_along_axis(all_i, part, 1)
+    best_d, best_i = all_d, all_i
+  exact = np.sum((queries[:, None].astype(np.float64) - flat_ref[best_i].astype(np.float64)) ** 2,
+                 axis=-1)
+  order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(best_i, order, 1), np.sqrt(np.take_along_axis(exact, order, 1))
+
+
+def check_feature_space(config: ml_collections.ConfigDict) -> None:
+  weights = config.eval.inception_weights
+  if config.data.name != "digits" and not (weights and os.path.isfile(weights)):
+    raise ValueError(f"--space=feature needs the bundled digits (FD-digits classifier) or "
+                     f"--config.eval.inception_weights=FILE.npz (found {weights!r}; see "
+                     "fdrl_jax/inception.py); or use --space=pixel.")
+
+
+def feature_extractor(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
+  """Images (N, H, W, C) in [-1, 1] → features (N, D) for ``--space=feature``.
+
+  The bundled digits use the FD-digits classifier's 128-d penultimate features (trained on the
+  run's own training split, ``digits_classifier(config.seed)``); other data the FID
+  Inception's 2048-d pool3 features, from ``config.eval.inception_weights`` (grey images repeated
+  to RGB). Raises a ValueError naming what to set when neither is available.
+  """
+  check_feature_space(config)
+  if config.data.name == "digits":
+    return digits_classifier(config.seed).features  # trained on first use (seconds)
+  from fdrl_jax import inception
+  variables = inception.load_weights(config.eval.inception_weights)
+  return lambda x: inception.features(variables, _rgb(np.asarray(x)))
+
+
+def _rgb(x: np.ndarray) -> np.ndarray:
+  """Grey images repeated to the three channels the Inception expects."""
+  return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+# ----------------------------------------------------------------------------------------------
+# --mode=eval of a generative run (FDRL or a GAN): sample, then score with ``eval.metric``.
+
+def _classifier_scores(name: str, classifier: Classifier, samples: np.ndarray,
+                       baseline: np.ndarray | None, baseline_name: str, train: np.ndarray,
+                       test: np.ndarray) -> dict:
+  """The Fréchet distance of a digit classifier's features (``name`` = fd_digits or fd_mnist) of
+  the samples, of the baseline (the prior's own samples, or the untranslated sources) and of the
+  real floor (training vs held-out images), and the share of confidently classified samples."""
+  return {name: fd_digits(samples, test, classifier),
+          **({} if baseline is None else {f"{name}_{baseline_name}": fd_digits(baseline, test,
+                                                                              classifier)}),
+          f"{name}_floor": fd_digits(train, test, classifier),
+          "confident_share": confident_share(samples, classifier),
+          "classifier_test_accuracy": classifier.test_accuracy}
+
+
+def _fd_digits(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
+  return _classifier_scores("fd_digits", digits_classifier(config.seed), samples, baseline,
+                            baseline_name, dataset.train, dataset.test)
+
+
+# FD-MNIST: the digit classifier trained on this many MNIST training images, for these steps.
+MNIST_CLASSIFIER_IMAGES, MNIST_CLASSIFIER_STEPS = 20_000, 1_500
+
+
+def _fd_mnist(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
+  from fdrl_jax import image_data
+  size = image_data.TFDS_PRESETS["mnist"]["image_size"]
+  data_dir = config.data.data_dir or None
+  train_x, train_y = image_data.tfds_labelled("mnist", "train", data_dir,
+                                              MNIST_CLASSIFIER_IMAGES, image_size=size)
+  test_x, test_y = image_data.tfds_labelled("mnist", "test", data_dir, 10_000, image_size=size)
+  classifier = train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
+                                steps=MNIST_CLASSIFIER_STEPS)
+  return _classifier_scores("fd_mnist", classifier, samples, baseline, baseline_name,
+                            train_x[:len(test_x)], test_x)
+
+
+def _fid(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
+  """FID against the training data's Inception statistics (cached in the workdir), or, for a
+  translation run (Table 3), against the held-out target images, with the baseline's FID."""
+  from fdrl_jax import inception
+  variables = inception.load_weights(config.eval.inception_weights)
+  stats = lambda x: feature_statistics(inception.features(variables, _rgb(x)))
+  n_ref = config.eval.num_reference
+  translation = baseline_name == "untranslated"
+  cache = os.path.join(workdir, f"fid_stats_{config.data.name}_{'test' if translation else n_ref}"
+                                ".npz")
+  if os.path.exists(cache):  # the data set's statistics are computed once per workdir
+    with np.load(cache) as f:
+      mu, sigma = f["mu"], f["sigma"]
+  else:
+    try:
+      reference = dataset.test if translation else dataset.sample(
+          np.random.default_rng(config.seed), n_ref)
+    except ValueError as e:  # fewer training images than asked for
+      raise ValueError(f"FID statistics of {config.data.name!r} cannot be computed: {e}; set "
+                       "--config.eval.num_reference to at most the split's size.") from None
+    mu, sigma = stats(reference)
+    np.savez(cache, mu=mu, sigma=sigma)
+  result = {"fid": frechet_distance(*stats(samples), mu, sigma),
+            "num_reference": len(dataset.test) if translation else n_ref,
+            "fid_variant": "pytorch-fid's InceptionV3 pool3 (TF-FID weights), bilinear resize to "
+                           "299, float samples (not quantised to uint8), reference = "
+                           + ("held-out target images" if translation else "training data")}
+  if translation:
+    result["fid_untranslated"] = frechet_distance(*stats(baseline), mu, sigma)
+  return result
+
+
+METRICS = {"fd_digits": _fd_digits, "fd_mnist": _fd_mnist, "fid": _fid}
+# The data sets each classifier metric applies to, and how to say so.
+METRIC_DATA = {"fd_digits": (("digits", "digits_bold"), "FD-digits needs the bundled digits"),
+               "fd_mnist": (("mnist",), "FD-MNIST needs tfds MNIST")}
+
+
+def check_metric(config) -> None:
+  """One-line ValueErrors for an unknown metric, one that does not fit the data, or bad sizes."""
+  metric = config.eval.metric
+  if metric not in METRICS:
+    raise ValueError(f"Unknown --config.eval.metric={metric!r}; available: "
+                     f"{', '.join(sorted(METRICS))}.")
+  names, needs = METRIC_DATA.get(metric, ((config.data.name,), ""))
+  if config.data.name not in names:
+    raise ValueError(f"{needs} (data.name={' or '.join(names)}), not {config.data.name!r}; use "
+                     "--config.eval.metric=fid.")
+  for key in ("num_samples", "num_reference"):
+    if config.eval[key] < 2:
+      raise ValueError(f"--config.eval.{key}={config.eval[key]}: a Fréchet distance needs the "
+                       "statistics of at least 2 images (thousands for a meaningful value).")
+  weights = config.eval.inception_weights
+  if metric == "fid" and not os.path.isfile(weights):
+    raise ValueError(f"FID needs --config.eval.inception_weights=FILE.npz (found {weights!r}): "
+                     "pytorch-fid's Inception weights converted as fdrl_jax/inception.py says.")
+
+
+def evaluate_samples(config, run, state, workdir: str) -> dict:
+  """``--mode=eval`` of FDRL and GAN runs (the ``evaluate`` hook of their method records).
+
+  Generation: ``eval.num_samples`` samples by ``config.sampling`` (default Algorithm 2), scored by
+  ``eval.metric`` with the prior's own samples as the baseline (FDRL). Translation (an
+  ``empirical`` prior, Table 3's protocol): the held-out source images translated, scored against
+  the held-out target images, with the untranslated sources' score beside it. ``eval.metric``:
+  ``fd_digits`` (bundled digits), ``fd_mnist`` (tfds MNIST; the classifier trained on 20 000
+  training images, about a minute on a CPU, scored against the 10 000 test images) or ``fid``.
+  """
+  from fdrl_jax import datasets, sampling
+  check_metric(config)
+  batch_size, key = config.data.batch_size, run.sample_key_for(0)
+  if config.prior.name == "empirical":
+    _, sources = datasets.source_domain(config, run.dataset)
+    if sources is None or run.dataset.test is None:
+      raise ValueError("Translation is scored on held-out images of both domains: set "
+                       "--config.prior.source_test_path and --config.data.test_path.")
+    samples = sampling.draw(run.sampler("translate"), state, key, sources, batch_size)
+    baseline, baseline_name = sources, "untranslated"
+  else:
+    samples = sampling.draw(run.sampler(), state, key, config.eval.num_samples, batch_size)
+    parts = run.sampler_parts()
+    baseline, baseline_name = None, "prior"
+    if parts.potential is not None:  # a flow from a prior: score the prior's own draws too
+      baseline = np.asarray(parts.start(state, run.sample_key_for(1 << 30), len(samples)))
+  scores = METRICS[config.eval.metric](config, run.dataset, samples, baseline, baseline_name,
+                                       workdir)
+  return {"metric": config.eval.metric, "num_samples": len(samples), **scores}

@@ -8,24 +8,25 @@
   interpolant with the same noise, so that a row varies only through its starting point.
 * ``neighbours`` (Fig. 10–11): samples (column 0) next to their nearest training images, in
   pixel space or in a feature space, to show that samples are not copies of the training set.
+* ``classes`` (Sec. 6.4): one row of class-conditional samples per class of a guiding classifier.
+* ``translation`` (Sec. 6.5): source | translated pairs of a translation run.
 
 Every function takes ``(config, workdir, output_path, ...)``, restores the workdir's latest
 checkpoint and flows with what ``--mode=sample`` uses: the EMA estimator, the run's prior, its
 flow settings (``run.flow_spec``: K + κ steps, η, ν, clipping) and its potential. The arrays
 behind each picture come from pure helpers (``flow_snapshots``, ``interpolants``,
-``flow_interpolation``, ``nearest_neighbours``), so that tests check numbers rather than pixels.
+``flow_interpolation``, ``evaluate.nearest_neighbours``), so that tests check numbers rather than pixels.
 Rows × columns pictures are tiled by ``images.tile`` (an integer enlargement up to 32 pixels,
 1-pixel white borders): R rows and C columns of H×W images make R·(sH + 1) + 1 by C·(sW + 1) + 1
 pixels, s = max(1, ⌈32 / max(H, W)⌉) (33 pixels a cell for the 8×8 digits).
 
 An existing output file is never overwritten: it is refused up front, and the PNG is created by
-``run_lib.write_new_file`` (a temporary file hard-linked to the output name, which fails if the
+``workdir.write_new_file`` (a temporary file hard-linked to the output name, which fails if the
 name appeared meanwhile), as ``--mode=sample`` writes its .npz.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Callable, NamedTuple
 
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fdrl_jax import data, flows, images, priors, run_lib, train
+from fdrl_jax import data, evaluate, flows, images, priors, run_lib, sampling, workdir
 
 Array = jax.Array
 
@@ -81,45 +82,37 @@ class Snapshots(NamedTuple):
   final: np.ndarray
 
 
-def _flow_kwargs(spec: train.FlowSpec) -> dict[str, Any]:
-  """Algorithm 2's K + κ steps with the run's η, ν and clipping, as ``flows.flow`` takes them."""
-  return dict(num_steps=spec.num_steps + spec.num_refine_steps, step_size=spec.step_size,
-              noise_scale=spec.noise_scale, clip=spec.clip)
+def _flow_parts(run: run_lib.Run) -> sampling.SamplerParts:
+  """The run's sampling pieces: its start (prior draws), potential and K + κ flow."""
+  parts = run.sampler_parts()
+  if parts is None or parts.potential is None:
+    raise ValueError(f"A --config.method={run.config.method} run has no flow from a prior.")
+  return parts
 
 
-# The jitted figure functions are cached on what they close over (the estimator module, which
-# compares by its fields, the potential, the flow settings and static sizes), so that figures of
-# the same run made in one process compile once, however often the checkpoint is restored.
-
-@functools.lru_cache(maxsize=16)
-def _snapshots_fn(model, potential: Callable, spec: train.FlowSpec, num_samples: int,
-                  save_every: int, picks: tuple[int, ...]) -> Callable:
-  kwargs = _flow_kwargs(spec)
-
-  @jax.jit
-  def snapshots(model_vars, prior, key):
-    k_prior, k_flow = jax.random.split(key)
-    x0 = prior.sample(k_prior, num_samples)
-    flow_potential = train.estimator_potential(model.apply, potential, model_vars)
-    final, trajectory = flows.flow(flow_potential, x0, k_flow, save_every=save_every, **kwargs)
-    return x0, final, trajectory[np.asarray(picks)]
-
-  return snapshots
-
-
-def flow_snapshots(run: run_lib.Run, state: train.TrainState, key: Array, num_samples: int,
+def flow_snapshots(run: run_lib.Run, state, key: Array, num_samples: int,
                    num_columns: int = 10) -> Snapshots:
   """Draws ``num_samples`` particles from the prior and flows them K + κ steps, keeping snapshots.
 
-  The key is used as ``train.make_sampler`` uses it (split into prior and flow keys), so the final
-  column is the sample ``run.sampler()(state.ema_variables(), state.prior, key, num_samples)``
-  draws: the strip shows how Algorithm 2's own samples came about.
+  The key is used as the ``prior`` sampler uses it (split into prior and flow keys), so the final
+  column is the sample ``run.draw(state, key, num_samples, "prior")`` draws: the strip shows how
+  Algorithm 2's own samples came about.
   """
   _check_count("strip rows", num_samples)
-  save_every, steps = snapshot_plan(_flow_kwargs(run.flow_spec)["num_steps"], num_columns)
-  snapshots = _snapshots_fn(run.model, run.potential, run.flow_spec, num_samples, save_every,
-                            tuple(s // save_every for s in steps))
-  x0, final, frames = jax.device_get(snapshots(state.ema_variables(), state.prior, key))
+  parts = _flow_parts(run)
+  kwargs = parts.spec.sampling_kwargs()
+  save_every, steps = snapshot_plan(kwargs["num_steps"], num_columns)
+  picks = np.asarray([s // save_every for s in steps])
+
+  @jax.jit
+  def snapshots(state, key):
+    k_prior, k_flow = jax.random.split(key)
+    x0 = parts.start(state, k_prior, num_samples)
+    final, trajectory = flows.flow(parts.potential(state), x0, k_flow, save_every=save_every,
+                                   **kwargs)
+    return x0, final, trajectory[picks]
+
+  x0, final, frames = jax.device_get(snapshots(state, key))
   return Snapshots(frames=np.swapaxes(frames, 0, 1), steps=steps, prior_draw=x0, final=final)
 
 
@@ -172,22 +165,6 @@ def interpolants(prior, a: Array, b: Array, num_columns: int) -> Array:
   return x
 
 
-@functools.lru_cache(maxsize=16)
-def _interpolation_fn(model, potential: Callable, spec: train.FlowSpec, num_columns: int
-                      ) -> Callable:
-  kwargs = _flow_kwargs(spec)
-
-  @jax.jit
-  def flow_rows(model_vars, prior, a, b, keys):
-    starts = interpolants(prior, a, b, num_columns)
-    flow_potential = train.estimator_potential(model.apply, potential, model_vars)
-    one = lambda x0, k: flows.flow(flow_potential, x0[None], k, **kwargs)[0]
-    # Columns share their row's key (in_axes None): the same noise for the whole row.
-    return starts, jax.vmap(jax.vmap(one, in_axes=(0, None)))(starts, keys)
-
-  return flow_rows
-
-
 class Interpolation(NamedTuple):
   """An interpolation figure's arrays: ``starts`` and ``flowed`` (R, C, ...); ``starts[:, 0]`` is
   ``a``, ``starts[:, -1]`` is ``b``; ``spherical`` tells which interpolation was used."""
@@ -198,7 +175,7 @@ class Interpolation(NamedTuple):
   spherical: bool
 
 
-def flow_interpolation(run: run_lib.Run, state: train.TrainState, key: Array, num_rows: int,
+def flow_interpolation(run: run_lib.Run, state, key: Array, num_rows: int,
                        num_columns: int = 10, *, a: Array | None = None,
                        b: Array | None = None) -> Interpolation:
   """Interpolates between pairs of prior draws (``interpolants``) and flows every interpolant.
@@ -215,51 +192,20 @@ def flow_interpolation(run: run_lib.Run, state: train.TrainState, key: Array, nu
     raise ValueError(f"Interpolation ends must both have shape ({num_rows}, ...), got {a.shape} "
                      f"and {b.shape}.")
   _check_count("interpolation columns", num_columns, minimum=2)
-  flow_rows = _interpolation_fn(run.model, run.potential, run.flow_spec, num_columns)
-  starts, flowed = flow_rows(state.ema_variables(), state.prior, a, b,
-                             jax.random.split(k_flow, num_rows))
+  parts = _flow_parts(run)
+  kwargs = parts.spec.sampling_kwargs()
+
+  @jax.jit
+  def flow_rows(state, a, b, keys):
+    starts = interpolants(state.prior, a, b, num_columns)
+    one = lambda x0, k: flows.flow(parts.potential(state), x0[None], k, **kwargs)[0]
+    # Columns share their row's key (in_axes None): the same noise for the whole row.
+    return starts, jax.vmap(jax.vmap(one, in_axes=(0, None)))(starts, keys)
+
+  starts, flowed = flow_rows(state, a, b, jax.random.split(k_flow, num_rows))
   starts, flowed, a, b = jax.device_get((starts, flowed, a, b))
   return Interpolation(starts=starts, flowed=flowed, a=a, b=b,
                        spherical=prior_mean(state.prior) is not None)
-
-
-def nearest_neighbours(queries: np.ndarray, reference: np.ndarray, k: int, *,
-                       chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-  """The ``k`` nearest rows of ``reference`` (M, ...) to each query (N, ...) in Euclidean distance.
-
-  Candidates come from ‖q‖² − 2 q·x + ‖x‖² in float32 over chunks of ``chunk_size`` reference rows
-  (memory N × chunk, never N × M × D); a few more candidates than ``k`` are kept and their exact
-  distances recomputed in float64, so float32 cancellation cannot reorder close neighbours.
-
-  Returns:
-    indices (N, k) into ``reference``, nearest first, and their distances (N, k).
-  """
-  queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
-  m = len(reference)
-  if not 1 <= k <= m:
-    raise ValueError(f"Asked for {k} nearest neighbours among {m} training examples.")
-  flat_ref = np.asarray(reference).reshape(m, -1)
-  if flat_ref.shape[1] != queries.shape[1]:
-    raise ValueError(f"Queries of {queries.shape[1]} values cannot be compared with training "
-                     f"examples of {flat_ref.shape[1]}.")
-  keep = min(m, k + max(k, 16))
-  q_sq = np.sum(queries * queries, axis=1)
-  best_d = np.zeros((len(queries), 0), np.float32)
-  best_i = np.zeros((len(queries), 0), np.int64)
-  for start in range(0, m, chunk_size):
-    chunk = flat_ref[start:start + chunk_size].astype(np.float32)
-    d = q_sq[:, None] - 2.0 * (queries @ chunk.T) + np.sum(chunk * chunk, axis=1)[None]
-    all_d = np.concatenate([best_d, d], axis=1)
-    all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(chunk)),
-                                                    d.shape)], axis=1)
-    if all_d.shape[1] > keep:
-      part = np.argpartition(all_d, keep - 1, axis=1)[:, :keep]
-      all_d, all_i = np.take_along_axis(all_d, part, 1), np.take_along_axis(all_i, part, 1)
-    best_d, best_i = all_d, all_i
-  exact = np.sum((queries[:, None].astype(np.float64) - flat_ref[best_i].astype(np.float64)) ** 2,
-                 axis=-1)
-  order = np.argsort(exact, axis=1, kind="stable")[:, :k]
-  return np.take_along_axis(best_i, order, 1), np.sqrt(np.take_along_axis(exact, order, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,12 +219,12 @@ def _check_count(what: str, n: int, minimum: int = 1) -> None:
 def _check_output(output_path: str) -> None:
   if not output_path.lower().endswith(".png"):
     raise ValueError(f"--output {output_path} must name a .png file.")
-  run_lib.refuse_existing(output_path)
+  workdir.refuse_existing(output_path)
 
 
 def _write(picture: np.ndarray, output_path: str) -> str:
-  """Writes ``picture`` as a new PNG file (``run_lib.write_new_file``: never overwrites)."""
-  return run_lib.write_new_file(output_path, lambda path: images.save_png(picture, path))
+  """Writes ``picture`` as a new PNG file (``workdir.write_new_file``: never overwrites)."""
+  return workdir.write_new_file(output_path, lambda path: images.save_png(picture, path))
 
 
 def _require_images(config: ml_collections.ConfigDict, figure: str) -> None:
@@ -298,7 +244,7 @@ def _require_flow(config: ml_collections.ConfigDict, figure: str) -> None:
 
 
 def _key(run: run_lib.Run, figure: int) -> Array:
-  return jax.random.fold_in(run.sample_key, FIGURE_KEY + figure)
+  return run.sample_key_for(FIGURE_KEY + figure)
 
 
 def grid(config: ml_collections.ConfigDict, workdir: str, output_path: str,
@@ -312,7 +258,8 @@ def grid(config: ml_collections.ConfigDict, workdir: str, output_path: str,
   _check_count("samples", num_samples)
   _check_output(output_path)
   run, state, _ = run_lib.restore_latest(config, workdir)
-  samples = run_lib.draw_samples(run, state, num_samples, config.data.batch_size)
+  samples = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
+                         config.data.batch_size)
   return _write(images.samples_picture(samples, run_lib.grid_reference(run)), output_path)
 
 
@@ -349,32 +296,6 @@ def interpolation(config: ml_collections.ConfigDict, workdir: str, output_path: 
   return _write(images.tile(result.flowed), output_path)
 
 
-def _check_feature_space(config: ml_collections.ConfigDict) -> None:
-  weights = config.eval.inception_weights
-  if config.data.name != "digits" and not (weights and os.path.isfile(weights)):
-    raise ValueError(f"--space=feature needs the bundled digits (FD-digits classifier) or "
-                     f"--config.eval.inception_weights=FILE.npz (found {weights!r}; see "
-                     "fdrl_jax/inception.py); or use --space=pixel.")
-
-
-def feature_extractor(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
-  """Images (N, H, W, C) in [-1, 1] → features (N, D) for ``--space=feature``.
-
-  The bundled digits use the FD-digits classifier's 128-d penultimate features (trained on the
-  run's own training split, ``evaluate.digits_classifier(config.seed)``); other data the FID
-  Inception's 2048-d pool3 features, from ``config.eval.inception_weights`` (grey images repeated
-  to RGB). Raises a ValueError naming what to set when neither is available.
-  """
-  _check_feature_space(config)
-  if config.data.name == "digits":
-    from fdrl_jax import evaluate  # the classifier is trained on first use (seconds)
-    return evaluate.digits_classifier(config.seed).features
-  from fdrl_jax import inception
-  variables = inception.load_weights(config.eval.inception_weights)
-  rgb = lambda x: np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
-  return lambda x: inception.features(variables, rgb(np.asarray(x)))
-
-
 def training_images(run: run_lib.Run) -> np.ndarray:
   """The training images neighbours are searched in: the whole training split when it is held in
   memory, else the ``data.max_fit_samples`` images decoded to fit the prior (a random subset of a
@@ -389,7 +310,7 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str
   images (next columns, nearest first).
 
   ``space="pixel"``: Euclidean distance between pixel values; ``space="feature"``: between
-  features (``feature_extractor``: the digits classifier, or Inception pool3). Samples are the
+  features (``evaluate.feature_extractor``: the digits classifier, or Inception pool3). Samples are the
   first ones ``--mode=sample`` draws; training images are ``training_images(run)``. Image data
   only.
   """
@@ -400,27 +321,70 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str
   _check_output(output_path)
   _require_images(config, "neighbours")
   if space == "feature":
-    _check_feature_space(config)  # before the (possibly long) restore
+    evaluate.check_feature_space(config)  # before the (possibly long) restore
   run, state, _ = run_lib.restore_latest(config, workdir)
-  samples = run_lib.draw_samples(run, state, num_samples, config.data.batch_size)
+  samples = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
+                          config.data.batch_size)
   train_images = training_images(run)
   if space == "pixel":
-    index, _ = nearest_neighbours(samples, train_images, k)
+    index, _ = evaluate.nearest_neighbours(samples, train_images, k)
   else:
-    features = feature_extractor(config)
-    index, _ = nearest_neighbours(features(samples), features(train_images), k)
+    features = evaluate.feature_extractor(config)
+    index, _ = evaluate.nearest_neighbours(features(samples), features(train_images), k)
   rows = np.concatenate([samples[:, None], train_images[index]], axis=1)
   return _write(images.tile(rows), output_path)
 
 
+def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: str,
+            num_samples: int = 10) -> str:
+  """Class-conditional samples (FDRL Sec. 6.4): one row of ``num_samples`` per class of the
+  classifier in ``sampling.classifier_workdir``, guided with weight ``sampling.classifier_weight``
+  (``sampling.conditional_sampler``; every row is drawn with the same key)."""
+  _check_count("samples per class", num_samples)
+  _check_output(output_path)
+  _require_images(config, "classes")
+  _require_flow(config, "classes")
+  run, state, _ = run_lib.restore_latest(config, workdir_path)
+  sample, num_classes = sampling.conditional_sampler(config, _flow_parts(run))
+  rows = [np.asarray(sample(state, _key(run, 3), num_samples, label,
+                            config.sampling.classifier_weight)) for label in range(num_classes)]
+  return _write(images.tile(np.stack(rows)), output_path)
+
+
+def translation(config: ml_collections.ConfigDict, workdir_path: str, output_path: str,
+                num_samples: int = 8, inputs: str | None = None) -> str:
+  """Unpaired translation (FDRL Sec. 6.5): ``num_samples`` pairs in columns, the source above its
+  translation, the sources from ``inputs`` (an .npz or folder, as ``--mode=translate`` reads it) or else the run's
+  held-out source images."""
+  from fdrl_jax import datasets
+  _check_count("translation rows", num_samples)
+  _check_output(output_path)
+  _require_images(config, "translation")
+  _require_flow(config, "translation")
+  run, state, _ = run_lib.restore_latest(config, workdir_path)
+  if inputs:
+    sources, _ = sampling.read_images(inputs, config, run.dataset.event_shape)
+  else:
+    sources = datasets.source_domain(config, run.dataset)[1]
+    if sources is None:
+      raise ValueError("The translation figure needs source images: give --input=FILE.npz|DIR "
+                       "or set --config.prior.source_test_path.")
+  sources = sources[:num_samples]
+  translated = sampling.draw(run.sampler("translate"), state, _key(run, 4), sources,
+                             config.data.batch_size)
+  return _write(images.tile(np.stack([sources, translated])), output_path)
+
+
 FIGURES: dict[str, Callable[..., str]] = {
-    "grid": grid, "strip": strip, "interpolation": interpolation, "neighbours": neighbours}
+    "grid": grid, "strip": strip, "interpolation": interpolation, "neighbours": neighbours,
+    "classes": classes, "translation": translation}
 
 
 def make_figure(name: str, config: ml_collections.ConfigDict, workdir: str, output_path: str, *,
-                num_samples: int | None = None, space: str | None = None) -> str:
+                num_samples: int | None = None, space: str | None = None,
+                inputs: str | None = None) -> str:
   """The figure ``name`` (a key of FIGURES), as ``--mode=figure`` calls it; ``None`` arguments take
-  the figure's defaults. ``space`` applies to ``neighbours`` only."""
+  the figure's defaults. ``space`` applies to ``neighbours`` only, ``inputs`` to ``translation``."""
   if name not in FIGURES:
     raise ValueError(f"Unknown --figure {name!r}; choose one of {', '.join(FIGURES)}.")
   kwargs: dict[str, Any] = {}
@@ -430,4 +394,8 @@ def make_figure(name: str, config: ml_collections.ConfigDict, workdir: str, outp
     if name != "neighbours":
       raise ValueError(f"--space applies to --figure=neighbours only, not {name}.")
     kwargs["space"] = space
+  if inputs is not None:
+    if name != "translation":
+      raise ValueError(f"--input applies to --figure=translation only, not {name}.")
+    kwargs["inputs"] = inputs
   return FIGURES[name](config, workdir, output_path, **kwargs)

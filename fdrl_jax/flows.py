@@ -28,6 +28,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.extend import core as jax_core
 
 Array = jax.Array
@@ -200,3 +201,18 @@ def two_stage_flow(
       "num_refine_steps", num_refine_steps, minimum=0)
   return flow(potential_fn, x0, key, num_steps=num_steps, step_size=step_size,
               noise_scale=noise_scale, clip=clip, unroll=unroll)
+
+
+class FlowSpec(struct.PyTreeNode):
+  """A flow's static hyper-parameters: K, κ, η, ν and clipping (a hashable jit constant)."""
+  num_steps: int = struct.field(pytree_node=False)
+  num_refine_steps: int = struct.field(pytree_node=False)
+  step_size: float = struct.field(pytree_node=False)
+  noise_scale: float = struct.field(pytree_node=False)
+  clip: tuple[float, float] | None = struct.field(pytree_node=False)
+
+  def sampling_kwargs(self) -> dict:
+    """Algorithm 2's K + κ steps with this η, ν and clipping, as ``flow`` takes them."""
+    return dict(num_steps=self.num_steps + self.num_refine_steps, step_size=self.step_size,
+                noise_scale=self.noise_scale, clip=self.clip)
+

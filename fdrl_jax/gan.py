@@ -11,8 +11,9 @@ The generator's gradient is Σᵢ −h'(d(xᵢ)) ∇ₓd(xᵢ) · ∂xᵢ/∂θ:
 the MonoFlow velocity h'(d)∇d (``fdrl_jax.monoflow``), and the choice of h is the choice of GAN loss
 (vanilla with shift C, non-saturating, logit, arcsinh, ...). The step's randomness is
 ``fold_in(key, state.step)`` so a resumed run replays exactly; over several devices the batch and the
-latent draws are sharded over the "data" axis as in ``fdrl_jax.train``. Only ``build_*`` read a
-config.
+latent draws are sharded over the "data" axis as in ``fdrl_jax.fdrl``. Sampling G(z), refined or
+not, is ``fdrl_jax.sampling`` composing ``sampler_parts``. Only ``build_*`` and the method hooks
+read a config.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax import monoflow
+from fdrl_jax import data, models, monoflow, sampling
+from fdrl_jax.models import variables
 from fdrl_jax.flows import flow
 from fdrl_jax.losses import LOSSES
-from fdrl_jax.train import FlowSpec, variables
 
 Array = jax.Array
 
@@ -190,8 +191,14 @@ def make_gan_step(
 REFINE_SPACES = ("latent", "data")
 
 
+def check_refine_space(space: str) -> None:
+  if space not in REFINE_SPACES:
+    raise ValueError(f"Unknown refinement space {space!r}; expected one of "
+                     f"{', '.join(REFINE_SPACES)}.")
+
+
 def refine(
-    gen_apply: Callable, gen_vars: dict, logit_fn: Callable[[Array], Array],
+    generator_fn: Callable[[Array], Array], logit_fn: Callable[[Array], Array],
     hmap: monoflow.MonotoneMap, z: Array, key: Array, *, space: str, num_steps: int,
     step_size: float, noise_scale: float, clip: tuple[float, float] | None = None,
 ) -> Array:
@@ -201,33 +208,49 @@ def refine(
   refinement; with h = logit this is its KL flow). ``space="data"``: x = G(z), then x ← x +
   η h'(d(x))∇ₓ d(x) + ν ξ (clipped to ``clip``). Both are ``fdrl_jax.flow`` runs.
   """
-  generator = lambda z: gen_apply(gen_vars, z)
+  check_refine_space(space)
   kwargs = dict(num_steps=num_steps, step_size=step_size, noise_scale=noise_scale)
   if space == "latent":
-    z = flow(monoflow.latent_potential(logit_fn, generator, hmap), z, key, **kwargs)
-    return generator(z)
-  if space == "data":
-    return flow(monoflow.potential(logit_fn, hmap), generator(z), key, clip=clip, **kwargs)
-  raise ValueError(f"Unknown refinement space {space!r}; expected one of {', '.join(REFINE_SPACES)}.")
+    z = flow(monoflow.latent_potential(logit_fn, generator_fn, hmap), z, key, **kwargs)
+    return generator_fn(z)
+  return flow(monoflow.potential(logit_fn, hmap), generator_fn(z), key, clip=clip, **kwargs)
 
 
-def make_sampler(gen_apply: Callable, disc_apply: Callable, latent_dim: int,
-                 refine_map: monoflow.MonotoneMap | None = None, refine_space: str = "latent",
-                 refine_spec: FlowSpec | None = None) -> Callable[[GANState, Array, int], Array]:
-  """``sample(state, key, n)``: x = G(z), z ~ N(0, I), refined by ``refine`` when ``refine_spec``
-  has steps. Jitted with ``n`` static."""
-  if refine_space not in REFINE_SPACES:  # refused when built, not first at sampling
-    raise ValueError(f"Unknown refinement space {refine_space!r}; expected one of "
-                     f"{', '.join(REFINE_SPACES)}.")
+# ----------------------------------------------------------------------------------------------
+# The method's hooks (``fdrl_jax.methods``).
 
-  def sample(state: GANState, key: Array, n: int) -> Array:
-    k_z, k_flow = jax.random.split(key)
-    z = jax.random.normal(k_z, (n, latent_dim))
-    if refine_spec is None or refine_spec.num_steps == 0:
-      return gen_apply(state.generator_variables(), z)
-    return refine(gen_apply, state.generator_variables(),
-                  discriminator_logit(disc_apply, state.disc_params), refine_map, z, k_flow,
-                  space=refine_space, num_steps=refine_spec.num_steps,
-                  step_size=refine_spec.step_size, noise_scale=refine_spec.noise_scale,
-                  clip=refine_spec.clip)
-  return jax.jit(sample, static_argnums=2)
+def _networks(config: ml_collections.ConfigDict, dataset: data.Dataset):
+  generator = models.create_generator(config.generator, dataset.event_shape, dataset.is_image)
+  return generator, models.create_model(config.model)
+
+
+def init_state(config: ml_collections.ConfigDict, dataset: data.Dataset, key: Array, *,
+               fit: bool) -> GANState:
+  """Fresh generator and discriminator (nothing is fitted to the data, so ``fit`` is unused)."""
+  del fit
+  gen_tx, disc_tx = build_optimizers(config)
+  return create_gan_state(*_networks(config, dataset), gen_tx, disc_tx, key,
+                          dataset.event_shape, config.generator.latent_dim)
+
+
+def build_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset,
+                     particle_sharding: NamedSharding | None):
+  generator, discriminator = _networks(config, dataset)
+  gen_tx, disc_tx = build_optimizers(config)
+  return make_gan_step(generator.apply, discriminator.apply, gen_tx, disc_tx,
+                       build_monotone_map(config), config.generator.latent_dim,
+                       particle_sharding=particle_sharding)
+
+
+def sampler_parts(config: ml_collections.ConfigDict, dataset: data.Dataset
+                  ) -> sampling.SamplerParts:
+  """G(z) as the start (the ``prior`` sampler draws it as is); the generator and the trained
+  discriminator's logit for the ``refine`` sampler."""
+  generator, discriminator = _networks(config, dataset)
+  latent_dim = config.generator.latent_dim
+  generate = lambda state: (lambda z: generator.apply(state.generator_variables(), z))
+  logit = lambda state: discriminator_logit(discriminator.apply, state.disc_params)
+  return sampling.SamplerParts(
+      start=lambda state, key, n: generate(state)(jax.random.normal(key, (n, latent_dim))),
+      potential=None, spec=sampling.build_flow_spec(config), event_shape=tuple(dataset.event_shape),
+      generator=sampling.Generator(latent_dim=latent_dim, generate=generate, logit=logit))

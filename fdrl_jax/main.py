@@ -3,9 +3,12 @@
 Modes: ``--mode=train`` (default; resumes from the workdir's latest checkpoint),
 ``--mode=sample --num_samples=N --output=FILE.npz``, ``--mode=eval`` (FD-digits or FID, see
 ``fdrl_jax.evaluate``; writes ``eval_step_*.json`` into the workdir) and
-``--mode=figure --figure=grid|strip|interpolation|neighbours --output=FILE.png`` (one picture of the
-latest checkpoint, see ``fdrl_jax.figures``; ``--num_samples`` sets its samples or rows,
-``--space=pixel|feature`` the neighbours' distance). Override any config key with
+``--mode=figure --figure=grid|strip|interpolation|neighbours|classes|translation --output=FILE.png``
+(one picture of the latest checkpoint, see ``fdrl_jax.figures``; ``--num_samples`` sets its samples
+or rows, ``--space=pixel|feature`` the neighbours' distance) and
+``--mode=translate --input=FILE.npz|DIR --output=FILE.npz|DIR`` (flows given source images with a
+translation run's estimator, ``fdrl_jax.sampling``). ``--config.sampling.*`` picks the sampler
+(Algorithm 2, GAN refinement, class-conditional). Override any config key with
 ``--config.a.b=value``. For multi-host runs pass ``--distributed`` (calls
 ``jax.distributed.initialize()``, which finds SLURM / TPU pod settings itself).
 """
@@ -22,13 +25,18 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/digits.py or configs/toy2d.py:chasm.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "figure"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "figure", "translate"],
+                          "What to do.")
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 1000, "sample mode: number of samples; figure mode: samples (grid) or rows "
     "(strip, interpolation, neighbours), default per figure.")
 _OUTPUT = flags.DEFINE_string("output", None, "sample mode: output .npz file (key 'x'); figure "
-                              "mode: output .png file. Never overwritten.")
-_FIGURE = flags.DEFINE_enum("figure", None, ["grid", "strip", "interpolation", "neighbours"],
+                              "mode: output .png file; translate mode: .npz file or new folder of "
+                              "PNGs. Never overwritten.")
+_INPUT = flags.DEFINE_string("input", None, "translate mode: source images, an .npz (key 'x', "
+                             "NHWC in [-1, 1]) or a folder of PNG/JPEG files.")
+_FIGURE = flags.DEFINE_enum("figure", None, ["grid", "strip", "interpolation", "neighbours",
+                                             "classes", "translation"],
                             "figure mode: which picture (see fdrl_jax/figures.py).")
 _SPACE = flags.DEFINE_enum("space", None, ["pixel", "feature"],
                            "figure mode, neighbours: distance of pixels (default) or features.")
@@ -60,11 +68,14 @@ def main(argv: list[str]) -> None:
   del argv
   if _MODE.value == "figure":  # checked before JAX starts, like the flags
     if not _FIGURE.value:
-      _fail("--mode=figure needs --figure=grid|strip|interpolation|neighbours.")
+      _fail("--mode=figure needs --figure=grid|strip|interpolation|neighbours|classes|translation.")
     if not _OUTPUT.value:
       _fail("--mode=figure needs --output=FILE.png.")
+  if _MODE.value == "translate" and not (_INPUT.value and _OUTPUT.value):
+    _fail("--mode=translate needs --input=FILE.npz|DIR (source images) and "
+          "--output=FILE.npz|DIR (a new file or folder).")
   import jax  # imported here so that flag errors are reported before JAX starts
-  from fdrl_jax import run_lib
+  from fdrl_jax import run_lib, sampling
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -78,13 +89,17 @@ def main(argv: list[str]) -> None:
       from fdrl_jax import figures
       num_samples = _NUM_SAMPLES.value if flags.FLAGS["num_samples"].present else None
       path = figures.make_figure(_FIGURE.value, _CONFIG.value, _WORKDIR.value, _OUTPUT.value,
-                                 num_samples=num_samples, space=_SPACE.value)
+                                 num_samples=num_samples, space=_SPACE.value, inputs=_INPUT.value)
       print(f"wrote the {_FIGURE.value} figure to {path}")
+    elif _MODE.value == "translate":
+      path = sampling.translate_to_file(_CONFIG.value, _WORKDIR.value, _INPUT.value,
+                                        _OUTPUT.value)
+      print(f"wrote the translated images to {path}")
     else:
       if not _OUTPUT.value:
         _fail("--mode=sample needs --output=FILE.npz.")
-      path = run_lib.sample_to_file(_CONFIG.value, _WORKDIR.value, _NUM_SAMPLES.value,
-                                    _OUTPUT.value)
+      path = sampling.sample_to_file(_CONFIG.value, _WORKDIR.value, _NUM_SAMPLES.value,
+                                     _OUTPUT.value)
       print(f"wrote {_NUM_SAMPLES.value} samples to {path}")
   except ValueError as e:
     _fail(str(e))

@@ -25,6 +25,11 @@ import ml_collections
 from fdrl_jax.conv import conv_general_dilated
 
 
+def variables(params, batch_stats) -> dict:
+  """Flax variables from trainable parameters and (possibly empty) spectral-norm statistics."""
+  return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
 class MLP(nn.Module):
   """Fully connected estimator on flattened inputs: ``depth`` hidden layers of ``width``."""
   width: int = 64

@@ -2,7 +2,8 @@
 
 Every prior is a ``flax.struct`` dataclass: its arrays are pytree leaves (so it can be passed
 through ``jax.jit``, sharded and saved with a run's checkpoint) and its event shape is static.
-``prior.sample(key, n)`` returns n particles of shape (n, *event_shape).
+``prior.sample(key, n)`` returns n particles of shape (n, *event_shape). ``PRIORS`` names them for
+the configs (``build_prior``, the only function here that reads a config).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import struct
 
@@ -290,3 +292,43 @@ def fit_low_rank_gaussian(batches: Batches, rank: int, *, jitter: float = 1e-4,
                               components=jnp.asarray(components, jnp.float32),
                               residual_scale=jnp.asarray(np.sqrt(residual + jitter), jnp.float32),
                               event_shape=event_shape, clip=clip)
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry, read by the config builders.
+
+def _gaussian_prior(p, data, event_shape):
+  if data is None:  # restore template: same shapes, no fit
+    d = int(np.prod(event_shape))
+    return GaussianPrior(mean=jnp.zeros((d,)), scale_tril=jnp.eye(d), event_shape=event_shape)
+  return fit_gaussian(data, jitter=p.jitter)
+
+
+def _low_rank_prior(p, data, event_shape):
+  if data is None:
+    d = int(np.prod(event_shape))
+    return LowRankGaussianPrior(mean=jnp.zeros((d,)), components=jnp.zeros((d, p.rank)),
+                                residual_scale=jnp.zeros(()), event_shape=event_shape)
+  return fit_low_rank_gaussian(data, p.rank, jitter=p.jitter)
+
+
+# name → (prior config group, data or None, event shape) → prior. "data" is what the prior is
+# fitted to (the training images) or, for "empirical", the source domain it draws from.
+PRIORS: dict[str, Callable] = {
+    "gaussian": _gaussian_prior,
+    "low_rank": _low_rank_prior,
+    "uniform": lambda p, data, event_shape: UniformPrior(event_shape=event_shape),
+    "normal": lambda p, data, event_shape: NormalPrior(event_shape=event_shape, loc=p.loc,
+                                                       scale=p.scale),
+    "empirical": lambda p, data, event_shape: EmpiricalPrior(data=jnp.asarray(data)),
+}
+
+
+def build_prior(config: ml_collections.ConfigDict, data: np.ndarray | None,
+                event_shape: tuple[int, ...]):
+  """The prior q' named by ``config.prior.name`` (a key of PRIORS), fitted to ``data``; ``data``
+  None gives a same-shaped template, to restore a checkpoint without refitting."""
+  if config.prior.name not in PRIORS:
+    raise ValueError(f"Unknown prior {config.prior.name!r}. Available priors are: "
+                     f"{', '.join(sorted(PRIORS))}.")
+  return PRIORS[config.prior.name](config.prior, data, event_shape)

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fdrl_jax import run_lib, train
+from fdrl_jax import datasets, parallel, run_lib
 
 
 EXPECTED_SHAPES = {"cifar10": (32, 32, 3), "celeba64": (64, 64, 3),
@@ -43,7 +43,7 @@ def test_config_runs_one_training_step(name, tmp_path):
     config.data.path = str(tmp_path / "trainB")
     config.prior.source_path = str(tmp_path / "trainA")
   with tfds.testing.mock_data(num_examples=8):
-    run = run_lib.Run(config, train.data_mesh(jax.devices()[:1]))
+    run = run_lib.Run(config, parallel.data_mesh(jax.devices()[:1]))
     state = run.new_state(fit=True)
     batch = run.batch(0)
   assert run.dataset.event_shape == EXPECTED_SHAPES[name]
@@ -59,4 +59,4 @@ def test_config_runs_one_training_step(name, tmp_path):
 def test_folder_source_without_path_is_one_clear_error():
   config = importlib.import_module("configs.cat2dog").get_config()
   with pytest.raises(ValueError, match="needs --config.data.path"):
-    run_lib.build_dataset(config)
+    datasets.build_dataset(config)

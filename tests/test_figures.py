@@ -64,7 +64,7 @@ def test_strip_runs_from_the_prior_draw_to_algorithm_2s_sample(trained, tmp_path
   # The same key gives the prior draw and the sample of Algorithm 2 (make_sampler's key use).
   prior_key, _ = jax.random.split(key)
   np.testing.assert_allclose(snaps.prior_draw, state.prior.sample(prior_key, 3), atol=1e-6)
-  sample = run.sampler()(state.ema_variables(), state.prior, key, 3)
+  sample = run.draw(state, key, 3, "prior")
   np.testing.assert_allclose(snaps.final, sample, atol=1e-5)
   assert not np.allclose(snaps.frames[:, 0], snaps.frames[:, 1])  # the flow moved them
   path = figures.strip(config, workdir, str(tmp_path / "strip.png"), num_samples=3)
@@ -122,13 +122,13 @@ def test_nearest_neighbours_match_brute_force():
   rng = np.random.default_rng(0)
   reference = rng.uniform(-1, 1, (300, 8, 8, 1)).astype(np.float32)
   queries = rng.uniform(-1, 1, (5, 8, 8, 1)).astype(np.float32)
-  index, dist = figures.nearest_neighbours(queries, reference, 4, chunk_size=37)
+  index, dist = evaluate.nearest_neighbours(queries, reference, 4, chunk_size=37)
   brute = np.linalg.norm(queries.reshape(5, 1, -1).astype(np.float64)
                          - reference.reshape(1, 300, -1), axis=-1)
   np.testing.assert_array_equal(index, np.argsort(brute, axis=1)[:, :4])
   np.testing.assert_allclose(dist, np.sort(brute, axis=1)[:, :4], rtol=1e-12)
   with pytest.raises(ValueError, match="301 nearest neighbours among 300"):
-    figures.nearest_neighbours(queries, reference, 301)
+    evaluate.nearest_neighbours(queries, reference, 301)
 
 
 def test_feature_neighbours_png_layout(trained, tmp_path, monkeypatch):
@@ -144,7 +144,7 @@ def test_feature_neighbours_png_layout(trained, tmp_path, monkeypatch):
       return np.asarray(x).reshape(len(x), -1) @ projection
     return features
 
-  monkeypatch.setattr(figures, "feature_extractor", extractor)
+  monkeypatch.setattr(evaluate, "feature_extractor", extractor)
   path = figures.neighbours(config, workdir, str(tmp_path / "feature.png"), num_samples=3, k=4,
                             space="feature")
   assert png_size(path) == layout(3, 5)  # sample + 4 neighbours per row
@@ -160,10 +160,10 @@ def test_feature_extractor_choice(monkeypatch):
 
   monkeypatch.setattr(evaluate, "digits_classifier", lambda seed: Classifier())
   config = tiny_digits_config()
-  assert figures.feature_extractor(config)(None) == "digits features"
+  assert evaluate.feature_extractor(config)(None) == "digits features"
   config.data.name = "cifar10"
   with pytest.raises(ValueError, match="--config.eval.inception_weights=FILE.npz"):
-    figures.feature_extractor(config)
+    evaluate.feature_extractor(config)
   with pytest.raises(ValueError, match="--config.eval.inception_weights=FILE.npz"):
     figures.neighbours(config, "/nonexistent", "/nonexistent/x.png", space="feature")
 

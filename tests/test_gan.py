@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import monoflow_digits
-from fdrl_jax import run_lib, train
+from fdrl_jax import evaluate, parallel, run_lib, workdir as workdirs
 from tests.test_train import cli, tiny_digits_config
 
 
@@ -23,7 +23,7 @@ def tiny_gan_config(num_steps=4):
 
 
 def two_steps(config, devices):
-  run = run_lib.make_run(config, train.data_mesh(devices))
+  run = run_lib.Run(config, parallel.data_mesh(devices))
   step = run.train_step()
   state = run.new_state(fit=True)
   for i in range(2):
@@ -67,7 +67,7 @@ def test_gan_end_to_end_through_main(tmp_path):
   assert os.path.exists(os.path.join(workdir, "samples", "step_0000002.png"))
   out = str(tmp_path / "x.npz")
   result = cli(*args, "--mode=sample", "--num_samples=5", f"--output={out}",
-               "--config.refine.num_steps=2")
+               "--config.refine.num_steps=2", "--config.sampling.name=refine")
   assert result.returncode == 0, result.stderr
   with np.load(out) as f:
     x = f["x"]
@@ -94,7 +94,9 @@ def test_bad_gan_config_is_refused(key, value, message):
   section, _, name = key.rpartition(".")
   setattr(config[section] if section else config, name, value)
   with pytest.raises(ValueError, match=message) as error:
-    run_lib.make_run(config, train.data_mesh(jax.devices()[:1]))
+    run = run_lib.Run(config, parallel.data_mesh(jax.devices()[:1]))
+    run.train_step()
+    run.sampler("refine")
   assert "\n" not in str(error.value)
 
 
@@ -123,7 +125,7 @@ def test_dcgan_configs_run_one_step(name, shape):
   config = importlib.import_module(f"configs.{name}").get_config()
   config.data.batch_size = 2
   with tfds.testing.mock_data(num_examples=8):
-    run = run_lib.make_run(config, train.data_mesh(jax.devices()[:1]))
+    run = run_lib.Run(config, parallel.data_mesh(jax.devices()[:1]))
     state = run.new_state(fit=True)
     batch = run.batch(0)
   assert run.dataset.event_shape == shape
@@ -140,7 +142,7 @@ def test_fdrl_workdir_written_before_the_gan_sections_still_resumes(tmp_path):
   with open(path) as f:
     old = json.load(f)
   with open(path, "w") as f:
-    json.dump({k: v for k, v in old.items() if k not in run_lib.GAN_SECTIONS}, f)
+    json.dump({k: v for k, v in old.items() if k not in workdirs.LATER_SECTIONS}, f)
   config.training.num_steps = 4
   assert int(run_lib.train_and_evaluate(config, workdir).step) == 4
   config.method = "gan"  # but it is not a GAN run
@@ -151,8 +153,8 @@ def test_fdrl_workdir_written_before_the_gan_sections_still_resumes(tmp_path):
 def test_fd_mnist_eval_of_a_mnist_gan_on_mock_data(tmp_path, monkeypatch):
   """--mode=eval with fd_mnist: the classifier is trained on labelled tfds MNIST (mock data here,
   so the numbers mean nothing; the path through loading, training and scoring is what is tested)."""
-  monkeypatch.setattr(run_lib, "MNIST_CLASSIFIER_IMAGES", 40)
-  monkeypatch.setattr(run_lib, "MNIST_CLASSIFIER_STEPS", 3)
+  monkeypatch.setattr(evaluate, "MNIST_CLASSIFIER_IMAGES", 40)
+  monkeypatch.setattr(evaluate, "MNIST_CLASSIFIER_STEPS", 3)
   config = importlib.import_module("configs.monoflow_mnist").get_config()
   config.data.batch_size = 4
   config.generator.channels, config.model.channels = (8, 4), (4, 8)

@@ -138,11 +138,12 @@ def test_refinement_in_latent_and_data_space_raises_the_logit():
   logit = gan.discriminator_logit(disc.apply, disc_params)
   z = jax.random.normal(jax.random.key(2), (128, 3))
   before = logit(gen.apply(gen_vars, z)).mean()
+  generator = lambda z: gen.apply(gen_vars, z)
   for space in ("latent", "data"):
-    x = gan.refine(gen.apply, gen_vars, logit, monoflow.get_map("logit"), z, jax.random.key(3),
-                   space=space, num_steps=5, step_size=0.05, noise_scale=0.0)
+    x = gan.refine(generator, logit, monoflow.get_map("logit"), z, jax.random.key(3), space=space,
+                   num_steps=5, step_size=0.05, noise_scale=0.0)
     assert x.shape == (128, 2)
     assert float(logit(x).mean()) > float(before) + 1e-3
   with pytest.raises(ValueError, match="refinement space 'pixels'"):
-    gan.refine(gen.apply, gen_vars, logit, monoflow.get_map("logit"), z, jax.random.key(3),
-               space="pixels", num_steps=1, step_size=0.1, noise_scale=0.0)
+    gan.refine(generator, logit, monoflow.get_map("logit"), z, jax.random.key(3), space="pixels",
+               num_steps=1, step_size=0.1, noise_scale=0.0)

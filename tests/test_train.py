@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import digits, toy2d
-from fdrl_jax import run_lib, train
+from fdrl_jax import datasets, parallel, priors, run_lib, sampling, workdir as workdirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,7 @@ def tiny_digits_config(num_steps=4, config=None):
 
 def one_step(config, devices):
   """One training step of ``config`` on a mesh over ``devices``; returns parameters and metrics."""
-  run = run_lib.Run(config, train.data_mesh(devices))
+  run = run_lib.Run(config, parallel.data_mesh(devices))
   state, metrics = run.train_step()(run.new_state(fit=True), run.batch(0), jax.random.key(1))
   return jax.device_get(state.params), jax.device_get(metrics)
 
@@ -163,7 +163,7 @@ def test_bad_workdirs(tmp_path):
   with pytest.raises(ValueError, match="different config.*loss"):
     run_lib.train_and_evaluate(config, str(tmp_path))
   with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
-    run_lib.sample_to_file(config, str(tmp_path / "empty"), 4, str(tmp_path / "s.npz"))
+    sampling.sample_to_file(config, str(tmp_path / "empty"), 4, str(tmp_path / "s.npz"))
   with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
     run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
   toy = toy2d.get_config("8gaussians")
@@ -202,13 +202,13 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
 
 
 def test_prefetch_yields_in_order_and_reraises():
-  assert list(run_lib.prefetch(lambda s: s * s, range(3, 9))) == [9, 16, 25, 36, 49, 64]
+  assert list(datasets.prefetch(lambda s: s * s, range(3, 9))) == [9, 16, 25, 36, 49, 64]
   def boom(step):
     if step == 2:
       raise ValueError("bad batch 2")
     return step
   with pytest.raises(ValueError, match="bad batch 2"):
-    list(run_lib.prefetch(boom, range(5)))
+    list(datasets.prefetch(boom, range(5)))
 
 
 @pytest.mark.parametrize("prior", ["gaussian", "low_rank", "uniform", "normal"])
@@ -217,24 +217,24 @@ def test_prior_restore_template_matches_the_fitted_prior(prior):
   config.prior.name = prior
   config.prior.rank = 3
   images = np.random.default_rng(0).uniform(-1, 1, (40, 4, 4, 1)).astype(np.float32)
-  fitted = train.build_prior(config, images, (4, 4, 1))
-  template = train.build_prior(config, None, (4, 4, 1))
+  fitted = priors.build_prior(config, images, (4, 4, 1))
+  template = priors.build_prior(config, None, (4, 4, 1))
   assert jax.tree.structure(fitted) == jax.tree.structure(template)
   assert [a.shape for a in jax.tree.leaves(fitted)] == [a.shape for a in jax.tree.leaves(template)]
 
 
 def test_write_new_file_never_replaces_a_file(tmp_path):
   out = tmp_path / "sub" / "x.npz"
-  assert run_lib.write_new_file(str(out), lambda p: open(p, "w").write("new")) == str(out)
+  assert workdirs.write_new_file(str(out), lambda p: open(p, "w").write("new")) == str(out)
   assert out.read_text() == "new"
   with pytest.raises(ValueError, match="exists; choose a new file"):
-    run_lib.write_new_file(str(out), lambda p: open(p, "w").write("newer"))
+    workdirs.write_new_file(str(out), lambda p: open(p, "w").write("newer"))
 
   racer = tmp_path / "race.png"
   def write_while_someone_creates_the_output(path):  # the name appears after the first check
     open(path, "w").write("mine")
     racer.write_text("theirs")
   with pytest.raises(ValueError, match="exists"):
-    run_lib.write_new_file(str(racer), write_while_someone_creates_the_output)
+    workdirs.write_new_file(str(racer), write_while_someone_creates_the_output)
   assert racer.read_text() == "theirs"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["race.png", "sub"]  # no temporary left

@@ -1,0 +1,70 @@
+"""Training methods as records of pure functions, keyed by ``config.method``.
+
+The training loop (``run_lib``) knows no method: it calls a ``Method``'s hooks. Each hook is a
+builder of that method's module, reading the config and returning data, a state or a pure function:
+
+* ``fdrl``: FDRL (Algorithm 1; ``fdrl_jax.fdrl``) — a density-ratio estimator trained on its own
+  flowed prior samples.
+* ``gan``: a GAN trained in the MonoFlow view (``fdrl_jax.gan``).
+* ``classifier``: an image classifier, adversarially robust by PGD-L2 training when
+  ``classifier.epsilon`` > 0 (``fdrl_jax.classifier``), to guide class-conditional sampling.
+
+Adding a method is one record here; no method runs another's builders.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import ml_collections
+
+from fdrl_jax import classifier, datasets, evaluate, fdrl, gan
+
+
+class Method(NamedTuple):
+  """A training method's hooks.
+
+  Attributes:
+    dataset: config → its training data (a ``data.Dataset``).
+    init_state: (config, dataset, key, *, fit) → a fresh state; ``fit=False`` a same-shaped
+      template (nothing fitted) to restore a checkpoint into.
+    train_step: (config, dataset, particle_sharding) → the pure ``step(state, batch, key) →
+      (state, metrics)``; the loop jits it data-parallel (``parallel.jit_train_step``).
+    batch: (config, dataset, step) → the global host batch of training step ``step``.
+    sampler_parts: (config, dataset) → what the samplers of ``fdrl_jax.sampling`` compose, or
+      None for a method that does not sample.
+    check_eval: config → None, a one-line ValueError for an evaluation that cannot run (checked
+      before anything is restored).
+    evaluate: (config, run, state, workdir) → the results ``--mode=eval`` writes.
+  """
+  dataset: Callable[[ml_collections.ConfigDict], Any]
+  init_state: Callable[..., Any]
+  train_step: Callable[..., Callable]
+  batch: Callable[[ml_collections.ConfigDict, Any, int], Any]
+  sampler_parts: Callable[..., Any] | None
+  check_eval: Callable[[ml_collections.ConfigDict], None]
+  evaluate: Callable[..., dict]
+
+
+METHODS: dict[str, Method] = {
+    "fdrl": Method(dataset=datasets.build_dataset, init_state=fdrl.init_state,
+                   train_step=fdrl.build_train_step, batch=datasets.image_batch,
+                   sampler_parts=fdrl.sampler_parts, check_eval=evaluate.check_metric,
+                   evaluate=evaluate.evaluate_samples),
+    "gan": Method(dataset=datasets.build_dataset, init_state=gan.init_state,
+                  train_step=gan.build_train_step, batch=datasets.image_batch,
+                  sampler_parts=gan.sampler_parts, check_eval=evaluate.check_metric,
+                  evaluate=evaluate.evaluate_samples),
+    "classifier": Method(dataset=datasets.labelled_dataset, init_state=classifier.init_state,
+                         train_step=classifier.build_train_step, batch=datasets.labelled_batch,
+                         sampler_parts=None, check_eval=lambda config: None,
+                         evaluate=classifier.evaluate_accuracy),
+}
+
+
+def get_method(name: str) -> Method:
+  """The record of ``config.method``; an unknown name is a one-line ValueError listing them."""
+  if name not in METHODS:
+    raise ValueError(f"Unknown --config.method={name!r}; available: "
+                     f"{', '.join(sorted(METHODS))}.")
+  return METHODS[name]

@@ -1,0 +1,203 @@
+"""The paper's applications end to end: a robust classifier run, class-conditional sampling through
+the CLI (the issue's commands), translation (--mode=translate, eval, figures), and bad input."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import digits_bold, digits_classifier
+from fdrl_jax import data, figures, run_lib, sampling
+from test_train import TINY_FLAGS, cli, tiny_digits_config
+
+CLASSIFIER_FLAGS = ["--config.training.num_steps=30", "--config.training.checkpoint_every=30",
+                    "--config.data.batch_size=64", "--config.classifier.num_steps=2",
+                    "--config.classifier.channels=(16,16)", "--config.classifier.hidden=32"]
+
+
+def tiny_classifier_config(num_steps=30):
+  config = digits_classifier.get_config()
+  config.training.num_steps = config.training.checkpoint_every = num_steps
+  config.data.batch_size = 64
+  config.classifier.num_steps = 2
+  config.classifier.channels, config.classifier.hidden = (16, 16), 32
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny robust classifier, a tiny FDRL digits run and a tiny digits_bold run."""
+  root = tmp_path_factory.mktemp("apps")
+  clf = str(root / "clf")
+  result = cli("--config=configs/digits_classifier.py", f"--workdir={clf}", *CLASSIFIER_FLAGS)
+  assert result.returncode == 0, result.stderr
+  fdrl = str(root / "fdrl")
+  result = cli("--config=configs/digits.py", f"--workdir={fdrl}", "--config.training.num_steps=6",
+               *TINY_FLAGS)
+  assert result.returncode == 0, result.stderr
+  bold = str(root / "bold")
+  run_lib.train_and_evaluate(tiny_digits_config(6, digits_bold.get_config()), bold)
+  return {"root": root, "clf": clf, "fdrl": fdrl, "bold": bold}
+
+
+def test_classifier_run_evaluates_clean_and_adversarial_accuracy(trained):
+  result = run_lib.evaluate_to_file(tiny_classifier_config(), trained["clf"])
+  assert 0.5 < result["clean_accuracy"] <= 1  # 30 steps of a small net already beat chance
+  assert 0 <= result["adversarial_accuracy"] <= result["clean_accuracy"]
+  assert result["attack"].startswith("PGD-L2, epsilon 1")
+
+
+def test_classifier_training_resumes_exactly(tmp_path):
+  config = tiny_classifier_config(4)
+  config.training.checkpoint_every = 2
+  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.training.num_steps = 2
+  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  config.training.num_steps = 4
+  resumed = run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight), jax.device_get(resumed))
+
+
+def test_conditional_sampling_through_main(trained):
+  out = str(trained["root"] / "three.npz")
+  result = cli("--config=configs/digits.py", f"--workdir={trained['fdrl']}", "--mode=sample",
+               "--num_samples=20", f"--output={out}", "--config.sampling.name=conditional",
+               "--config.sampling.label=3", f"--config.sampling.classifier_workdir={trained['clf']}",
+               "--config.sampling.classifier_weight=1.0", *TINY_FLAGS)
+  assert result.returncode == 0, result.stderr
+  x = np.load(out)["x"]
+  assert x.shape == (20, 8, 8, 1) and x.min() >= -1 and x.max() <= 1
+  # ϕ moves the samples: the same key without the classifier gives other samples.
+  config = tiny_digits_config(6)
+  run, state, _ = run_lib.restore_latest(config, trained["fdrl"])
+  plain = sampling.draw(run.sampler("prior"), state, run.sample_key_for(0), 20, 8)
+  assert np.abs(plain - x).max() > 1e-3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.sampling.label=10", "is not a class of the classifier"),
+    ("--config.sampling.classifier_workdir={fdrl}", "not a classifier"),
+    ("--config.sampling.classifier_workdir={root}/nothing", "holds no run"),
+])
+def test_bad_conditional_input_is_one_line(trained, override, message):
+  override = override.format(**trained)
+  args = [f"--config.sampling.classifier_workdir={trained['clf']}", override] if (
+      "label" in override) else [override]
+  result = cli("--config=configs/digits.py", f"--workdir={trained['fdrl']}", "--mode=sample",
+               "--num_samples=4", f"--output={trained['root'] / 'never.npz'}",
+               "--config.sampling.name=conditional", *args, *TINY_FLAGS)
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+  assert message in result.stderr
+  assert not os.path.exists(trained["root"] / "never.npz")
+
+
+def test_classifier_of_other_image_shapes_is_refused(trained, tmp_path):
+  images = np.random.default_rng(0).uniform(-1, 1, (64, 4, 4, 1)).astype(np.float32)
+  np.savez(tmp_path / "small.npz", x=images)
+  config = tiny_digits_config(2)
+  config.data.name, config.data.path = "npz", str(tmp_path / "small.npz")
+  run_lib.train_and_evaluate(config, str(tmp_path / "small"))
+  config.sampling.name, config.sampling.classifier_workdir = "conditional", trained["clf"]
+  with pytest.raises(ValueError, match=r"trained on images of shape \(8, 8, 1\)"):
+    sampling.sample_to_file(config, str(tmp_path / "small"), 4, str(tmp_path / "x.npz"))
+
+
+def test_translate_through_main_npz_and_folders(trained, tmp_path):
+  bold_flags = ["--config=configs/digits_bold.py", f"--workdir={trained['bold']}",
+                "--config.training.num_steps=6", *TINY_FLAGS]
+  sources = data.digits_bold_split(0)["test_plain"][:5]
+  np.savez(tmp_path / "src.npz", x=sources)
+  out = str(tmp_path / "out.npz")
+  result = cli(*bold_flags, "--mode=translate", f"--input={tmp_path / 'src.npz'}",
+               f"--output={out}")
+  assert result.returncode == 0, result.stderr
+  y = np.load(out)["x"]
+  assert y.shape == (5, 8, 8, 1) and y.min() >= -1 and y.max() <= 1
+  assert np.abs(y - sources).max() > 1e-3
+  again = cli(*bold_flags, "--mode=translate", f"--input={tmp_path / 'src.npz'}",
+              f"--output={out}")
+  assert again.returncode == 2 and "exists" in again.stderr
+  # A folder of grey PNGs in, a folder of PNGs out, named after the inputs.
+  folder = tmp_path / "pngs"
+  folder.mkdir()
+  for i, image in enumerate(sources):
+    Image.fromarray(np.round((image[..., 0] + 1) * 127.5).astype(np.uint8)).save(
+        folder / f"digit{i}.png")
+  result = cli(*bold_flags, "--mode=translate", f"--input={folder}",
+               f"--output={tmp_path / 'translated'}")
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(tmp_path / "translated")) == [f"digit{i}.png" for i in range(5)]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_input", "--mode=translate needs --input"),
+    ("shape", "holds images of shape (4, 4, 1)"),
+    ("range", "must lie in [-1, 1]"),
+])
+def test_bad_translate_input_is_one_line(trained, tmp_path, case, message):
+  args = ["--config=configs/digits_bold.py", f"--workdir={trained['bold']}", "--mode=translate",
+          "--config.training.num_steps=6", f"--output={tmp_path / 'out.npz'}", *TINY_FLAGS]
+  if case != "no_input":
+    x = np.zeros((5, 4, 4, 1)) if case == "shape" else np.full((5, 8, 8, 1), 3.0)
+    np.savez(tmp_path / "in.npz", x=x.astype(np.float32))
+    args.append(f"--input={tmp_path / 'in.npz'}")
+  result = cli(*args)
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+  assert message in result.stderr
+  assert not os.path.exists(tmp_path / "out.npz")
+
+
+def test_translation_eval_and_figures(trained, tmp_path):
+  config = tiny_digits_config(6, digits_bold.get_config())
+  result = run_lib.evaluate_to_file(config, trained["bold"])
+  assert result["num_samples"] == 297  # every held-out digit, translated
+  assert 0 < result["fd_digits_floor"] < result["fd_digits_untranslated"]
+  assert np.isfinite(result["fd_digits"])
+  path = figures.translation(config, trained["bold"], str(tmp_path / "pairs.png"), num_samples=3)
+  assert Image.open(path).size == (3 * 33 + 1, 2 * 33 + 1)  # sources above their translations
+  conditional = tiny_digits_config(6)
+  conditional.sampling.classifier_workdir = trained["clf"]
+  path = figures.classes(conditional, trained["fdrl"], str(tmp_path / "classes.png"),
+                         num_samples=4)
+  assert Image.open(path).size == (4 * 33 + 1, 10 * 33 + 1)
+
+
+def cat2dog_folders(root, size=(96, 80), count=4):
+  """Cat2dog's layout (trainA, trainB, testA, testB) with a few generated RGB images each."""
+  rng = np.random.default_rng(0)
+  for name in ("trainA", "trainB", "testA", "testB"):
+    (root / name).mkdir()
+    for i in range(count):
+      pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(root / name / f"{name}_{i}.jpg")
+  return root
+
+
+def tiny_cat2dog_config(root):
+  from configs import cat2dog
+  config = tiny_digits_config(2, cat2dog.get_config())
+  config.data.path, config.data.test_path = str(root / "trainB"), str(root / "testB")
+  config.prior.source_path, config.prior.source_test_path = (str(root / "trainA"),
+                                                             str(root / "testA"))
+  config.data.batch_size = 4
+  config.model.name = "conv"  # the paper's ResNet is exercised by test_configs; keep this light
+  return config
+
+
+def test_cat2dog_translation_on_generated_folders(tmp_path):
+  root = cat2dog_folders(tmp_path)
+  config = tiny_cat2dog_config(root)
+  run_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  out = sampling.translate_to_file(config, str(tmp_path / "run"), str(root / "testA"),
+                                   str(tmp_path / "dogs"))
+  names = sorted(os.listdir(out))
+  assert names == [f"testA_{i}.png" for i in range(4)]
+  assert Image.open(os.path.join(out, names[0])).size == (64, 64)
+  path = figures.translation(config, str(tmp_path / "run"), str(tmp_path / "pairs.png"),
+                             num_samples=2)
+  assert Image.open(path).size == (2 * 65 + 1, 2 * 65 + 1)
+  with pytest.raises(ValueError, match="FID needs --config.eval.inception_weights"):
+    run_lib.evaluate_to_file(config, str(tmp_path / "run"))
