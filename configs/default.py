@@ -121,6 +121,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.classifier.epsilon = 0.0     # PGD-L2 radius in [-1, 1] pixel units (0: plain training)
   config.classifier.num_steps = 7     # PGD steps per training step (and for eval's robust accuracy)
   config.classifier.step_size = 0.0   # PGD step (0: 2.5·epsilon/num_steps)
+  config.classifier.noise = 0.0       # σ of Gaussian noise added to the training images
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 1e-3   # Adam (paper: 1e-4 at batch 64 for 100k steps)

@@ -139,16 +139,19 @@ def create_classifier_state(model: nn.Module, tx: optax.GradientTransformation, 
 
 def make_classifier_step(
     apply_fn: Callable, tx: optax.GradientTransformation, *, epsilon: float, num_steps: int,
-    step_size: float, particle_sharding: NamedSharding | None = None,
+    step_size: float, noise: float = 0.0, particle_sharding: NamedSharding | None = None,
 ) -> Callable[[ClassifierState, tuple[Array, Array], Array], tuple[ClassifierState, dict]]:
   """One step of (adversarial) training: PGD-L2 examples with the current parameters, then one
-  optimiser step on their mean cross-entropy (plain training when ε = 0). ``key`` is unused: the
-  attack starts at the data.
+  optimiser step on their mean cross-entropy (plain training when ε = 0). With ``noise`` > 0 the
+  images first get Gaussian noise of that σ (drawn from ``fold_in(key, state.step)``, clipped to
+  [-1, 1]), so that the classifier, and its gradient, is defined on the noisy, half-formed images a
+  flow passes through; the attack starts at the (noisy) data.
 
   Args:
     apply_fn: the classifier's ``apply`` (Flax module's ``apply``), giving logits (B, N).
     tx: its optimizer.
     epsilon, num_steps, step_size: the PGD-L2 attack of ``pgd_l2`` (ε = 0: plain training).
+    noise: σ of the Gaussian noise added to the images (0: none).
     particle_sharding: the sharding of the images (the data sharding), when data-parallel.
 
   Returns:
@@ -157,8 +160,10 @@ def make_classifier_step(
     gradient norm.
   """
   def step(state: ClassifierState, batch: tuple[Array, Array], key: Array):
-    del key
     x, y = batch
+    if noise:
+      key = jax.random.fold_in(key, state.step)
+      x = jnp.clip(x + noise * jax.random.normal(key, x.shape, x.dtype), -1.0, 1.0)
     if particle_sharding is not None:
       x = jax.lax.with_sharding_constraint(x, particle_sharding)
     x_adv = pgd_l2(_cross_entropy(apply_fn, state.params), x, y, epsilon=epsilon,
@@ -230,7 +235,8 @@ def init_state(config: ml_collections.ConfigDict, dataset, key: jax.Array, *,
 def build_train_step(config: ml_collections.ConfigDict, dataset, particle_sharding):
   """``step(state, (images, labels), key)``: adversarial (PGD-L2) or plain training."""
   return make_classifier_step(build_model(config).apply, optim.build_optimizer(config),
-                              particle_sharding=particle_sharding, **_attack(config))
+                              noise=config.classifier.noise, particle_sharding=particle_sharding,
+                              **_attack(config))
 
 
 def evaluate_accuracy(config: ml_collections.ConfigDict, run, state, workdir: str) -> dict:

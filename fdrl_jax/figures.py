@@ -27,7 +27,6 @@ name appeared meanwhile), as ``--mode=sample`` writes its .npz.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, NamedTuple
 
 import jax

@@ -22,7 +22,6 @@ differ from the training run's.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys

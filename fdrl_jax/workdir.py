@@ -19,8 +19,11 @@ import orbax.checkpoint as ocp
 # Config sections that may change between runs on the same workdir (everything else must match).
 RESUMABLE_CHANGES = ("training", "eval", "refine", "sampling")
 # Sections added after runs were written: a config.json without them predates them, and they do
-# not affect its method (a config.json without "method" is an FDRL run).
+# not affect its method (a config.json without "method" is an FDRL run). Keys added to a section
+# later are likewise taken to have their current value.
 LATER_SECTIONS = ("method", "gan", "generator", "refine", "classifier", "sampling")
+# Sections only one method reads: a run of another method is not tied to them.
+METHOD_SECTIONS = {"gan": "gan", "generator": "gan", "classifier": "classifier"}
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -50,11 +53,14 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bo
     with open(path) as f:
       old = json.load(f)
     old.setdefault("method", "fdrl")
-    for section in LATER_SECTIONS:
-      if section in new:
-        old.setdefault(section, new[section])
-    diff = sorted(k for k in set(old) | set(new)
-                  if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    for section, value in new.items():
+      if section not in old and section in LATER_SECTIONS:
+        old[section] = value
+      elif isinstance(value, dict) and isinstance(old.get(section), dict):
+        old[section] = {**value, **old[section]}
+    ignored = {s for s, method in METHOD_SECTIONS.items() if method != new.get("method")}
+    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
+                  and k not in ignored and old.get(k) != new.get(k))
     if diff:
       raise ValueError(
           f"--workdir {workdir} was written by a different config (sections differ: "

@@ -1,7 +1,6 @@
 """The paper's applications end to end: a robust classifier run, class-conditional sampling through
 the CLI (the issue's commands), translation (--mode=translate, eval, figures), and bad input."""
 
-import json
 import os
 
 import jax
@@ -11,7 +10,7 @@ from PIL import Image
 
 from configs import digits_bold, digits_classifier
 from fdrl_jax import data, figures, run_lib, sampling
-from test_train import TINY_FLAGS, cli, tiny_digits_config
+from test_train import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 CLASSIFIER_FLAGS = ["--config.training.num_steps=30", "--config.training.checkpoint_every=30",
                     "--config.data.batch_size=64", "--config.classifier.num_steps=2",
@@ -29,15 +28,14 @@ def tiny_classifier_config(num_steps=30):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """A tiny robust classifier, a tiny FDRL digits run and a tiny digits_bold run."""
+  """A tiny robust classifier (through the CLI), a tiny FDRL digits run and a tiny digits_bold
+  run (in process: the same code the CLI calls, without two more interpreter starts)."""
   root = tmp_path_factory.mktemp("apps")
   clf = str(root / "clf")
   result = cli("--config=configs/digits_classifier.py", f"--workdir={clf}", *CLASSIFIER_FLAGS)
   assert result.returncode == 0, result.stderr
   fdrl = str(root / "fdrl")
-  result = cli("--config=configs/digits.py", f"--workdir={fdrl}", "--config.training.num_steps=6",
-               *TINY_FLAGS)
-  assert result.returncode == 0, result.stderr
+  run_lib.train_and_evaluate(tiny_digits_config(6), fdrl)
   bold = str(root / "bold")
   run_lib.train_and_evaluate(tiny_digits_config(6, digits_bold.get_config()), bold)
   return {"root": root, "clf": clf, "fdrl": fdrl, "bold": bold}
@@ -53,11 +51,7 @@ def test_classifier_run_evaluates_clean_and_adversarial_accuracy(trained):
 def test_classifier_training_resumes_exactly(tmp_path):
   config = tiny_classifier_config(4)
   config.training.checkpoint_every = 2
-  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-  config.training.num_steps = 2
-  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
-  config.training.num_steps = 4
-  resumed = run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  straight, resumed = straight_and_resumed(config, tmp_path, stop=2)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight), jax.device_get(resumed))
 
 
@@ -77,20 +71,28 @@ def test_conditional_sampling_through_main(trained):
   assert np.abs(plain - x).max() > 1e-3
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.sampling.label=10", "is not a class of the classifier"),
-    ("--config.sampling.classifier_workdir={fdrl}", "not a classifier"),
-    ("--config.sampling.classifier_workdir={root}/nothing", "holds no run"),
-])
-def test_bad_conditional_input_is_one_line(trained, override, message):
-  override = override.format(**trained)
-  args = [f"--config.sampling.classifier_workdir={trained['clf']}", override] if (
-      "label" in override) else [override]
+def test_bad_label_is_one_line_through_main(trained):
   result = cli("--config=configs/digits.py", f"--workdir={trained['fdrl']}", "--mode=sample",
                "--num_samples=4", f"--output={trained['root'] / 'never.npz'}",
-               "--config.sampling.name=conditional", *args, *TINY_FLAGS)
+               "--config.sampling.name=conditional", "--config.sampling.label=10",
+               f"--config.sampling.classifier_workdir={trained['clf']}", *TINY_FLAGS,
+               "--config.training.num_steps=6")
   assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-  assert message in result.stderr
+  assert "--config.sampling.label=10 is not a class of the classifier" in result.stderr
+  assert not os.path.exists(trained["root"] / "never.npz")
+
+
+@pytest.mark.parametrize("classifier_workdir, message", [
+    ("{fdrl}", "holds a 'fdrl' run, not a classifier"),
+    ("{root}/nothing", "holds no run"),
+])
+def test_a_workdir_without_a_classifier_is_refused(trained, classifier_workdir, message):
+  config = tiny_digits_config(6)
+  config.sampling.name = "conditional"
+  config.sampling.classifier_workdir = classifier_workdir.format(**trained)
+  with pytest.raises(ValueError, match=message) as info:
+    sampling.sample_to_file(config, trained["fdrl"], 4, str(trained["root"] / "never.npz"))
+  assert "\n" not in str(info.value)
   assert not os.path.exists(trained["root"] / "never.npz")
 
 
@@ -132,21 +134,24 @@ def test_translate_through_main_npz_and_folders(trained, tmp_path):
   assert sorted(os.listdir(tmp_path / "translated")) == [f"digit{i}.png" for i in range(5)]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_input", "--mode=translate needs --input"),
-    ("shape", "holds images of shape (4, 4, 1)"),
-    ("range", "must lie in [-1, 1]"),
-])
-def test_bad_translate_input_is_one_line(trained, tmp_path, case, message):
-  args = ["--config=configs/digits_bold.py", f"--workdir={trained['bold']}", "--mode=translate",
-          "--config.training.num_steps=6", f"--output={tmp_path / 'out.npz'}", *TINY_FLAGS]
-  if case != "no_input":
-    x = np.zeros((5, 4, 4, 1)) if case == "shape" else np.full((5, 8, 8, 1), 3.0)
-    np.savez(tmp_path / "in.npz", x=x.astype(np.float32))
-    args.append(f"--input={tmp_path / 'in.npz'}")
-  result = cli(*args)
+def test_translate_without_input_is_one_line(trained, tmp_path):
+  result = cli("--config=configs/digits_bold.py", f"--workdir={trained['bold']}",
+               "--mode=translate", f"--output={tmp_path / 'out.npz'}")
   assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-  assert message in result.stderr
+  assert "--mode=translate needs --input" in result.stderr
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((5, 4, 4, 1)), "holds images of shape (4, 4, 1); this run's images have shape"),
+    (np.full((5, 8, 8, 1), 3.0), "must lie in [-1, 1]"),
+])
+def test_bad_translate_input_is_refused(trained, tmp_path, images, message):
+  np.savez(tmp_path / "in.npz", x=images.astype(np.float32))
+  config = tiny_digits_config(6, digits_bold.get_config())
+  with pytest.raises(ValueError) as info:
+    sampling.translate_to_file(config, trained["bold"], str(tmp_path / "in.npz"),
+                               str(tmp_path / "out.npz"))
+  assert message in str(info.value) and "\n" not in str(info.value)
   assert not os.path.exists(tmp_path / "out.npz")
 
 
@@ -201,3 +206,4 @@ def test_cat2dog_translation_on_generated_folders(tmp_path):
   assert Image.open(path).size == (2 * 65 + 1, 2 * 65 + 1)
   with pytest.raises(ValueError, match="FID needs --config.eval.inception_weights"):
     run_lib.evaluate_to_file(config, str(tmp_path / "run"))
+

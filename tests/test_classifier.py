@@ -185,3 +185,16 @@ def test_sharded_step_equals_the_single_device_step(init, digits):
                               jax.device_get(single_state.params), rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(jax.device_get(sharded_metrics), jax.device_get(single_metrics),
                               rtol=1e-4, atol=1e-5)
+
+
+def test_noise_augmentation_draws_from_the_step_key(init, digits):
+  model, tx, state = init
+  batch = (digits[0][:BATCH], digits[1][:BATCH])
+  params = lambda noise, key: jax.device_get(classifier.make_classifier_step(
+      model.apply, tx, epsilon=0.0, num_steps=0, step_size=0.0, noise=noise)(
+          state, batch, jax.random.key(key))[0].params)
+  same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+  assert same(params(0.0, 1), params(0.0, 2))      # no noise: the key is not used
+  assert same(params(0.5, 1), params(0.5, 1))      # a key fixes the noise
+  assert not same(params(0.5, 1), params(0.5, 2))  # another key, other noise
+  assert not same(params(0.0, 1), params(0.5, 1))

@@ -60,3 +60,20 @@ def test_folder_source_without_path_is_one_clear_error():
   config = importlib.import_module("configs.cat2dog").get_config()
   with pytest.raises(ValueError, match="needs --config.data.path"):
     datasets.build_dataset(config)
+
+
+@pytest.mark.parametrize("name, shape", [("mnist_classifier", (28, 28, 1)),
+                                         ("cifar10_classifier", (32, 32, 3))])
+def test_classifier_config_runs_one_training_step(name, shape):
+  """The tfds classifier configs read labelled mock data and take one PGD-L2 step."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.data.batch_size, config.data.max_fit_samples = 4, 8
+  config.classifier.num_steps = 1
+  with tfds.testing.mock_data(num_examples=8):
+    run = run_lib.Run(config, parallel.data_mesh(jax.devices()[:1]))
+    state = run.new_state(fit=True)
+    images, labels = batch = run.batch(0)
+  assert run.dataset.event_shape == shape and images.shape == (4, *shape)
+  assert labels.shape == (4,) and run.dataset.test_labels is not None
+  new_state, metrics = run.train_step()(state, batch, jax.random.key(0))
+  assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))

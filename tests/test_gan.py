@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from configs import monoflow_digits
 from fdrl_jax import evaluate, parallel, run_lib, workdir as workdirs
-from tests.test_train import cli, tiny_digits_config
+from tests.test_train import cli, straight_and_resumed, tiny_digits_config
 
 
 def tiny_gan_config(num_steps=4):
@@ -46,12 +46,7 @@ def test_four_devices_equal_one_device():
 
 
 def test_resume_replays_exactly(tmp_path):
-  config = tiny_gan_config(num_steps=4)
-  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-  config.training.num_steps = 2
-  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
-  config.training.num_steps = 4
-  resumed = run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  straight, resumed = straight_and_resumed(tiny_gan_config(num_steps=4), tmp_path, stop=2)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight), jax.device_get(resumed))
 
 
@@ -134,7 +129,7 @@ def test_dcgan_configs_run_one_step(name, shape):
   assert run.draw(state, jax.random.key(1), 3).shape == (3, *shape)
 
 
-def test_fdrl_workdir_written_before_the_gan_sections_still_resumes(tmp_path):
+def test_fdrl_workdir_written_before_newer_sections_and_keys_still_resumes(tmp_path):
   config = tiny_digits_config(num_steps=2)
   workdir = str(tmp_path / "old")
   run_lib.train_and_evaluate(config, workdir)
@@ -142,8 +137,11 @@ def test_fdrl_workdir_written_before_the_gan_sections_still_resumes(tmp_path):
   with open(path) as f:
     old = json.load(f)
   with open(path, "w") as f:
-    json.dump({k: v for k, v in old.items() if k not in workdirs.LATER_SECTIONS}, f)
+    old = {k: v for k, v in old.items() if k not in workdirs.LATER_SECTIONS}
+    del old["prior"]["source_test_path"]  # a key added to a section later
+    json.dump(old, f)
   config.training.num_steps = 4
+  config.classifier.epsilon = 3.0  # another method's section does not tie an FDRL run
   assert int(run_lib.train_and_evaluate(config, workdir).step) == 4
   config.method = "gan"  # but it is not a GAN run
   with pytest.raises(ValueError, match="different config"):

@@ -58,17 +58,24 @@ def test_step_moves_every_parameter_and_keeps_them_finite():
                           "grad_norm"}
 
 
+def straight_and_resumed(config, tmp_path, stop: int):
+  """The final states of ``config`` trained straight through and trained to ``stop``, then
+  resumed to ``config.training.num_steps`` in a new process's way (a fresh ``train_and_evaluate``)."""
+  total = config.training.num_steps
+  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.training.num_steps = stop
+  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  config.training.num_steps = total
+  return straight, run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+
 def test_resume_replays_exactly(tmp_path):
   config = toy2d.get_config("8gaussians")
   config.training.num_steps = 6
   config.training.checkpoint_every = 3
   config.training.sample_every = 6
   config.training.log_every = 3
-  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-  config.training.num_steps = 3
-  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
-  config.training.num_steps = 6
-  resumed = run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  straight, resumed = straight_and_resumed(config, tmp_path, stop=3)
   assert int(resumed.step) == int(straight.step) == 6
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params),
                jax.device_get(resumed.params))
@@ -159,7 +166,7 @@ def test_bad_workdirs(tmp_path):
     run_lib.train_and_evaluate(config, str(a_file))
   assert a_file.read_text() == "mine"
   with open(tmp_path / "config.json", "w") as f:
-    json.dump({**json.loads(config.to_json()), "loss": {"name": "lr"}}, f)
+    json.dump({**json.loads(config.to_json()), "loss": {"name": "lsif"}}, f)
   with pytest.raises(ValueError, match="different config.*loss"):
     run_lib.train_and_evaluate(config, str(tmp_path))
   with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
