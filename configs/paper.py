@@ -25,6 +25,9 @@ def get_config():
   config.optim.decay_steps = (80_000, 90_000)
   config.optim.ema_decay = 0.998
   config.eval.metric = "fid"            # with --config.eval.inception_weights (README)
+  config.eval.num_samples = 50_000      # the paper's protocol (App. E.1, the reference's
+  config.eval.num_reference = 0         # eval_ddp.py): 50 000 samples, the whole training split;
+                                        # --config.eval.fast=True for a quick, biased FID
   config.training.num_steps = 100_000
   config.training.log_every = 100
   config.training.checkpoint_every = 5_000

@@ -40,4 +40,6 @@ def get_config(name: str = "chasm"):
   config.training.checkpoint_every = 500
   config.training.sample_every = 500
   config.training.num_grid_samples = 1000
+  config.eval.metric = "mmd"          # --mode=eval: MMD to 2 000 fresh draws of the data
+  config.eval.num_reference = 2000
   return config

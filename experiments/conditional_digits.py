@@ -66,11 +66,11 @@ def main() -> None:
   for name, config in (("robust", robust), ("plain", plain)):
     guided = fdrl_config.copy_and_resolve_references()
     guided.sampling.classifier_workdir = os.path.join(work, name)
-    sample, num_classes = sampling.conditional_sampler(guided, run.sampler_parts())
+    for_class, num_classes = sampling.conditional_sampler(guided, run.sampler_parts())
     for weight in WEIGHTS:
       shares, fds, everything = [], [], []
       for label in range(num_classes):
-        x = np.asarray(sample(state, run.sample_key_for(label), n, label, weight))
+        x = for_class(label, weight).sample(state, run.sample_key_for(label), n)
         shares.append(float(np.mean(judge.probabilities(x).argmax(-1) == label)))
         fds.append(evaluate.fd_digits(x, test_x[test_y == label], features))
         everything.append(x)

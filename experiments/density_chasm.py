@@ -97,7 +97,7 @@ def run_keys(seed: int) -> jax.Array:
   return jax.random.split(jax.random.key(seed), 4)
 
 
-def prior_sampler(setup: Setup) -> Callable[[Any, jax.Array, int], jax.Array]:
+def prior_sampler(setup: Setup) -> Callable[[Any, jax.Array, int], np.ndarray]:
   """Algorithm 2 with the setup's estimator and flow: ``sample(state, key, n)``."""
   parts = fdrl.sampler_parts(setup.config, setup.dataset)
   return sampling.build_sampler(setup.config, parts, "prior").sample

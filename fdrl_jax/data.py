@@ -18,7 +18,8 @@ Image sets (NHWC float32 in [-1, 1], finite, with a fixed held-out split):
   (``source``), the second, made ``bold``, the target (``train``). The 297 held-out digits are the
   test images of both domains (``source_test`` plain, ``test`` bold).
 
-Batches are a pure function of (seed, step) (``get_batch``), so a resumed run sees the same data.
+Batches are a pure function of (seed, step) (``get_batch``), so a resumed run sees the same data;
+a process of a multi-process run draws the same indices and decodes only its own rows of them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ import numpy as np
 from scipy import ndimage
 from sklearn import datasets as sk_datasets
 
-Sampler = Callable[[np.random.Generator, int], np.ndarray]
+# (rng, n) → n fresh points of an infinite toy distribution.
+PointSource = Callable[[np.random.Generator, int], np.ndarray]
+# (rng, n, rows) → the rows ``rows`` (a slice) of a training batch of n examples drawn with rng.
+Sampler = Callable[[np.random.Generator, int, slice], np.ndarray]
 
 CHASM_VARIANCE = 0.1
 EIGHT_GAUSSIANS_RADIUS = 2.0
@@ -47,13 +51,16 @@ class Dataset(NamedTuple):
     name: the registry name.
     event_shape: shape of one example, e.g. (2,) or (8, 8, 1).
     is_image: whether examples are NHWC images in [-1, 1].
-    sample: (rng, n) → a training batch (n, *event_shape), float32.
+    sample: (rng, n, rows) → the rows ``rows`` (a slice) of a training batch of n examples
+      (n, *event_shape), float32; only those rows are decoded.
     test: held-out examples, or None for the infinite toy sets.
     train: the full training split, or None for the infinite toy sets.
     source: translation only: the source domain's training images, what the "empirical" prior
       draws from; else None.
     source_test: translation only: held-out source images, translated at evaluation; else None.
     train_labels, test_labels: integer class labels of ``train`` and ``test`` (classifiers).
+    num_train: the training split's size when ``train`` is not kept in memory (a large image
+      split decoded on demand); else None.
   """
   name: str
   event_shape: tuple[int, ...]
@@ -65,9 +72,10 @@ class Dataset(NamedTuple):
   source_test: np.ndarray | None = None
   train_labels: np.ndarray | None = None
   test_labels: np.ndarray | None = None
+  num_train: int | None = None
 
 
-def gaussian_mixture_sampler(centres: np.ndarray, std: float) -> Sampler:
+def gaussian_mixture_sampler(centres: np.ndarray, std: float) -> PointSource:
   """Returns a sampler of the equal-weight mixture of N(cᵢ, std²·I) over the rows cᵢ of centres."""
   centres = np.asarray(centres, np.float32)
 
@@ -89,17 +97,18 @@ def swissroll_sample(rng: np.random.Generator, n: int) -> np.ndarray:
 def rows_sampler(rows: np.ndarray) -> Sampler:
   """Returns a sampler drawing n distinct rows of a finite array (n ≤ its length)."""
 
-  def sample(rng: np.random.Generator, n: int) -> np.ndarray:
+  def sample(rng: np.random.Generator, n: int, part: slice = slice(None)) -> np.ndarray:
     if n > len(rows):
       raise ValueError(f"cannot draw {n} distinct examples from a training split of {len(rows)}")
-    return rows[rng.choice(len(rows), size=n, replace=False)]
+    return rows[rng.choice(len(rows), size=n, replace=False)[part]]
 
   return sample
 
 
-def toy_dataset(name: str, sample: Sampler) -> Dataset:
-  """Wraps an infinite 2-D sampler as a Dataset."""
-  return Dataset(name=name, event_shape=(2,), is_image=False, sample=sample, test=None)
+def toy_dataset(name: str, points: PointSource) -> Dataset:
+  """Wraps an infinite 2-D distribution as a Dataset (a batch's rows: all drawn, some kept)."""
+  return Dataset(name=name, event_shape=(2,), is_image=False, test=None,
+                 sample=lambda rng, n, part=slice(None): points(rng, n)[part])
 
 
 def eight_gaussians_centres() -> np.ndarray:
@@ -179,7 +188,7 @@ def build_digits_bold(seed: int) -> Dataset:
                  test_labels=split["test_labels"])
 
 
-def chasm_sampler(mean: tuple[float, float]) -> Sampler:
+def chasm_sampler(mean: tuple[float, float]) -> PointSource:
   """Returns a sampler of N(mean, 0.1·I) in 2-D."""
   return gaussian_mixture_sampler(np.array([mean]), np.sqrt(CHASM_VARIANCE))
 
@@ -209,9 +218,11 @@ def create_dataset(name: str, *, seed: int = 0) -> Dataset:
   return DATASETS[name](seed)
 
 
-def get_batch(dataset: Dataset, seed: int, step: int, batch_size: int) -> np.ndarray:
-  """Draws the training batch of step ``step``, a pure function of (seed, step)."""
-  return dataset.sample(np.random.default_rng([seed, step]), batch_size)
+def get_batch(dataset: Dataset, seed: int, step: int, batch_size: int,
+              rows: slice = slice(None)) -> np.ndarray:
+  """The rows ``rows`` (default all) of the training batch of step ``step``, a pure function of
+  (seed, step): each process of a multi-process run asks for its own rows of the same batch."""
+  return dataset.sample(np.random.default_rng([seed, step]), batch_size, rows)
 
 
 def fit_samples(dataset: Dataset, n: int, seed: int) -> np.ndarray:

@@ -106,20 +106,23 @@ def labelled_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
                       test_labels=np.asarray(test_y, np.int32))
 
 
-def image_batch(config: ml_collections.ConfigDict, dataset: data.Dataset, step: int) -> np.ndarray:
-  """The global training batch of step ``step``: ``data.batch_size`` examples."""
-  return data.get_batch(dataset, config.seed, step, config.data.batch_size)
+def image_batch(config: ml_collections.ConfigDict, dataset: data.Dataset, step: int,
+                rows: slice = slice(None)) -> np.ndarray:
+  """The rows ``rows`` of the global training batch of step ``step`` (``data.batch_size``
+  examples)."""
+  return data.get_batch(dataset, config.seed, step, config.data.batch_size, rows)
 
 
-def labelled_batch(config: ml_collections.ConfigDict, dataset: data.Dataset, step: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-  """The global (images, labels) batch of step ``step``, a pure function of (seed, step)."""
+def labelled_batch(config: ml_collections.ConfigDict, dataset: data.Dataset, step: int,
+                   rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+  """The rows ``rows`` of the global (images, labels) batch of step ``step``, a pure function of
+  (seed, step)."""
   rng = np.random.default_rng([config.seed, step])
   n = config.data.batch_size
   if n > len(dataset.train):
     raise ValueError(f"--config.data.batch_size={n} is larger than the {len(dataset.train)} "
                      "training images.")
-  idx = rng.choice(len(dataset.train), size=n, replace=False)
+  idx = rng.choice(len(dataset.train), size=n, replace=False)[rows]
   return dataset.train[idx], dataset.train_labels[idx]
 
 

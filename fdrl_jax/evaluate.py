@@ -12,14 +12,18 @@ FD-digits: the same distance on the penultimate features of a small classifier t
 bundled 8×8 digits' training split (``digits_classifier``); it is *not* FID and its numbers are not
 comparable to FID. ``confident_share`` is the classifier-based check: the share of samples that
 the classifier assigns to one class with probability ≥ 0.9.
+
+MMD (the 2-D toy sets): the kernel two-sample distance with a Gaussian kernel of bandwidth
+``MMD_BANDWIDTH`` (``mmd``), samples against fresh draws of the data distribution.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import warnings
-from typing import Callable, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -29,16 +33,30 @@ import numpy as np
 import optax
 import scipy.linalg
 
-from fdrl_jax import data
+from fdrl_jax import data, parallel, workdir as workdirs
 from fdrl_jax.conv import conv_general_dilated
 
 
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and covariance (float64, rows are samples) of a feature set (N, D), N ≥ 2."""
-  features = np.asarray(features, np.float64)
-  if features.ndim != 2 or features.shape[0] < 2:
-    raise ValueError(f"Feature statistics need an (N, D) array with N >= 2, got {features.shape}.")
-  return features.mean(axis=0), np.cov(features, rowvar=False)
+def feature_statistics(features: np.ndarray | Iterable[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and covariance (float64, rows are samples) of a feature set (N, D), N ≥ 2, given whole
+  or as an iterable of (n, D) batches (streamed: memory D², not N·D). Sums are taken about the
+  first batch's mean, so a large common offset costs no precision."""
+  batches = [features] if isinstance(features, np.ndarray) else features
+  count, shift, total, outer = 0, None, 0.0, 0.0
+  for batch in batches:
+    batch = np.asarray(batch, np.float64)
+    if batch.ndim != 2:
+      raise ValueError(f"Feature statistics need (N, D) arrays, got {batch.shape}.")
+    if not len(batch):
+      continue
+    shift = batch.mean(axis=0) if shift is None else shift
+    centred = batch - shift
+    count, total, outer = count + len(batch), total + centred.sum(0), outer + centred.T @ centred
+  if count < 2:
+    raise ValueError(f"Feature statistics need (N, D) features with N >= 2, got N = {count}.")
+  mean = total / count
+  return shift + mean, (outer - count * np.outer(mean, mean)) / (count - 1)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
@@ -152,6 +170,21 @@ def confident_share(samples: np.ndarray, classifier: Classifier, threshold: floa
 # ----------------------------------------------------------------------------------------------
 # Nearest neighbours and feature spaces (the neighbours figure, FDRL Fig. 10–11).
 
+MMD_BANDWIDTH = 0.2
+
+
+def mmd(x: np.ndarray, y: np.ndarray, bandwidth: float = MMD_BANDWIDTH) -> float:
+  """The maximum mean discrepancy between the samples x (N, D) and y (M, D): the square root of
+  the biased (V-statistic) estimate of MMD² with k(a, b) = exp(−‖a − b‖² / (2 h²)), in float64."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+
+  def mean_kernel(a, b):
+    d2 = np.sum(a * a, 1)[:, None] - 2.0 * a @ b.T + np.sum(b * b, 1)[None]
+    return float(np.mean(np.exp(-np.maximum(d2, 0.0) / (2.0 * bandwidth ** 2))))
+
+  return float(np.sqrt(max(mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y), 0.0)))
+
+
 def nearest_neighbours(queries: np.ndarray, reference: np.ndarray, k: int, *,
                        chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
   """The ``k`` nearest rows of ``reference`` (M, ...) to each query (N, ...) in Euclidean distance.
@@ -223,12 +256,21 @@ def _rgb(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # --mode=eval of a generative run (FDRL or a GAN): sample, then score with ``eval.metric``.
 
-def _classifier_scores(name: str, classifier: Classifier, samples: np.ndarray,
-                       baseline: np.ndarray | None, baseline_name: str, train: np.ndarray,
-                       test: np.ndarray) -> dict:
+# A metric is (config, dataset, samples, baseline, baseline_name, workdir) → scores, with the
+# samples and the baseline (the prior's own draws, or the untranslated sources; may be None) given
+# as iterables of host batches, drawn only as the metric consumes them.
+
+def _whole(batches: Iterable[np.ndarray] | None) -> np.ndarray | None:
+  return None if batches is None else np.concatenate(list(batches))
+
+
+def _classifier_scores(name: str, classifier: Classifier, samples: Iterable[np.ndarray],
+                       baseline: Iterable[np.ndarray] | None, baseline_name: str,
+                       train: np.ndarray, test: np.ndarray) -> dict:
   """The Fréchet distance of a digit classifier's features (``name`` = fd_digits or fd_mnist) of
   the samples, of the baseline (the prior's own samples, or the untranslated sources) and of the
   real floor (training vs held-out images), and the share of confidently classified samples."""
+  samples, baseline = _whole(samples), _whole(baseline)
   return {name: fd_digits(samples, test, classifier),
           **({} if baseline is None else {f"{name}_{baseline_name}": fd_digits(baseline, test,
                                                                               classifier)}),
@@ -259,30 +301,45 @@ def _fd_mnist(config, dataset: data.Dataset, samples, baseline, baseline_name, w
                             train_x[:len(test_x)], test_x)
 
 
+def split_size(dataset: data.Dataset) -> int | None:
+  """The number of training examples of a finite data set (None for the infinite toy sets)."""
+  return len(dataset.train) if dataset.train is not None else dataset.num_train
+
+
+def _reference_batches(config, dataset: data.Dataset, n: int, chunk: int = 1000
+                       ) -> Iterator[np.ndarray]:
+  """``n`` distinct training images drawn with the config's seed, decoded ``chunk`` at a time."""
+  for start in range(0, n, chunk):
+    yield dataset.sample(np.random.default_rng(config.seed), n, slice(start, start + chunk))
+
+
 def _fid(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
-  """FID against the training data's Inception statistics (cached in the workdir), or, for a
-  translation run (Table 3), against the held-out target images, with the baseline's FID."""
+  """FID against the training data's Inception statistics (``eval.num_reference`` images, 0: the
+  whole split; cached in the workdir), or, for a translation run (Table 3), against the held-out
+  target images, with the baseline's FID. Everything is streamed through the Inception in
+  batches, so 50 000 samples never sit in host memory at once."""
   from fdrl_jax import inception
   variables = inception.load_weights(config.eval.inception_weights)
-  stats = lambda x: feature_statistics(inception.features(variables, _rgb(x)))
-  n_ref = config.eval.num_reference
+  stats = lambda batches: feature_statistics(inception.features(variables, _rgb(b))
+                                             for b in batches)
   translation = baseline_name == "untranslated"
-  cache = os.path.join(workdir, f"fid_stats_{config.data.name}_{'test' if translation else n_ref}"
-                                ".npz")
-  if os.path.exists(cache):  # the data set's statistics are computed once per workdir
-    with np.load(cache) as f:
+  size = split_size(dataset)
+  n_ref = len(dataset.test) if translation else (eval_sizes(config)[1] or size)
+  if not translation and size is not None and n_ref > size:
+    raise ValueError(f"FID statistics of {config.data.name!r} cannot be computed from "
+                     f"{n_ref} training images: the split has {size}; set "
+                     "--config.eval.num_reference to at most that, or 0 for all of them.")
+  cache = workdirs.as_path(workdirs.join(
+      workdir, f"fid_stats_{config.data.name}_{'test' if translation else n_ref}.npz"))
+  if cache.exists():  # the data set's statistics are computed once per workdir
+    with np.load(io.BytesIO(cache.read_bytes())) as f:
       mu, sigma = f["mu"], f["sigma"]
   else:
-    try:
-      reference = dataset.test if translation else dataset.sample(
-          np.random.default_rng(config.seed), n_ref)
-    except ValueError as e:  # fewer training images than asked for
-      raise ValueError(f"FID statistics of {config.data.name!r} cannot be computed: {e}; set "
-                       "--config.eval.num_reference to at most the split's size.") from None
-    mu, sigma = stats(reference)
-    np.savez(cache, mu=mu, sigma=sigma)
+    mu, sigma = stats([dataset.test] if translation else
+                      _reference_batches(config, dataset, n_ref))
+    workdirs.write_file(os.fspath(cache), lambda tmp: np.savez(tmp, mu=mu, sigma=sigma))
   result = {"fid": frechet_distance(*stats(samples), mu, sigma),
-            "num_reference": len(dataset.test) if translation else n_ref,
+            "num_reference": n_ref,
             "fid_variant": "pytorch-fid's InceptionV3 pool3 (TF-FID weights), bilinear resize to "
                            "299, float samples (not quantised to uint8), reference = "
                            + ("held-out target images" if translation else "training data")}
@@ -291,10 +348,35 @@ def _fid(config, dataset: data.Dataset, samples, baseline, baseline_name, workdi
   return result
 
 
-METRICS = {"fd_digits": _fd_digits, "fd_mnist": _fd_mnist, "fid": _fid}
+def _mmd(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
+  """MMD of the samples (and of the prior's own draws) to ``eval.num_reference`` fresh draws of
+  the toy distribution."""
+  reference = dataset.sample(np.random.default_rng([config.seed, 1]), config.eval.num_reference)
+  return {"mmd": mmd(_whole(samples), reference), "mmd_bandwidth": MMD_BANDWIDTH,
+          **({} if baseline is None else {f"mmd_{baseline_name}": mmd(_whole(baseline),
+                                                                      reference)})}
+
+
+METRICS = {"fd_digits": _fd_digits, "fd_mnist": _fd_mnist, "fid": _fid, "mmd": _mmd}
 # The data sets each classifier metric applies to, and how to say so.
 METRIC_DATA = {"fd_digits": (("digits", "digits_bold"), "FD-digits needs the bundled digits"),
-               "fd_mnist": (("mnist",), "FD-MNIST needs tfds MNIST")}
+               "fd_mnist": (("mnist",), "FD-MNIST needs tfds MNIST"),
+               "mmd": (tuple(sorted(set(data.DATASETS) - {"digits", "digits_bold"})),
+                       "MMD scores the 2-D toy sets")}
+
+
+# --config.eval.fast=True: the quick FID of a run in progress (strongly biased: not comparable with
+# the paper's numbers, which use 50 000 samples against the whole training split).
+FAST_NUM_SAMPLES, FAST_NUM_REFERENCE = 1_000, 10_000
+
+
+def eval_sizes(config) -> tuple[int, int]:
+  """(samples, training images behind the reference statistics; 0: the whole split) of an
+  evaluation: ``eval.num_samples`` and ``eval.num_reference``, or the fast setting's."""
+  e = config.eval
+  if e.get("fast", False):
+    return FAST_NUM_SAMPLES, FAST_NUM_REFERENCE
+  return e.num_samples, e.num_reference
 
 
 def check_metric(config) -> None:
@@ -305,11 +387,12 @@ def check_metric(config) -> None:
                      f"{', '.join(sorted(METRICS))}.")
   names, needs = METRIC_DATA.get(metric, ((config.data.name,), ""))
   if config.data.name not in names:
+    fits = [m for m, (sets, _) in METRIC_DATA.items() if config.data.name in sets] or ["fid"]
     raise ValueError(f"{needs} (data.name={' or '.join(names)}), not {config.data.name!r}; use "
-                     "--config.eval.metric=fid.")
-  for key in ("num_samples", "num_reference"):
-    if config.eval[key] < 2:
-      raise ValueError(f"--config.eval.{key}={config.eval[key]}: a Fréchet distance needs the "
+                     f"--config.eval.metric={fits[0]}.")
+  for key, value in zip(("num_samples", "num_reference"), eval_sizes(config)):
+    if value < 2 and not (key == "num_reference" and value == 0):
+      raise ValueError(f"--config.eval.{key}={value}: a Fréchet distance needs the "
                        "statistics of at least 2 images (thousands for a meaningful value).")
   weights = config.eval.inception_weights
   if metric == "fid" and not os.path.isfile(weights):
@@ -329,20 +412,31 @@ def evaluate_samples(config, run, state, workdir: str) -> dict:
   """
   from fdrl_jax import datasets, sampling
   check_metric(config)
-  batch_size, key = config.data.batch_size, run.sample_key_for(0)
+  batch_size = config.eval.get("batch_size", 0) or config.data.batch_size
+  key = run.sample_key_for(0)
   if config.prior.name == "empirical":
     _, sources = datasets.source_domain(config, run.dataset)
     if sources is None or run.dataset.test is None:
       raise ValueError("Translation is scored on held-out images of both domains: set "
                        "--config.prior.source_test_path and --config.data.test_path.")
-    samples = sampling.draw(run.sampler("translate"), state, key, sources, batch_size)
-    baseline, baseline_name = sources, "untranslated"
+    num = len(sources)
+    samples = sampling.draw_batches(run.sampler("translate"), state, key, sources, batch_size)
+    baseline, baseline_name = [sources], "untranslated"
   else:
-    samples = sampling.draw(run.sampler(), state, key, config.eval.num_samples, batch_size)
+    num = eval_sizes(config)[0]
+    samples = sampling.draw_batches(run.sampler(), state, key, num, batch_size)
     parts = run.sampler_parts()
     baseline, baseline_name = None, "prior"
     if parts.potential is not None:  # a flow from a prior: score the prior's own draws too
-      baseline = np.asarray(parts.start(state, run.sample_key_for(1 << 30), len(samples)))
+      baseline = _prior_batches(run, state, parts, num, batch_size)
   scores = METRICS[config.eval.metric](config, run.dataset, samples, baseline, baseline_name,
                                        workdir)
-  return {"metric": config.eval.metric, "num_samples": len(samples), **scores}
+  return {"metric": config.eval.metric, "num_samples": num, **scores}
+
+
+def _prior_batches(run, state, parts, num: int, batch_size: int) -> Iterator[np.ndarray]:
+  """The prior's own draws, ``num`` in batches, with keys of their own (drawn when consumed)."""
+  start = jax.jit(parts.start, static_argnums=2)  # on every process: the prior is replicated
+  key = run.sample_key_for(1 << 30)
+  for i, lo in enumerate(range(0, num, batch_size)):
+    yield parallel.to_host(start(state, jax.random.fold_in(key, i), min(batch_size, num - lo)))

@@ -344,9 +344,10 @@ def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: s
   _require_images(config, "classes")
   _require_flow(config, "classes")
   run, state, _ = run_lib.restore_latest(config, workdir_path)
-  sample, num_classes = sampling.conditional_sampler(config, _flow_parts(run))
-  rows = [np.asarray(sample(state, _key(run, 3), num_samples, label,
-                            config.sampling.classifier_weight)) for label in range(num_classes)]
+  for_class, num_classes = sampling.conditional_sampler(config, _flow_parts(run), run.mesh)
+  weight = config.sampling.classifier_weight
+  rows = [for_class(label, weight).sample(state, _key(run, 3), num_samples)
+          for label in range(num_classes)]
   return _write(images.tile(np.stack(rows)), output_path)
 
 

@@ -98,10 +98,10 @@ def load_all(num_examples: int, load: Loader) -> np.ndarray:
 def index_sampler(num_examples: int, load: Loader) -> Sampler:
   """Returns a sampler decoding n distinct random examples on demand, as rows_sampler draws them."""
 
-  def sample(rng: np.random.Generator, n: int) -> np.ndarray:
+  def sample(rng: np.random.Generator, n: int, rows: slice = slice(None)) -> np.ndarray:
     if n > num_examples:
       raise ValueError(f"cannot draw {n} distinct examples from a training split of {num_examples}")
-    return np.stack([load(int(i)) for i in rng.choice(num_examples, size=n, replace=False)])
+    return np.stack([load(int(i)) for i in rng.choice(num_examples, size=n, replace=False)[rows]])
 
   return sample
 
@@ -114,7 +114,7 @@ def indexed_dataset(name: str, num_examples: int, load: Loader, *, max_fit_sampl
     return Dataset(name=name, event_shape=train.shape[1:], is_image=True,
                    sample=rows_sampler(train), test=test, train=train)
   return Dataset(name=name, event_shape=load(0).shape, is_image=True,
-                 sample=index_sampler(num_examples, load), test=test)
+                 sample=index_sampler(num_examples, load), test=test, num_train=num_examples)
 
 
 def missing_tfds_message(name: str, split: str, data_dir: str | os.PathLike | None) -> str:

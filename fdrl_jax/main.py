@@ -9,8 +9,10 @@ or rows, ``--space=pixel|feature`` the neighbours' distance) and
 ``--mode=translate --input=FILE.npz|DIR --output=FILE.npz|DIR`` (flows given source images with a
 translation run's estimator, ``fdrl_jax.sampling``). ``--config.sampling.*`` picks the sampler
 (Algorithm 2, GAN refinement, class-conditional). Override any config key with
-``--config.a.b=value``. For multi-host runs pass ``--distributed`` (calls
-``jax.distributed.initialize()``, which finds SLURM / TPU pod settings itself).
+``--config.a.b=value``. For multi-process runs (one per host or per GPU) pass ``--distributed``:
+``jax.distributed.initialize`` then finds SLURM / Cloud TPU pod settings itself, or takes
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (the README's "Clusters").
+Every mode then splits its work over all devices of all processes, and process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ _FIGURE = flags.DEFINE_enum("figure", None, ["grid", "strip", "interpolation", "
                             "figure mode: which picture (see fdrl_jax/figures.py).")
 _SPACE = flags.DEFINE_enum("space", None, ["pixel", "feature"],
                            "figure mode, neighbours: distance of pixels (default) or features.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run: call "
+                                  "jax.distributed.initialize() (auto-detects SLURM / TPU pods).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "with --distributed: HOST:PORT "
+                                   "of process 0 (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --distributed: how many "
+                                      "processes form the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --distributed: this process's "
+                                   "index, 0 to num_processes - 1.")
 
 
 def _fail(message: str) -> None:
@@ -74,12 +83,14 @@ def main(argv: list[str]) -> None:
   if _MODE.value == "translate" and not (_INPUT.value and _OUTPUT.value):
     _fail("--mode=translate needs --input=FILE.npz|DIR (source images) and "
           "--output=FILE.npz|DIR (a new file or folder).")
-  import jax  # imported here so that flag errors are reported before JAX starts
-  from fdrl_jax import run_lib, sampling
+  cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in cluster) and not _DISTRIBUTED.value:
+    _fail("--coordinator_address, --num_processes and --process_id need --distributed.")
+  from fdrl_jax import parallel, run_lib, sampling  # flag errors are reported before JAX starts
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
   try:
+    if _DISTRIBUTED.value:
+      parallel.initialize_distributed(*cluster)
     if _MODE.value == "train":
       run_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == "eval":

@@ -30,7 +30,8 @@ class Method(NamedTuple):
       template (nothing fitted) to restore a checkpoint into.
     train_step: (config, dataset, particle_sharding) → the pure ``step(state, batch, key) →
       (state, metrics)``; the loop jits it data-parallel (``parallel.jit_train_step``).
-    batch: (config, dataset, step) → the global host batch of training step ``step``.
+    batch: (config, dataset, step, rows) → the rows ``rows`` (a slice: this process's) of the
+      global host batch of training step ``step``.
     sampler_parts: (config, dataset) → what the samplers of ``fdrl_jax.sampling`` compose, or
       None for a method that does not sample.
     check_eval: config → None, a one-line ValueError for an evaluation that cannot run (checked
@@ -40,7 +41,7 @@ class Method(NamedTuple):
   dataset: Callable[[ml_collections.ConfigDict], Any]
   init_state: Callable[..., Any]
   train_step: Callable[..., Callable]
-  batch: Callable[[ml_collections.ConfigDict, Any, int], Any]
+  batch: Callable[[ml_collections.ConfigDict, Any, int, slice], Any]
   sampler_parts: Callable[..., Any] | None
   check_eval: Callable[[ml_collections.ConfigDict], None]
   evaluate: Callable[..., dict]

@@ -42,8 +42,15 @@ class Run:
     self._samplers: dict[str, sampling.Sampler] = {}
 
   def new_state(self, fit: bool):
-    """A fresh state; ``fit=False`` skips fitting the prior (a template to restore into)."""
-    state = self.method.init_state(self.config, self.dataset, self.init_key, fit=fit)
+    """A fresh state; ``fit=False`` skips fitting the prior (a template to restore into). In a
+    multi-process run only process 0 fits the prior (decoding its data) and its state is
+    broadcast, so every process holds the same one (``parallel.broadcast_from_writer``)."""
+    if fit and jax.process_count() > 1:
+      state = self.method.init_state(self.config, self.dataset, self.init_key,
+                                     fit=parallel.is_writer())
+      state = parallel.broadcast_from_writer(state)
+    else:
+      state = self.method.init_state(self.config, self.dataset, self.init_key, fit=fit)
     return jax.device_put(state, self.replicated)
 
   def restore(self, mngr: ocp.CheckpointManager, step: int):
@@ -60,8 +67,12 @@ class Run:
         lambda sharding: self.method.train_step(self.config, self.dataset, sharding), self.mesh)
 
   def batch(self, step: int):
-    """The global batch of training step ``step``, placed on the mesh."""
-    return parallel.global_batch(self.method.batch(self.config, self.dataset, step), self.mesh)
+    """The global batch of training step ``step``, placed on the mesh; this process loads only
+    its own rows."""
+    size = self.config.data.batch_size
+    rows = parallel.process_rows(size, self.mesh)
+    local = self.method.batch(self.config, self.dataset, step, rows)
+    return parallel.global_batch(local, size, self.mesh)
 
   def sampler_parts(self) -> sampling.SamplerParts | None:
     parts = self.method.sampler_parts
@@ -71,11 +82,13 @@ class Run:
     """The sampler ``name`` (default ``config.sampling.name``), built and compiled once a run."""
     name = name or self.config.sampling.name
     if name not in self._samplers:
-      self._samplers[name] = sampling.build_sampler(self.config, self.sampler_parts(), name)
+      self._samplers[name] = sampling.build_sampler(self.config, self.sampler_parts(), name,
+                                                     self.mesh)
     return self._samplers[name]
 
-  def draw(self, state, key: jax.Array, n: int, name: str | None = None) -> jax.Array:
-    """``n`` samples of the model in ``state`` by the sampler ``name``."""
+  def draw(self, state, key: jax.Array, n: int, name: str | None = None) -> np.ndarray:
+    """``n`` samples of the model in ``state`` by the sampler ``name`` (a host array, the same on
+    every process)."""
     return self.sampler(name).sample(state, key, n)
 
   def sample_key_for(self, i: int) -> jax.Array:
@@ -129,8 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       rate = (step - clock[1]) / max(now - clock[0], 1e-9)
       clock = (now, step)
       record = {"step": s, **{k: float(v) for k, v in m.items()}, "steps_per_s": rate}
-      with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+      workdirs.append_line(workdirs.join(workdir, "metrics.jsonl"), json.dumps(record))
       if tty:
         bar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{rate:.1f}")
       else:
@@ -153,15 +165,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         last_good = done
       if draws_grids and (done % cfg.sample_every == 0 or last):
         x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
-        images.save_samples(np.asarray(x), os.path.join(workdir, "samples",
-                                                        f"step_{done:07d}.png"), reference)
+        workdirs.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
+                            lambda path: images.save_samples(x, path, reference))
     bar.close()
     mngr.wait_until_finished()
   if start >= cfg.num_steps:
     print(f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
           "--config.training.num_steps to train longer.", flush=True)
   else:
-    where = f"; samples in {os.path.join(workdir, 'samples')}" if draws_grids else ""
+    where = f"; samples in {workdirs.join(workdir, 'samples')}" if draws_grids else ""
     print(f"Trained to step {cfg.num_steps}{where}", flush=True)
   return state
 
@@ -184,9 +196,10 @@ def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``workdir/eval_step_<step>.json`` (a new name if that exists) and returned with its path."""
   methods.get_method(config.method).check_eval(config)
   run, state, step = restore_latest(config, workdir)
-  workdir = os.path.abspath(workdir)
+  workdir = os.fspath(workdirs.as_path(workdir))
+  # Named before the evaluation's collectives, so every process names the same file.
+  path = workdirs.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
+  parallel.sync("eval_path")
   result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
-  path = workdirs.free_path(os.path.join(workdir, f"eval_step_{step:07d}.json"))
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  workdirs.write_json(path, result)
   return {**result, "path": path}

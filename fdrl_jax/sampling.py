@@ -15,8 +15,9 @@ by ``config.sampling.name`` from ``SAMPLERS``, composes those pieces:
 * ``translate``: unpaired image-to-image translation (Sec. 6.5): given source images flowed K + κ
   steps along the method's potential (the estimator was trained with the source domain as prior).
 
-Each builder returns a ``Sampler`` whose ``sample`` is jitted once per run; adding a sampler is one
-entry in ``SAMPLERS``. The ``sampling`` config section is a sampling choice: like ``eval``, it may
+Each builder returns a ``Sampler`` whose computation is jitted once per run with its particles
+split over the devices of the run's "data" mesh (every process gets the whole result); adding a
+sampler is one entry in ``SAMPLERS``. The ``sampling`` config section is a sampling choice: like ``eval``, it may
 differ from the training run's.
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from fdrl_jax import flows, priors
+from fdrl_jax import flows, parallel, priors
 from fdrl_jax.divergences import flow_potential
 from fdrl_jax.flows import FlowSpec
 
@@ -85,9 +86,20 @@ class SamplerParts(NamedTuple):
 
 
 class Sampler(NamedTuple):
-  """A built sampler: ``sample(state, key, n)`` draws n samples, or, when ``takes_inputs``,
-  ``sample(state, key, x)`` moves the given particles x (N, ...)."""
-  sample: Callable[[State, Array, Any], Array]
+  """A built sampler, its particles split over the devices of the run's "data" mesh.
+
+  Attributes:
+    sample: ``sample(state, key, n)`` draws n samples or, when ``takes_inputs``,
+      ``sample(state, key, x)`` moves the given particles x (N, ...): a NumPy array of exactly
+      what was asked for, the same on every process. n (or N) is padded to a multiple of the
+      device count for the device computation and the padding dropped.
+    device_sample: the jitted computation behind it, ``(state, key, n | x)`` with n (or N) a
+      multiple of the device count; its output is split over "data" (each device holds its
+      n / devices particles).
+    takes_inputs: whether the sampler moves given particles rather than drawing a start.
+  """
+  sample: Callable[..., np.ndarray]
+  device_sample: Callable[..., Array]
   takes_inputs: bool = False
 
 
@@ -138,31 +150,55 @@ def conditional_potential(output_fn: PotentialFn, log_prob_fn: Callable[[Array],
 # ----------------------------------------------------------------------------------------------
 # Samplers: (config, parts) → Sampler.
 
-def _flow_sample(parts: SamplerParts, potential_of: Callable[[State, Any], PotentialFn]
-                 ) -> Callable[[State, Any, Array, int], Array]:
-  """Jitted ``sample(state, extra, key, n)``: x₀ = parts.start, then K + κ steps along
-  ``potential_of(state, extra)``. ``extra`` (e.g. a classifier's parameters) is a jit argument,
-  not a constant baked into the compiled sampler."""
+def _split_sampler(fn: Callable[..., Array], mesh, *, takes_inputs: bool = False) -> Sampler:
+  """Jits ``fn(state, key, n | x, *extra)`` with its particles split over "data" (``fn``
+  constrains its start with ``_shard``) and wraps it to pad n to the devices and gather the
+  result to every process (``Sampler``). ``extra`` arguments are traced, not compiled in."""
+  sharding, n_dev = parallel.particles(mesh), mesh.devices.size
+  jitted = jax.jit(fn, static_argnums=() if takes_inputs else 2, out_shardings=sharding)
+
+  def sample(state, key, arg, *extra):
+    if takes_inputs:
+      x = np.asarray(arg)
+      n = len(x)
+      padded = np.concatenate([x, np.repeat(x[-1:], -n % n_dev, axis=0)])
+      out = jitted(state, key, parallel.put_particles(padded, mesh), *extra)
+    else:
+      n = int(arg)
+      out = jitted(state, key, n + (-n % n_dev), *extra)
+    return parallel.to_host(out)[:n]
+
+  return Sampler(sample, jitted, takes_inputs)
+
+
+def _shard(x: Array, mesh) -> Array:
+  """Particles inside a sampler's jit, split over "data": each device computes its own."""
+  return jax.lax.with_sharding_constraint(x, parallel.particles(mesh))
+
+
+def _flow_fn(parts: SamplerParts, mesh, potential_of: Callable[[State, Any], PotentialFn]
+             ) -> Callable[..., Array]:
+  """``fn(state, key, n, extra)``: x₀ = parts.start, split over the devices, then K + κ steps
+  along ``potential_of(state, extra)``. ``extra`` (e.g. a classifier's parameters) is a jit
+  argument, not a constant baked into the compiled sampler."""
   kwargs = parts.spec.sampling_kwargs()
 
-  def sample(state, extra, key, n):
+  def fn(state, key, n, extra=None):
     k_start, k_flow = jax.random.split(key)
-    return flows.flow(potential_of(state, extra), parts.start(state, k_start, n), k_flow,
-                      **kwargs)
+    x0 = _shard(parts.start(state, k_start, n), mesh)
+    return flows.flow(potential_of(state, extra), x0, k_flow, **kwargs)
 
-  return jax.jit(sample, static_argnums=3)
+  return fn
 
 
-def _prior(config: ml_collections.ConfigDict, parts: SamplerParts) -> Sampler:
+def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
   if parts.potential is None:  # a generator: its samples are the start itself
-    jitted = jax.jit(lambda state, key, n: parts.start(state, jax.random.split(key)[0], n),
-                     static_argnums=2)
-    return Sampler(jitted)
-  jitted = _flow_sample(parts, lambda state, _: parts.potential(state))
-  return Sampler(lambda state, key, n: jitted(state, None, key, n))
+    return _split_sampler(
+        lambda state, key, n: _shard(parts.start(state, jax.random.split(key)[0], n), mesh), mesh)
+  return _split_sampler(_flow_fn(parts, mesh, lambda state, _: parts.potential(state)), mesh)
 
 
-def _refine(config: ml_collections.ConfigDict, parts: SamplerParts) -> Sampler:
+def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
   from fdrl_jax import gan
   g = parts.generator
   if g is None:
@@ -174,14 +210,14 @@ def _refine(config: ml_collections.ConfigDict, parts: SamplerParts) -> Sampler:
 
   def sample(state, key, n):
     k_z, k_flow = jax.random.split(key)
-    z = jax.random.normal(k_z, (n, g.latent_dim))
+    z = _shard(jax.random.normal(k_z, (n, g.latent_dim)), mesh)
     if r.num_steps == 0:
       return g.generate(state)(z)
     return gan.refine(g.generate(state), g.logit(state), hmap, z, k_flow, space=r.space,
                       num_steps=r.num_steps, step_size=r.step_size, noise_scale=r.noise_scale,
                       clip=parts.spec.clip if parts.spec else None)
 
-  return Sampler(jax.jit(sample, static_argnums=2))
+  return _split_sampler(sample, mesh)
 
 
 def _require_estimator(parts: SamplerParts, name: str) -> None:
@@ -190,12 +226,14 @@ def _require_estimator(parts: SamplerParts, name: str) -> None:
                      "(--config.method=fdrl).")
 
 
-def conditional_sampler(config: ml_collections.ConfigDict, parts: SamplerParts
-                        ) -> tuple[Callable[..., Array], int]:
+def conditional_sampler(config: ml_collections.ConfigDict, parts: SamplerParts, mesh=None
+                        ) -> tuple[Callable[[int, float], Sampler], int]:
   """Class-conditional FDRL with the classifier of ``sampling.classifier_workdir``:
-  ``(sample(state, key, n, label, weight), num_classes)``. Label and ϕ are traced arguments, so
-  one compilation serves every class and weight."""
+  ``(for_class, num_classes)``, ``for_class(label, weight)`` the ``Sampler`` of class ``label``
+  with ϕ = ``weight``, particles split over ``mesh`` (default all devices). Label and ϕ are
+  traced arguments, so one compilation serves every class and weight."""
   _require_estimator(parts, "conditional")
+  mesh = parallel.data_mesh() if mesh is None else mesh
   s, est = config.sampling, parts.estimator
   log_probs, params, num_classes = load_classifier(s.classifier_workdir,
                                                    event_shape=parts.event_shape)
@@ -205,53 +243,54 @@ def conditional_sampler(config: ml_collections.ConfigDict, parts: SamplerParts
     return conditional_potential(est.apply(state), log_probs(classifier_params), label=label,
                                  weight=weight, output=est.output, divergence=est.divergence)
 
-  jitted = _flow_sample(parts, potential_of)
+  split = _split_sampler(_flow_fn(parts, mesh, potential_of), mesh)
 
-  def sample(state, key, n, label, weight):
+  def for_class(label: int, weight: float) -> Sampler:
     extra = (params, jnp.asarray(label, jnp.int32), jnp.asarray(weight, jnp.float32))
-    return jitted(state, extra, key, n)
+    return Sampler(lambda state, key, n: split.sample(state, key, n, extra),
+                   lambda state, key, n: split.device_sample(state, key, n, extra))
 
-  return sample, num_classes
+  return for_class, num_classes
 
 
-def _conditional(config: ml_collections.ConfigDict, parts: SamplerParts) -> Sampler:
-  sample, num_classes = conditional_sampler(config, parts)
+def _conditional(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
+  for_class, num_classes = conditional_sampler(config, parts, mesh)
   label, weight = config.sampling.label, config.sampling.classifier_weight
   if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
     raise ValueError(f"--config.sampling.label={label!r} is not a class of the classifier in "
                      f"{config.sampling.classifier_workdir}: choose 0 to {num_classes - 1}.")
-  return Sampler(lambda state, key, n: sample(state, key, n, label, weight))
+  return for_class(label, weight)
 
 
-def _translate(config: ml_collections.ConfigDict, parts: SamplerParts) -> Sampler:
+def _translate(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
   _require_estimator(parts, "translate")
   kwargs, sigma = parts.spec.sampling_kwargs(), parts.input_noise
 
-  @jax.jit
   def sample(state, key, x):
     # Given images get the noise that training's starting particles got (source dequantisation).
     k_deq, k_flow = jax.random.split(key)
     x = x + sigma * jax.random.normal(k_deq, x.shape, x.dtype)
     return flows.flow(parts.potential(state), x, k_flow, **kwargs)
 
-  return Sampler(sample, takes_inputs=True)
+  return _split_sampler(sample, mesh, takes_inputs=True)
 
 
-# name → (config, parts) → Sampler.
-SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict, SamplerParts], Sampler]] = {
+# name → (config, parts, mesh) → Sampler.
+SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict, SamplerParts, Any], Sampler]] = {
     "prior": _prior, "refine": _refine, "conditional": _conditional, "translate": _translate}
 
 
 def build_sampler(config: ml_collections.ConfigDict, parts: SamplerParts | None,
-                  name: str | None = None) -> Sampler:
-  """The sampler ``name`` (default ``config.sampling.name``) composed from a method's parts."""
+                  name: str | None = None, mesh=None) -> Sampler:
+  """The sampler ``name`` (default ``config.sampling.name``) composed from a method's parts, its
+  particles split over ``mesh`` (default: a "data" mesh of all devices)."""
   name = name or config.sampling.name
   if name not in SAMPLERS:
     raise ValueError(f"Unknown --config.sampling.name={name!r}; available: "
                      f"{', '.join(SAMPLERS)}.")
   if parts is None:
     raise ValueError(f"A --config.method={config.method} run does not sample.")
-  return SAMPLERS[name](config, parts)
+  return SAMPLERS[name](config, parts, parallel.data_mesh() if mesh is None else mesh)
 
 
 def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]
@@ -281,22 +320,28 @@ def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]
 # ----------------------------------------------------------------------------------------------
 # Drawing many samples, and the sample / translate modes.
 
-def draw(sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray,
-         batch_size: int) -> np.ndarray:
-  """``sampler`` in batches of ``batch_size``: ``num`` samples, or the given inputs moved (then
-  batch i uses ``fold_in(key, i)``, as for samples); a progress bar on a terminal."""
+def draw_batches(sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray,
+                 batch_size: int) -> Iterator[np.ndarray]:
+  """``sampler`` in batches of ``batch_size``, one host array per batch: ``num`` samples, or the
+  given inputs moved; batch i uses ``fold_in(key, i)``. A progress bar on a terminal (process 0).
+  Streaming keeps a paper-size evaluation (50 000 images) out of host memory."""
   inputs = None if isinstance(num_or_inputs, (int, np.integer)) else np.asarray(num_or_inputs)
   total = len(inputs) if inputs is not None else int(num_or_inputs)
   if total < 1:
     raise ValueError(f"The number of samples must be positive, got {total}.")
-  chunks = []
-  with tqdm(total=total, disable=not sys.stderr.isatty(), unit="sample") as bar:
+  quiet = not sys.stderr.isatty() or not parallel.is_writer()
+  with tqdm(total=total, disable=quiet, unit="sample") as bar:
     for i, start in enumerate(range(0, total, batch_size)):
       n = min(batch_size, total - start)
-      arg = n if inputs is None else jnp.asarray(inputs[start:start + n])
-      chunks.append(np.asarray(sampler.sample(state, jax.random.fold_in(key, i), arg)))
+      arg = n if inputs is None else inputs[start:start + n]
+      yield sampler.sample(state, jax.random.fold_in(key, i), arg)
       bar.update(n)
-  return np.concatenate(chunks)
+
+
+def draw(sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray,
+         batch_size: int) -> np.ndarray:
+  """All of ``draw_batches`` in one array."""
+  return np.concatenate(list(draw_batches(sampler, state, key, num_or_inputs, batch_size)))
 
 
 def _write_npz(x: np.ndarray) -> Callable[[str], None]:

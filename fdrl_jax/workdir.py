@@ -4,6 +4,11 @@ replace a user's file.
 A workdir holds ``config.json`` (the resolved config), ``checkpoints/`` (Orbax, the whole state),
 ``metrics.jsonl``, ``samples/step_*.png`` and ``eval_step_*.json``. A run may change only its
 ``RESUMABLE_CHANGES`` sections on the same workdir.
+
+Paths go through ``etils.epath`` (as Orbax's and tfds's do), so a workdir may be a local folder or
+an object-store URI such as ``gs://bucket/run`` (every host of a multi-host run must see the same
+workdir). In a multi-process run only ``parallel.is_writer()`` (process 0) writes files; the
+others read them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from typing import Callable
 
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
+
+from fdrl_jax import parallel
 
 # Config sections that may change between runs on the same workdir (everything else must match).
 RESUMABLE_CHANGES = ("training", "eval", "refine", "sampling")
@@ -30,28 +38,44 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-def _config_path(workdir: str) -> str:
-  return os.path.join(workdir, "config.json")
+def is_uri(path: str | os.PathLike) -> bool:
+  """Whether ``path`` names an object store (``gs://…``, ``s3://…``) rather than a local path."""
+  return "://" in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """``path`` as an ``epath.Path``: absolute if local, as given if a URI."""
+  return epath.Path(path if is_uri(path) else os.path.abspath(path))
+
+
+def join(workdir: str, *parts: str) -> str:
+  """A path inside ``workdir`` (local or URI)."""
+  return os.fspath(as_path(workdir).joinpath(*parts))
+
+
+def _config_path(workdir: str) -> epath.Path:
+  return as_path(workdir) / "config.json"
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bool) -> str:
   """Refuses a workdir that is a file, unwritable, or written by an incompatible config; with
-  ``create``, makes it and writes ``config.json``. Returns the absolute path."""
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  ``create``, makes it and writes ``config.json`` (process 0 only). Returns the absolute path or
+  the URI."""
+  path = as_path(workdir)
+  workdir = os.fspath(path)
+  if path.exists() and not path.is_dir():
     raise ValueError(f"--workdir {workdir} is a file; give a directory.")
   if create:
     try:
-      os.makedirs(workdir, exist_ok=True)
+      path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      raise ValueError(f"Cannot create --workdir {workdir}: {e.strerror}.") from None
-    if not os.access(workdir, os.W_OK):
+      raise ValueError(f"Cannot create --workdir {workdir}: {e.strerror or e}.") from None
+    if not is_uri(workdir) and not os.access(workdir, os.W_OK):
       raise ValueError(f"--workdir {workdir} is not writable; choose another directory.")
   path = _config_path(workdir)
   new = config_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  if path.exists():
+    old = json.loads(path.read_text())
     old.setdefault("method", "fdrl")
     for section, value in new.items():
       if section not in old and section in LATER_SECTIONS:
@@ -68,44 +92,53 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bo
   elif not create:
     raise ValueError(f"--workdir {workdir} holds no run (no config.json); train there first.")
   if create:
-    with open(path, "w") as f:
-      json.dump(new, f, indent=2)
+    write_json(os.fspath(path), new)
   return workdir
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its ``config.json``)."""
-  path = _config_path(os.path.abspath(workdir))
-  if not os.path.isfile(path):
+  path = _config_path(workdir)
+  if not path.is_file():
     raise ValueError(f"{workdir} holds no run (no config.json); train there first.")
-  with open(path) as f:
-    saved = json.load(f)
-  return ml_collections.ConfigDict(saved)
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
+      as_path(workdir) / "checkpoints",
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
 def refuse_existing(output: str) -> None:
   """A one-line ValueError if ``output`` exists: outputs never replace a user's file."""
-  if os.path.exists(output):
+  if as_path(output).exists():
     raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
 
 
-def write_new_file(output: str, write: Callable[[str], None]) -> str:
-  """Creates ``output`` with ``write(temporary_path)``, never replacing an existing file.
+def write_file(path: str, write: Callable[[str], None]) -> str:
+  """(Re)writes ``path`` — a run's own file (config, sample grid, statistics cache) — with
+  ``write(local_temporary_path)``, whole or not at all; only on the writing process."""
+  if not parallel.is_writer():
+    return path
+  if is_uri(path):
+    with tempfile.TemporaryDirectory() as folder:
+      tmp = os.path.join(folder, os.path.basename(path))
+      write(tmp)
+      as_path(path).parent.mkdir(parents=True, exist_ok=True)
+      as_path(path).write_bytes(epath.Path(tmp).read_bytes())  # an object store writes whole
+    return path
+  _via_temporary(path, write, lambda tmp: os.replace(tmp, path))
+  return path
 
-  The content goes to a temporary file in the same folder, which is then hard-linked to
-  ``output``: atomic, and it fails (a ValueError) if the name appeared meanwhile. On a file system
-  without hard links it falls back to an existence check and a rename.
-  """
-  refuse_existing(output)
-  folder = os.path.dirname(os.path.abspath(output))
+
+def _via_temporary(path: str, write: Callable[[str], None], commit: Callable[[str], None]
+                   ) -> None:
+  """``write`` a temporary file beside ``path`` (readable like any output), then ``commit`` it
+  under its name; the temporary file never outlives the call."""
+  folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=folder, prefix=".new-", suffix=os.path.splitext(output)[1],
+  with tempfile.NamedTemporaryFile(dir=folder, prefix=".new-", suffix=os.path.splitext(path)[1],
                                    delete=False) as f:
     tmp = f.name
   try:
@@ -113,6 +146,46 @@ def write_new_file(output: str, write: Callable[[str], None]) -> str:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # a temporary file is private; the output need not be
+    commit(tmp)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def write_json(path: str, value) -> str:
+  """``write_file`` of ``value`` as indented JSON."""
+  return write_file(path, lambda tmp: epath.Path(tmp).write_text(json.dumps(value, indent=2)))
+
+
+def append_line(path: str, line: str) -> None:
+  """Appends one line to a run's log (``metrics.jsonl``); only on the writing process. An object
+  store has no append: the file is rewritten whole."""
+  if not parallel.is_writer():
+    return
+  if is_uri(path):
+    p = as_path(path)
+    p.write_text((p.read_text() if p.exists() else "") + line + "\n")
+  else:
+    with open(path, "a") as f:
+      f.write(line + "\n")
+
+
+def write_new_file(output: str, write: Callable[[str], None]) -> str:
+  """Creates ``output`` with ``write(temporary_path)``, never replacing an existing file; only on
+  the writing process of a multi-process run (the others return at once).
+
+  The content goes to a temporary file in the same folder, which is then hard-linked to
+  ``output``: atomic, and it fails (a ValueError) if the name appeared meanwhile. On a file system
+  without hard links it falls back to an existence check and a rename; on an object store, to an
+  existence check and a whole write.
+  """
+  if not parallel.is_writer():
+    return output
+  refuse_existing(output)
+  if is_uri(output):
+    return write_file(output, write)
+
+  def link(tmp: str) -> None:
     try:
       os.link(tmp, output)
     except FileExistsError:
@@ -120,9 +193,8 @@ def write_new_file(output: str, write: Callable[[str], None]) -> str:
     except OSError:  # no hard links here
       refuse_existing(output)
       os.replace(tmp, output)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+
+  _via_temporary(output, write, link)
   return output
 
 
@@ -130,7 +202,7 @@ def free_path(path: str) -> str:
   """``path``, or ``path`` with -2, -3, ... before its extension if it exists."""
   stem, ext = os.path.splitext(path)
   candidate, i = path, 1
-  while os.path.exists(candidate):
+  while as_path(candidate).exists():
     i += 1
     candidate = f"{stem}-{i}{ext}"
   return candidate

@@ -180,7 +180,7 @@ def test_sharded_step_equals_the_single_device_step(init, digits):
   mesh = parallel.data_mesh()  # the sharded step donates its state: give it a fresh copy
   sharded_state, sharded_metrics = parallel.jit_train_step(build, mesh)(
       jax.device_put(jax.device_get(state), parallel.replicated(mesh)),
-      parallel.global_batch(jax.device_get(batch), mesh), jax.random.key(2))
+      parallel.global_batch(jax.device_get(batch), 8, mesh), jax.random.key(2))
   chex.assert_trees_all_close(jax.device_get(sharded_state.params),
                               jax.device_get(single_state.params), rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(jax.device_get(sharded_metrics), jax.device_get(single_metrics),

@@ -69,3 +69,25 @@ def test_fd_digits_separates_real_from_prior_samples():
   assert evaluate.confident_share(test_x, classifier) > 0.8
   noise = np.random.default_rng(0).uniform(-1, 1, test_x.shape).astype(np.float32)
   assert evaluate.confident_share(noise, classifier) < evaluate.confident_share(test_x, classifier)
+
+
+def test_streamed_statistics_equal_the_whole_sets():
+  features = 5.0 + np.random.default_rng(2).standard_normal((301, 7)) * [1, 2, 3, 4, 5, 6, 7]
+  mu, sigma = evaluate.feature_statistics(features)
+  np.testing.assert_allclose(mu, features.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-10, atol=1e-12)
+  streamed = evaluate.feature_statistics(iter(np.array_split(features, [1, 50, 50, 200])))
+  np.testing.assert_allclose(streamed[0], mu, rtol=1e-12)
+  np.testing.assert_allclose(streamed[1], sigma, rtol=1e-10, atol=1e-12)
+
+
+def test_mmd_against_closed_forms():
+  x = np.random.default_rng(0).standard_normal((400, 2))
+  assert evaluate.mmd(x, x) < 1e-6
+  # One point each: MMD² = 2 − 2 k(a, b), k = exp(−d² / (2 h²)).
+  d, h = 0.3, evaluate.MMD_BANDWIDTH
+  np.testing.assert_allclose(evaluate.mmd(np.zeros((1, 2)), np.array([[d, 0.0]])),
+                             np.sqrt(2 - 2 * np.exp(-d ** 2 / (2 * h ** 2))), rtol=1e-12)
+  y = 0.2 * np.random.default_rng(1).standard_normal((1000, 2))  # the kernel's own scale
+  same, shifted = evaluate.mmd(y[:500], y[500:]), evaluate.mmd(y[:500], y[500:] + [0.2, 0.0])
+  assert same < 0.1 < 0.3 < shifted

@@ -6,8 +6,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from fdrl_jax.data import fit_samples, get_batch
-from fdrl_jax.image_data import (CAT2DOG_PREPROCESSING, TFDS_PRESETS, folder_dataset, npz_dataset,
-                                 preprocess, tfds_dataset)
+from fdrl_jax.image_data import (CAT2DOG_PREPROCESSING, TFDS_PRESETS, folder_dataset,
+                                 indexed_dataset, npz_dataset, preprocess, tfds_dataset)
 
 
 def write_images(folder, sizes, suffix):
@@ -56,6 +56,23 @@ def test_folder_batches_are_deterministic_and_lazy_matches_eager(image_folder):
   assert fit_samples(lazy, 6, seed=0).shape == (6, 16, 16, 3)
   with pytest.raises(ValueError, match="cannot draw 7"):
     get_batch(lazy, seed=0, step=0, batch_size=7)
+
+
+def test_a_process_decodes_only_its_rows_of_a_batch():
+  decoded = []
+
+  def load(i):
+    decoded.append(i)
+    return np.full((2, 2, 1), i / 10, np.float32)
+
+  lazy = indexed_dataset("counted", 10, load, max_fit_samples=0, test=None)
+  assert lazy.train is None and lazy.num_train == 10
+  whole = get_batch(lazy, seed=1, step=2, batch_size=6)
+  decoded.clear()
+  halves = [get_batch(lazy, seed=1, step=2, batch_size=6, rows=slice(lo, lo + 3))
+            for lo in (0, 3)]
+  assert len(decoded) == 6  # three each, not the whole batch each
+  np.testing.assert_array_equal(np.concatenate(halves), whole)
 
 
 def test_cat2dog_layout_and_preprocessing(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from jax.scipy.stats import norm
 
 from configs import default
-from fdrl_jax import data, fdrl, flows, sampling
+from fdrl_jax import data, fdrl, flows, parallel, sampling
 from fdrl_jax.divergences import flow_potential
 
 # Two balanced classes in 1-D: p(x | y = 0) = N(-M, 1), p(x | y = 1) = N(M, 1); q = N(0, S²).
@@ -126,3 +126,26 @@ def test_unknown_sampler_and_refine_without_a_generator_are_one_line():
     sampling.build_sampler(config, parts, "refine")
   with pytest.raises(ValueError, match="needs --config.sampling.classifier_workdir"):
     sampling.build_sampler(config, parts, "conditional")
+
+
+@pytest.mark.parametrize("name", ["prior", "translate"])
+def test_sampler_particles_are_split_over_the_devices(name):
+  assert len(jax.devices()) == 4, "tests/conftest.py fakes 4 CPU devices"
+  config = default.get_config()
+  config.flow.num_steps, config.flow.num_refine_steps = 2, 1
+  dataset = data.create_dataset("digits")
+  state = fdrl.init_state(config, dataset, jax.random.key(0), fit=True)
+  parts = fdrl.sampler_parts(config, dataset)
+  sampler = sampling.build_sampler(config, parts, name, parallel.data_mesh())
+  key = jax.random.key(3)
+  arg = 8 if name == "prior" else parallel.put_particles(dataset.test[:8], parallel.data_mesh())
+  x = sampler.device_sample(state, key, arg)
+  assert [shard.data.shape[0] for shard in x.addressable_shards] == [2, 2, 2, 2]
+  assert {shard.device for shard in x.addressable_shards} == set(jax.devices())
+  # 7 asked for: 8 computed (two per device), 7 returned, the same as one device's 7.
+  seven = sampler.sample(state, key, 7 if name == "prior" else dataset.test[:7])
+  one = sampling.build_sampler(config, parts, name, parallel.data_mesh(jax.devices()[:1]))
+  alone = one.sample(state, key, 7 if name == "prior" else dataset.test[:7])
+  assert seven.shape == (7, 8, 8, 1)
+  np.testing.assert_allclose(seven, np.asarray(x)[:7], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(seven, alone, rtol=1e-4, atol=1e-4)

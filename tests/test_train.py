@@ -174,6 +174,7 @@ def test_bad_workdirs(tmp_path):
   with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
     run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
   toy = toy2d.get_config("8gaussians")
+  toy.eval.metric = "fd_digits"
   with pytest.raises(ValueError, match="FD-digits needs the bundled digits"):
     run_lib.evaluate_to_file(toy, str(tmp_path / "empty"))
   config.eval.num_samples = 1
