@@ -8,13 +8,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
 	touch $@
 
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
 .PHONY: install run test bench
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(PY) -m fdrl_jax.main --config=configs/default.py --workdir=runs/default
+	$(PY) -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed

@@ -3,7 +3,7 @@
 Dataset configs import this file and change only what differs.
 
 Run (CPU, about 3 minutes on 2 cores):
-  python -m fdrl_jax.main --config=configs/default.py --workdir=runs/default
+  python -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits
 """
 
 import ml_collections
@@ -19,18 +19,24 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   # A bundled set (fdrl_jax.data.DATASETS: digits, chasm, 8gaussians, ...), a tensorflow-datasets
-  # preset (fdrl_jax.image_data.TFDS_PRESETS: cifar10, celeb_a, lsun_church, mnist), "folder" (any
-  # folder of PNG/JPEG images at data.path) or "npz" (an NHWC array, key "x", at data.path).
+  # preset (fdrl_jax.image_data.TFDS_PRESETS: cifar10, celeb_a, lsun_church, mnist, each with its
+  # own splits and preprocessing), "tfds" (any prepared tfds set, data.tfds_name below), "folder"
+  # (any folder of PNG/JPEG images at data.path; grey if all its images are) or "npz" (an NHWC
+  # array, key "x", at data.path).
   config.data.name = "digits"
   config.data.batch_size = 64         # global batch, split over all devices
   config.data.dequantization = 0.03   # σ of the Gaussian noise added to image data (Algorithm 1)
   config.data.random_flip = False     # random horizontal flips of image data (off for digits)
   config.data.data_dir = ""           # tfds: data folder ("" = tfds's default, $TFDS_DATA_DIR)
+  config.data.tfds_name = ""          # tfds: the set, "name[/config][:version]" (my_faces:1.0.0)
+  config.data.image_key = "image"     # tfds: its image feature (uint8, grey or RGB)
+  config.data.train_split = "train"   # tfds: training split, tfds syntax ("train[:90%]" works)
+  config.data.test_split = ""         # tfds: held-out split ("" = none), e.g. "test"
   config.data.path = ""               # folder / npz: where the training images are
   config.data.test_path = ""          # folder: held-out images ("" = none)
-  config.data.image_size = 64         # folder: output size (shorter side resized, centre crop)
-  config.data.resize_first = 0        # folder: resize the shorter side to this first (0 = no)
-  config.data.center_crop = 0         # folder: centre crop before the final resize (0 = no)
+  config.data.image_size = 64         # folder / tfds: output size (shorter side resized, crop)
+  config.data.resize_first = 0        # folder / tfds: resize the shorter side to this first (0: no)
+  config.data.center_crop = 0         # folder / tfds: centre crop before the final resize (0: no)
   config.data.max_fit_samples = 10_000  # training images decoded to fit the prior (and kept in
                                       # memory when the split is no larger)
 

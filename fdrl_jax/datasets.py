@@ -1,10 +1,11 @@
 """Data from a config: the training set, the prior's data, labelled images, and step batches.
 
 ``config.data.name`` picks a bundled set (``data.DATASETS``), a tensorflow-datasets preset
-(``image_data.TFDS_PRESETS``), ``folder`` or ``npz``. Batches are a pure function of (seed, step)
-(``data.get_batch``), so a resumed run sees the same data; ``prefetch`` makes them ahead of the
-device in a thread. Only this module (and ``image_data``, imported lazily since it imports
-tensorflow-datasets) turns a data config into arrays.
+(``image_data.TFDS_PRESETS``), ``tfds`` (any prepared tfds set, ``data.tfds_name``), ``folder`` or
+``npz``. Batches are a pure function of (seed, step) (``data.get_batch``), so a resumed run sees
+the same data; ``prefetch`` makes them ahead of the device in a thread. Only this module (and
+``image_data``, imported lazily since it imports tensorflow-datasets) turns a data config into
+arrays.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import numpy as np
 from fdrl_jax import data
 
 
-def _folder(config: ml_collections.ConfigDict, path: str, test_path: str = ""):
+def _folder(config: ml_collections.ConfigDict, path: str, test_path: str = "",
+            channels: int | None = None):
   from fdrl_jax import image_data  # imports tensorflow-datasets: only when images are used
   d = config.data
   return image_data.folder_dataset(
       path, image_size=d.image_size, center_crop=d.center_crop or None,
-      resize_first=d.resize_first or None, test_path=test_path or None,
+      resize_first=d.resize_first or None, test_path=test_path or None, channels=channels,
       max_fit_samples=d.max_fit_samples)
 
 
@@ -35,17 +37,29 @@ def _tfds(config: ml_collections.ConfigDict):
                                  max_fit_samples=d.max_fit_samples)
 
 
+def _tfds_named(config: ml_collections.ConfigDict):
+  from fdrl_jax import image_data
+  d = config.data
+  return image_data.tfds_dataset(
+      d.tfds_name, split=d.train_split, data_dir=d.data_dir or None, image_key=d.image_key,
+      image_size=d.image_size, center_crop=d.center_crop or None,
+      resize_first=d.resize_first or None, test_split=d.test_split or None,
+      max_fit_samples=d.max_fit_samples)
+
+
 def _npz(config: ml_collections.ConfigDict):
   from fdrl_jax import image_data
   return image_data.npz_dataset(config.data.path)
 
 
 IMAGE_SOURCES = {"cifar10": _tfds, "celeb_a": _tfds, "lsun_church": _tfds, "mnist": _tfds,
+                 "tfds": _tfds_named,
                  "folder": lambda c: _folder(c, c.data.path, c.data.test_path), "npz": _npz}
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
-  """The training data named by ``config.data.name``: bundled, a tfds preset, a folder or npz."""
+  """The training data named by ``config.data.name``: bundled, a tfds preset, any tfds set, a
+  folder or npz."""
   name = config.data.name
   if name in data.DATASETS:
     return data.create_dataset(name, seed=config.seed)
@@ -54,6 +68,9 @@ def build_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
                      f"{', '.join(sorted([*data.DATASETS, *IMAGE_SOURCES]))}.")
   if name in ("folder", "npz") and not config.data.path:
     raise ValueError(f"--config.data.name={name} needs --config.data.path=<where the images are>.")
+  if name == "tfds" and not config.data.tfds_name:
+    raise ValueError("--config.data.name=tfds needs --config.data.tfds_name=<a prepared tfds set, "
+                     "e.g. my_dataset:1.0.0>.")
   return IMAGE_SOURCES[name](config)
 
 
@@ -63,7 +80,7 @@ def source_domain(config: ml_collections.ConfigDict, dataset: data.Dataset
 
   A bundled translation set (``digits_bold``) carries its own; otherwise the folders
   ``prior.source_path`` and ``prior.source_test_path`` (e.g. Cat2dog's trainA / testA), with the
-  data's preprocessing.
+  data's preprocessing and channel count.
   """
   if dataset.source is not None:
     return dataset.source, dataset.source_test
@@ -71,7 +88,8 @@ def source_domain(config: ml_collections.ConfigDict, dataset: data.Dataset
   if not p.source_path:
     raise ValueError("--config.prior.name=empirical needs --config.prior.source_path=<folder of "
                      "source-domain images>.")
-  source = _folder(config, p.source_path, p.source_test_path)
+  channels = dataset.event_shape[-1] if dataset.is_image else None
+  source = _folder(config, p.source_path, p.source_test_path, channels)
   return data.fit_samples(source, config.data.max_fit_samples, config.seed), source.test
 
 
@@ -139,6 +157,8 @@ def prefetch(make: Callable[[int], Any], steps: range, depth: int = 2) -> Iterat
   def work() -> None:
     try:
       for step in steps:
+        if stop.is_set():
+          return
         item = make(step)
         while not stop.is_set():
           try:
@@ -157,5 +177,6 @@ def prefetch(make: Callable[[int], Any], steps: range, depth: int = 2) -> Iterat
       if isinstance(item, Exception):
         raise item
       yield item
-  finally:
+  finally:  # closed early (an error, Ctrl-C): let the thread finish its batch before JAX exits
     stop.set()
+    thread.join()

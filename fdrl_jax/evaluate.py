@@ -380,7 +380,8 @@ def eval_sizes(config) -> tuple[int, int]:
 
 
 def check_metric(config) -> None:
-  """One-line ValueErrors for an unknown metric, one that does not fit the data, or bad sizes."""
+  """One-line ValueErrors for an unknown metric, one that does not fit the data, bad sizes, or FID
+  weights that are not set, do not exist, cannot be read or are not the FID Inception's."""
   metric = config.eval.metric
   if metric not in METRICS:
     raise ValueError(f"Unknown --config.eval.metric={metric!r}; available: "
@@ -394,10 +395,17 @@ def check_metric(config) -> None:
     if value < 2 and not (key == "num_reference" and value == 0):
       raise ValueError(f"--config.eval.{key}={value}: a Fréchet distance needs the "
                        "statistics of at least 2 images (thousands for a meaningful value).")
+  if metric != "fid":
+    return
+  from fdrl_jax import inception
   weights = config.eval.inception_weights
-  if metric == "fid" and not os.path.isfile(weights):
-    raise ValueError(f"FID needs --config.eval.inception_weights=FILE.npz (found {weights!r}): "
-                     "pytorch-fid's Inception weights converted as fdrl_jax/inception.py says.")
+  if not weights:
+    raise ValueError("FID needs --config.eval.inception_weights=FILE.npz: pytorch-fid's Inception "
+                     f"weights, converted once by `{inception.CONVERT_COMMAND} FILE.npz`.")
+  try:  # reads the array headers only: a missing, unreadable or foreign file fails before sampling
+    inception.check_weights(weights)
+  except ValueError as e:
+    raise ValueError(f"--config.eval.inception_weights: {e}") from None
 
 
 def evaluate_samples(config, run, state, workdir: str) -> dict:

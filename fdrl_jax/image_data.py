@@ -2,13 +2,15 @@
 
 Every builder returns NHWC float32 images in [-1, 1] (uint8 pixels mapped by x/127.5 − 1).
 
-* ``tfds_dataset``: a split prepared by tensorflow-datasets in the ``array_record`` format, read
-  through ``tfds.data_source`` (random access, decoded with pillow, no TensorFlow at read time).
-  ``TFDS_PRESETS`` holds the paper's preprocessing: CIFAR10 32², CelebA center crop 140 → 64²,
-  LSUN church_outdoor 128², MNIST 28²×1 (grayscale keeps one channel).
-* ``folder_dataset``: every .png/.jpg/.jpeg under a folder (recursively, sorted), converted to RGB;
-  ``CAT2DOG_PREPROCESSING`` is the paper's resize 84 → center crop 64, used on each folder of the
-  Cat2dog layout:
+* ``tfds_dataset``: the image feature of any split prepared by tensorflow-datasets in the
+  ``array_record`` format (a catalogue set, or one's own, e.g. built by ``fdrl_jax.tfds_build``),
+  read through ``tfds.data_source`` (random access, decoded with pillow, no TensorFlow at read
+  time); the channels are the feature's (1 or 3). ``TFDS_PRESETS`` holds the paper's
+  preprocessing: CIFAR10 32², CelebA center crop 140 → 64², LSUN church_outdoor 128², MNIST 28²×1.
+* ``folder_dataset``: every .png/.jpg/.jpeg under a folder (recursively, sorted). Grey when every
+  image of the folder (and of its test folder) is greyscale, (H, W, 1); otherwise, colour or
+  mixed, every image is converted to RGB. ``CAT2DOG_PREPROCESSING`` is the paper's resize 84 →
+  center crop 64, used on each folder of the Cat2dog layout:
   ``folder_dataset(root / "trainA", test_path=root / "testA", **CAT2DOG_PREPROCESSING)``.
 * ``npz_dataset``: an NHWC array in an .npz file, float in [-1, 1] or uint8 in 0..255.
 
@@ -27,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+from PIL import Image, ImageMode
 
 from fdrl_jax.data import Dataset, Sampler, rows_sampler
 
@@ -39,6 +41,7 @@ DEFAULT_MAX_FIT_SAMPLES = 10_000
 DEFAULT_MAX_TEST_SAMPLES = 10_000
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError)
 MISSING_TFDS_ERRORS = (NotImplementedError, KeyError, FileNotFoundError, AssertionError)
+IMAGE_MODES = {1: "L", 3: "RGB"}  # Pillow mode of images with 1 or 3 channels
 
 TFDS_PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": {"name": "cifar10", "image_size": 32},
@@ -117,42 +120,96 @@ def indexed_dataset(name: str, num_examples: int, load: Loader, *, max_fit_sampl
                  sample=index_sampler(num_examples, load), test=test, num_train=num_examples)
 
 
+def tfds_root(data_dir: str | os.PathLike | None) -> str:
+  """The tfds data folder: ``data_dir``, else tfds's default ($TFDS_DATA_DIR or
+  ~/tensorflow_datasets)."""
+  return os.fspath(data_dir or tfds.core.constants.get_default_data_dir())
+
+
+def first_line(err: Exception) -> str:
+  """The first line of an error's message (tfds's messages run over several lines)."""
+  return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def missing_tfds_message(name: str, split: str, data_dir: str | os.PathLike | None) -> str:
   """Writes the one-line explanation for a tfds split that is not prepared as array_record."""
-  root = os.fspath(data_dir or tfds.core.constants.get_default_data_dir())
+  root = tfds_root(data_dir)
   return (f"tfds dataset {name!r} has no split {split!r} prepared in the array_record format "
-          f"under {root}; prepare it with `pip install tensorflow && tfds build {name} "
-          f"--data_dir={root} --file_format=array_record` (a TFRecord copy converts with "
+          f"under {root}; prepare it with `pip install tensorflow apache-beam mlcroissant "
+          f"importlib_resources && tfds build {name} --data_dir={root} "
+          f"--file_format=array_record` (a TFRecord copy converts with "
           f"`tfds convert_format --root_data_dir={root} --out_file_format=array_record`), "
           f"or use folder_dataset on a folder of images instead")
 
 
-def open_tfds(name: str, split: str, data_dir: str | os.PathLike | None) -> Sequence[dict]:
+def open_tfds(name: str, split: str, data_dir: str | os.PathLike | None,
+              split_key: str = "data.train_split") -> Sequence[dict]:
   """Opens a prepared tfds split for random access, never downloading or preparing it.
 
+  Args:
+    name: a tfds name, ``name[/config][:version]``.
+    split: a split in tfds's syntax: "train", "train[:90%]", "train+test".
+    data_dir: the tfds data folder; None means tfds's default.
+    split_key: the config key that chose ``split``, named by the error for a bad split.
+
   Raises:
-    ValueError: one line, if tfds has no such dataset or it is not prepared under ``data_dir``.
+    ValueError: one line, if the name is malformed or unknown, the split unknown, or the split not
+      prepared in the array_record format under ``data_dir``.
   """
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError:
-    raise ValueError(f"tensorflow-datasets has no dataset named {name!r}") from None
+    raise ValueError(f"tensorflow-datasets has no dataset named {name!r} in its catalogue or "
+                     f"under {tfds_root(data_dir)}; set data.tfds_name (and data.data_dir) to "
+                     "one that is there") from None
+  except (ValueError, AssertionError) as err:  # a malformed name or a version not prepared
+    raise ValueError(f"cannot open tfds dataset {name!r}: {first_line(err).rstrip('.')}; set "
+                     "data.tfds_name to name[/config][:version], e.g. my_dataset:1.0.0") from None
+  try:
+    return builder.as_data_source(split=split)
   except MISSING_TFDS_ERRORS:
     raise ValueError(missing_tfds_message(name, split, data_dir)) from None
+  except ValueError as err:  # an unknown split or a bad slice
+    raise ValueError(f"tfds dataset {name!r}: {first_line(err).rstrip('.')}; set {split_key}"
+                     ) from None
 
 
-def tfds_loader(source: Sequence[dict], **preprocessing: int | None) -> Loader:
+def check_tfds_image(source: Sequence[dict], name: str, image_key: str) -> None:
+  """Checks that feature ``image_key`` of a tfds source is a uint8 image of 1 or 3 channels.
+
+  Raises:
+    ValueError: one line naming the image features there are, if it is missing or not one.
+  """
+  features = source.dataset_info.features
+  images = [key for key, feature in features.items() if isinstance(feature, tfds.features.Image)]
+  hint = (f"set data.image_key to one of its image features: {', '.join(images)}" if images
+          else "it has no image feature")
+  if image_key not in features.keys():
+    raise ValueError(f"tfds dataset {name!r} has no feature {image_key!r}; {hint}")
+  feature = features[image_key]
+  if not isinstance(feature, tfds.features.Image):
+    raise ValueError(f"feature {image_key!r} of tfds dataset {name!r} is a "
+                     f"{type(feature).__name__}, not an Image; {hint}")
+  if feature.np_dtype != np.uint8 or feature.shape[-1] not in IMAGE_MODES:
+    raise ValueError(f"feature {image_key!r} of tfds dataset {name!r} holds {feature.np_dtype} "
+                     f"images of {feature.shape[-1]} channels; only uint8 grey or RGB images are "
+                     "read: rebuild the set with those or set data.image_key to another feature")
+
+
+def tfds_loader(source: Sequence[dict], image_key: str = "image",
+                **preprocessing: int | None) -> Loader:
   """Returns a function decoding and preprocessing the image of example i of a tfds source."""
-  return lambda i: preprocess(source[i]["image"], **preprocessing)
+  return lambda i: preprocess(source[i][image_key], **preprocessing)
 
 
 def tfds_test_images(name: str, test_split: str | None, data_dir: str | os.PathLike | None,
-                     max_images: int, **preprocessing: int | None) -> np.ndarray | None:
+                     max_images: int, image_key: str = "image",
+                     **preprocessing: int | None) -> np.ndarray | None:
   """Decodes the first ``max_images`` images of a tfds test split, or None without a split."""
   if test_split is None:
     return None
-  source = open_tfds(name, test_split, data_dir)
-  return load_all(min(len(source), max_images), tfds_loader(source, **preprocessing))
+  source = open_tfds(name, test_split, data_dir, split_key="data.test_split")
+  return load_all(min(len(source), max_images), tfds_loader(source, image_key, **preprocessing))
 
 
 def tfds_labelled(name: str, split: str, data_dir: str | os.PathLike | None, max_examples: int,
@@ -166,7 +223,8 @@ def tfds_labelled(name: str, split: str, data_dir: str | os.PathLike | None, max
 
 
 def tfds_dataset(name: str, *, split: str = "train", data_dir: str | os.PathLike | None = None,
-                 image_size: int, center_crop: int | None = None, test_split: str | None = None,
+                 image_key: str = "image", image_size: int, center_crop: int | None = None,
+                 resize_first: int | None = None, test_split: str | None = None,
                  max_fit_samples: int = DEFAULT_MAX_FIT_SAMPLES,
                  max_test_samples: int = DEFAULT_MAX_TEST_SAMPLES) -> Dataset:
   """Builds an image Dataset from a tensorflow-datasets split read through ``tfds.data_source``.
@@ -175,24 +233,30 @@ def tfds_dataset(name: str, *, split: str = "train", data_dir: str | os.PathLike
   The test splits are "test" for cifar10, celeb_a and mnist and "validation" for LSUN.
 
   Args:
-    name: the tfds name, e.g. "cifar10" or "lsun/church_outdoor".
-    split: the training split.
+    name: the tfds name, e.g. "cifar10", "lsun/church_outdoor" or "my_dataset:1.0.0".
+    split: the training split, in tfds's syntax ("train", "train[:90%]").
     data_dir: the tfds data folder; None means tfds's default ($TFDS_DATA_DIR or
       ~/tensorflow_datasets).
+    image_key: the image feature: uint8, grey (one channel kept) or RGB.
     image_size: side of the square output images.
     center_crop: side of a square cut from the middle before resizing (CelebA: 140).
+    resize_first: shorter side to resize to before ``center_crop``.
     test_split: a split whose first ``max_test_samples`` images become ``Dataset.test``.
     max_fit_samples: a training split at most this long is decoded whole into ``Dataset.train``;
       a longer one leaves it None and is decoded lazily, batch by batch (see the module doc).
     max_test_samples: the most test images decoded.
 
   Raises:
-    ValueError: one line naming the data folder and the command to prepare the data, if missing.
+    ValueError: one line naming what to set (``open_tfds``, ``check_tfds_image``) or, for a set
+      not prepared, the data folder and the command to prepare it.
   """
-  preprocessing = {"image_size": image_size, "center_crop": center_crop}
+  preprocessing = {"image_size": image_size, "center_crop": center_crop,
+                   "resize_first": resize_first}
   source = open_tfds(name, split, data_dir)
-  test = tfds_test_images(name, test_split, data_dir, max_test_samples, **preprocessing)
-  return indexed_dataset(name, len(source), tfds_loader(source, **preprocessing),
+  check_tfds_image(source, name, image_key)
+  test = tfds_test_images(name, test_split, data_dir, max_test_samples, image_key,
+                          **preprocessing)
+  return indexed_dataset(name, len(source), tfds_loader(source, image_key, **preprocessing),
                          max_fit_samples=max_fit_samples, test=test)
 
 
@@ -211,28 +275,52 @@ def image_files(path: str | os.PathLike) -> list[Path]:
   return files
 
 
-def read_rgb(file: Path) -> np.ndarray:
-  """Decodes an image file to uint8 RGB pixels (H, W, 3).
+def is_greyscale(file: Path) -> bool:
+  """Whether an image file is greyscale, from its header: a Pillow mode whose base mode is "L"
+  (1-bit, 8-bit, 16-bit or float grey, with or without alpha). Palette images count as colour.
+
+  Raises:
+    ValueError: naming the file, if it cannot be opened.
+  """
+  try:
+    with Image.open(file) as image:
+      return ImageMode.getmode(image.mode).basemode == "L"
+  except UNREADABLE_IMAGE_ERRORS as err:
+    raise ValueError(f"cannot read image {file}: {err}") from err
+
+
+def folder_channels(files: Sequence[Path]) -> int:
+  """1 if every file is a greyscale image, else 3: a colour or mixed folder is read as RGB.
+
+  Stops at the first colour image; for an all-grey folder it reads every file's header.
+  """
+  return 1 if all(is_greyscale(file) for file in files) else 3
+
+
+def read_image(file: Path, channels: int = 3) -> np.ndarray:
+  """Decodes an image file to uint8 pixels (H, W, channels), RGB for 3 channels, grey for 1.
 
   Raises:
     ValueError: naming the file, if it cannot be decoded.
   """
   try:
     with Image.open(file) as image:
-      return np.asarray(image.convert("RGB"))
+      pixels = np.asarray(image.convert(IMAGE_MODES[channels]))
   except UNREADABLE_IMAGE_ERRORS as err:
     raise ValueError(f"cannot read image {file}: {err}") from err
+  return pixels.reshape(*pixels.shape[:2], channels)
 
 
-def folder_loader(files: list[Path], **preprocessing: int | None) -> Loader:
-  """Returns a function decoding and preprocessing image file i."""
-  return lambda i: preprocess(read_rgb(files[i]), **preprocessing)
+def folder_loader(files: list[Path], channels: int = 3, **preprocessing: int | None) -> Loader:
+  """Returns a function decoding image file i with ``channels`` channels and preprocessing it."""
+  return lambda i: preprocess(read_image(files[i], channels), **preprocessing)
 
 
 def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int | None = None,
                    resize_first: int | None = None, test_path: str | os.PathLike | None = None,
+                   channels: int | None = None,
                    max_fit_samples: int = DEFAULT_MAX_FIT_SAMPLES) -> Dataset:
-  """Builds an RGB image Dataset from the .png/.jpg/.jpeg files under a folder (recursively).
+  """Builds an image Dataset from the .png/.jpg/.jpeg files under a folder (recursively).
 
   Args:
     path: the training folder, e.g. Cat2dog's ``trainB``.
@@ -240,34 +328,48 @@ def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int
     center_crop: side of a square cut from the middle after ``resize_first``.
     resize_first: shorter side to resize to before cropping (Cat2dog: 84, then crop 64).
     test_path: an optional folder decoded whole into ``Dataset.test``, e.g. ``testB``.
+    channels: 1 (grey) or 3 (RGB) to convert every image to; None decides by the folders: 1 if
+      every image of ``path`` and ``test_path`` is greyscale (``is_greyscale``), else 3.
     max_fit_samples: a folder with at most this many images is decoded whole into
       ``Dataset.train`` (so a corrupt file fails here); a bigger one is decoded lazily.
 
   Raises:
     ValueError: if a folder is missing or empty, or (naming it) a file cannot be decoded.
   """
+  files = image_files(path)
+  test_files = [] if test_path is None else image_files(test_path)
+  if channels is None:
+    channels = folder_channels([*files, *test_files])
+  elif channels not in IMAGE_MODES:
+    raise ValueError(f"images are read with 1 (grey) or 3 (RGB) channels, not {channels}")
   preprocessing = {"image_size": image_size, "center_crop": center_crop,
                    "resize_first": resize_first}
-  files = image_files(path)
   test = None
   if test_path is not None:
-    test_files = image_files(test_path)
-    test = load_all(len(test_files), folder_loader(test_files, **preprocessing))
-  return indexed_dataset(Path(path).name, len(files), folder_loader(files, **preprocessing),
-                         max_fit_samples=max_fit_samples, test=test)
+    test = load_all(len(test_files), folder_loader(test_files, channels, **preprocessing))
+  load = folder_loader(files, channels, **preprocessing)
+  return indexed_dataset(Path(path).name, len(files), load, max_fit_samples=max_fit_samples,
+                         test=test)
 
 
 def to_model_range(array: np.ndarray, where: str) -> np.ndarray:
   """Converts NHWC images, uint8 in 0..255 or float in [-1, 1], to float32 in [-1, 1].
 
   Raises:
-    ValueError: if the array is not 4-D or float values leave [-1, 1].
+    ValueError: if the array is not 4-D uint8 or float images, holds no image, or float values are
+      not finite or leave [-1, 1].
   """
-  if array.ndim != 4:
-    raise ValueError(f"{where}: expected NHWC images (4-D), got shape {array.shape}")
+  if array.ndim != 4 or not len(array):
+    raise ValueError(f"{where}: expected NHWC images (4-D, at least one), got shape "
+                     f"{array.shape}")
   if array.dtype == np.uint8:
     return array.astype(np.float32) / 127.5 - 1.0
+  if not np.issubdtype(array.dtype, np.floating):
+    raise ValueError(f"{where}: images must be uint8 (0..255) or float (in [-1, 1]), not "
+                     f"{array.dtype}")
   array = array.astype(np.float32)
+  if not np.isfinite(array).all():
+    raise ValueError(f"{where}: the images hold NaN or infinite values")
   if array.size and (array.min() < -1 or array.max() > 1):
     raise ValueError(f"{where}: float images must lie in [-1, 1] (or be uint8 in 0..255), "
                      f"found [{array.min():g}, {array.max():g}]")

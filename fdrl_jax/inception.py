@@ -31,24 +31,13 @@ by ``/`` (e.g. ``Conv2d_1a_3x3``, ``Mixed_5b/branch1x1``, ``Mixed_7c/branch3x3db
 * ``<layer>/bn/scale``, ``<layer>/bn/bias``: ``<layer>.bn.weight``, ``<layer>.bn.bias``;
 * ``<layer>/bn/mean``, ``<layer>/bn/var``: ``<layer>.bn.running_mean``, ``<layer>.bn.running_var``.
 
-The classifier ``fc.*`` and any ``num_batches_tracked`` entries are dropped. Conversion recipe
-(needs ``torch``; run once, anywhere)::
+The classifier ``fc.*`` and any ``num_batches_tracked`` entries are dropped. The conversion needs
+no PyTorch (``fdrl_jax/convert_inception.py`` reads the ``torch.save`` file itself); run once::
 
-  import numpy as np, torch
-  state = torch.load("pt_inception-2015-12-05-6726825d.pth", map_location="cpu")
-  leaves = {"running_mean": "mean", "running_var": "var"}
-  arrays = {}
-  for name, tensor in state.items():
-    *path, leaf = name.split(".")
-    if path[0] == "fc" or leaf == "num_batches_tracked":
-      continue
-    array = tensor.numpy()
-    if path[-1] == "conv":
-      array, leaf = array.transpose(2, 3, 1, 0), "kernel"
-    elif leaf == "weight":
-      leaf = "scale"
-    arrays["/".join(path + [leaves.get(leaf, leaf)])] = array
-  np.savez("inception_fid.npz", **arrays)
+  python -m fdrl_jax.convert_inception pt_inception-2015-12-05-6726825d.pth pt_inception.npz
+
+It never overwrites its output and checks the result with :func:`load_weights`, which, like
+:func:`check_weights`, reports a missing, unreadable or foreign file in one line.
 
 Comparability. FID from this network is the standard TF-FID / pytorch-fid number. The FDRL
 paper's FID numbers were computed with torchvision's ImageNet InceptionV3 on float images, a
@@ -58,6 +47,8 @@ different network with different weights, so they are not comparable with number
 from __future__ import annotations
 
 import functools
+import os
+import zipfile
 from typing import Any
 
 import flax.linen as nn
@@ -70,6 +61,8 @@ FEATURE_DIM = 2048
 Padding = tuple[tuple[int, int], tuple[int, int]]
 Variables = dict[str, Any]
 VALID: Padding = ((0, 0), (0, 0))
+SOURCE_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+CONVERT_COMMAND = f"python -m fdrl_jax.convert_inception {SOURCE_WEIGHTS}"
 
 
 def _pad(kh: int, kw: int) -> Padding:
@@ -251,15 +244,91 @@ def save_weights(variables: Variables, path: str) -> None:
   np.savez(path, **arrays)
 
 
-def _check(key: str, found: np.ndarray | None, expected: jax.ShapeDtypeStruct) -> None:
-  """Raises a one-line ValueError if ``found`` is missing or its shape differs from expected."""
-  layer = key.rsplit("/", 2)[0]
-  if found is None:
-    raise ValueError(f"Inception weights: layer {layer} is missing {key} "
-                     f"(expected shape {expected.shape})")
-  if found.shape != expected.shape:
-    raise ValueError(f"Inception weights: layer {layer} has {key} of shape {found.shape}, "
-                     f"expected {expected.shape}")
+def _not_weights(path: str, reason: str) -> ValueError:
+  """The one-line error for a readable file that is not an ``.npz`` of these weights."""
+  return ValueError(f"{path} is not an .npz of the FID Inception ({reason}); convert pytorch-fid's "
+                    f"weights with: {CONVERT_COMMAND} OUT.npz")
+
+
+def _torch_file(path: str) -> ValueError:
+  """The one-line error for a ``torch.save`` file (or other pickle) given as the weights."""
+  return ValueError(f"{path} is a PyTorch file or a pickle, not an .npz of the FID Inception; if "
+                    f"it is pytorch-fid's, convert it with: python -m fdrl_jax.convert_inception "
+                    f"{path} OUT.npz")
+
+
+def _open_npz(path: str) -> np.lib.npyio.NpzFile:
+  """Opens ``path`` by ``np.load``: one-line errors for a missing, unreadable or non-.npz file."""
+  if not os.path.exists(path):
+    raise ValueError(f"the file {path} does not exist; convert pytorch-fid's weights into it with: "
+                     f"{CONVERT_COMMAND} {path}")
+  try:
+    data = np.load(path)
+  except OSError as e:
+    raise ValueError(f"cannot read {path} ({e.strerror or e})") from None
+  except (ValueError, EOFError, zipfile.BadZipFile):
+    with open(path, "rb") as f:
+      if f.read(1) == b"\x80":  # pickle protocol 2+, as a torch.save file before PyTorch 1.6
+        raise _torch_file(path) from None
+    raise _not_weights(path, "not a zip archive of numpy arrays") from None
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise _not_weights(path, "a single .npy array")
+  return data
+
+
+def _headers(path: str, data: np.lib.npyio.NpzFile) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """Reads the shape and dtype of every member of an open ``.npz`` without reading its data."""
+  if any(name.rsplit("/", 1)[-1] == "data.pkl" for name in data.zip.namelist()):
+    raise _torch_file(path)
+  out = {}
+  for name in data.zip.namelist():
+    key = name.removesuffix(".npy")
+    try:
+      with data.zip.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile):
+      raise _not_weights(path, f"its member {name} is not a numpy array") from None
+    if dtype.kind not in "biuf":
+      raise _not_weights(path, f"{key} holds {dtype} values, not numbers")
+    out[key] = shape, dtype
+  return out
+
+
+def _check_shapes(path: str, found: dict[str, tuple[tuple[int, ...], Any]]) -> None:
+  """One-line ValueErrors for the first missing or wrongly shaped layer, or an unexpected key."""
+  table = expected_shapes()
+  if not found:
+    raise _not_weights(path, "it holds no arrays")
+  if not found.keys() & table.keys():
+    names = ", ".join(sorted(found)[:3]) + (", ..." if len(found) > 3 else "")
+    raise _not_weights(path, f"none of its arrays ({names}) is a layer of the network")
+  for key, (_, _, expected) in table.items():
+    layer = key.rsplit("/", 2)[0]
+    if key not in found:
+      raise _not_weights(path, f"layer {layer} is missing {key}, expected shape {expected.shape}")
+    if found[key][0] != expected.shape:
+      raise _not_weights(path, f"layer {layer} has {key} of shape {found[key][0]}, expected "
+                         f"{expected.shape}")
+  extra = sorted(found.keys() - table.keys())
+  if extra:
+    raise _not_weights(path, f"unexpected key {extra[0]}")
+
+
+def check_weights(path: str) -> None:
+  """Checks that ``path`` is an ``.npz`` of FID Inception weights from the array headers alone.
+
+  Reads no array data, so an evaluation can check its weights cheaply before it samples.
+
+  Raises:
+    ValueError: one line saying that the file does not exist (with the converter command), cannot
+      be read, or is not an ``.npz`` of these weights (naming the first missing or wrongly shaped
+      layer, or the first unexpected key, in sorted key order).
+  """
+  with _open_npz(path) as data:
+    _check_shapes(path, _headers(path, data))
 
 
 def load_weights(path: str) -> Variables:
@@ -272,22 +341,23 @@ def load_weights(path: str) -> Variables:
     ``{"params": ..., "batch_stats": ...}`` for ``InceptionV3().apply``.
 
   Raises:
-    ValueError: naming the first missing or wrongly shaped layer, with the expected and found
-      shapes, or the first unexpected key. "First" is in sorted key order, in which the top-level
-      layers (``Conv2d_1a_3x3`` ... ``Mixed_7c``) follow the forward pass.
+    ValueError: as :func:`check_weights`, which it runs first: one line for a missing, unreadable
+      or foreign file, naming the first missing or wrongly shaped layer, with the expected and
+      found shapes, or the first unexpected key. "First" is in sorted key order, in which the
+      top-level layers (``Conv2d_1a_3x3`` ... ``Mixed_7c``) follow the forward pass.
   """
-  with np.load(path) as data:
-    arrays = {key: data[key] for key in data.files}
   variables: Variables = {}
-  for key, (collection, names, expected) in expected_shapes().items():
-    found = arrays.pop(key, None)
-    _check(key, found, expected)
-    node = variables.setdefault(collection, {})
-    for name in names[:-1]:
-      node = node.setdefault(name, {})
-    node[names[-1]] = jnp.asarray(found, expected.dtype)
-  if arrays:
-    raise ValueError(f"Inception weights: unexpected key {next(iter(arrays))}")
+  with _open_npz(path) as data:
+    _check_shapes(path, _headers(path, data))
+    for key, (collection, names, expected) in expected_shapes().items():
+      try:
+        found = data[key]
+      except (ValueError, EOFError, OSError, zipfile.BadZipFile):
+        raise _not_weights(path, f"its array {key} is truncated or corrupt") from None
+      node = variables.setdefault(collection, {})
+      for name in names[:-1]:
+        node = node.setdefault(name, {})
+      node[names[-1]] = jnp.asarray(found, expected.dtype)
   return variables
 
 

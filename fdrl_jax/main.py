@@ -13,11 +13,17 @@ translation run's estimator, ``fdrl_jax.sampling``). ``--config.sampling.*`` pic
 ``jax.distributed.initialize`` then finds SLURM / Cloud TPU pod settings itself, or takes
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (the README's "Clusters").
 Every mode then splits its work over all devices of all processes, and process 0 writes the files.
+
+``--config`` takes a config file (``configs/digits.py``, ``configs/toy2d.py:chasm``, any path), a
+bundled config's name (``digits``, ``toy2d:chasm``), or a workdir's ``config.json``.
+``--mode=config`` prints the resolved config (every key, with the overrides) and exits.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -27,8 +33,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/digits.py or configs/toy2d.py:chasm.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "figure", "translate"],
-                          "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train",
+                          ["train", "sample", "eval", "figure", "translate", "config"],
+                          "What to do (config: print the resolved config and exit).")
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", 1000, "sample mode: number of samples; figure mode: samples (grid) or rows "
     "(strip, interpolation, neighbours), default per figure.")
@@ -57,16 +64,59 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _config_argument(value: str) -> str:
+  """``--config``'s value as absl's config_flags reads it: a bundled config's name becomes its
+  file, a workdir's ``config.json`` goes through ``configs/from_json.py``; a file that does not
+  exist is reported in one line before anything is created."""
+  import configs  # the bundled configs, installed with the package
+  path, sep, args = value.partition(":")
+  bundled = os.path.join(os.path.dirname(configs.__file__), f"{path}.py")
+  if not os.path.exists(path) and re.fullmatch(r"\w+", path) and os.path.isfile(bundled):
+    return bundled + sep + args
+  if os.path.isfile(value) and value.endswith(".json"):
+    return os.path.join(os.path.dirname(configs.__file__), "from_json.py") + ":" + value
+  if not os.path.isfile(path):
+    names = sorted(f[:-3] for f in os.listdir(os.path.dirname(configs.__file__))
+                   if f.endswith(".py") and not f.startswith(("_", "from_json")))
+    _fail(f"--config {value}: no such file. Give a config file (e.g. configs/digits.py), a "
+          f"workdir's config.json, or a bundled config's name: {', '.join(names)}.")
+  return value
+
+
+def _help() -> None:
+  """``--help``: what the command does, its flags, and where the config keys are; exit 0."""
+  print(__doc__)
+  print(flags.FLAGS.main_module_help())
+  print("\nConfig keys: --config.SECTION.KEY=VALUE overrides any key; "
+        "`--config=digits --mode=config` prints them all with their values, and "
+        "configs/default.py explains each.")
+  sys.exit(0)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with bad flags and config overrides reported in one line."""
+  if any(a in ("-h", "--help", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
+    _help()
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith("--config="):
+      argv[i] = "--config=" + _config_argument(arg[len("--config="):])
   try:
     rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    _fail(f"unknown config key {str(e.args[0]).strip(chr(39) + chr(34) + chr(92))!r} in a --config.* override; "
-          "configs/default.py lists every key.")
+    while e.args and isinstance(e.args[0], Exception):  # ml_collections wraps a KeyError
+      e = e.args[0]
+    text = str(e.args[0]) if e.args else str(e)
+    key = re.match(r"'?([\w.]*)", text).group(1)
+    given = [a.split("=")[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    key = next((g for g in given if g == key or g.endswith("." + key)), key)
+    guess = re.search(r'Did you mean "([\w.]+)"', text)
+    hint = f" (did you mean {guess.group(1)!r}?)" if guess else ""
+    _fail(f"unknown config key {key!r} in a --config.* override{hint}; "
+          "`--mode=config` lists every key.")
   except (flags.Error, TypeError, ValueError) as e:
-    _fail(f"{e} (configs/default.py lists every config key and its type).")
-  missing = [name for name in ("config", "workdir") if flags.FLAGS[name].value is None]
+    _fail(f"{e} (`--mode=config` lists every config key and its value).")
+  needed = ("config",) if flags.FLAGS["mode"].value == "config" else ("config", "workdir")
+  missing = [name for name in needed if flags.FLAGS[name].value is None]
   if missing:
     _fail(f"--{' and --'.join(missing)} must be given, e.g. --config=configs/digits.py "
           "--workdir=runs/digits.")
@@ -75,6 +125,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   del argv
+  if _MODE.value == "config":
+    print(_CONFIG.value.to_json_best_effort(indent=2))
+    return
   if _MODE.value == "figure":  # checked before JAX starts, like the flags
     if not _FIGURE.value:
       _fail("--mode=figure needs --figure=grid|strip|interpolation|neighbours|classes|translation.")
@@ -114,6 +167,12 @@ def main(argv: list[str]) -> None:
       print(f"wrote {_NUM_SAMPLES.value} samples to {path}")
   except ValueError as e:
     _fail(str(e))
+  except run_lib.TrainingInterrupted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    print("Interrupted; the latest checkpoint is where training resumes.", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

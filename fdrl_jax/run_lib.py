@@ -9,9 +9,12 @@ latest checkpoint to sampling, evaluation and figures.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 
 import jax
@@ -20,7 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from fdrl_jax import data, datasets, images, methods, parallel, sampling, workdir as workdirs
+from fdrl_jax import (data, datasets, images, methods, metrics_log, parallel, sampling,
+                      workdir as workdirs)
 
 
 class TrainingDiverged(ValueError):
@@ -102,23 +106,62 @@ def grid_reference(run: Run) -> np.ndarray | None:
   return None if run.dataset.is_image else data.fit_samples(run.dataset, 2000, run.config.seed)
 
 
+class TrainingInterrupted(Exception):
+  """SIGINT or SIGTERM stopped training after a checkpoint of the current step was saved."""
+
+  def __init__(self, message: str, signal_number: int):
+    super().__init__(message)
+    self.exit_code = 128 + signal_number
+
+
+@contextlib.contextmanager
+def _stop_requests():
+  """Turns SIGINT and SIGTERM into a request (``requested[0]``, the signal) that the loop honours
+  after the current step; a second signal interrupts at once. Only in the main thread."""
+  requested: list[int] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield requested
+    return
+
+  def handler(signum, frame):
+    if requested:  # asked twice: stop now, without the checkpoint
+      raise KeyboardInterrupt
+    requested.append(signum)
+
+  previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield requested
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None
                        ):
-  """Trains ``config.method`` per ``config`` in ``workdir``, resuming from its latest checkpoint
-  if any; returns the final state."""
+  """Trains ``config.method`` per ``config`` in ``workdir``, resuming from its latest readable
+  checkpoint if any; returns the final state.
+
+  The config is committed to the workdir (``config.json``) only once the first step has run, so a
+  first run that fails leaves a workdir the corrected command can use. SIGINT / SIGTERM save a
+  checkpoint of the current step and raise ``TrainingInterrupted``.
+  """
   workdir = workdirs.check_workdir(workdir, config, create=True)
+  committed = workdirs.has_config(workdir)
   run = Run(config, mesh)
   cfg = config.training
   step_fn = run.train_step()
   reference = grid_reference(run)
   draws_grids = run.method.sampler_parts is not None
 
-  with workdirs.checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr:
-    latest = mngr.latest_step()
-    state = run.new_state(fit=True) if latest is None else run.restore(mngr, latest)
+  with workdirs.checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr, \
+      _stop_requests() as stop:
+    state, latest = restore_readable(run, mngr, workdir, set_aside=True)
+    if state is None:
+      state = run.new_state(fit=True)
     start = int(state.step)
     if latest is not None:
       print(f"Resuming from the checkpoint of step {latest} in {workdir}", flush=True)
+    log = metrics_log.MetricsLog(workdir, start)
     pending: list[tuple[int, dict]] = []
     last_good = latest
     tty = sys.stderr.isatty()
@@ -132,42 +175,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       for s, m in fetched:
         if not np.isfinite(m["loss"]):
           raise TrainingDiverged(
-              f"Training diverged: the loss is {m['loss']} at step {s}. The last good checkpoint "
-              f"(step {last_good}) is kept in {workdir}; lower the learning rate or the flow step "
-              "size and train in a new --workdir.")
+              f"Training diverged: the loss is {m['loss']} at step {s}. "
+              + (f"The last good checkpoint (step {last_good}) is kept in {workdir}"
+                 if last_good is not None else "No checkpoint was saved")
+              + "; lower the learning rate or the flow step size and train in a new --workdir.")
       if not fetched:
         return
-      s, m = fetched[-1]
       now = time.perf_counter()
       rate = (step - clock[1]) / max(now - clock[0], 1e-9)
       clock = (now, step)
-      record = {"step": s, **{k: float(v) for k, v in m.items()}, "steps_per_s": rate}
-      workdirs.append_line(workdirs.join(workdir, "metrics.jsonl"), json.dumps(record))
+      record = log.write(fetched[-1][0], [m for _, m in fetched], rate)
       if tty:
         bar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{rate:.1f}")
       else:
         values = "  ".join(f"{k} {v:.4g}" for k, v in record.items()
-                           if k not in ("step", "steps_per_s"))
-        print(f"step {s}/{cfg.num_steps}  {values}  {rate:.1f} steps/s", flush=True)
+                           if k not in ("step", "steps_per_s", "window"))
+        print(f"step {record['step']}/{cfg.num_steps}  {values}  {rate:.1f} steps/s", flush=True)
+
+    def save(done: int) -> None:
+      nonlocal last_good
+      flush(done)
+      mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+      last_good = done
+      log.plot()
 
     steps = range(start, cfg.num_steps)
-    for step, batch in zip(steps, datasets.prefetch(run.batch, steps)):
-      state, metrics = step_fn(state, batch, run.step_key)
-      pending.append((step + 1, metrics))
-      bar.update(1)
-      done = step + 1
-      last = done == cfg.num_steps
-      if done % cfg.log_every == 0 or last:
-        flush(done)
-      if done % cfg.checkpoint_every == 0 or last:
-        flush(done)
-        mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-        last_good = done
-      if draws_grids and (done % cfg.sample_every == 0 or last):
-        x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
-        workdirs.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
-                            lambda path: images.save_samples(x, path, reference))
-    bar.close()
+    batches = datasets.prefetch(run.batch, steps)
+    try:
+      for step, batch in zip(steps, batches):
+        state, metrics = step_fn(state, batch, run.step_key)
+        pending.append((step + 1, metrics))
+        bar.update(1)
+        done = step + 1
+        if not committed:  # training has started: the workdir is this config's from now on
+          workdirs.write_config(workdir, config)
+          committed = True
+        last = done == cfg.num_steps
+        if done % cfg.log_every == 0 or last:
+          flush(done)
+        if done % cfg.checkpoint_every == 0 or last:
+          save(done)
+        if draws_grids and (done % cfg.sample_every == 0 or last):
+          x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
+          workdirs.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
+                              lambda path: images.save_samples(x, path, reference))
+        if stop and not last:
+          if last_good != done:
+            save(done)
+          mngr.wait_until_finished()
+          raise TrainingInterrupted(
+              f"Interrupted ({signal.Signals(stop[0]).name}) at step {done}: its checkpoint is "
+              f"saved in {workdirs.join(workdir, 'checkpoints')}. Resume with the same command: "
+              f"python -m fdrl_jax.main {shlex.join(sys.argv[1:])}", stop[0])
+    finally:
+      batches.close()
+      bar.close()
+      log.close()
     mngr.wait_until_finished()
   if start >= cfg.num_steps:
     print(f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
@@ -178,16 +241,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   return state
 
 
+def restore_readable(run: Run, mngr: ocp.CheckpointManager, workdir: str, *, set_aside: bool
+                     ) -> tuple[object | None, int | None]:
+  """The state and step of the newest checkpoint that can be read, or (None, None) if there is
+  none. An unreadable one (a truncated or missing file) is skipped with a warning and, with
+  ``set_aside`` (training, which will save that step again), moved to
+  ``WORKDIR/unreadable_checkpoints/`` — kept, never deleted. A ValueError if checkpoints exist
+  but none can be read."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return run.restore(mngr, step), step
+    except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a bad file
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      moved = workdirs.set_aside_checkpoint(workdir, step) if set_aside else None
+      if moved:
+        mngr.reload()
+      print(f"warning: the checkpoint of step {step} in {workdir} cannot be read ({reason}); "
+            + (f"moved to {moved}; " if moved else "") + "using the one before.",
+            file=sys.stderr, flush=True)
+  if steps:
+    raise ValueError(f"No checkpoint in {workdirs.join(workdir, 'checkpoints')} can be read "
+                     f"(steps {', '.join(map(str, steps))}); train in a new --workdir.")
+  return None, None
+
+
 def restore_latest(config: ml_collections.ConfigDict, workdir: str
                     ) -> tuple[Run, object, int]:
-  """The run and the state of the latest checkpoint of an existing ``workdir``."""
+  """The run and the state of the latest readable checkpoint of an existing ``workdir``."""
   workdir = workdirs.check_workdir(workdir, config, create=False)
   run = Run(config)
   with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
-    latest = mngr.latest_step()
-    if latest is None:
+    state, step = restore_readable(run, mngr, workdir, set_aside=False)
+    if state is None:
       raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")
-    return run, run.restore(mngr, latest), latest
+    return run, state, step
 
 
 def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:

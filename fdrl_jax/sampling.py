@@ -376,12 +376,10 @@ def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple
   if os.path.isdir(path):
     files = image_data.image_files(path)
     d = config.data
-    load = image_data.folder_loader(files, image_size=event_shape[0],
+    load = image_data.folder_loader(files, event_shape[-1], image_size=event_shape[0],
                                     center_crop=d.center_crop or None,
                                     resize_first=d.resize_first or None)
     x = image_data.load_all(len(files), load)
-    if event_shape[-1] == 1:
-      x = x.mean(axis=-1, keepdims=True)
     names = [os.path.splitext(os.path.relpath(f, path))[0].replace(os.sep, "_") for f in files]
   elif os.path.isfile(path) and path.endswith(".npz"):
     with np.load(path) as arrays:

@@ -22,7 +22,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from fdrl_jax import parallel
+from fdrl_jax import config_checks, parallel
 
 # Config sections that may change between runs on the same workdir (everything else must match).
 RESUMABLE_CHANGES = ("training", "eval", "refine", "sampling")
@@ -59,8 +59,10 @@ def _config_path(workdir: str) -> epath.Path:
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bool) -> str:
   """Refuses a workdir that is a file, unwritable, or written by an incompatible config; with
-  ``create``, makes it and writes ``config.json`` (process 0 only). Returns the absolute path or
-  the URI."""
+  ``create``, makes the folder (training commits ``config.json`` once its first step has run:
+  ``write_config``). Returns the absolute path or the URI. The config's numbers are range-checked
+  first (``config_checks``), before anything is created."""
+  config_checks.check_config(config)
   path = as_path(workdir)
   workdir = os.fspath(path)
   if path.exists() and not path.is_dir():
@@ -91,9 +93,31 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bo
           f"{', '.join(diff)}); use a new --workdir, or the config in {path}.")
   elif not create:
     raise ValueError(f"--workdir {workdir} holds no run (no config.json); train there first.")
-  if create:
-    write_json(os.fspath(path), new)
   return workdir
+
+
+def has_config(workdir: str) -> bool:
+  return _config_path(workdir).exists()
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Commits ``config`` to the workdir (``config.json``, the resolved config); process 0 only."""
+  write_json(os.fspath(_config_path(workdir)), config_dict(config))
+
+
+def set_aside_checkpoint(workdir: str, step: int) -> str | None:
+  """Moves the unreadable checkpoint of ``step`` to ``WORKDIR/unreadable_checkpoints/<step>``
+  (a new name if that exists), out of Orbax's way but kept. Returns where, or None where it was
+  not moved (another process moves it; an object store, where it stays)."""
+  if not parallel.is_writer() or is_uri(workdir):
+    return None
+  source = os.path.join(workdir, "checkpoints", str(step))
+  if not os.path.exists(source):
+    return None
+  target = free_path(os.path.join(workdir, "unreadable_checkpoints", str(step)))
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  os.replace(source, target)
+  return target
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -1,11 +1,19 @@
-"""The FID InceptionV3: shapes, resizing, pooling semantics, weight files and parameter count."""
+"""The FID InceptionV3: shapes, resizing, pooling semantics, weight files and their converter."""
+
+import collections
+import io
+import os
+import pickle
+import sys
+import types
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import inception
+from fdrl_jax import convert_inception, inception
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +138,255 @@ def test_unexpected_key_is_rejected(weights_file, tmp_path):
   path = _rewrite(weights_file, tmp_path / "extra.npz", edit)
   with pytest.raises(ValueError, match="unexpected key fc/kernel"):
     inception.load_weights(path)
+
+
+def _one_line_error(fn, *args, match):
+  """Calls ``fn(*args)``, expecting a one-line ValueError that matches ``match``; returns it."""
+  with pytest.raises(ValueError, match=match) as info:
+    fn(*args)
+  assert "\n" not in str(info.value)
+  return str(info.value)
+
+
+def test_foreign_weight_files_are_named_in_one_line(tmp_path):
+  junk = tmp_path / "junk.npz"
+  junk.write_bytes(b"not numpy at all\n" * 8)
+  for fn in (inception.check_weights, inception.load_weights):
+    message = _one_line_error(fn, str(junk), match=r"junk.npz is not an .npz of the FID Incep")
+    assert "allow_pickle" not in message and "convert_inception" in message
+  np.save(tmp_path / "one.npy", np.zeros(3))
+  _one_line_error(inception.load_weights, str(tmp_path / "one.npy"), match="a single .npy array")
+  np.savez(tmp_path / "stats.npz", mu=np.zeros(3), sigma=np.eye(3))
+  _one_line_error(inception.load_weights, str(tmp_path / "stats.npz"),
+                  match=r"none of its arrays \(mu, sigma\) is a layer")
+  np.savez(tmp_path / "objects.npz", x=np.array([{}, None], dtype=object))
+  _one_line_error(inception.load_weights, str(tmp_path / "objects.npz"), match="x holds object")
+  with zipfile.ZipFile(tmp_path / "model.pth", "w") as archive:
+    archive.writestr("archive/data.pkl", b"")
+  _one_line_error(inception.load_weights, str(tmp_path / "model.pth"),
+                  match=r"model.pth is a PyTorch file.*convert_inception .*model.pth OUT.npz")
+  (tmp_path / "old.pth").write_bytes(pickle.dumps({"fc.bias": 0}, protocol=2))
+  _one_line_error(inception.check_weights, str(tmp_path / "old.pth"),
+                  match=r"old.pth is a PyTorch file or a pickle.*convert_inception .*old.pth")
+  _one_line_error(inception.load_weights, str(tmp_path / "none.npz"),
+                  match=r"the file .*none.npz does not exist; .*convert_inception "
+                        r"pt_inception-2015-12-05-6726825d.pth .*none.npz")
+  _one_line_error(inception.check_weights, str(tmp_path), match="cannot read .*Is a directory")
+
+
+def test_check_metric_tells_unset_missing_and_foreign_weights_apart(weights_file, tmp_path):
+  from configs import digits
+  from fdrl_jax import evaluate
+  config = digits.get_config()
+  config.eval.metric, config.eval.inception_weights = "fid", ""
+  _one_line_error(evaluate.check_metric, config,
+                  match=r"FID needs --config.eval.inception_weights=FILE.npz.*convert_inception")
+  config.eval.inception_weights = str(tmp_path / "missing.npz")
+  _one_line_error(evaluate.check_metric, config,
+                  match=r"^--config.eval.inception_weights: the file .*missing.npz does not exist")
+  (tmp_path / "junk.npz").write_bytes(b"junk")
+  config.eval.inception_weights = str(tmp_path / "junk.npz")
+  _one_line_error(evaluate.check_metric, config, match=r"junk.npz is not an .npz of the FID")
+  config.eval.inception_weights = str(tmp_path)
+  _one_line_error(evaluate.check_metric, config, match="cannot read")
+  config.eval.inception_weights = str(weights_file)
+  evaluate.check_metric(config)
+
+
+# torch.save files, written here without torch: the same zip layout or legacy stream, pickled with
+# the same persistent ids and global names (``torch.FloatStorage``, ``torch._utils.*``).
+
+FakeStorage = collections.namedtuple("FakeStorage", "key type_name data")
+
+
+def _fake_torch():
+  """Stand-in ``torch`` and ``torch._utils`` modules, for pickle to write their global names."""
+  torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+  def rebuild(*args):
+    raise AssertionError("only pickled by reference")
+  rebuild.__module__, rebuild.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+  utils._rebuild_tensor_v2 = rebuild
+  for name in ("FloatStorage", "LongStorage"):
+    setattr(torch, name, type(name, (), {"__module__": "torch"}))
+  return torch, utils
+
+
+class _FakeTensor:
+  """Pickles as a torch tensor does: ``_rebuild_tensor_v2(storage, offset, size, stride, ...)``."""
+
+  def __init__(self, rebuild, storage, offset, size, stride):
+    self.rebuild, self.args = rebuild, (storage, offset, size, stride)
+
+  def __reduce__(self):
+    return self.rebuild, (*self.args, False, collections.OrderedDict())
+
+
+class _StoragePickler(pickle.Pickler):
+  """Writes each FakeStorage as torch.save's persistent id (a 6-tuple in the legacy format)."""
+
+  def __init__(self, file, torch, legacy):
+    super().__init__(file, protocol=2)
+    self.torch, self.legacy = torch, legacy
+
+  def persistent_id(self, obj):
+    if not isinstance(obj, FakeStorage):
+      return None
+    pid = ("storage", getattr(self.torch, obj.type_name), obj.key, "cpu", obj.data.size)
+    return pid + (None,) if self.legacy else pid
+
+
+def _torch_save(path, entries, legacy=False):
+  """Writes ``{name: (FakeStorage, offset, size, stride)}`` as ``torch.save`` does a state_dict."""
+  torch, utils = _fake_torch()
+  state = collections.OrderedDict(
+      (name, _FakeTensor(utils._rebuild_tensor_v2, *entry)) for name, entry in entries.items())
+  storages = {entry[0].key: entry[0].data for entry in entries.values()}
+  pickled = io.BytesIO()
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(sys.modules, "torch", torch)
+    patch.setitem(sys.modules, "torch._utils", utils)
+    _StoragePickler(pickled, torch, legacy).dump(state)
+  if legacy:
+    with open(path, "wb") as f:
+      info = {"protocol_version": 1001, "little_endian": True,
+              "type_sizes": {"short": 2, "int": 4, "long": 4}}
+      for obj in (0x1950a86a20f9469cfc6c, 1001, info):
+        pickle.dump(obj, f, protocol=2)
+      f.write(pickled.getvalue())
+      pickle.dump(sorted(storages), f, protocol=2)
+      for key in sorted(storages):
+        f.write(np.array(storages[key].size, "<i8").tobytes() + storages[key].tobytes())
+  else:
+    with zipfile.ZipFile(path, "w") as archive:
+      archive.writestr("pt_inception/data.pkl", pickled.getvalue())
+      archive.writestr("pt_inception/byteorder", "little")
+      for key, data in storages.items():
+        archive.writestr(f"pt_inception/data/{key}", data.tobytes())
+      archive.writestr("pt_inception/version", "3\n")
+  return str(path)
+
+
+def _contiguous(state):
+  """Entries for :func:`_torch_save`: each array in a storage of its own, C-contiguous."""
+  entries = {}
+  for i, (name, value) in enumerate(state.items()):
+    value = np.array(value, "<f4" if value.dtype.kind == "f" else "<i8", order="C")
+    strides = tuple(s // value.itemsize for s in value.strides)
+    kind = "FloatStorage" if value.dtype.kind == "f" else "LongStorage"
+    entries[name] = (FakeStorage(str(i), kind, value.ravel()), 0, value.shape, strides)
+  return entries
+
+
+def _pytorch_fid_state(weights_file):
+  """The state_dict that pytorch-fid's file would hold for an ``.npz`` of weights (the inverse of
+  the module docstring's mapping, written independently of the converter), with the classifier
+  and BatchNorm counters that the converter drops."""
+  leaves = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+            "var": "running_var"}
+  state = {}
+  with np.load(weights_file) as data:
+    for key in data.files:
+      layer, module, leaf = key.rsplit("/", 2)
+      value = data[key].transpose(3, 2, 0, 1) if leaf == "kernel" else data[key]
+      state[f"{layer.replace('/', '.')}.{module}.{leaves[leaf]}"] = value
+      if leaf == "var":
+        state[f"{layer.replace('/', '.')}.bn.num_batches_tracked"] = np.array(7, np.int64)
+  state["fc.weight"], state["fc.bias"] = np.ones((1008, 2048), np.float32), np.ones(1008)
+  return state
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_convert_torch_save_file_without_torch(weights_file, tmp_path, legacy):
+  source = _torch_save(tmp_path / "pt.pth", _contiguous(_pytorch_fid_state(weights_file)), legacy)
+  out = str(tmp_path / "converted.npz")
+  assert convert_inception.convert(source, out) == len(inception.expected_shapes())
+  with np.load(out) as got, np.load(weights_file) as want:
+    assert sorted(got.files) == sorted(want.files)
+    for key in want.files:
+      assert got[key].dtype == np.float32
+      np.testing.assert_array_equal(got[key], want[key])
+  _one_line_error(convert_inception.convert, source, out, match="converted.npz already exists")
+
+
+def test_reader_rebuilds_offsets_strides_and_integers(tmp_path):
+  floats = FakeStorage("0", "FloatStorage", np.arange(12, dtype="<f4"))
+  longs = FakeStorage("1", "LongStorage", np.array([7, 9], "<i8"))
+  entries = {"view": (floats, 2, (2, 3), (1, 2)), "every_third": (floats, 0, (4,), (3,)),
+             "count": (longs, 1, (), ())}
+  for legacy in (False, True):
+    state = convert_inception.read_state_dict(_torch_save(tmp_path / "s.pth", entries, legacy))
+    assert list(state) == ["view", "every_third", "count"]
+    np.testing.assert_array_equal(state["view"], [[2, 4, 6], [3, 5, 7]])
+    np.testing.assert_array_equal(state["every_third"], [0, 3, 6, 9])
+    assert state["count"].shape == () and state["count"].dtype == np.int64 and state["count"] == 9
+    (tmp_path / "s.pth").unlink()
+
+
+def test_converter_errors_are_one_line(tmp_path):
+  read = convert_inception.read_state_dict
+  (tmp_path / "junk.pth").write_bytes(b"junk" * 10)
+  _one_line_error(read, str(tmp_path / "junk.pth"), match="junk.pth is not a readable torch.save "
+                  "file: it is neither a zip archive nor a stream of pickles")
+  with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+    archive.writestr("readme.txt", "hello")
+  _one_line_error(read, str(tmp_path / "other.zip"), match=r"not a torch.save file \(no <archive>")
+  (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04" + b"\0" * 40)
+  _one_line_error(read, str(tmp_path / "cut.pth"), match="its zip archive is damaged")
+  _one_line_error(read, str(tmp_path / "absent.pth"),
+                  match="absent.pth does not exist; download pytorch-fid's pt_inception-2015")
+  marker = tmp_path / "ran"
+  with zipfile.ZipFile(tmp_path / "evil.pth", "w") as archive:  # would create `marker` if run
+    archive.writestr("a/data.pkl", _reduce_pickle(os.mkdir, str(marker)))
+  _one_line_error(read, str(tmp_path / "evil.pth"), match="refers to (os|posix).mkdir.*refusing")
+  assert not marker.exists()
+  short = FakeStorage("0", "FloatStorage", np.zeros(4, "<f4"))
+  path = _torch_save(tmp_path / "short.pth", {"w": (short, 0, (4,), (1,))})
+  with zipfile.ZipFile(path, "a") as archive:  # a second, shorter copy of the storage wins
+    with pytest.warns(UserWarning, match="Duplicate name"):
+      archive.writestr("pt_inception/data/0", b"\0" * 12)
+  _one_line_error(read, path, match="storage 0 has 12 bytes, expected 16")
+  past = {"w": (FakeStorage("0", "FloatStorage", np.zeros(4, "<f4")), 2, (3,), (1,))}
+  _one_line_error(read, _torch_save(tmp_path / "past.pth", past),
+                  match="tensor w reaches outside its storage")
+
+
+def _reduce_pickle(fn, arg):
+  """A protocol-2 pickle that calls ``fn(arg)`` when loaded by an unrestricted unpickler."""
+  class Call:
+    def __reduce__(self):
+      return fn, (arg,)
+  return pickle.dumps(Call(), protocol=2)
+
+
+def test_name_mapping_errors_name_the_state_dict_entry(weights_file):
+  state = _pytorch_fid_state(weights_file)
+  to_npz = convert_inception.to_npz_arrays
+  assert convert_inception.npz_key("Mixed_7c.branch3x3dbl_3a.bn.running_var") == (
+      "Mixed_7c/branch3x3dbl_3a/bn/var")
+  assert convert_inception.npz_key("Mixed_5b.branch1x1.bn.num_batches_tracked") is None
+  assert convert_inception.torch_name("Mixed_6b/branch7x7_2/conv/kernel") == (
+      "Mixed_6b.branch7x7_2.conv.weight")
+  arrays = to_npz(state, "pt.pth")
+  np.testing.assert_array_equal(arrays["Conv2d_1a_3x3/conv/kernel"],
+                                state["Conv2d_1a_3x3.conv.weight"].transpose(2, 3, 1, 0))
+  _one_line_error(to_npz, {k: v for k, v in state.items() if k != "Mixed_7a.branch3x3_2.bn.bias"},
+                  "pt.pth", match=r"pt.pth: the state_dict lacks Mixed_7a.branch3x3_2.bn.bias "
+                                  r"\(1 of the FID Inception's 470 arrays")
+  _one_line_error(to_npz, {**state, "AuxLogits.conv0.conv.weight": np.zeros((128, 768, 1, 1))},
+                  "pt.pth", match="AuxLogits.conv0.conv.weight is not part of the FID Inception")
+  _one_line_error(to_npz, {**state, "Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 3, 2))},
+                  "pt.pth", match=r"Conv2d_1a_3x3.conv.weight has shape \(32, 3, 3, 2\), the FID "
+                                  r"Inception's is \(32, 3, 3, 3\)")
+
+
+def test_command_line_reports_errors_in_one_line(tmp_path, capsys):
+  for argv in (["convert_inception"], ["convert_inception", str(tmp_path / "no.pth"), "o.npz"]):
+    with pytest.raises(SystemExit) as info:
+      convert_inception.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+  assert not (tmp_path / "o.npz").exists()
 
 
 @pytest.mark.slow

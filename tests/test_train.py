@@ -148,7 +148,9 @@ def test_digits_end_to_end_through_main(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config.flow.nm=3"], "unknown config key 'nm'"),
+    (["--config.flow.nm=3"], "unknown config key 'flow.nm'"),
+    (["--config.flow.num_stepz=3"], "unknown config key 'flow.num_stepz' in a --config.* override "
+                                    "(did you mean 'num_steps'?)"),
     (["--config.flow.num_steps=abc"], "invalid literal for int()"),
     (["--config.loss.name=bce"], "Unknown loss 'bce'. Available losses are: kl, lr, lsif."),
 ])
@@ -156,6 +158,7 @@ def test_bad_config_is_one_line(tmp_path, args, message):
   result = cli("--config=configs/toy2d.py:chasm", f"--workdir={tmp_path / 'w'}", *args)
   assert result.returncode == 2
   assert result.stderr.count("\n") == 1 and message in result.stderr
+  assert not (tmp_path / "w" / "config.json").exists()  # nothing committed by a failed start
 
 
 def test_bad_workdirs(tmp_path):

@@ -1,0 +1,113 @@
+"""A run's training log: ``metrics.jsonl``, TensorBoard events and ``metrics.png``.
+
+Each record is the mean of the metrics over the steps since the previous record (its ``window``),
+with the training speed. A resumed run first drops the records of steps after the checkpoint it
+resumes from — steps it is about to replay — so every step appears once, and its TensorBoard
+writer purges the same steps from the event files (``purge_step``). ``metrics.png`` plots the loss,
+the ratio terms and the gradient norm against the step. TensorBoard events are written with
+tensorboardX (no TensorFlow) into ``WORKDIR/tensorboard``: ``tensorboard --logdir WORKDIR``. Only
+the writing process of a multi-process run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fdrl_jax import parallel, workdir as workdirs
+
+# The curves of metrics.png, one panel each (those a method logs): FDRL's loss, ratio terms and
+# gradient norm, the GAN's two losses and generator gradient, the classifier's accuracy.
+PLOTTED = ("loss", "data_term", "flowed_term", "ratio_data", "ratio_flowed", "grad_norm",
+           "disc_loss", "gen_loss", "gen_grad_norm", "accuracy")
+
+
+class MetricsLog:
+  """Appends window means to ``metrics.jsonl``, mirrors them to TensorBoard, and plots them."""
+
+  def __init__(self, workdir: str, start_step: int):
+    self.path = workdirs.join(workdir, "metrics.jsonl")
+    self.plot_path = workdirs.join(workdir, "metrics.png")
+    self.writer = parallel.is_writer()
+    self.records = [r for r in read_records(self.path) if r["step"] <= start_step]
+    self.tensorboard = None
+    # tensorboardX writes local event files, opened with the first record (a finished run that is
+    # merely asked to resume writes nothing).
+    self.tensorboard_dir = None if workdirs.is_uri(workdir) else os.path.join(workdir,
+                                                                               "tensorboard")
+    self.start_step = start_step
+    if self.writer and len(self.records) != len(read_records(self.path)):
+      text = "".join(json.dumps(r) + "\n" for r in self.records)  # steps to be replayed: dropped
+      workdirs.write_file(self.path, lambda tmp: open(tmp, "w").write(text))
+
+  def write(self, step: int, window: list[dict], steps_per_s: float) -> dict:
+    """Records the mean of ``window`` (one dict of floats per step) at ``step``."""
+    record = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
+              "window": len(window), "steps_per_s": steps_per_s}
+    self.records.append(record)
+    if self.writer:
+      workdirs.append_line(self.path, json.dumps(record))
+      if self.tensorboard is None and self.tensorboard_dir is not None:
+        from tensorboardX import SummaryWriter
+        self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=self.start_step + 1,
+                                         flush_secs=30)
+      if self.tensorboard is not None:
+        for key, value in record.items():
+          if key not in ("step", "window"):
+            self.tensorboard.add_scalar(f"train/{key}", value, step)
+    return record
+
+  def plot(self) -> None:
+    """Writes ``metrics.png`` (each plotted metric against the step) from the records so far."""
+    if self.writer and self.records:
+      picture = plot_records(self.records)
+      workdirs.write_file(self.plot_path, lambda tmp: Image.fromarray(picture).save(tmp))
+
+  def close(self) -> None:
+    if self.tensorboard is not None:
+      self.tensorboard.close()
+
+
+def read_records(path: str) -> list[dict]:
+  """The records of a ``metrics.jsonl`` (none if it does not exist)."""
+  p = workdirs.as_path(path)
+  if not p.exists():
+    return []
+  return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot_records(records: list[dict], *, width: int = 360, height: int = 150) -> np.ndarray:
+  """One panel per logged metric of ``PLOTTED``: its window means against the step, titled with
+  its name and its last value; the step axis is labelled at both ends. An RGB array."""
+  keys = [k for k in PLOTTED if k in records[-1]]
+  steps = np.array([r["step"] for r in records], np.float64)
+  canvas = Image.new("RGB", (width, height * len(keys)), "white")
+  draw = ImageDraw.Draw(canvas)
+  left, right, top, bottom = 50, width - 10, 18, height - 20
+  for i, key in enumerate(keys):
+    y0 = i * height
+    values = np.array([r.get(key, np.nan) for r in records], np.float64)
+    finite = np.isfinite(values)
+    draw.text((left, y0 + 3), f"{key}  (last {values[-1]:.4g})", fill="black")
+    draw.rectangle((left, y0 + top, right, y0 + bottom), outline="grey")
+    draw.text((left, y0 + bottom + 4), f"step {int(steps[0])}", fill="black")
+    draw.text((right - 70, y0 + bottom + 4), f"step {int(steps[-1])}", fill="black")
+    if not finite.any():
+      continue
+    lo, hi = float(values[finite].min()), float(values[finite].max())
+    draw.text((2, y0 + top), f"{hi:.3g}", fill="black")
+    draw.text((2, y0 + bottom - 10), f"{lo:.3g}", fill="black")
+    span_x = max(steps[-1] - steps[0], 1.0)
+    span_y = max(hi - lo, 1e-12)
+    xs = left + (steps - steps[0]) / span_x * (right - left)
+    ys = y0 + bottom - (values - lo) / span_y * (bottom - top)
+    points = [(float(x), float(y)) for x, y, ok in zip(xs, ys, finite) if ok]
+    if len(points) > 1:
+      draw.line(points, fill=(31, 119, 180), width=2)
+    else:
+      draw.ellipse((points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2),
+                   fill=(31, 119, 180))
+  return np.asarray(canvas)
