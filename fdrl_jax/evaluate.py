@@ -436,13 +436,13 @@ def evaluate_samples(config, run, state, workdir: str) -> dict:
     parts = run.sampler_parts()
     baseline, baseline_name = None, "prior"
     if parts.potential is not None:  # a flow from a prior: score the prior's own draws too
-      baseline = _prior_batches(run, state, parts, num, batch_size)
+      baseline = prior_batches(run, state, parts, num, batch_size)
   scores = METRICS[config.eval.metric](config, run.dataset, samples, baseline, baseline_name,
                                        workdir)
   return {"metric": config.eval.metric, "num_samples": num, **scores}
 
 
-def _prior_batches(run, state, parts, num: int, batch_size: int) -> Iterator[np.ndarray]:
+def prior_batches(run, state, parts, num: int, batch_size: int) -> Iterator[np.ndarray]:
   """The prior's own draws, ``num`` in batches, with keys of their own (drawn when consumed)."""
   start = jax.jit(parts.start, static_argnums=2)  # on every process: the prior is replicated
   key = run.sample_key_for(1 << 30)

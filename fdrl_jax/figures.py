@@ -221,8 +221,10 @@ def _check_output(output_path: str) -> None:
   workdir.refuse_existing(output_path)
 
 
-def _write(picture: np.ndarray, output_path: str) -> str:
-  """Writes ``picture`` as a new PNG file (``workdir.write_new_file``: never overwrites)."""
+def _write(picture: np.ndarray, output_path: str, title: str, step: int) -> str:
+  """Writes ``picture`` under its title and the checkpoint's step as a new PNG file
+  (``workdir.write_new_file``: never overwrites)."""
+  picture = images.titled(picture, f"{title} - step {step}")
   return workdir.write_new_file(output_path, lambda path: images.save_png(picture, path))
 
 
@@ -256,10 +258,11 @@ def grid(config: ml_collections.ConfigDict, workdir: str, output_path: str,
   """
   _check_count("samples", num_samples)
   _check_output(output_path)
-  run, state, _ = run_lib.restore_latest(config, workdir)
+  run, state, step = run_lib.restore_latest(config, workdir)
   samples = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
                          config.data.batch_size)
-  return _write(images.samples_picture(samples, run_lib.grid_reference(run)), output_path)
+  return _write(images.samples_picture(samples, run_lib.grid_reference(run)), output_path,
+                f"{len(samples)} samples", step)
 
 
 def strip(config: ml_collections.ConfigDict, workdir: str, output_path: str,
@@ -271,9 +274,10 @@ def strip(config: ml_collections.ConfigDict, workdir: str, output_path: str,
   _check_output(output_path)
   _require_images(config, "strip")
   _require_flow(config, "strip")
-  run, state, _ = run_lib.restore_latest(config, workdir)
+  run, state, step = run_lib.restore_latest(config, workdir)
   snaps = flow_snapshots(run, state, _key(run, 1), num_samples, num_columns)
-  return _write(images.tile(snaps.frames), output_path)
+  return _write(images.tile(snaps.frames), output_path,
+                "flow steps " + " ".join(map(str, snaps.steps)), step)
 
 
 def interpolation(config: ml_collections.ConfigDict, workdir: str, output_path: str,
@@ -290,9 +294,9 @@ def interpolation(config: ml_collections.ConfigDict, workdir: str, output_path: 
   _check_output(output_path)
   _require_images(config, "interpolation")
   _require_flow(config, "interpolation")
-  run, state, _ = run_lib.restore_latest(config, workdir)
+  run, state, step = run_lib.restore_latest(config, workdir)
   result = flow_interpolation(run, state, _key(run, 2), num_samples, num_columns)
-  return _write(images.tile(result.flowed), output_path)
+  return _write(images.tile(result.flowed), output_path, "flowed interpolants, row by row", step)
 
 
 def training_images(run: run_lib.Run) -> np.ndarray:
@@ -321,7 +325,7 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str
   _require_images(config, "neighbours")
   if space == "feature":
     evaluate.check_feature_space(config)  # before the (possibly long) restore
-  run, state, _ = run_lib.restore_latest(config, workdir)
+  run, state, step = run_lib.restore_latest(config, workdir)
   samples = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
                           config.data.batch_size)
   train_images = training_images(run)
@@ -331,7 +335,8 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str
     features = evaluate.feature_extractor(config)
     index, _ = evaluate.nearest_neighbours(features(samples), features(train_images), k)
   rows = np.concatenate([samples[:, None], train_images[index]], axis=1)
-  return _write(images.tile(rows), output_path)
+  return _write(images.tile(rows), output_path, f"sample | nearest training images ({space})",
+                step)
 
 
 def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: str,
@@ -343,12 +348,13 @@ def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: s
   _check_output(output_path)
   _require_images(config, "classes")
   _require_flow(config, "classes")
-  run, state, _ = run_lib.restore_latest(config, workdir_path)
+  run, state, step = run_lib.restore_latest(config, workdir_path)
   for_class, num_classes = sampling.conditional_sampler(config, _flow_parts(run), run.mesh)
   weight = config.sampling.classifier_weight
   rows = [for_class(label, weight).sample(state, _key(run, 3), num_samples)
           for label in range(num_classes)]
-  return _write(images.tile(np.stack(rows)), output_path)
+  return _write(images.tile(np.stack(rows)), output_path,
+                f"classes 0-{num_classes - 1}, top to bottom (phi {weight:g})", step)
 
 
 def translation(config: ml_collections.ConfigDict, workdir_path: str, output_path: str,
@@ -361,7 +367,7 @@ def translation(config: ml_collections.ConfigDict, workdir_path: str, output_pat
   _check_output(output_path)
   _require_images(config, "translation")
   _require_flow(config, "translation")
-  run, state, _ = run_lib.restore_latest(config, workdir_path)
+  run, state, step = run_lib.restore_latest(config, workdir_path)
   if inputs:
     sources, _ = sampling.read_images(inputs, config, run.dataset.event_shape)
   else:
@@ -372,7 +378,8 @@ def translation(config: ml_collections.ConfigDict, workdir_path: str, output_pat
   sources = sources[:num_samples]
   translated = sampling.draw(run.sampler("translate"), state, _key(run, 4), sources,
                              config.data.batch_size)
-  return _write(images.tile(np.stack([sources, translated])), output_path)
+  return _write(images.tile(np.stack([sources, translated])), output_path,
+                "sources (top) | translated (bottom)", step)
 
 
 FIGURES: dict[str, Callable[..., str]] = {

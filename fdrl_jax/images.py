@@ -6,7 +6,9 @@ import math
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
+
+TITLE_LINE = 12  # pixels of the title band above a figure
 
 
 def tile(rows: np.ndarray, *, pad: int = 1, min_size: int = 32) -> np.ndarray:
@@ -55,6 +57,18 @@ def scatter(points: np.ndarray, reference: np.ndarray | None = None, *, size: in
     keep = np.all((ij >= 0) & (ij < size), axis=1)
     canvas[size - 1 - ij[keep, 1], ij[keep, 0]] = colour
   return canvas
+
+
+def titled(picture: np.ndarray, title: str) -> np.ndarray:
+  """``picture`` (uint8 RGB) under a ``TITLE_LINE``-pixel white band holding ``title`` in
+  Pillow's default font; the canvas is widened (white, picture at the left) if the title is longer
+  than the picture is wide."""
+  font_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title)) + 4
+  height, width = picture.shape[:2]
+  canvas = Image.new("RGB", (max(width, font_width), height + TITLE_LINE), "white")
+  canvas.paste(Image.fromarray(np.asarray(picture, np.uint8)), (0, TITLE_LINE))
+  ImageDraw.Draw(canvas).text((2, 0), title, fill="black")
+  return np.asarray(canvas)
 
 
 def save_png(array: np.ndarray, path: str) -> str:

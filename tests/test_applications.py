@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import digits_bold, digits_classifier
-from fdrl_jax import data, figures, run_lib, sampling
+from fdrl_jax import data, figures, images, run_lib, sampling
 from test_train import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 CLASSIFIER_FLAGS = ["--config.training.num_steps=30", "--config.training.checkpoint_every=30",
@@ -162,12 +162,14 @@ def test_translation_eval_and_figures(trained, tmp_path):
   assert 0 < result["fd_digits_floor"] < result["fd_digits_untranslated"]
   assert np.isfinite(result["fd_digits"])
   path = figures.translation(config, trained["bold"], str(tmp_path / "pairs.png"), num_samples=3)
-  assert Image.open(path).size == (3 * 33 + 1, 2 * 33 + 1)  # sources above their translations
+  width, height = Image.open(path).size  # sources above their translations, under a title
+  assert height == 2 * 33 + 1 + images.TITLE_LINE and width >= 3 * 33 + 1
   conditional = tiny_digits_config(6)
   conditional.sampling.classifier_workdir = trained["clf"]
   path = figures.classes(conditional, trained["fdrl"], str(tmp_path / "classes.png"),
                          num_samples=4)
-  assert Image.open(path).size == (4 * 33 + 1, 10 * 33 + 1)
+  width, height = Image.open(path).size
+  assert height == 10 * 33 + 1 + images.TITLE_LINE and width >= 4 * 33 + 1
 
 
 def cat2dog_folders(root, size=(96, 80), count=4):
@@ -203,7 +205,8 @@ def test_cat2dog_translation_on_generated_folders(tmp_path):
   assert Image.open(os.path.join(out, names[0])).size == (64, 64)
   path = figures.translation(config, str(tmp_path / "run"), str(tmp_path / "pairs.png"),
                              num_samples=2)
-  assert Image.open(path).size == (2 * 65 + 1, 2 * 65 + 1)
+  width, height = Image.open(path).size
+  assert height == 2 * 65 + 1 + images.TITLE_LINE and width >= 2 * 65 + 1
   with pytest.raises(ValueError, match="FID needs --config.eval.inception_weights"):
     run_lib.evaluate_to_file(config, str(tmp_path / "run"))
 

@@ -14,7 +14,7 @@ import scipy.linalg
 from PIL import Image
 
 from configs import toy2d
-from fdrl_jax import evaluate, figures, priors, run_lib
+from fdrl_jax import evaluate, figures, images, priors, run_lib
 from test_train import TINY_FLAGS, cli, tiny_digits_config
 
 CELL = 33  # 8 pixels × 4 + a 1-pixel border
@@ -26,8 +26,13 @@ def png_size(path):
     return image.height, image.width
 
 
-def layout(rows, cols):
-  return CELL * rows + 1, CELL * cols + 1
+def assert_layout(path, rows, cols):
+  """A figure of rows × cols cells under its one-line title band (widened for a long title)."""
+  height, width = png_size(path)
+  assert height == CELL * rows + 1 + images.TITLE_LINE and width >= CELL * cols + 1
+  with Image.open(path) as image:
+    band = np.asarray(image)[:images.TITLE_LINE]
+  assert (band < 128).any()  # some text in the band
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ def trained(tmp_path_factory):
 def test_grid_png_layout(trained, tmp_path):
   config, workdir, _, _ = trained
   path = figures.grid(config, workdir, str(tmp_path / "grid.png"), num_samples=6)
-  assert png_size(path) == layout(2, 3)  # images.grid: ⌈√6⌉ = 3 columns, 2 rows
+  assert_layout(path, 2, 3)  # images.grid: ⌈√6⌉ = 3 columns, 2 rows
 
 
 def test_snapshot_plan():
@@ -68,7 +73,7 @@ def test_strip_runs_from_the_prior_draw_to_algorithm_2s_sample(trained, tmp_path
   np.testing.assert_allclose(snaps.final, sample, atol=1e-5)
   assert not np.allclose(snaps.frames[:, 0], snaps.frames[:, 1])  # the flow moved them
   path = figures.strip(config, workdir, str(tmp_path / "strip.png"), num_samples=3)
-  assert png_size(path) == layout(3, 4)
+  assert_layout(path, 3, 4)
 
 
 def test_interpolants_end_at_a_and_b_and_stay_typical(trained):
@@ -115,7 +120,7 @@ def test_interpolation_rows_share_their_noise(trained, tmp_path):
   assert not np.allclose(same.flowed[0], same.flowed[1], atol=1e-6)
   path = figures.interpolation(config, workdir, str(tmp_path / "interp.png"), num_samples=2,
                                num_columns=4)
-  assert png_size(path) == layout(2, 4)
+  assert_layout(path, 2, 4)
 
 
 def test_nearest_neighbours_match_brute_force():
@@ -147,7 +152,7 @@ def test_feature_neighbours_png_layout(trained, tmp_path, monkeypatch):
   monkeypatch.setattr(evaluate, "feature_extractor", extractor)
   path = figures.neighbours(config, workdir, str(tmp_path / "feature.png"), num_samples=3, k=4,
                             space="feature")
-  assert png_size(path) == layout(3, 5)  # sample + 4 neighbours per row
+  assert_layout(path, 3, 5)  # sample + 4 neighbours per row
   assert seen == [3, 1500]  # the samples, then the whole training split
   with pytest.raises(ValueError, match="choose pixel or feature"):
     figures.neighbours(config, workdir, str(tmp_path / "x.png"), space="colour")
@@ -200,7 +205,7 @@ def test_figure_through_main(trained, tmp_path):
   args = ["--config=configs/digits.py", f"--workdir={workdir}", "--mode=figure", *TINY_FLAGS]
   made = cli(*args, "--figure=neighbours", "--num_samples=2", f"--output={out}")
   assert made.returncode == 0, made.stderr
-  assert png_size(out) == layout(2, 9)  # pixel space, 8 neighbours by default
+  assert_layout(out, 2, 9)  # pixel space, 8 neighbours by default
   for bad, message in [(["--figure=bogus", f"--output={out}"], "value should be one of <grid|"),
                        (["--figure=grid"], "--mode=figure needs --output=FILE.png.")]:
     result = cli(*args, *bad)
