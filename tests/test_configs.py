@@ -34,7 +34,13 @@ def tiny(config):
   return config
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES))
+# The two slowest here (~45 s and ~30 s on 2 cores) run with -m slow: CelebA's resnet64 is counted in
+# test_models and Cat2dog trains end to end (a tiny copy) in test_applications.
+SLOW_CONFIGS = ("celeba64", "cat2dog")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CONFIGS
+                                  else n for n in sorted(EXPECTED_SHAPES)])
 def test_config_runs_one_training_step(name, tmp_path):
   config = tiny(importlib.import_module(f"configs.{name}").get_config())
   if name == "cat2dog":

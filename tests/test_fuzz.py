@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
   return workdir
 
 
-@FUZZ
+@settings(FUZZ, max_examples=8)  # each one that trains compiles a step (~2 s)
 @given(key=st.sampled_from(KEYS), value=NUMBERS)
 def test_fuzzed_config_values_train_or_fail_in_one_line(trained, key, value):
   config = _tiny_toy()
