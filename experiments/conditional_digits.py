@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from configs import digits, digits_classifier
-from fdrl_jax import data, evaluate, images, run_lib, sampling
+from fdrl_jax import data, evaluate, images, run_lib, sampling, workdir as workdirs
 
 WEIGHTS = (0.0, 0.03, 0.1, 0.2, 0.3, 1.0)
 
@@ -81,13 +81,7 @@ def main() -> None:
       print(lines[-1], flush=True)
       if name == "robust" and weight == fdrl_config.sampling.classifier_weight:
         pictures["robust"] = np.stack([e[:10] for e in everything])
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "conditional_digits.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
-  path = os.path.join(args.out, "conditional_digits.png")
-  if os.path.exists(path):
-    os.remove(path)  # the experiment's own output, regenerated
+  path = workdirs.experiment_report(args.out, "conditional_digits", "\n".join(lines) + "\n")
   if "robust" in pictures:
     images.save_png(images.tile(pictures["robust"]), path)
     print(f"wrote {path}")

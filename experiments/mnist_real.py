@@ -35,7 +35,8 @@ import jax
 import numpy as np
 
 from configs import mnist
-from fdrl_jax import datasets, evaluate, images, metrics_log, run_lib, sampling, tfds_build
+from fdrl_jax import (datasets, evaluate, images, metrics_log, run_lib, sampling, tfds_build,
+                      workdir as workdirs)
 
 TFDS_NAME, TFDS_VERSION = "mnist_real", "1.0.0"
 
@@ -225,13 +226,7 @@ def main() -> None:
       + ("" if trained else " (reusing the finished training runs; their times are the first "
          "run's)") + "."]
   text = "\n".join(lines) + "\n"
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "mnist_real.md"), "w") as f:
-    f.write(text)
-  print(text)
-  path = os.path.join(args.out, "mnist_real.png")
-  if os.path.exists(path):
-    os.remove(path)  # the experiment's own output, regenerated
+  path = workdirs.experiment_report(args.out, "mnist_real", text)
   n = 64
   images.save_png(side_by_side([images.grid(drawn["LSIF-χ²"][:n]), images.grid(drawn["LR-KL"][:n]),
                                 images.grid(prior[:n]), images.grid(test_x[:n])]), path)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from configs import digits_bold
-from fdrl_jax import data, evaluate, figures, run_lib, sampling
+from fdrl_jax import data, evaluate, figures, run_lib, sampling, workdir as workdirs
 
 
 def judges(seed: int) -> tuple[evaluate.Classifier, evaluate.Classifier]:
@@ -83,13 +83,7 @@ def main() -> None:
     mark = " (default)" if total == default_length else ""
     lines.append(f"| {total}{mark} | {bold_share:.2f} | {kept:.2f} | {fd:.1f} |")
     print(lines[-1], flush=True)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "translate_digits.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
-  path = os.path.join(args.out, "translate_digits.png")
-  if os.path.exists(path):
-    os.remove(path)  # the experiment's own output, regenerated
+  path = workdirs.experiment_report(args.out, "translate_digits", "\n".join(lines) + "\n")
   print(f"wrote {figures.translation(config, workdir, path, num_samples=16)}")
 
 

@@ -32,24 +32,24 @@ class MetricsLog:
     self.path = workdirs.join(workdir, "metrics.jsonl")
     self.plot_path = workdirs.join(workdir, "metrics.png")
     self.writer = parallel.is_writer()
-    self.records = [r for r in read_records(self.path) if r["step"] <= start_step]
+    logged = read_records(self.path)
+    self.records = [r for r in logged if r["step"] <= start_step]
     self.tensorboard = None
     # tensorboardX writes local event files, opened with the first record (a finished run that is
     # merely asked to resume writes nothing).
     self.tensorboard_dir = None if workdirs.is_uri(workdir) else os.path.join(workdir,
                                                                                "tensorboard")
     self.start_step = start_step
-    if self.writer and len(self.records) != len(read_records(self.path)):
-      text = "".join(json.dumps(r) + "\n" for r in self.records)  # steps to be replayed: dropped
-      workdirs.write_file(self.path, lambda tmp: open(tmp, "w").write(text))
+    if len(self.records) != len(logged):  # steps to be replayed: dropped
+      workdirs.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
   def write(self, step: int, window: list[dict], steps_per_s: float) -> dict:
     """Records the mean of ``window`` (one dict of floats per step) at ``step``."""
     record = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
               "window": len(window), "steps_per_s": steps_per_s}
     self.records.append(record)
+    workdirs.append_line(self.path, json.dumps(record))
     if self.writer:
-      workdirs.append_line(self.path, json.dumps(record))
       if self.tensorboard is None and self.tensorboard_dir is not None:
         from tensorboardX import SummaryWriter
         self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=self.start_step + 1,

@@ -176,9 +176,27 @@ def _via_temporary(path: str, write: Callable[[str], None], commit: Callable[[st
       os.unlink(tmp)
 
 
+def write_text(path: str, text: str) -> str:
+  """``write_file`` of ``text``."""
+  return write_file(path, lambda tmp: epath.Path(tmp).write_text(text))
+
+
 def write_json(path: str, value) -> str:
   """``write_file`` of ``value`` as indented JSON."""
-  return write_file(path, lambda tmp: epath.Path(tmp).write_text(json.dumps(value, indent=2)))
+  return write_text(path, json.dumps(value, indent=2))
+
+
+def experiment_report(out: str, name: str, text: str) -> str:
+  """An experiment's regenerated outputs in the folder ``out``: writes (and prints) ``text`` as
+  ``name.md``, removes the previous ``name.png`` so that the picture can be written anew, and
+  returns that picture's path."""
+  os.makedirs(out, exist_ok=True)
+  write_text(os.path.join(out, f"{name}.md"), text)
+  print(text)
+  path = os.path.join(out, f"{name}.png")
+  if os.path.exists(path):
+    os.remove(path)  # the experiment's own output, regenerated
+  return path
 
 
 def append_line(path: str, line: str) -> None:
