@@ -5,7 +5,9 @@ Modes: ``--mode=train`` (default; resumes from the workdir's latest checkpoint),
 ``fdrl_jax.evaluate``; writes ``eval_step_*.json`` into the workdir) and
 ``--mode=figure --figure=grid|strip|interpolation|neighbours|classes|translation --output=FILE.png``
 (one picture of the latest checkpoint, see ``fdrl_jax.figures``; ``--num_samples`` sets its samples
-or rows, ``--space=pixel|feature`` the neighbours' distance) and
+or rows, ``--space=pixel|feature`` the neighbours' distance; the figure defaults to grid). Without
+``--output``, sample and figure write a new file in the workdir (``samples.npz``,
+``figure_grid.png``, ...; ``-2``, ``-3`` ... appended rather than overwrite) and
 ``--mode=translate --input=FILE.npz|DIR --output=FILE.npz|DIR`` (flows given source images with a
 translation run's estimator, ``fdrl_jax.sampling``). ``--config.sampling.*`` picks the sampler
 (Algorithm 2, GAN refinement, class-conditional). Override any config key with
@@ -123,16 +125,20 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def _new_output(name: str) -> str:
+  """A new file ``name`` in the workdir (``-2``, ``-3`` ... before the extension if it exists),
+  named the same by every process before any of them writes."""
+  from fdrl_jax import parallel, workdir
+  path = workdir.free_path(workdir.join(_WORKDIR.value, name))
+  parallel.sync("output_name")
+  return path
+
+
 def main(argv: list[str]) -> None:
   del argv
   if _MODE.value == "config":
     print(_CONFIG.value.to_json_best_effort(indent=2))
     return
-  if _MODE.value == "figure":  # checked before JAX starts, like the flags
-    if not _FIGURE.value:
-      _fail("--mode=figure needs --figure=grid|strip|interpolation|neighbours|classes|translation.")
-    if not _OUTPUT.value:
-      _fail("--mode=figure needs --output=FILE.png.")
   if _MODE.value == "translate" and not (_INPUT.value and _OUTPUT.value):
     _fail("--mode=translate needs --input=FILE.npz|DIR (source images) and "
           "--output=FILE.npz|DIR (a new file or folder).")
@@ -152,18 +158,18 @@ def main(argv: list[str]) -> None:
     elif _MODE.value == "figure":
       from fdrl_jax import figures
       num_samples = _NUM_SAMPLES.value if flags.FLAGS["num_samples"].present else None
-      path = figures.make_figure(_FIGURE.value, _CONFIG.value, _WORKDIR.value, _OUTPUT.value,
+      name = _FIGURE.value or "grid"
+      path = figures.make_figure(name, _CONFIG.value, _WORKDIR.value,
+                                 _OUTPUT.value or _new_output(f"figure_{name}.png"),
                                  num_samples=num_samples, space=_SPACE.value, inputs=_INPUT.value)
-      print(f"wrote the {_FIGURE.value} figure to {path}")
+      print(f"wrote the {name} figure to {path}")
     elif _MODE.value == "translate":
       path = sampling.translate_to_file(_CONFIG.value, _WORKDIR.value, _INPUT.value,
                                         _OUTPUT.value)
       print(f"wrote the translated images to {path}")
     else:
-      if not _OUTPUT.value:
-        _fail("--mode=sample needs --output=FILE.npz.")
       path = sampling.sample_to_file(_CONFIG.value, _WORKDIR.value, _NUM_SAMPLES.value,
-                                     _OUTPUT.value)
+                                     _OUTPUT.value or _new_output("samples.npz"))
       print(f"wrote {_NUM_SAMPLES.value} samples to {path}")
   except ValueError as e:
     _fail(str(e))

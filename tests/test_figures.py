@@ -6,6 +6,7 @@ One tiny digits run (2 training steps, K + κ = 2 + 1 flow steps) is trained onc
 """
 
 import os
+import re
 
 import jax
 import numpy as np
@@ -206,8 +207,12 @@ def test_figure_through_main(trained, tmp_path):
   made = cli(*args, "--figure=neighbours", "--num_samples=2", f"--output={out}")
   assert made.returncode == 0, made.stderr
   assert_layout(out, 2, 9)  # pixel space, 8 neighbours by default
-  for bad, message in [(["--figure=bogus", f"--output={out}"], "value should be one of <grid|"),
-                       (["--figure=grid"], "--mode=figure needs --output=FILE.png.")]:
-    result = cli(*args, *bad)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: ") and message in result.stderr
+  bad = cli(*args, "--figure=bogus", f"--output={out}")
+  assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+  assert bad.stderr.startswith("error: ") and "value should be one of <grid|" in bad.stderr
+  # Neither --figure nor --output: a grid, in a new file of the workdir (never overwritten).
+  before = set(os.listdir(workdir))
+  made = cli(*args, "--num_samples=4")
+  assert made.returncode == 0, made.stderr
+  new = set(os.listdir(workdir)) - before
+  assert len(new) == 1 and re.fullmatch(r"figure_grid(-\d+)?\.png", new.pop())
