@@ -50,6 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.spectral_norm = False  # resnets: spectral norm on every conv and dense layer
   config.model.self_attention = False  # resnets: SAGAN self-attention at 128 channels
   config.model.bf16 = False           # resnets: bfloat16 compute, float32 parameters (GPU/TPU)
+  config.model.neutral_init = True    # start at the ratio r = 1: the output bias is 1 when the
+                                      # loss's network outputs r (lsif); False: the reference's 0
 
   config.loss = ml_collections.ConfigDict()
   # Bregman loss: lsif | lr | kl (fdrl_jax.losses.LOSSES); f-divergence of the flow: pearson | kl |

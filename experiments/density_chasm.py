@@ -88,7 +88,7 @@ def chasm_setup(steps: int, seed: int) -> Setup:
   dataset = data.create_dataset(config.data.name, seed=seed)
   loss, potential = fdrl.build_potential(config)
   prior = priors.build_prior(config, data.fit_samples(dataset, 10_000, seed), dataset.event_shape)
-  return Setup(config=config, dataset=dataset, model=models.create_model(config.model), loss=loss,
+  return Setup(config=config, dataset=dataset, model=fdrl.create_estimator(config), loss=loss,
                potential=potential, flow_spec=sampling.build_flow_spec(config), prior=prior)
 
 

@@ -35,6 +35,7 @@ class MLP(nn.Module):
   width: int = 64
   depth: int = 4
   negative_slope: float = 0.2
+  output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
@@ -42,7 +43,7 @@ class MLP(nn.Module):
     x = x.reshape((x.shape[0], -1))
     for _ in range(self.depth):
       x = nn.leaky_relu(nn.Dense(self.width)(x), self.negative_slope)
-    return nn.Dense(1)(x)[:, 0]
+    return nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))(x)[:, 0]
 
 
 class ConvNet(nn.Module):
@@ -50,6 +51,7 @@ class ConvNet(nn.Module):
   LeakyReLU, global mean pool, Dense → 1."""
   channels: Sequence[int] = (32, 64, 64)
   negative_slope: float = 0.2
+  output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
@@ -59,7 +61,8 @@ class ConvNet(nn.Module):
       x = nn.Conv(c, (3, 3), strides=stride, use_bias=False,
                   conv_general_dilated=conv_general_dilated)(x)
       x = nn.leaky_relu(x, self.negative_slope)
-    return nn.Dense(1)(x.mean(axis=(1, 2)))[:, 0]
+    return nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))(
+        x.mean(axis=(1, 2)))[:, 0]
 
 
 # (stem width, [(width, number of blocks, stride of the first)...], stage after which self-attention
@@ -149,6 +152,7 @@ class ResNet(nn.Module):
   self_attention: bool = False
   negative_slope: float = 0.2
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
+  output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
@@ -164,7 +168,9 @@ class ResNet(nn.Module):
       if self.self_attention and i == attention_after:
         x = SelfAttention(spectral_norm=self.spectral_norm, dtype=self.dtype)(x, update_stats)
     x = x.mean(axis=(1, 2))
-    out = _Layer(nn.Dense(1, dtype=self.dtype), self.spectral_norm)(x, update_stats)
+    out = _Layer(nn.Dense(1, dtype=self.dtype,
+                          bias_init=nn.initializers.constant(self.output_bias)),
+                 self.spectral_norm)(x, update_stats)
     return out[:, 0].astype(jnp.float32)
 
 
@@ -176,6 +182,7 @@ class DCGANDiscriminator(nn.Module):
   """
   channels: Sequence[int] = (32, 64)
   negative_slope: float = 0.2
+  output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
@@ -184,27 +191,33 @@ class DCGANDiscriminator(nn.Module):
       x = nn.Conv(c, (4, 4), strides=2, padding=((1, 1), (1, 1)),
                   conv_general_dilated=conv_general_dilated)(x)
       x = nn.leaky_relu(x, self.negative_slope)
-    return nn.Dense(1)(x.reshape((x.shape[0], -1)))[:, 0]
+    return nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))(
+        x.reshape((x.shape[0], -1)))[:, 0]
 
 
 MODELS = {
-    "dcgan": lambda cfg: DCGANDiscriminator(channels=tuple(cfg.channels),
-                                            negative_slope=cfg.negative_slope),
-    "mlp": lambda cfg: MLP(width=cfg.width, depth=cfg.depth, negative_slope=cfg.negative_slope),
-    "conv": lambda cfg: ConvNet(channels=tuple(cfg.channels), negative_slope=cfg.negative_slope),
-    **{arch: (lambda cfg, arch=arch: ResNet(
+    "dcgan": lambda cfg, bias: DCGANDiscriminator(channels=tuple(cfg.channels),
+                                                  negative_slope=cfg.negative_slope,
+                                                  output_bias=bias),
+    "mlp": lambda cfg, bias: MLP(width=cfg.width, depth=cfg.depth,
+                                 negative_slope=cfg.negative_slope, output_bias=bias),
+    "conv": lambda cfg, bias: ConvNet(channels=tuple(cfg.channels),
+                                      negative_slope=cfg.negative_slope, output_bias=bias),
+    **{arch: (lambda cfg, bias, arch=arch: ResNet(
         arch=arch, spectral_norm=cfg.spectral_norm, self_attention=cfg.self_attention,
-        negative_slope=cfg.negative_slope, dtype=jnp.bfloat16 if cfg.bf16 else None))
+        negative_slope=cfg.negative_slope, dtype=jnp.bfloat16 if cfg.bf16 else None,
+        output_bias=bias))
         for arch in RESNETS},
 }
 
 
-def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """Builds the estimator named ``config.name`` from the ``model`` config group."""
+def create_model(config: ml_collections.ConfigDict, output_bias: float = 0.0) -> nn.Module:
+  """Builds the estimator named ``config.name`` from the ``model`` config group, its output
+  layer's bias initialised to ``output_bias``."""
   if config.name not in MODELS:
     raise ValueError(f"Unknown model {config.name!r}. Available models are: "
                      f"{', '.join(sorted(MODELS))}.")
-  return MODELS[config.name](config)
+  return MODELS[config.name](config, output_bias)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -80,14 +80,16 @@ def jit_train_step(step_fn_builder: Callable[[NamedSharding | None], Callable], 
   step = jax.jit(step_fn_builder(sharded), in_shardings=(replicated(mesh), sharded,
                                                          replicated(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
-  if jax.process_count() == 1 or jax.default_backend() != "cpu":
+  if mesh.devices.size == 1 or jax.default_backend() != "cpu":
     return step
 
   def step_in_lockstep(state, batch, key):
-    # Several processes on XLA:CPU (gloo): with steps dispatched ahead, the cross-process
-    # all-reduce of one step and the next step's start interleave and, after some hundred steps,
-    # deadlock (the toy 2-process run hung 3 times in 3 by step 250; 0 in 3 with this wait, at
-    # ~10 % fewer steps per second). GPU/TPU collectives are stream-ordered and keep the overlap.
+    # Several XLA:CPU devices (fake ones in one process, or gloo across processes): with steps
+    # dispatched ahead, one step's all-reduce waits for devices whose threads are taken by the
+    # next step's work, and after tens to hundreds of steps the rendezvous deadlocks (the issue's
+    # 2-process toy run hung 3 times in 3 by step 250, a 4-device digits run aborted at XLA's
+    # 40 s rendezvous limit 2 times in 2; neither since, at ~10 % fewer steps per second).
+    # GPU/TPU collectives are stream-ordered and keep the overlap.
     return jax.block_until_ready(step(state, batch, key))
 
   return step_in_lockstep
