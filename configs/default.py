@@ -66,6 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.flow.step_size = 1.0         # η (paper: 3)
   config.flow.noise_scale = 1e-2      # ν
   config.flow.clip = True             # clip particles to [-1, 1] after every step (images)
+  config.flow.clip_every_step = True  # False: clip only the final samples, not the particles the
+                                      # flows move (training's are never clipped): the reference's
 
   config.prior = ml_collections.ConfigDict()
   # gaussian (full covariance fitted to the data, Eq. 8) | low_rank (top-k PCA + isotropic rest,

@@ -144,7 +144,7 @@ def make_train_step(
     current = variables(state.params, state.batch_stats)
     x_k = flow(estimator_potential(apply_fn, potential, current), x_0, k_flow,
                num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
-               noise_scale=flow_spec.noise_scale, clip=flow_spec.clip)
+               noise_scale=flow_spec.noise_scale, clip=flow_spec.training_clip())
     x_k = jax.lax.stop_gradient(x_k)
 
     def objective(params):

@@ -101,6 +101,7 @@ def flow(
     step_size: float | Array,
     noise_scale: float | Array,
     clip: tuple[float, float] | None = None,
+    clip_every_step: bool = True,
     save_every: int | None = None,
     unroll: int | bool | None = None,
 ) -> Array | tuple[Array, Array]:
@@ -116,6 +117,8 @@ def flow(
     step_size: η.
     noise_scale: ν, the standard deviation of the added Gaussian noise (0 for a deterministic flow).
     clip: optional (low, high); particles are clipped to it after every step (the data range).
+    clip_every_step: False clips only the particles returned (and saved), not those the flow
+      moves on: the reference implementation's clamp of its final samples.
     save_every: if given, also return the trajectory: x0 and the particles after every
       ``save_every`` steps, shape (num_steps // save_every + 1, B, ...). Must divide num_steps.
       Without it, memory does not grow with ``num_steps``.
@@ -145,9 +148,12 @@ def flow(
     x = x - step_size * grad
     if not deterministic:
       x = x + noise_scale * jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype)
-    if clip is not None:
+    if clip is not None and clip_every_step:
       x = jnp.clip(x, clip[0], clip[1])
     return (x, k + 1), None
+
+  def out(x):
+    return x if clip is None or clip_every_step else jnp.clip(x, clip[0], clip[1])
 
   def run(carry, length):
     if unroll is True:  # straight-line code (lax.scan turns a 1-step full unroll into a loop)
@@ -158,7 +164,7 @@ def flow(
 
   start = (x0, jnp.zeros((), jnp.uint32))
   if save_every is None:
-    return run(start, num_steps)[0]
+    return out(run(start, num_steps)[0])
 
   save_every = _check_int("save_every", save_every)
   if num_steps % save_every:
@@ -169,14 +175,14 @@ def flow(
     for _ in range(num_steps // save_every):
       carry = run(carry, save_every)
       saved.append(carry[0])
-    return carry[0], jnp.stack(saved)
+    return out(carry[0]), out(jnp.stack(saved))
 
   def chunk(carry, _):
     carry = run(carry, save_every)
     return carry, carry[0]
 
   (x, _), traj = jax.lax.scan(chunk, start, length=num_steps // save_every)
-  return x, jnp.concatenate([x0[None], traj])
+  return out(x), out(jnp.concatenate([x0[None], traj]))
 
 
 def two_stage_flow(
@@ -210,9 +216,16 @@ class FlowSpec(struct.PyTreeNode):
   step_size: float = struct.field(pytree_node=False)
   noise_scale: float = struct.field(pytree_node=False)
   clip: tuple[float, float] | None = struct.field(pytree_node=False)
+  clip_every_step: bool = struct.field(pytree_node=False, default=True)
 
   def sampling_kwargs(self) -> dict:
     """Algorithm 2's K + κ steps with this η, ν and clipping, as ``flow`` takes them."""
     return dict(num_steps=self.num_steps + self.num_refine_steps, step_size=self.step_size,
-                noise_scale=self.noise_scale, clip=self.clip)
+                noise_scale=self.noise_scale, clip=self.clip,
+                clip_every_step=self.clip_every_step)
+
+  def training_clip(self) -> tuple[float, float] | None:
+    """The clipping of Algorithm 1's training flow: the range after every step, or none when
+    only final samples are clipped (the reference never clips its training particles)."""
+    return self.clip if self.clip_every_step else None
 

@@ -108,7 +108,8 @@ def build_flow_spec(config: ml_collections.ConfigDict) -> FlowSpec:
   f = config.flow
   return FlowSpec(num_steps=f.num_steps, num_refine_steps=f.num_refine_steps,
                   step_size=f.step_size, noise_scale=f.noise_scale,
-                  clip=priors.DATA_RANGE if f.clip else None)
+                  clip=priors.DATA_RANGE if f.clip else None,
+                  clip_every_step=f.clip_every_step)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -83,3 +83,14 @@ def test_classifier_config_runs_one_training_step(name, shape):
   assert labels.shape == (4,) and run.dataset.test_labels is not None
   new_state, metrics = run.train_step()(state, batch, jax.random.key(0))
   assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_cifar10_up_is_the_papers_uniform_prior_schedule():
+  from configs import cifar10
+  up, ddp = cifar10.get_config("up"), cifar10.get_config()
+  assert (up.prior.name, up.flow.num_refine_steps) == ("uniform", 10)
+  # App. E.1: × 0.1 when 20 000 and 10 000 steps remain, 120 000 steps for CIFAR10-UP
+  assert up.training.num_steps == 120_000 and tuple(up.optim.decay_steps) == (100_000, 110_000)
+  assert ddp.training.num_steps == 100_000 and tuple(ddp.optim.decay_steps) == (80_000, 90_000)
+  with pytest.raises(ValueError, match="the variants are ddp"):
+    cifar10.get_config("upp")

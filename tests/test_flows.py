@@ -120,6 +120,21 @@ def test_clip_keeps_particles_in_range():
   assert float(out.max()) == 1.0  # the drift pushes every particle past the upper edge
 
 
+def test_clip_at_the_end_only_is_the_reference_clamp():
+  # Drift +1 per step until the particles pass 2.5, then −5: clipped every step they stay at 1;
+  # clipped only at the end (the reference's clamp of its final samples) they go 1, 2, 3, −2 → −1.
+  potential = lambda x: -x.sum(axis=1) * jnp.where(x.mean() > 2.5, -5.0, 1.0)
+  x0 = jnp.zeros((4, 2))
+  kw = dict(num_steps=4, step_size=1.0, noise_scale=0.0, clip=(-1.0, 1.0))
+  every = flow(potential, x0, jax.random.key(0), **kw)
+  ends, saved = flow(potential, x0, jax.random.key(0), clip_every_step=False, save_every=1, **kw)
+  free = flow(potential, x0, jax.random.key(0), **{**kw, "clip": None})
+  np.testing.assert_allclose(free, -2.0)
+  np.testing.assert_allclose(ends, -1.0)
+  np.testing.assert_allclose(every, 1.0)
+  np.testing.assert_allclose(saved[:, 0, 0], [0, 1, 1, 1, -1])  # saved states clipped too
+
+
 def test_two_stage_is_k_plus_kappa_steps():
   x0 = jax.random.normal(jax.random.key(0), (5, 2))
   kw = dict(step_size=0.1, noise_scale=0.1)
