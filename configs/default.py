@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.bf16 = False           # resnets: bfloat16 compute, float32 parameters (GPU/TPU)
   config.model.neutral_init = True    # start at the ratio r = 1: the output bias is 1 when the
                                       # loss's network outputs r (lsif); False: the reference's 0
+  config.model.torch_init = False     # True: PyTorch's initialisation (weights and biases uniform
+                                      # on ±1/√fan-in), the reference's; False: Flax's LeCun normal
 
   config.loss = ml_collections.ConfigDict()
   # Bregman loss: lsif | lr | kl (fdrl_jax.losses.LOSSES); f-divergence of the flow: pearson | kl |

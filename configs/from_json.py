@@ -1,13 +1,27 @@
 """A workdir's saved config as a config file: ``--config=WORKDIR/config.json`` (the command line
 turns that into ``--config=configs/from_json.py:WORKDIR/config.json``). It is the resolved config
 the run was trained with, every key and value, so the same run can be resumed, sampled or
-evaluated without the .py file it came from; ``--config.*`` overrides apply as usual."""
+evaluated without the .py file it came from; ``--config.*`` overrides apply as usual. A key added
+to the library after the run was trained (absent from its config.json) takes its default from
+``configs/default.py``."""
 
 import json
 
 import ml_collections
 
+from configs import default
+
+
+def _merged(defaults: dict, saved: dict) -> dict:
+  """``saved`` with the keys it lacks taken from ``defaults`` (recursively)."""
+  out = dict(defaults)
+  for key, value in saved.items():
+    both = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+    out[key] = _merged(defaults[key], value) if both else value
+  return out
+
 
 def get_config(path: str):
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  return ml_collections.ConfigDict(_merged(default.get_config().to_dict(), saved))

@@ -11,11 +11,12 @@ reference toy MLP, η = 1, K = 30, ν = 0.01, Adam 1e-3, batch 256, EMA 0.95):
   (Algorithm 1 with the identity flow, η = 0), then prior particles follow its flow for 400 steps;
 * FDRL: Algorithm 1 (each step flows prior samples K steps with the current estimator and trains
   on data against them), sampled with Algorithm 2; the mean of the flowed particles is recorded
-  every few training steps (Fig. 4, bottom row).
+  every few training steps (Fig. 4, bottom row);
+* near (Fig. 2a): the stale estimator again, with p = N((1, 1), 0.1 I) close to q'.
 
 The script prints a Markdown table (mean error ‖mean − (6, 6)‖, per-axis std against √0.1) and
-writes ``density_chasm.png``: the stale flow (the path of its mean and its final particles, on its
-own scale), the FDRL particles, and the FDRL mean during training, over the prior and data (grey).
+writes ``density_chasm.png``: the near stale flow, the stale flow (the path of its mean and its
+final particles, on its own scale), the FDRL particles, and the FDRL mean during training, over the prior and data (grey).
 
 Why the former toy flow (η = 0.01, K = 10) failed, and why the stale estimator fails: the exact
 log-ratio log q/p of the two Gaussians is linear, ±360 at the two means with slope
@@ -50,6 +51,7 @@ from configs import toy2d
 from fdrl_jax import data, fdrl, flows, images, models, optim, priors, sampling
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set
+NEAR_TARGET = np.array([1.0, 1.0])         # "chasm_near" (Fig. 2a): p close to q'
 TARGET_STD = float(np.sqrt(data.CHASM_VARIANCE))
 STALE_FLOW_STEPS = 400                     # Fig. 2b
 PANEL_CENTRE = TARGET / 2                  # the FDRL plots show (3, 3) ± 6.5
@@ -80,9 +82,11 @@ class Result(NamedTuple):
   seconds: float
 
 
-def chasm_setup(steps: int, seed: int) -> Setup:
-  """Builds the chasm config (``configs/toy2d.py:chasm``) for ``steps`` training steps."""
+def chasm_setup(steps: int, seed: int, name: str = "chasm") -> Setup:
+  """Builds the chasm config (``configs/toy2d.py:chasm``) for ``steps`` training steps, its data
+  set ``name`` (``chasm_near``: the same prior, p = N((1, 1), 0.1 I))."""
   config = toy2d.get_config("chasm")
+  config.data.name = name
   config.seed = seed
   config.training.num_steps = steps
   dataset = data.create_dataset(config.data.name, seed=seed)
@@ -132,10 +136,10 @@ def fit_estimator(setup: Setup, flow_spec: flows.FlowSpec, record_every: int = 0
 
 
 def run_stale(steps: int, seed: int = 0, num_samples: int = 1000,
-              flow_steps: int = STALE_FLOW_STEPS) -> Result:
+              flow_steps: int = STALE_FLOW_STEPS, name: str = "chasm") -> Result:
   """Trains the estimator once on q' against p (no flow), then flows prior particles with it."""
   start = time.perf_counter()
-  setup = chasm_setup(steps, seed)
+  setup = chasm_setup(steps, seed, name)
   spec = setup.flow_spec
   state, _ = fit_estimator(setup, spec.replace(num_steps=1, step_size=0.0, noise_scale=0.0))
   k_prior, k_flow = jax.random.split(run_keys(seed)[3])
@@ -157,9 +161,19 @@ def run_fdrl(steps: int, seed: int = 0, num_samples: int = 1000, record_every: i
   return Result(samples=np.asarray(x), path=path, seconds=time.perf_counter() - start)
 
 
-def mean_error(x: np.ndarray) -> float:
-  """‖mean(x) − (6, 6)‖ for particles x (n, 2)."""
-  return float(np.linalg.norm(np.mean(x, axis=0) - TARGET))
+def mean_error(x: np.ndarray, target: np.ndarray = TARGET) -> float:
+  """‖mean(x) − target‖ for particles x (n, 2)."""
+  return float(np.linalg.norm(np.mean(x, axis=0) - target))
+
+
+def near_line(near: Result) -> str:
+  """Fig. 2a: the stale estimator when p is near q' (``chasm_near``)."""
+  errors = np.linalg.norm(near.path - NEAR_TARGET, axis=1)
+  s = near.samples.std(axis=0)
+  return (f"Near (Fig. 2a, p = N((1, 1), 0.1 I)): the stale estimator's flow ends "
+          f"{mean_error(near.samples, NEAR_TARGET):.3g} from (1, 1) after {len(near.path) - 1} "
+          f"steps (std {s[0]:.3f}, {s[1]:.3f}); its mean passes closest at step "
+          f"{int(np.argmin(errors))} (error {errors.min():.3g}).")
 
 
 def markdown_table(stale: Result, fdrl: Result, steps: int, fdrl_flow_steps: int) -> str:
@@ -188,15 +202,17 @@ def labelled_panel(points: np.ndarray, reference: np.ndarray, title: str, centre
   return np.asarray(picture)
 
 
-def reference_points(seed: int, n: int = 500) -> np.ndarray:
+def reference_points(seed: int, n: int = 500, name: str = "chasm") -> np.ndarray:
   """Draws n prior particles and n data points (2n, 2), the grey background of the plots."""
-  setup = chasm_setup(0, seed)
+  setup = chasm_setup(0, seed, name)
   prior = np.asarray(setup.prior.sample(jax.random.key(seed), n))
   return np.concatenate([prior, data.get_batch(setup.dataset, seed, 0, n)])
 
 
-def save_plot(stale: Result, fdrl: Result, path: str, seed: int = 0) -> str:
-  """Writes the stale flow, the FDRL particles and the FDRL mean path side by side as a PNG."""
+def save_plot(stale: Result, fdrl: Result, path: str, seed: int = 0,
+              near: Result | None = None) -> str:
+  """Writes the stale flow, the FDRL particles and the FDRL mean path side by side as a PNG,
+  after the stale flow toward the near target (Fig. 2a) if given."""
   reference = reference_points(seed)
   stale_points = np.concatenate([stale.path, stale.samples])
   stale_extent = max(PANEL_EXTENT, 1.1 * float(np.abs(stale_points).max()))
@@ -206,9 +222,14 @@ def save_plot(stale: Result, fdrl: Result, path: str, seed: int = 0) -> str:
             labelled_panel(fdrl.samples, reference, "FDRL samples", PANEL_CENTRE, PANEL_EXTENT),
             labelled_panel(fdrl.path, reference, "FDRL mean during training", PANEL_CENTRE,
                            PANEL_EXTENT)]
+  if near is not None:
+    near_points = np.concatenate([near.path, near.samples])
+    extent = max(2.0, 1.1 * float(np.abs(near_points).max()))
+    panels.insert(0, labelled_panel(near_points, reference_points(seed, name="chasm_near"),
+                                    f"near, stale: axes +-{extent:.0f}", np.zeros(2), extent))
   gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
-  return images.save_png(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1),
-                         path)
+  row = [part for panel in panels for part in (panel, gap)][:-1]
+  return images.save_png(np.concatenate(row, axis=1), path)
 
 
 def main() -> None:
@@ -221,9 +242,12 @@ def main() -> None:
   args = parser.parse_args()
   stale = run_stale(args.steps, args.seed)
   fdrl = run_fdrl(args.steps, args.seed)
+  near = run_stale(args.steps, args.seed, name="chasm_near")
   spec = sampling.build_flow_spec(toy2d.get_config("chasm"))
   print(markdown_table(stale, fdrl, args.steps, spec.num_steps + spec.num_refine_steps))
-  print(f"\nWrote {save_plot(stale, fdrl, os.path.join(args.out, 'density_chasm.png'), args.seed)}")
+  print("\n" + near_line(near))
+  path = save_plot(stale, fdrl, os.path.join(args.out, "density_chasm.png"), args.seed, near)
+  print(f"\nWrote {path}")
 
 
 if __name__ == "__main__":

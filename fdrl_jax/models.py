@@ -30,20 +30,34 @@ def variables(params, batch_stats) -> dict:
   return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
+def _init(torch_init: bool, fan_in: int, bias: float = 0.0) -> dict:
+  """A layer's ``kernel_init`` / ``bias_init``: Flax's defaults (LeCun normal, zero bias), or with
+  ``torch_init`` PyTorch's (weights and biases uniform on ±1/√fan-in, the reference's); the bias
+  is shifted by ``bias``."""
+  if not torch_init:
+    return {"bias_init": nn.initializers.constant(bias)}
+  bound = fan_in ** -0.5
+  return {"kernel_init": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+          "bias_init": lambda key, shape, dtype=jnp.float32: bias + jax.random.uniform(
+              key, shape, dtype, -bound, bound)}
+
+
 class MLP(nn.Module):
   """Fully connected estimator on flattened inputs: ``depth`` hidden layers of ``width``."""
   width: int = 64
   depth: int = 4
   negative_slope: float = 0.2
   output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
+  torch_init: bool = False  # PyTorch's initialisation (the reference's), see _init
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     del update_stats  # no spectral norm here; the argument keeps one call signature for all
     x = x.reshape((x.shape[0], -1))
     for _ in range(self.depth):
-      x = nn.leaky_relu(nn.Dense(self.width)(x), self.negative_slope)
-    return nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))(x)[:, 0]
+      x = nn.leaky_relu(nn.Dense(self.width, **_init(self.torch_init, x.shape[-1]))(x),
+                        self.negative_slope)
+    return nn.Dense(1, **_init(self.torch_init, x.shape[-1], self.output_bias))(x)[:, 0]
 
 
 class ConvNet(nn.Module):
@@ -52,6 +66,7 @@ class ConvNet(nn.Module):
   channels: Sequence[int] = (32, 64, 64)
   negative_slope: float = 0.2
   output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
+  torch_init: bool = False  # PyTorch's initialisation (the reference's), see _init
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
@@ -59,9 +74,10 @@ class ConvNet(nn.Module):
     for i, c in enumerate(self.channels):
       stride = 1 if i == 0 else 2
       x = nn.Conv(c, (3, 3), strides=stride, use_bias=False,
-                  conv_general_dilated=conv_general_dilated)(x)
+                  conv_general_dilated=conv_general_dilated,
+                  **_init(self.torch_init, 9 * x.shape[-1]))(x)
       x = nn.leaky_relu(x, self.negative_slope)
-    return nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))(
+    return nn.Dense(1, **_init(self.torch_init, x.shape[-1], self.output_bias))(
         x.mean(axis=(1, 2)))[:, 0]
 
 
@@ -107,18 +123,20 @@ class ResBlock(nn.Module):
   spectral_norm: bool = False
   negative_slope: float = 0.2
   dtype: Any = None
+  torch_init: bool = False  # PyTorch's initialisation (the reference's), see _init
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
-    conv = lambda k, s: _Layer(nn.Conv(self.features, (k, k), strides=s, use_bias=False,
-                                       padding=((k // 2, k // 2),) * 2, dtype=self.dtype,
-                                       conv_general_dilated=conv_general_dilated),
-                               self.spectral_norm)
-    h = nn.leaky_relu(conv(3, self.stride)(x, update_stats), self.negative_slope)
-    h = conv(3, 1)(h, update_stats)
+    conv = lambda k, s, fan_in: _Layer(
+        nn.Conv(self.features, (k, k), strides=s, use_bias=False,
+                padding=((k // 2, k // 2),) * 2, dtype=self.dtype,
+                conv_general_dilated=conv_general_dilated,
+                **_init(self.torch_init, k * k * fan_in)), self.spectral_norm)
+    h = nn.leaky_relu(conv(3, self.stride, x.shape[-1])(x, update_stats), self.negative_slope)
+    h = conv(3, 1, self.features)(h, update_stats)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = conv(1, self.stride)(x, update_stats)
+      shortcut = conv(1, self.stride, x.shape[-1])(x, update_stats)
     return nn.leaky_relu(h + shortcut, self.negative_slope)
 
 
@@ -129,17 +147,20 @@ class SelfAttention(nn.Module):
   reduction: int = 8
   spectral_norm: bool = False
   dtype: Any = None
+  torch_init: bool = False  # PyTorch's initialisation (the reference's), see _init
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     b, h, w, c = x.shape
-    conv = lambda f: _Layer(nn.Conv(f, (1, 1), dtype=self.dtype,
-                                    conv_general_dilated=conv_general_dilated), self.spectral_norm)
+    conv = lambda f, fan_in: _Layer(nn.Conv(f, (1, 1), dtype=self.dtype,
+                                            conv_general_dilated=conv_general_dilated,
+                                            **_init(self.torch_init, fan_in)), self.spectral_norm)
     inner = c // self.reduction
-    key, query, value = (conv(inner)(x, update_stats).reshape(b, h * w, inner) for _ in range(3))
+    key, query, value = (conv(inner, c)(x, update_stats).reshape(b, h * w, inner)
+                         for _ in range(3))
     attention = jax.nn.softmax(jnp.einsum("bic,bjc->bij", key, query), axis=1)  # over keys i
     attended = jnp.einsum("bic,bij->bjc", value, attention).reshape(b, h, w, inner)
-    out = conv(c)(attended, update_stats)
+    out = conv(c, inner)(attended, update_stats)
     gamma = self.param("gamma", nn.initializers.zeros, ())
     return gamma * out + x
 
@@ -153,23 +174,26 @@ class ResNet(nn.Module):
   negative_slope: float = 0.2
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
   output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
+  torch_init: bool = False  # PyTorch's initialisation (the reference's), see _init
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     stem, stages, attention_after = RESNETS[self.arch]
     x = _Layer(nn.Conv(stem, (3, 3), use_bias=False, padding=((1, 1), (1, 1)), dtype=self.dtype,
-                       conv_general_dilated=conv_general_dilated), self.spectral_norm)(
+                       conv_general_dilated=conv_general_dilated,
+                       **_init(self.torch_init, 9 * x.shape[-1])), self.spectral_norm)(
                            x, update_stats)
     x = nn.leaky_relu(x, self.negative_slope)
     for i, (features, blocks, stride) in enumerate(stages):
       for j in range(blocks):
         x = ResBlock(features, stride if j == 0 else 1, self.spectral_norm, self.negative_slope,
-                     self.dtype)(x, update_stats)
+                     self.dtype, self.torch_init)(x, update_stats)
       if self.self_attention and i == attention_after:
-        x = SelfAttention(spectral_norm=self.spectral_norm, dtype=self.dtype)(x, update_stats)
+        x = SelfAttention(spectral_norm=self.spectral_norm, dtype=self.dtype,
+                          torch_init=self.torch_init)(x, update_stats)
     x = x.mean(axis=(1, 2))
     out = _Layer(nn.Dense(1, dtype=self.dtype,
-                          bias_init=nn.initializers.constant(self.output_bias)),
+                          **_init(self.torch_init, x.shape[-1], self.output_bias)),
                  self.spectral_norm)(x, update_stats)
     return out[:, 0].astype(jnp.float32)
 
@@ -183,30 +207,34 @@ class DCGANDiscriminator(nn.Module):
   channels: Sequence[int] = (32, 64)
   negative_slope: float = 0.2
   output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
+  torch_init: bool = False  # PyTorch's initialisation (the reference's), see _init
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     del update_stats
     for c in self.channels:
       x = nn.Conv(c, (4, 4), strides=2, padding=((1, 1), (1, 1)),
-                  conv_general_dilated=conv_general_dilated)(x)
+                  conv_general_dilated=conv_general_dilated,
+                  **_init(self.torch_init, 16 * x.shape[-1]))(x)
       x = nn.leaky_relu(x, self.negative_slope)
-    return nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))(
-        x.reshape((x.shape[0], -1)))[:, 0]
+    x = x.reshape((x.shape[0], -1))
+    return nn.Dense(1, **_init(self.torch_init, x.shape[-1], self.output_bias))(x)[:, 0]
 
 
 MODELS = {
-    "dcgan": lambda cfg, bias: DCGANDiscriminator(channels=tuple(cfg.channels),
-                                                  negative_slope=cfg.negative_slope,
-                                                  output_bias=bias),
+    "dcgan": lambda cfg, bias: DCGANDiscriminator(
+        channels=tuple(cfg.channels), negative_slope=cfg.negative_slope, output_bias=bias,
+        torch_init=cfg.torch_init),
     "mlp": lambda cfg, bias: MLP(width=cfg.width, depth=cfg.depth,
-                                 negative_slope=cfg.negative_slope, output_bias=bias),
+                                 negative_slope=cfg.negative_slope, output_bias=bias,
+                                 torch_init=cfg.torch_init),
     "conv": lambda cfg, bias: ConvNet(channels=tuple(cfg.channels),
-                                      negative_slope=cfg.negative_slope, output_bias=bias),
+                                      negative_slope=cfg.negative_slope, output_bias=bias,
+                                      torch_init=cfg.torch_init),
     **{arch: (lambda cfg, bias, arch=arch: ResNet(
         arch=arch, spectral_norm=cfg.spectral_norm, self_attention=cfg.self_attention,
         negative_slope=cfg.negative_slope, dtype=jnp.bfloat16 if cfg.bf16 else None,
-        output_bias=bias))
+        output_bias=bias, torch_init=cfg.torch_init))
         for arch in RESNETS},
 }
 

@@ -189,3 +189,15 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(tmp_path, 
   assert (tmp_path / "w" / "unreadable_checkpoints" / "4").is_dir()  # kept, out of the way
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params),
                jax.device_get(resumed.params))
+
+
+def test_an_older_config_json_takes_new_keys_from_the_defaults(tmp_path):
+  from configs import digits, from_json
+  saved = digits.get_config().to_dict()
+  del saved["model"]["neutral_init"], saved["flow"]["clip_every_step"]  # keys added later
+  saved["flow"]["num_steps"] = 7
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(saved, default=list))
+  config = from_json.get_config(str(path))
+  assert config.model.neutral_init is True and config.flow.clip_every_step is True
+  assert config.flow.num_steps == 7 and config.data.name == "digits"

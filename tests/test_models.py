@@ -98,3 +98,32 @@ def test_bf16_compute_keeps_float32_parameters():
   assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   out = jax.eval_shape(model.apply, variables, x)
   assert out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv", "dcgan", "resnet64_shallow"])
+def test_torch_init_is_pytorchs_uniform_fan_in(name):
+  from configs import default
+  from fdrl_jax import models
+  config = default.get_config().model
+  config.name, config.torch_init = name, True
+  x = jnp.zeros((1, 32, 32, 3))
+  params = models.create_model(config).init(jax.random.key(0), x)["params"]
+  checked = 0
+  for path, w in jax.tree_util.tree_leaves_with_path(params):
+    names = [getattr(p, "key", "") for p in path]
+    if names[-1] != "kernel":
+      continue
+    fan_in = int(np.prod(w.shape[:-1]))
+    bound = fan_in ** -0.5
+    assert float(jnp.abs(w).max()) <= bound, names
+    if w.size > 5000:  # enough weights for the spread of U(±bound): std bound/√3
+      np.testing.assert_allclose(float(w.std()), bound / 3 ** 0.5, rtol=0.1)
+    checked += 1
+  assert checked >= 3
+  flax_init = config.copy_and_resolve_references()
+  flax_init.torch_init = False
+  default_params = models.create_model(flax_init).init(jax.random.key(0), x)
+  kernels = [w for p, w in jax.tree_util.tree_leaves_with_path(default_params)
+             if getattr(p[-1], "key", "") == "kernel" and w.size > 5000]
+  assert kernels and all(float(jnp.abs(w).max()) > (np.prod(w.shape[:-1]) ** -0.5)
+                         for w in kernels)  # LeCun normal's tails pass the uniform's bound
