@@ -1,0 +1,98 @@
+"""What the flow does to its particles, for LSIF-χ² on the bundled digits at several η and learning
+rates: why the paper's η = 3 trains worse here (issue 13's question), one command.
+
+  python experiments/flow_stats.py [--steps 1500] [--samples 500] [--out experiments/out]
+
+Each setting (η, Adam learning rate, the estimator's start: neutral r = 1 or the reference's
+r ≈ 0) trains ``configs/digits.py`` with LSIF-χ² for --steps steps (× 0.1 at 80 % and 90 %), then
+flows --samples prior draws K + κ steps with the EMA estimator and records, after every step: the
+mean estimated ratio r(x) of the particles, the share of saturated pixels (|x| ≥ 0.99, where the
+data's digits are mostly ink or background) and the mean particle norm ‖x‖. The data's own
+saturated share and norm are the targets. Writes ``flow_stats.md`` into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import numpy as np
+
+from digits_table import train_variant, variant_config
+from fdrl_jax import flows, run_lib, workdir as workdirs
+
+SETTINGS = [  # (η, learning rate, neutral start)
+    (1.0, 1e-3, True), (1.0, 1e-3, False), (3.0, 1e-3, True), (3.0, 1e-4, True)]
+SATURATED = 0.99
+
+
+def statistics(x: np.ndarray) -> tuple[float, float]:
+  """The share of saturated pixels and the mean particle norm of images x (n, ...)."""
+  flat = x.reshape(len(x), -1)
+  return float(np.mean(np.abs(flat) >= SATURATED)), float(np.mean(np.linalg.norm(flat, axis=1)))
+
+
+def flow_record(config, workdir: str, num_samples: int):
+  """Per flow step (0 … K + κ): mean ratio, saturated share and mean norm of the particles, and
+  the final particles."""
+  run, state, _ = run_lib.restore_latest(config, workdir)
+  parts = run.sampler_parts()
+  kwargs = parts.spec.sampling_kwargs()
+  estimator = parts.estimator.apply(state)
+
+  @jax.jit
+  def trajectory(state, key):
+    k_prior, k_flow = jax.random.split(key)
+    x0 = parts.start(state, k_prior, num_samples)
+    final, path = flows.flow(parts.potential(state), x0, k_flow, save_every=1, **kwargs)
+    return final, path, jax.vmap(estimator)(path)
+
+  final, path, outputs = jax.device_get(trajectory(state, run.sample_key_for(0)))
+  ratios = outputs if parts.estimator.output == "ratio" else np.exp(outputs)
+  rows = [(k, float(np.mean(ratios[k])), *statistics(path[k])) for k in range(len(path))]
+  return rows, final, run
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=1500)
+  parser.add_argument("--samples", type=int, default=500)
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  args = parser.parse_args()
+  began = time.perf_counter()
+  lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}. configs/digits.py with LSIF-χ², "
+           f"{args.steps} steps each, {args.samples} particles flowed K + κ steps by the EMA "
+           "estimator.", ""]
+  summary = ["| η | lr | start | FD-digits | prior's | mean r, start → end | saturated share, "
+             "start → end (data) | ‖x‖, start → end (data) | train time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+  details = []
+  for eta, lr, neutral in SETTINGS:
+    variant = ("", "lsif", "pearson", "gaussian", 5)  # the table's FDRL-DDP LSIF-χ² row
+    base = variant_config(*variant[1:], args.steps, args.samples)
+    base.flow.step_size, base.optim.learning_rate = eta, lr
+    base.model.neutral_init = neutral
+    config, workdir, result, seconds = train_variant(variant, args.steps, args.samples, base)
+    rows, final, run = flow_record(config, workdir, args.samples)
+    data_share, data_norm = statistics(run.dataset.test)
+    start = "r = 1" if neutral else "r ≈ 0"
+    summary.append(
+        f"| {eta:g} | {lr:g} | {start} | {result['fd_digits']:.1f} | "
+        f"{result['fd_digits_prior']:.1f} | {rows[0][1]:.3g} → {rows[-1][1]:.3g} | "
+        f"{rows[0][2]:.2f} → {rows[-1][2]:.2f} ({data_share:.2f}) | {rows[0][3]:.2f} → "
+        f"{rows[-1][3]:.2f} ({data_norm:.2f}) | {seconds:.0f} s |")
+    print(summary[-1], flush=True)
+    picks = sorted({0, 1, 2, 5, 10, len(rows) // 2, len(rows) - 1})
+    details += [f"η = {eta:g}, lr {lr:g}, start {start}: along the flow", "",
+                "| flow step | mean r | saturated share | ‖x‖ |", "|---|---|---|---|",
+                *(f"| {rows[k][0]} | {rows[k][1]:.3g} | {rows[k][2]:.3f} | {rows[k][3]:.2f} |"
+                  for k in picks), ""]
+  text = "\n".join(lines + summary + [""] + details
+                   + [f"Whole command: {time.perf_counter() - began:.0f} s."]) + "\n"
+  workdirs.experiment_report(args.out, "flow_stats", text)
+
+
+if __name__ == "__main__":
+  main()
