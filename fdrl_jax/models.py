@@ -30,16 +30,19 @@ def variables(params, batch_stats) -> dict:
   return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
-def _init(torch_init: bool, fan_in: int, bias: float = 0.0) -> dict:
+def _init(torch_init: bool, fan_in: int | None = None, bias: float = 0.0) -> dict:
   """A layer's ``kernel_init`` / ``bias_init``: Flax's defaults (LeCun normal, zero bias), or with
   ``torch_init`` PyTorch's (weights and biases uniform on ±1/√fan-in, the reference's); the bias
-  is shifted by ``bias``."""
+  is shifted by ``bias``. ``fan_in`` (the layer's inputs per output) is needed only by a biased
+  layer's PyTorch bias: the kernel initialiser reads it from the kernel's shape."""
   if not torch_init:
     return {"bias_init": nn.initializers.constant(bias)}
+  kernel = {"kernel_init": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")}
+  if fan_in is None:  # a layer without bias
+    return kernel
   bound = fan_in ** -0.5
-  return {"kernel_init": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-          "bias_init": lambda key, shape, dtype=jnp.float32: bias + jax.random.uniform(
-              key, shape, dtype, -bound, bound)}
+  return {**kernel, "bias_init": lambda key, shape, dtype=jnp.float32: bias + jax.random.uniform(
+      key, shape, dtype, -bound, bound)}
 
 
 class MLP(nn.Module):
@@ -74,8 +77,7 @@ class ConvNet(nn.Module):
     for i, c in enumerate(self.channels):
       stride = 1 if i == 0 else 2
       x = nn.Conv(c, (3, 3), strides=stride, use_bias=False,
-                  conv_general_dilated=conv_general_dilated,
-                  **_init(self.torch_init, 9 * x.shape[-1]))(x)
+                  conv_general_dilated=conv_general_dilated, **_init(self.torch_init))(x)
       x = nn.leaky_relu(x, self.negative_slope)
     return nn.Dense(1, **_init(self.torch_init, x.shape[-1], self.output_bias))(
         x.mean(axis=(1, 2)))[:, 0]
@@ -127,16 +129,16 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
-    conv = lambda k, s, fan_in: _Layer(
-        nn.Conv(self.features, (k, k), strides=s, use_bias=False,
-                padding=((k // 2, k // 2),) * 2, dtype=self.dtype,
-                conv_general_dilated=conv_general_dilated,
-                **_init(self.torch_init, k * k * fan_in)), self.spectral_norm)
-    h = nn.leaky_relu(conv(3, self.stride, x.shape[-1])(x, update_stats), self.negative_slope)
-    h = conv(3, 1, self.features)(h, update_stats)
+    conv = lambda k, s: _Layer(nn.Conv(self.features, (k, k), strides=s, use_bias=False,
+                                       padding=((k // 2, k // 2),) * 2, dtype=self.dtype,
+                                       conv_general_dilated=conv_general_dilated,
+                                       **_init(self.torch_init)),
+                               self.spectral_norm)
+    h = nn.leaky_relu(conv(3, self.stride)(x, update_stats), self.negative_slope)
+    h = conv(3, 1)(h, update_stats)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = conv(1, self.stride, x.shape[-1])(x, update_stats)
+      shortcut = conv(1, self.stride)(x, update_stats)
     return nn.leaky_relu(h + shortcut, self.negative_slope)
 
 
@@ -180,9 +182,8 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     stem, stages, attention_after = RESNETS[self.arch]
     x = _Layer(nn.Conv(stem, (3, 3), use_bias=False, padding=((1, 1), (1, 1)), dtype=self.dtype,
-                       conv_general_dilated=conv_general_dilated,
-                       **_init(self.torch_init, 9 * x.shape[-1])), self.spectral_norm)(
-                           x, update_stats)
+                       conv_general_dilated=conv_general_dilated, **_init(self.torch_init)),
+               self.spectral_norm)(x, update_stats)
     x = nn.leaky_relu(x, self.negative_slope)
     for i, (features, blocks, stride) in enumerate(stages):
       for j in range(blocks):
