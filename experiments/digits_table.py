@@ -25,7 +25,7 @@ import time
 import jax
 
 from configs import digits
-from fdrl_jax import evaluate, figures, run_lib, sampling
+from fdrl_jax import evaluate, figures, run_lib, sampling, workdir as workdirs
 
 # (label, loss, divergence, prior, κ): the rows of the paper's Table 2.
 VARIANTS = [
@@ -113,14 +113,6 @@ def write_figures(config, workdir: str, out: str) -> list[str]:
   return paths
 
 
-def write(out: str, name: str, lines: list[str]) -> None:
-  text = "\n".join(lines) + "\n"
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, name), "w") as f:
-    f.write(text)
-  print(text)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--part", choices=["table", "curve", "all"], default="all")
@@ -143,7 +135,7 @@ def main() -> None:
       print(lines[-1], flush=True)
     lines += ["", f"Real floor (training vs held-out split): {result['fd_digits_floor']:.1f}. "
               f"Classifier test accuracy: {result['classifier_test_accuracy']:.3f}."]
-    write(args.out, "digits_table.md", lines)
+    workdirs.experiment_report(args.out, "digits_table", "\n".join(lines) + "\n")
   if args.part in ("curve", "all"):
     lines = [header, "", "Flow length (Fig. 8): FD-digits of samples drawn with K + κ flow steps "
              "by models trained with K = 20.", ""]
@@ -157,7 +149,7 @@ def main() -> None:
       for total, fd in flow_length_curve(config, workdir, flow_lengths(config.flow.num_steps)):
         lines.append(f"| {total} | {fd:.1f} |")
       lines.append("")
-    write(args.out, "digits_flow_length.md", lines)
+    workdirs.experiment_report(args.out, "digits_flow_length", "\n".join(lines) + "\n")
     if FIGURE_VARIANT in trained:
       print("\n".join(write_figures(*trained[FIGURE_VARIANT][:2], args.out)))
 
