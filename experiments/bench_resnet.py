@@ -19,10 +19,9 @@ they are timed by default on a GPU and on a CPU only with ``--bf16``.
 
 Columns: compile time (lower + compile, ahead of time); time per call (median of steady calls
 after a warm-up, ``block_until_ready``); particle-steps/s of the flow; XLA's temporary buffer size
-(``memory_analysis()``); GFLOP per call and GFLOP/s as XLA counts them (``cost_analysis()``) and
-from the nominal figure of 4.07 GFLOP per forward pass and image. XLA counts a while-loop body
-once, so a flow's count is K × that of a one-step flow, and a training step's is its own count
-with its flow's replaced by that. Nominally a flow step is 2 forwards (forward and input
+(``memory_analysis()``); GFLOP/s from the nominal figure of 4.07 GFLOP per forward pass and image
+(XLA's own count, ``cost_analysis()``, is printed for one forward pass; it cannot count calls
+whose loops, the flow's and on CPU the kernel gradients' batch chunks, run several times). Nominally a flow step is 2 forwards (forward and input
 gradient) and each of the training step's two loss passes (data, flowed batch) 3 forwards
 (forward and gradients): (2K + 6)·B forwards per training step.
 """
@@ -61,7 +60,6 @@ class Row:
   steps: int
   compile_s: float
   call_s: float
-  flops: float | None  # XLA's count per call
   nominal_flops: float
   temp_mib: float
 
@@ -100,18 +98,19 @@ def forward_flops(model: nn.Module) -> float | None:
 
 
 def timed_row(run: str, dtype: str, batch: int, steps: int, compiled: Any, compile_s: float,
-              call: Callable, flops: float | None, nominal_forwards: int,
+              call: Callable, nominal_forwards: int,
               args: argparse.Namespace) -> Row:
   row = Row(run, dtype, batch, steps, compile_s, median_call_s(call, args.repeats, args.budget),
-            flops, nominal_forwards * NOMINAL_FORWARD_FLOPS,
+            nominal_forwards * NOMINAL_FORWARD_FLOPS,
             compiled.memory_analysis().temp_size_in_bytes / MiB)
   print(f"{run} {dtype} {batch}x{steps}: {row.call_s:.3f} s/call", file=sys.stderr, flush=True)
   return row
 
 
 def bench_case(dtype: str, batch: int, steps: int, args: argparse.Namespace) -> list[Row]:
-  """The flow row and the training-step row of one (dtype, B, K)."""
-  model = ResNet(arch="resnet32", dtype=DTYPES[dtype])
+  """The flow row and the training-step row of one (dtype, B, K): the CIFAR10 config's estimator
+  (spectral norm, no self-attention)."""
+  model = ResNet(arch="resnet32", spectral_norm=True, dtype=DTYPES[dtype])
   k_init, k_x, k_data, key = jax.random.split(jax.random.key(0), 4)
   state = fdrl.create_train_state(model, TX, priors.UniformPrior(IMAGE_SHAPE), k_init,
                                   IMAGE_SHAPE)
@@ -120,35 +119,28 @@ def bench_case(dtype: str, batch: int, steps: int, args: argparse.Namespace) -> 
   data = jax.random.uniform(k_data, (batch, *IMAGE_SHAPE), minval=-1.0, maxval=1.0)
 
   flow_fn, flow_compile_s = compile_timed(make_flow(model, steps), model_vars, x0, key)
-  one_step = flow_fn if steps == 1 else make_flow(model, 1).lower(model_vars, x0, key).compile()
-  step_flops, loop_flops = xla_flops(one_step), xla_flops(flow_fn)
-  flow_flops = None if step_flops is None else steps * step_flops
   flow_row = timed_row("flow", dtype, batch, steps, flow_fn, flow_compile_s,
-                       lambda: flow_fn(model_vars, x0, key), flow_flops, 2 * batch * steps, args)
+                       lambda: flow_fn(model_vars, x0, key), 2 * batch * steps, args)
 
   train_fn, train_compile_s = compile_timed(make_train(model, steps), state, data, key)
-  train_flops = xla_flops(train_fn)
-  if None not in (train_flops, loop_flops, flow_flops):
-    train_flops += flow_flops - loop_flops
   train_row = timed_row("train", dtype, batch, steps, train_fn, train_compile_s,
-                        lambda: train_fn(state, data, key), train_flops, (2 * steps + 6) * batch,
+                        lambda: train_fn(state, data, key), (2 * steps + 6) * batch,
                         args)
   return [flow_row, train_row]
 
 
-def gflops(flops: float | None, seconds: float) -> str:
-  return "-" if flops is None else f"{flops / seconds / 1e9:.1f}"
+def gflops(flops: float, seconds: float) -> str:
+  return f"{flops / seconds / 1e9:.1f}"
 
 
 def table(rows: list[Row]) -> list[str]:
   header = ["run", "dtype", "B", "K", "compile (s)", "time/call (s)", "particle-steps/s",
-            "GFLOP/call (XLA)", "GFLOP/s (XLA)", "GFLOP/s (nominal)", "temp (MiB)"]
+            "GFLOP/s (nominal)", "temp (MiB)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     rate = f"{r.batch * r.steps / r.call_s:.1f}" if r.run == "flow" else "-"
     cells = [r.run, r.dtype, str(r.batch), str(r.steps), f"{r.compile_s:.1f}", f"{r.call_s:.3f}",
-             rate, "-" if r.flops is None else f"{r.flops / 1e9:.1f}", gflops(r.flops, r.call_s),
-             gflops(r.nominal_flops, r.call_s), f"{r.temp_mib:.0f}"]
+             rate, gflops(r.nominal_flops, r.call_s), f"{r.temp_mib:.0f}"]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
