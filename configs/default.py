@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 64         # folder / tfds: output size (shorter side resized, crop)
   config.data.resize_first = 0        # folder / tfds: resize the shorter side to this first (0: no)
   config.data.center_crop = 0         # folder / tfds: centre crop before the final resize (0: no)
+  config.data.stretch = False         # folder / tfds: resize both sides to image_size, no crop
   config.data.max_fit_samples = 10_000  # training images decoded to fit the prior (and kept in
                                       # memory when the split is no larger)
 

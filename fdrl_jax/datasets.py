@@ -26,7 +26,8 @@ def _folder(config: ml_collections.ConfigDict, path: str, test_path: str = "",
   d = config.data
   return image_data.folder_dataset(
       path, image_size=d.image_size, center_crop=d.center_crop or None,
-      resize_first=d.resize_first or None, test_path=test_path or None, channels=channels,
+      resize_first=d.resize_first or None, stretch=d.stretch, test_path=test_path or None,
+      channels=channels,
       max_fit_samples=d.max_fit_samples)
 
 
@@ -34,7 +35,7 @@ def _tfds(config: ml_collections.ConfigDict):
   from fdrl_jax import image_data
   d = config.data
   return image_data.tfds_dataset(**image_data.TFDS_PRESETS[d.name], data_dir=d.data_dir or None,
-                                 max_fit_samples=d.max_fit_samples)
+                                 stretch=d.stretch, max_fit_samples=d.max_fit_samples)
 
 
 def _tfds_named(config: ml_collections.ConfigDict):
@@ -43,7 +44,7 @@ def _tfds_named(config: ml_collections.ConfigDict):
   return image_data.tfds_dataset(
       d.tfds_name, split=d.train_split, data_dir=d.data_dir or None, image_key=d.image_key,
       image_size=d.image_size, center_crop=d.center_crop or None,
-      resize_first=d.resize_first or None, test_split=d.test_split or None,
+      resize_first=d.resize_first or None, stretch=d.stretch, test_split=d.test_split or None,
       max_fit_samples=d.max_fit_samples)
 
 

@@ -76,12 +76,14 @@ def crop_center(image: Image.Image, size: int) -> Image.Image:
 
 
 def preprocess(pixels: np.ndarray, *, image_size: int, center_crop: int | None = None,
-               resize_first: int | None = None) -> np.ndarray:
+               resize_first: int | None = None, stretch: bool = False) -> np.ndarray:
   """Maps uint8 pixels (H, W, C) to a float32 (image_size, image_size, C) image in [-1, 1].
 
   The steps, in order: resize the shorter side to ``resize_first`` (if given); center-crop a
   ``center_crop`` square (if given); resize the shorter side to ``image_size`` and center-crop an
   ``image_size`` square (a plain resize for square images, nothing for ones already that size).
+  With ``stretch`` the last step resizes both sides to ``image_size`` instead, squeezing a
+  non-square image whole into the square (the reference's LSUN ``Resize((128, 128))``).
   """
   channels = pixels.shape[-1]
   image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
@@ -89,7 +91,11 @@ def preprocess(pixels: np.ndarray, *, image_size: int, center_crop: int | None =
     image = resize_shorter_side(image, resize_first)
   if center_crop:
     image = crop_center(image, center_crop)
-  image = crop_center(resize_shorter_side(image, image_size), image_size)
+  if stretch:
+    image = image if image.size == (image_size, image_size) else image.resize(
+        (image_size, image_size), RESAMPLE)
+  else:
+    image = crop_center(resize_shorter_side(image, image_size), image_size)
   return np.asarray(image, np.float32).reshape(image_size, image_size, channels) / 127.5 - 1.0
 
 
@@ -224,8 +230,8 @@ def tfds_labelled(name: str, split: str, data_dir: str | os.PathLike | None, max
 
 def tfds_dataset(name: str, *, split: str = "train", data_dir: str | os.PathLike | None = None,
                  image_key: str = "image", image_size: int, center_crop: int | None = None,
-                 resize_first: int | None = None, test_split: str | None = None,
-                 max_fit_samples: int = DEFAULT_MAX_FIT_SAMPLES,
+                 resize_first: int | None = None, stretch: bool = False,
+                 test_split: str | None = None, max_fit_samples: int = DEFAULT_MAX_FIT_SAMPLES,
                  max_test_samples: int = DEFAULT_MAX_TEST_SAMPLES) -> Dataset:
   """Builds an image Dataset from a tensorflow-datasets split read through ``tfds.data_source``.
 
@@ -241,6 +247,7 @@ def tfds_dataset(name: str, *, split: str = "train", data_dir: str | os.PathLike
     image_size: side of the square output images.
     center_crop: side of a square cut from the middle before resizing (CelebA: 140).
     resize_first: shorter side to resize to before ``center_crop``.
+    stretch: resize both sides to ``image_size`` (no final crop; see ``preprocess``).
     test_split: a split whose first ``max_test_samples`` images become ``Dataset.test``.
     max_fit_samples: a training split at most this long is decoded whole into ``Dataset.train``;
       a longer one leaves it None and is decoded lazily, batch by batch (see the module doc).
@@ -251,7 +258,7 @@ def tfds_dataset(name: str, *, split: str = "train", data_dir: str | os.PathLike
       not prepared, the data folder and the command to prepare it.
   """
   preprocessing = {"image_size": image_size, "center_crop": center_crop,
-                   "resize_first": resize_first}
+                   "resize_first": resize_first, "stretch": stretch}
   source = open_tfds(name, split, data_dir)
   check_tfds_image(source, name, image_key)
   test = tfds_test_images(name, test_split, data_dir, max_test_samples, image_key,
@@ -311,14 +318,14 @@ def read_image(file: Path, channels: int = 3) -> np.ndarray:
   return pixels.reshape(*pixels.shape[:2], channels)
 
 
-def folder_loader(files: list[Path], channels: int = 3, **preprocessing: int | None) -> Loader:
+def folder_loader(files: list[Path], channels: int = 3, **preprocessing: Any) -> Loader:
   """Returns a function decoding image file i with ``channels`` channels and preprocessing it."""
   return lambda i: preprocess(read_image(files[i], channels), **preprocessing)
 
 
 def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int | None = None,
-                   resize_first: int | None = None, test_path: str | os.PathLike | None = None,
-                   channels: int | None = None,
+                   resize_first: int | None = None, stretch: bool = False,
+                   test_path: str | os.PathLike | None = None, channels: int | None = None,
                    max_fit_samples: int = DEFAULT_MAX_FIT_SAMPLES) -> Dataset:
   """Builds an image Dataset from the .png/.jpg/.jpeg files under a folder (recursively).
 
@@ -327,6 +334,7 @@ def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int
     image_size: side of the square output images.
     center_crop: side of a square cut from the middle after ``resize_first``.
     resize_first: shorter side to resize to before cropping (Cat2dog: 84, then crop 64).
+    stretch: resize both sides to ``image_size`` (no final crop; see ``preprocess``).
     test_path: an optional folder decoded whole into ``Dataset.test``, e.g. ``testB``.
     channels: 1 (grey) or 3 (RGB) to convert every image to; None decides by the folders: 1 if
       every image of ``path`` and ``test_path`` is greyscale (``is_greyscale``), else 3.
@@ -343,7 +351,7 @@ def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int
   elif channels not in IMAGE_MODES:
     raise ValueError(f"images are read with 1 (grey) or 3 (RGB) channels, not {channels}")
   preprocessing = {"image_size": image_size, "center_crop": center_crop,
-                   "resize_first": resize_first}
+                   "resize_first": resize_first, "stretch": stretch}
   test = None
   if test_path is not None:
     test = load_all(len(test_files), folder_loader(test_files, channels, **preprocessing))

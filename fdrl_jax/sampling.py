@@ -372,14 +372,15 @@ def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple
                 ) -> tuple[np.ndarray, list[str]]:
   """Images to translate, in [-1, 1], and a name for each: an .npz (key ``x``, NHWC, float in
   [-1, 1] or uint8) or a folder of PNG/JPEG files preprocessed as the training folder is
-  (``data.image_size``, ``resize_first``, ``center_crop``; grey when the run's images are)."""
+  (``data.image_size``, ``resize_first``, ``center_crop``, ``stretch``; grey when the run's
+  images are)."""
   from fdrl_jax import image_data
   if os.path.isdir(path):
     files = image_data.image_files(path)
     d = config.data
     load = image_data.folder_loader(files, event_shape[-1], image_size=event_shape[0],
                                     center_crop=d.center_crop or None,
-                                    resize_first=d.resize_first or None)
+                                    resize_first=d.resize_first or None, stretch=d.stretch)
     x = image_data.load_all(len(files), load)
     names = [os.path.splitext(os.path.relpath(f, path))[0].replace(os.sep, "_") for f in files]
   elif os.path.isfile(path) and path.endswith(".npz"):

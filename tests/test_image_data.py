@@ -115,6 +115,16 @@ def test_preprocess_resize_then_crop_keeps_the_centre():
   assert x[32, 32, 0] == 1.0 and x[0, 0, 0] == -1.0
 
 
+def test_stretch_squeezes_the_whole_image_into_the_square():
+  pixels = np.zeros((40, 80, 3), np.uint8)
+  pixels[:, :10] = 255  # a white band at the left edge, which the centre crop would cut
+  cropped = preprocess(pixels, image_size=20)
+  stretched = preprocess(pixels, image_size=20, stretch=True)
+  assert cropped.shape == stretched.shape == (20, 20, 3)
+  assert cropped[:, 0].max() == -1.0 and stretched[:, 0].min() == 1.0
+  assert stretched[:, 4:].max() == -1.0  # the band is 10/80 of the width: 2.5 of 20 columns
+
+
 def test_corrupt_image_error_names_the_file(image_folder):
   bad = image_folder / "sub" / "x.png"
   bad.write_bytes(np.random.default_rng(0).bytes(300))
@@ -248,6 +258,9 @@ def test_tfds_split_slices_and_preprocessing_come_from_the_config(tiny_tfds):
                                  resize_first=12, center_crop=8))
   folder = folder_dataset(train, image_size=4, resize_first=12, center_crop=8)
   np.testing.assert_array_equal(ds.train, folder.train[:3])
+  stretched = build_dataset(tfds_config(data_dir, image_size=4, stretch=True))
+  np.testing.assert_array_equal(stretched.train,
+                                folder_dataset(train, image_size=4, stretch=True).train)
 
 
 def test_a_grey_tfds_set_keeps_one_channel(tmp_path):
