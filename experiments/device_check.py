@@ -4,7 +4,7 @@
   python experiments/device_check.py [--configs cifar10,celeba64,lsun_church128,mnist]
       [--dtypes float32,bfloat16] [--batch 64] [--flow_steps 100] [--refine_steps κ]
       [--sample_batch 256]
-      [--repeats 3] [--out experiments/out]
+      [--repeats 3] [--out experiments/out] [--compile_only]
 
 For each paper config (its estimator, spectral norm and self-attention, its loss, η, ν, clipping)
 and each compute dtype (``model.bf16``: bfloat16 compute, float32 parameters), at --batch and
@@ -17,6 +17,10 @@ K = --flow_steps (the paper: 64 and 100):
 * the projected time of the config's whole training (``training.num_steps`` × time per step);
 * bfloat16 against float32 (once per config): the mean and largest |Δx| of one sampling flow from
   the same start, the same parameters and the same noise.
+
+``--compile_only`` compiles the training steps and reports their compile time and temporary
+memory alone (no timing, no sampling): XLA's figure for this machine's backend at the paper's size,
+which a CPU can give in minutes.
 
 The prior is the uniform one for every config (the prior's draw is a small part of a step; the
 paper's Gaussian priors need the data). Writes ``device_check.md`` into --out.
@@ -71,9 +75,13 @@ def measure(name: str, dtype: str, args: argparse.Namespace) -> dict[str, Any]:
   batch = jax.random.uniform(k_data, (args.batch, *shape), minval=-1.0, maxval=1.0)
   step = jax.jit(fdrl.build_train_step(config, dataset, None))
   compiled, compile_s = compile_timed(step, state, batch, key)
+  temp_mib = compiled.memory_analysis().temp_size_in_bytes / MiB
+  if args.compile_only:
+    print(f"{name} {dtype}: compile {compile_s:.1f} s, temp {temp_mib:.0f} MiB", file=sys.stderr,
+          flush=True)
+    return {"config": name, "dtype": dtype, "compile_s": compile_s, "temp_mib": temp_mib}
   step_s = median_call_s(lambda: compiled(state, batch, key)[1]["loss"], args.repeats,
                          args.budget)
-  temp_mib = compiled.memory_analysis().temp_size_in_bytes / MiB
 
   parts = fdrl.sampler_parts(config, dataset)
   sampler = sampling.build_sampler(config, parts, "prior", parallel.data_mesh())
@@ -112,6 +120,12 @@ def bf16_difference(name: str, args: argparse.Namespace) -> tuple[float, float]:
 
 def markdown(rows: list[dict[str, Any]], diffs: dict[str, tuple[float, float]],
              args: argparse.Namespace) -> str:
+  if args.compile_only:
+    return "\n".join(["Machine:", *machine_lines(),
+                      f"- training step at B = {args.batch}, K = {args.flow_steps}, compiled only",
+                      "", "| config | dtype | compile (s) | temp memory (MiB) |", "|---|---|---|---|",
+                      *(f"| {r['config']} | {r['dtype']} | {r['compile_s']:.1f} | "
+                        f"{r['temp_mib']:.0f} |" for r in rows)]) + "\n"
   lines = ["Machine:", *machine_lines(),
            f"- training step at B = {args.batch}, K = {args.flow_steps}; sampling "
            f"{args.sample_batch} particles, K + κ steps", "",
@@ -139,6 +153,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--budget", type=float, default=30.0, help="seconds per timing")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  parser.add_argument("--compile_only", action="store_true",
+                      help="compile time and temporary memory of the training steps alone")
   args = parser.parse_args()
   names, dtypes = args.configs.split(","), args.dtypes.split(",")
   unknown = [n for n in names if n not in IMAGE_SHAPES] + [d for d in dtypes
@@ -147,7 +163,8 @@ def main() -> None:
     parser.error(f"unknown config or dtype: {', '.join(unknown)}")
   began = time.perf_counter()
   rows = [measure(name, dtype, args) for name in names for dtype in dtypes]
-  diffs = {name: bf16_difference(name, args) for name in names} if len(dtypes) == 2 else {}
+  diffs = ({name: bf16_difference(name, args) for name in names}
+           if len(dtypes) == 2 and not args.compile_only else {})
   text = markdown(rows, diffs, args) + f"\nWhole command: {time.perf_counter() - began:.0f} s.\n"
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "device_check.md"), "w") as f:
