@@ -19,7 +19,7 @@ run: $(VENV)/.installed
 	$(PY) -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_flow.py
