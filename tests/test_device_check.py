@@ -40,3 +40,20 @@ def test_training_step_memory_is_flat_in_the_flow_length():
     compiled = step.lower(state, batch, jax.random.key(1)).compile()
     return compiled.memory_analysis().temp_size_in_bytes
   assert temp_bytes(200) <= temp_bytes(2) + 4096
+
+
+def test_compile_only_reports_compile_time_and_memory(tmp_path, monkeypatch):
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  try:
+    import device_check
+  finally:
+    sys.path.pop(0)
+  monkeypatch.setattr(sys, "argv", ["device_check.py", "--configs", "mnist", "--dtypes",
+                                    "float32", "--batch", "2", "--flow_steps", "1",
+                                    "--compile_only", "--out", str(tmp_path)])
+  device_check.main()
+  text = (tmp_path / "device_check.md").read_text()
+  assert "compiled only" in text
+  (row,) = [line for line in text.splitlines() if line.startswith("| mnist |")]
+  compile_s, temp_mib = (float(cell) for cell in row.strip(" |").split(" | ")[2:])
+  assert compile_s > 0 and temp_mib > 0
