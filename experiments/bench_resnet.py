@@ -21,9 +21,10 @@ Columns: compile time (lower + compile, ahead of time); time per call (median of
 after a warm-up, ``block_until_ready``); particle-steps/s of the flow; XLA's temporary buffer size
 (``memory_analysis()``); GFLOP/s from the nominal figure of 4.07 GFLOP per forward pass and image
 (XLA's own count, ``cost_analysis()``, is printed for one forward pass; it cannot count calls
-whose loops, the flow's and on CPU the kernel gradients' batch chunks, run several times). Nominally a flow step is 2 forwards (forward and input
-gradient) and each of the training step's two loss passes (data, flowed batch) 3 forwards
-(forward and gradients): (2K + 6)·B forwards per training step.
+whose loops, the flow's and on CPU the kernel gradients' batch chunks, run several times).
+Nominally a flow step is 2 forwards (forward and input gradient) and each of the training step's
+two loss passes (data, flowed batch) 3 forwards (forward and gradients): (2K + 6)·B forwards per
+training step.
 """
 
 from __future__ import annotations

@@ -57,9 +57,9 @@ def _flip_and_swap(kernel: jax.Array, rhs_spec: Sequence[int]) -> jax.Array:
 
 
 def _chunks_batches() -> bool:
-  """Whether convolutions run over batch chunks: on CPU, where the process has one device (a
+  """Whether the CPU kernel gradient runs over batch chunks: where the process has one device (a
   batch sharded over several is left whole)."""
-  return jax.default_backend() == "cpu" and jax.local_device_count() == 1
+  return jax.local_device_count() == 1
 
 
 def _batch_chunk(batch: int, rows_per_example: int, rows_per_call: int) -> int:
@@ -132,21 +132,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     padding = jax.lax.padtype_to_pads(dilated_in, dilated_k, strides, padding)
   padding = tuple(tuple(p) for p in padding)
 
-  channels_last = dn == _channels_last(ndim + 2)
-  pointwise = (all(k == 1 for k in k_sizes) and all(d == 1 for d in lhs_dil)
-               and all(p == (0, 0) for p in padding) and channels_last)
-  if pointwise and jax.default_backend() == "cpu":  # strided slice and a matrix product
-    picked = lhs[(slice(None), *(slice(None, None, s) for s in strides))]
+  # The CPU paths below take channels-last layouts without input dilation (Flax's convolutions).
+  cpu_path = (jax.default_backend() == "cpu" and dn == _channels_last(ndim + 2)
+              and all(d == 1 for d in lhs_dil))
+  if cpu_path and all(k == 1 for k in k_sizes) and all(p == (0, 0) for p in padding):
+    picked = lhs[(slice(None), *(slice(None, None, s) for s in strides))]  # 1×1: a matmul
     return jax.lax.dot_general(picked, rhs.reshape(rhs.shape[-2:]),
                                (((picked.ndim - 1,), (0,)), ((), ())), **kwargs)
 
-  out_sizes = [(_dilate(i, ld) + p[0] + p[1] - _dilate(k, rd)) // s + 1 for i, ld, p, k, rd, s
-               in zip(in_sizes, lhs_dil, padding, k_sizes, rhs_dil, strides)]
   def forward(x, k):
     return plain(x, k), (x, k)
 
   def backward(res, g):
     x, k = res
+    out_sizes = [g.shape[d] for d in out_spec[2:]]
     pads = [_input_grad_padding(i, ks, s, o, p[0], ld, rd) for i, ks, s, o, p, ld, rd in zip(
         in_sizes, k_sizes, strides, out_sizes, padding, lhs_dil, rhs_dil)]
     flipped = jax.lax.optimization_barrier(_flip_and_swap(k, rhs_spec))
@@ -154,7 +153,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         g, flipped, window_strides=lhs_dil, padding=pads, lhs_dilation=strides,
         rhs_dilation=rhs_dil,
         dimension_numbers=jax.lax.ConvDimensionNumbers(out_spec, rhs_spec, lhs_spec), **kwargs)
-    if channels_last and all(d == 1 for d in lhs_dil) and jax.default_backend() == "cpu":
+    if cpu_path:
       kernel_grad = lambda xc, gc: _kernel_grad_channels_last(
           xc, gc, k_sizes, strides, padding, rhs_dil, **kwargs).astype(k.dtype)
       chunk = (_batch_chunk(x.shape[0], math.prod(out_sizes), KERNEL_GRAD_ROWS_PER_CALL)

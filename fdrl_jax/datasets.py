@@ -27,8 +27,7 @@ def _folder(config: ml_collections.ConfigDict, path: str, test_path: str = "",
   return image_data.folder_dataset(
       path, image_size=d.image_size, center_crop=d.center_crop or None,
       resize_first=d.resize_first or None, stretch=d.stretch, test_path=test_path or None,
-      channels=channels,
-      max_fit_samples=d.max_fit_samples)
+      channels=channels, max_fit_samples=d.max_fit_samples)
 
 
 def _tfds(config: ml_collections.ConfigDict):
