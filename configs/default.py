@@ -43,12 +43,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "conv"          # fdrl_jax.models.MODELS: mlp | conv | resnet32 | resnet64 |
-                                      # resnet128 | resnet64_shallow
+                                      # resnet128 | resnet64_shallow | dcgan | monoflow_dcgan
   config.model.width = 64             # mlp: hidden width
   config.model.depth = 4              # mlp: number of hidden layers
   config.model.channels = (32, 64, 64)  # conv: channels per 3×3 conv (stride 2 after the first)
   config.model.negative_slope = 0.2   # LeakyReLU slope
   config.model.spectral_norm = False  # resnets: spectral norm on every conv and dense layer
+  config.model.sn_every_call = False  # True: the reference's power iteration in every forward pass
+                                      # of a training step (K + 2); False: one per step
   config.model.self_attention = False  # resnets: SAGAN self-attention at 128 channels
   config.model.bf16 = False           # resnets: bfloat16 compute, float32 parameters (GPU/TPU)
   config.model.neutral_init = True    # start at the ratio r = 1: the output bias is 1 when the
@@ -87,11 +89,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # method = gan: the generator x = G(z), z ~ N(0, I), and the MonoFlow generator loss −E[h(d)].
   config.generator = ml_collections.ConfigDict()
-  config.generator.name = "mlp"       # fdrl_jax.models.GENERATORS: mlp | dcgan
+  config.generator.name = "mlp"       # fdrl_jax.models.GENERATORS: mlp | dcgan | monoflow_dcgan
   config.generator.latent_dim = 100   # dimension of z
   config.generator.width = 256        # mlp: hidden width
   config.generator.depth = 2          # mlp: number of hidden layers
-  config.generator.channels = (128, 64)  # dcgan: widths before each ×2 upsampling (4ngf, 2ngf[, ngf])
+  config.generator.channels = (128, 64)  # dcgan: widths before each ×2 upsampling (4ngf, 2ngf[, ngf]);
+                                         # monoflow_dcgan: widths from 4² on (8ngf, 4ngf, ...)
 
   config.gan = ml_collections.ConfigDict()
   # h of the generator loss (fdrl_jax.monoflow.MONOTONE_MAPS): logit | vanilla | non_saturating |
@@ -103,6 +106,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.gan.disc_learning_rate = 2e-4  # Adam, discriminator
   config.gan.b1 = 0.5
   config.gan.b2 = 0.999
+  config.gan.reuse_fake = False       # True: MonoFlow's step, one G(z) for both updates
 
   # method = gan, sampling.name = refine: DGflow-style refinement of G(z) along the trained
   # discriminator's MonoFlow, z ← z + η h'(d)∇d + ν ξ in latent space (or x ← ... in data space).

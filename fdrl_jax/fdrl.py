@@ -109,6 +109,7 @@ def make_train_step(
     apply_fn: Callable, tx: optax.GradientTransformation, loss: BregmanLoss, potential: Callable,
     flow_spec: FlowSpec, *, dequantization: float, random_flip: bool, ema_decay: float,
     augment_prior: bool = False, particle_sharding: NamedSharding | None = None,
+    sn_every_call: bool = False,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Metrics]]:
   """Algorithm 1 as a pure function ``step(state, batch, key) -> (state, metrics)``.
 
@@ -125,6 +126,9 @@ def make_train_step(
     augment_prior: dequantise (and flip) the prior draws as the data: for a prior that is a
       source image domain (translation).
     particle_sharding: sharding of the prior particles (the data sharding), when data-parallel.
+    sn_every_call: the reference's spectral norm: one power iteration in *every* forward pass of
+      the step, K + 2 (flow step k sees the estimate after k + 1, then the flowed pass, then the
+      data pass). False: one per step, on the data pass (the flow uses the step's start state).
   """
   def augment(x: Array, k_deq: Array, k_flip: Array) -> Array:
     x = x + dequantization * jax.random.normal(k_deq, x.shape, x.dtype)
@@ -141,18 +145,33 @@ def make_train_step(
       x_0 = augment(x_0, *jax.random.split(jax.random.fold_in(k_prior, 1)))
     if particle_sharding is not None:
       x_0 = jax.lax.with_sharding_constraint(x_0, particle_sharding)
-    current = variables(state.params, state.batch_stats)
-    x_k = flow(estimator_potential(apply_fn, potential, current), x_0, k_flow,
-               num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
-               noise_scale=flow_spec.noise_scale, clip=flow_spec.training_clip())
+    flow_kwargs = dict(num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
+                       noise_scale=flow_spec.noise_scale, clip=flow_spec.training_clip())
+    per_call = sn_every_call and bool(state.batch_stats)
+    if per_call:
+      def stateful_potential(x, stats):
+        out, mutated = apply_fn(variables(state.params, stats), x, update_stats=True,
+                                mutable=["batch_stats"])
+        return potential(out), mutated["batch_stats"]
+      x_k, flow_stats = flow(stateful_potential, x_0, k_flow, state=state.batch_stats,
+                             **flow_kwargs)
+    else:
+      current = variables(state.params, state.batch_stats)
+      x_k = flow(estimator_potential(apply_fn, potential, current), x_0, k_flow, **flow_kwargs)
     x_k = jax.lax.stop_gradient(x_k)
 
+    def updating_pass(params, stats, x):
+      out, mutated = apply_fn(variables(params, stats), x, update_stats=True,
+                              mutable=["batch_stats"])
+      return out, mutated.get("batch_stats", stats)
+
     def objective(params):
-      # One power iteration of spectral norm per training step, on the data pass.
-      out_p, mutated = apply_fn(variables(params, state.batch_stats), x_p, update_stats=True,
-                                mutable=["batch_stats"])
-      batch_stats = mutated.get("batch_stats", state.batch_stats)
-      out_q = apply_fn(variables(params, batch_stats), x_k)
+      if per_call:  # the reference's order: flowed pass, then data pass, each one iteration
+        out_q, batch_stats = updating_pass(params, flow_stats, x_k)
+        out_p, batch_stats = updating_pass(params, batch_stats, x_p)
+      else:  # one power iteration per training step, on the data pass
+        out_p, batch_stats = updating_pass(params, state.batch_stats, x_p)
+        out_q = apply_fn(variables(params, batch_stats), x_k)
       data_term, flowed_term = jnp.mean(loss.data_term(out_p)), jnp.mean(loss.flowed_term(out_q))
       return data_term + flowed_term, (data_term, flowed_term, out_p, out_q, batch_stats)
 
@@ -203,7 +222,7 @@ def build_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset,
       sampling.build_flow_spec(config), dequantization=config.data.dequantization if is_image else 0.0,
       random_flip=config.data.random_flip and is_image, ema_decay=config.optim.ema_decay,
       augment_prior=_augments_prior(config, dataset),
-      particle_sharding=particle_sharding)
+      particle_sharding=particle_sharding, sn_every_call=config.model.sn_every_call)
 
 
 def sampler_parts(config: ml_collections.ConfigDict, dataset: data.Dataset

@@ -57,6 +57,7 @@ CPU_UNROLL_MAX_STEPS = 20
 
 
 def _auto_unroll(potential_fn: PotentialFn, x0: Array, num_steps: int) -> int | bool:
+  """``potential_fn`` here maps particles to values only (a stateful one with its state bound)."""
   if jax.default_backend() != "cpu" or num_steps > CPU_UNROLL_MAX_STEPS:
     return 1
   spec = jax.ShapeDtypeStruct(x0.shape, x0.dtype)
@@ -76,20 +77,21 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
   return number
 
 
-def potential_gradient(potential_fn: PotentialFn, x: Array) -> tuple[Array, Array]:
-  """Per-particle potential values φ(x) (B,) and ∇ₓ Σᵢ φ(x)ᵢ (same shape as x).
+def potential_gradient(potential_fn: PotentialFn, x: Array, *, has_aux: bool = False):
+  """Per-particle potential values φ(x) (B,) and ∇ₓ Σᵢ φ(x)ᵢ (same shape as x); with ``has_aux``,
+  ``potential_fn`` returns (values, aux) and aux (not differentiated) comes third.
 
   Raises:
     ValueError: if ``potential_fn`` does not return exactly one value per particle.
   """
-  values, vjp = jax.vjp(potential_fn, x)
+  values, vjp, *aux = jax.vjp(potential_fn, x, has_aux=has_aux)
   if values.shape != x.shape[:1]:
     raise ValueError(
         f"potential_fn must return one value per particle, shape ({x.shape[0]},) for particles of "
         f"shape {tuple(x.shape)}; got shape {tuple(values.shape)}. Reduce the network output "
         "(e.g. out[:, 0] or out.reshape(-1)).")
   (grad,) = vjp(jnp.ones_like(values))
-  return values, grad
+  return (values, grad, *aux)
 
 
 def flow(
@@ -104,7 +106,8 @@ def flow(
     clip_every_step: bool = True,
     save_every: int | None = None,
     unroll: int | bool | None = None,
-) -> Array | tuple[Array, Array]:
+    state=None,
+):
   """Run ``num_steps`` Euler–Maruyama steps of Eq. (9): x ← x − η∇ₓΣφ(x) + νξ.
 
   Args:
@@ -124,9 +127,14 @@ def flow(
       Without it, memory does not grow with ``num_steps``.
     unroll: scan unroll factor, or True for straight-line code; default: chosen per backend,
       potential and length (see the module docstring).
+    state: optional pytree for a potential with internal state that every call advances (the
+      reference's spectral-norm power iteration in each forward pass): ``potential_fn`` is then
+      ``(x, state) -> (values, new_state)``, step k sees the state after k calls, and the final
+      state is returned last. It is not differentiated.
 
   Returns:
-    The particles after ``num_steps`` steps, and the trajectory if ``save_every`` is given.
+    The particles after ``num_steps`` steps, then the trajectory if ``save_every`` is given, then
+    the final state if ``state`` is given (a tuple when there is more than the particles).
   """
   num_steps = _check_int("num_steps", num_steps)
   x0 = jnp.asarray(x0)
@@ -134,8 +142,10 @@ def flow(
     raise ValueError(f"x0 must have a leading particle axis (B, ...), got shape {x0.shape}.")
   if not jnp.issubdtype(x0.dtype, jnp.floating):
     raise ValueError(f"x0 must be a floating-point array, got dtype {x0.dtype}.")
+  stateful = state is not None
   if unroll is None:
-    unroll = _auto_unroll(potential_fn, x0, num_steps)
+    unroll = _auto_unroll(
+        (lambda x: potential_fn(x, state)[0]) if stateful else potential_fn, x0, num_steps)
   elif unroll is not True:
     unroll = _check_int("unroll", unroll)
 
@@ -143,14 +153,17 @@ def flow(
   deterministic = isinstance(noise_scale, (int, float)) and noise_scale == 0
 
   def step(carry, _):
-    x, k = carry  # the step counter rides in the carry: no per-step input array of length K
-    _, grad = potential_gradient(potential_fn, x)
+    x, k, s = carry  # the step counter rides in the carry: no per-step input array of length K
+    if stateful:
+      _, grad, s = potential_gradient(lambda x, s=s: potential_fn(x, s), x, has_aux=True)
+    else:
+      _, grad = potential_gradient(potential_fn, x)
     x = x - step_size * grad
     if not deterministic:
       x = x + noise_scale * jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype)
     if clip is not None and clip_every_step:
       x = jnp.clip(x, clip[0], clip[1])
-    return (x, k + 1), None
+    return (x, k + 1, s), None
 
   def out(x):
     return x if clip is None or clip_every_step else jnp.clip(x, clip[0], clip[1])
@@ -162,9 +175,13 @@ def flow(
       return carry
     return jax.lax.scan(step, carry, length=length, unroll=unroll)[0]
 
-  start = (x0, jnp.zeros((), jnp.uint32))
+  def result(carry, *trajectory):
+    parts = (out(carry[0]), *(out(t) for t in trajectory), *((carry[2],) if stateful else ()))
+    return parts if len(parts) > 1 else parts[0]
+
+  start = (x0, jnp.zeros((), jnp.uint32), state)
   if save_every is None:
-    return out(run(start, num_steps)[0])
+    return result(run(start, num_steps))
 
   save_every = _check_int("save_every", save_every)
   if num_steps % save_every:
@@ -175,14 +192,14 @@ def flow(
     for _ in range(num_steps // save_every):
       carry = run(carry, save_every)
       saved.append(carry[0])
-    return out(carry[0]), out(jnp.stack(saved))
+    return result(carry, jnp.stack(saved))
 
   def chunk(carry, _):
     carry = run(carry, save_every)
     return carry, carry[0]
 
-  (x, _), traj = jax.lax.scan(chunk, start, length=num_steps // save_every)
-  return out(x), out(jnp.concatenate([x0[None], traj]))
+  carry, traj = jax.lax.scan(chunk, start, length=num_steps // save_every)
+  return result(carry, jnp.concatenate([x0[None], traj]))
 
 
 def two_stage_flow(

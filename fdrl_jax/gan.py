@@ -43,7 +43,8 @@ DISCRIMINATOR_LOSS = LOSSES["lr"]
 class GANState:
   """Generator and discriminator parameters and optimizer states; saved whole by the checkpoints.
 
-  ``gen_stats`` holds the generator's batch-norm statistics (empty for the MLP generator).
+  ``gen_stats`` and ``disc_stats`` hold the networks' batch-norm statistics (empty for networks
+  without batch norm).
   """
   step: Array
   gen_params: Any
@@ -51,6 +52,7 @@ class GANState:
   disc_params: Any
   gen_opt_state: Any
   disc_opt_state: Any
+  disc_stats: Any = struct.field(default_factory=dict)
 
   def generator_variables(self) -> dict:
     return variables(self.gen_params, self.gen_stats)
@@ -103,18 +105,31 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
   @jax.jit
   def init(k_gen, k_disc):
     gen_vars = generator.init(k_gen, jnp.zeros((1, latent_dim)))
-    disc_params = discriminator.init(k_disc, jnp.zeros((1, *event_shape)))["params"]
-    gen_params = gen_vars["params"]
+    disc_vars = discriminator.init(k_disc, jnp.zeros((1, *event_shape)))
+    gen_params, disc_params = gen_vars["params"], disc_vars["params"]
     return GANState(step=jnp.zeros((), jnp.int32), gen_params=gen_params,
                     gen_stats=gen_vars.get("batch_stats", {}), disc_params=disc_params,
-                    gen_opt_state=gen_tx.init(gen_params), disc_opt_state=disc_tx.init(disc_params))
+                    gen_opt_state=gen_tx.init(gen_params), disc_opt_state=disc_tx.init(disc_params),
+                    disc_stats=disc_vars.get("batch_stats", {}))
 
   return init(k_gen, k_disc)
 
 
-def discriminator_logit(disc_apply: Callable, disc_params) -> Callable[[Array], Array]:
-  """x ↦ d(x) = log p/q of a discriminator trained with DISCRIMINATOR_LOSS (which outputs log q/p)."""
-  return lambda x: monoflow.logit_from_log_ratio(disc_apply({"params": disc_params}, x))
+def discriminator_logit(disc_apply: Callable, disc_params, disc_stats=None
+                        ) -> Callable[[Array], Array]:
+  """x ↦ d(x) = log p/q of a discriminator trained with DISCRIMINATOR_LOSS (which outputs log q/p);
+  a per-sample function (batch norm, if any, on its running averages)."""
+  disc_vars = variables(disc_params, disc_stats or {})
+  return lambda x: monoflow.logit_from_log_ratio(disc_apply(disc_vars, x))
+
+
+def _discriminate(disc_apply: Callable, params, stats, x: Array) -> tuple[Array, Any]:
+  """The discriminator's training-mode outputs on x and its updated batch-norm statistics (batch
+  statistics, as PyTorch's train mode; unchanged when it has none)."""
+  if not stats:
+    return disc_apply({"params": params}, x), stats
+  out, mutated = disc_apply(variables(params, stats), x, update_stats=True, mutable=["batch_stats"])
+  return out, mutated["batch_stats"]
 
 
 def _generate(gen_apply: Callable, gen_vars: dict, z: Array, train: bool) -> tuple[Array, Any]:
@@ -128,7 +143,7 @@ def _generate(gen_apply: Callable, gen_vars: dict, z: Array, train: bool) -> tup
 def make_gan_step(
     gen_apply: Callable, disc_apply: Callable, gen_tx: optax.GradientTransformation,
     disc_tx: optax.GradientTransformation, hmap: monoflow.MonotoneMap, latent_dim: int, *,
-    particle_sharding: NamedSharding | None = None,
+    particle_sharding: NamedSharding | None = None, reuse_fake: bool = False,
 ) -> Callable[[GANState, Array, Array], tuple[GANState, dict[str, Array]]]:
   """One discriminator step, then one generator step, as ``step(state, batch, key)``.
 
@@ -138,6 +153,9 @@ def make_gan_step(
     hmap: the increasing map h of the generator loss −E[h(d(G(z)))].
     latent_dim: dimension of z ~ N(0, I).
     particle_sharding: sharding of the latent draws (the data sharding), when data-parallel.
+    reuse_fake: MonoFlow's ``train_gan.py``: one generator forward per step, whose samples train
+      the discriminator and then carry the generator's gradient. False: the generator step draws
+      fresh latents.
   """
   def latents(key, n):
     z = jax.random.normal(key, (n, latent_dim))
@@ -147,29 +165,42 @@ def make_gan_step(
   def step(state: GANState, batch: Array, key: Array):
     k_disc, k_gen = jax.random.split(jax.random.fold_in(key, state.step))
     n = batch.shape[0]
-    gen_vars = state.generator_variables()
-    fake, _ = _generate(gen_apply, gen_vars, latents(k_disc, n), train=True)
-    fake = jax.lax.stop_gradient(fake)
+    generate = lambda params, z: _generate(gen_apply, variables(params, state.gen_stats), z,
+                                           train=True)
+    if reuse_fake:
+      fake, gen_vjp, gen_stats = jax.vjp(lambda p: generate(p, latents(k_disc, n)),
+                                         state.gen_params, has_aux=True)
+    else:
+      fake, _ = generate(state.gen_params, latents(k_disc, n))
 
     def disc_objective(params):
-      out_data = disc_apply({"params": params}, batch)
-      out_fake = disc_apply({"params": params}, fake)
-      return DISCRIMINATOR_LOSS(out_data, out_fake), (out_data, out_fake)
+      out_data, stats = _discriminate(disc_apply, params, state.disc_stats, batch)
+      out_fake, stats = _discriminate(disc_apply, params, stats, jax.lax.stop_gradient(fake))
+      return DISCRIMINATOR_LOSS(out_data, out_fake), (out_data, out_fake, stats)
 
-    (disc_loss, (out_data, out_fake)), disc_grads = jax.value_and_grad(
+    (disc_loss, (out_data, out_fake, disc_stats)), disc_grads = jax.value_and_grad(
         disc_objective, has_aux=True)(state.disc_params)
     updates, disc_opt_state = disc_tx.update(disc_grads, state.disc_opt_state, state.disc_params)
     disc_params = optax.apply_updates(state.disc_params, updates)
-    logit = discriminator_logit(disc_apply, jax.lax.stop_gradient(disc_params))  # d held fixed
+    frozen = jax.lax.stop_gradient(disc_params)  # d held fixed for the generator
 
-    def gen_objective(params):
-      x, stats = _generate(gen_apply, variables(params, state.gen_stats), latents(k_gen, n),
-                           train=True)
-      d = logit(x)
+    def h_objective(x, stats):
+      out, stats = _discriminate(disc_apply, frozen, stats, x)
+      d = monoflow.logit_from_log_ratio(out)
       return -jnp.mean(hmap.h(d)), (stats, d)
 
-    (gen_loss, (gen_stats, d_gen)), gen_grads = jax.value_and_grad(
-        gen_objective, has_aux=True)(state.gen_params)
+    if reuse_fake:
+      (gen_loss, (disc_stats, d_gen)), fake_grad = jax.value_and_grad(
+          h_objective, has_aux=True)(fake, disc_stats)
+      (gen_grads,) = gen_vjp(fake_grad)
+    else:
+      def gen_objective(params):
+        x, stats = generate(params, latents(k_gen, n))
+        loss, (d_stats, d) = h_objective(x, disc_stats)
+        return loss, (stats, d_stats, d)
+
+      (gen_loss, (gen_stats, disc_stats, d_gen)), gen_grads = jax.value_and_grad(
+          gen_objective, has_aux=True)(state.gen_params)
     updates, gen_opt_state = gen_tx.update(gen_grads, state.gen_opt_state, state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, updates)
     metrics = {
@@ -182,8 +213,8 @@ def make_gan_step(
         "gen_grad_norm": optax.tree.norm(gen_grads),
     }
     return state.replace(step=state.step + 1, gen_params=gen_params, gen_stats=gen_stats,
-                         disc_params=disc_params, gen_opt_state=gen_opt_state,
-                         disc_opt_state=disc_opt_state), metrics
+                         disc_params=disc_params, disc_stats=disc_stats,
+                         gen_opt_state=gen_opt_state, disc_opt_state=disc_opt_state), metrics
 
   return step
 
@@ -239,7 +270,7 @@ def build_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset,
   gen_tx, disc_tx = build_optimizers(config)
   return make_gan_step(generator.apply, discriminator.apply, gen_tx, disc_tx,
                        build_monotone_map(config), config.generator.latent_dim,
-                       particle_sharding=particle_sharding)
+                       particle_sharding=particle_sharding, reuse_fake=config.gan.reuse_fake)
 
 
 def sampler_parts(config: ml_collections.ConfigDict, dataset: data.Dataset
@@ -249,7 +280,8 @@ def sampler_parts(config: ml_collections.ConfigDict, dataset: data.Dataset
   generator, discriminator = _networks(config, dataset)
   latent_dim = config.generator.latent_dim
   generate = lambda state: (lambda z: generator.apply(state.generator_variables(), z))
-  logit = lambda state: discriminator_logit(discriminator.apply, state.disc_params)
+  logit = lambda state: discriminator_logit(discriminator.apply, state.disc_params,
+                                            state.disc_stats)
   return sampling.SamplerParts(
       start=lambda state, key, n: generate(state)(jax.random.normal(key, (n, latent_dim))),
       potential=None, spec=sampling.build_flow_spec(config), event_shape=tuple(dataset.event_shape),

@@ -199,6 +199,17 @@ class ResNet(nn.Module):
     return out[:, 0].astype(jnp.float32)
 
 
+DCGAN_INIT_STD = 0.02  # DCGAN's weight initialisation, N(0, 0.02²), as MonoFlow's weights_init
+
+
+def _dcgan_norm(train: bool) -> nn.BatchNorm:
+  """PyTorch's BatchNorm2d as MonoFlow initialises it: momentum 0.1 (Flax's 0.9), ε = 1e-5, scale
+  N(1, 0.02²), batch statistics in training and running averages otherwise."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      scale_init=lambda key, shape, dtype=jnp.float32: 1.0 + DCGAN_INIT_STD
+                      * jax.random.normal(key, shape, dtype))
+
+
 class DCGANDiscriminator(nn.Module):
   """DCGAN discriminator: 4×4 stride-2 convs (``channels``), LeakyReLU 0.2, flatten, Dense → 1.
 
@@ -222,6 +233,33 @@ class DCGANDiscriminator(nn.Module):
     return nn.Dense(1, **_init(self.torch_init, x.shape[-1], self.output_bias))(x)[:, 0]
 
 
+class MonoFlowDiscriminator(nn.Module):
+  """MonoFlow's DCGAN discriminator as its ``nets.py`` has it (``Discriminator`` for 32²,
+  ``Discriminator_mnist`` for 28²): 4×4 stride-2 convs to ``channels`` = (ndf, 2·ndf, 4·ndf), batch
+  norm on the last two, LeakyReLU 0.2, then a 4×4 conv to one value (valid on a 4² map, stride 2
+  on a 3² map); no biases; DCGAN's N(0, 0.02) weights and N(1, 0.02) batch-norm scales.
+
+  Batch norm makes d(x) depend on the rest of the batch in training (``update_stats=True``: batch
+  statistics, running averages updated, as PyTorch's train mode); elsewhere it uses the running
+  averages and is a per-sample function, which the MonoFlow refinement flow needs.
+  """
+  channels: Sequence[int] = (64, 128, 256)
+  negative_slope: float = 0.2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    conv = lambda c, stride, pad: nn.Conv(
+        c, (4, 4), strides=stride, padding=((pad, pad), (pad, pad)), use_bias=False,
+        kernel_init=nn.initializers.normal(DCGAN_INIT_STD), conv_general_dilated=conv_general_dilated)
+    for i, c in enumerate(self.channels):
+      x = conv(c, 2, 1)(x)
+      if i:
+        x = _dcgan_norm(update_stats)(x)
+      x = nn.leaky_relu(x, self.negative_slope)
+    x = (conv(1, 1, 0) if x.shape[1] == 4 else conv(1, 2, 1))(x)
+    return x.reshape(x.shape[0], -1)[:, 0]
+
+
 MODELS = {
     "dcgan": lambda cfg, bias: DCGANDiscriminator(
         channels=tuple(cfg.channels), negative_slope=cfg.negative_slope, output_bias=bias,
@@ -232,6 +270,8 @@ MODELS = {
     "conv": lambda cfg, bias: ConvNet(channels=tuple(cfg.channels),
                                       negative_slope=cfg.negative_slope, output_bias=bias,
                                       torch_init=cfg.torch_init),
+    "monoflow_dcgan": lambda cfg, bias: MonoFlowDiscriminator(
+        channels=tuple(cfg.channels), negative_slope=cfg.negative_slope),
     **{arch: (lambda cfg, bias, arch=arch: ResNet(
         arch=arch, spectral_norm=cfg.spectral_norm, self_attention=cfg.self_attention,
         negative_slope=cfg.negative_slope, dtype=jnp.bfloat16 if cfg.bf16 else None,
@@ -294,11 +334,55 @@ class DCGANGenerator(nn.Module):
     return jnp.tanh(nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")(x))
 
 
+class MonoFlowGenerator(nn.Module):
+  """MonoFlow's DCGAN generator as its ``nets.py`` has it (``DCG_cifar10``, ``DCG_mnist``): z as a
+  1×1 map, a 4×4 transposed conv to ``channels[0]`` (4²), then 4×4 stride-2 transposed convs, one
+  per further width (8², 16², ...), each with batch norm and ReLU; then to the image channels by
+  one more stride-2 transposed conv when the image side is twice the map's (32² from 16²), or by
+  a centre crop and a 1×1 conv when it is smaller (28² from 32², the reference's padding-2 1×1
+  transposed conv); tanh. No biases; DCGAN's N(0, 0.02) weights and N(1, 0.02) batch-norm scales.
+  """
+  event_shape: tuple[int, int, int]
+  channels: Sequence[int] = (512, 256, 128)
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    h, _, c = self.event_shape
+    init = nn.initializers.normal(DCGAN_INIT_STD)
+    up = lambda width, stride, pad: nn.ConvTranspose(
+        width, (4, 4), strides=(stride, stride), padding=((pad, pad), (pad, pad)), use_bias=False,
+        kernel_init=init)
+    x = z.reshape((z.shape[0], 1, 1, -1))
+    for i, width in enumerate(self.channels):
+      x = up(width, 1, 3)(x) if i == 0 else up(width, 2, 2)(x)  # torch padding 0 / 1
+      x = nn.relu(_dcgan_norm(train)(x))
+    side = x.shape[1]
+    if h == 2 * side:
+      x = up(c, 2, 2)(x)
+    else:
+      crop = (side - h) // 2
+      x = nn.Conv(c, (1, 1), use_bias=False, kernel_init=init)(x[:, crop:crop + h, crop:crop + h])
+    return jnp.tanh(x)
+
+
+def monoflow_generator_side_error(channels: Sequence[int], event_shape) -> str | None:
+  """Why MonoFlowGenerator with ``channels`` cannot make images of ``event_shape``, or None."""
+  side = 4 * 2 ** (len(channels) - 1)
+  if len(event_shape) == 3 and event_shape[0] == event_shape[1] and (
+      event_shape[0] == 2 * side or (event_shape[0] <= side and (side - event_shape[0]) % 2 == 0)):
+    return None
+  return (f"The monoflow_dcgan generator with {len(channels)} widths ends on a {side}² map, so it "
+          f"makes square images of side {2 * side}, or an even crop of {side}; the data have shape "
+          f"{tuple(event_shape)}. Set --config.generator.channels (3 widths for 32², 4 for 28²).")
+
+
 GENERATORS = {
     "mlp": lambda cfg, shape, is_image: MLPGenerator(event_shape=tuple(shape), width=cfg.width,
                                                      depth=cfg.depth, tanh=is_image),
     "dcgan": lambda cfg, shape, is_image: DCGANGenerator(event_shape=tuple(shape),
                                                          channels=tuple(cfg.channels)),
+    "monoflow_dcgan": lambda cfg, shape, is_image: MonoFlowGenerator(event_shape=tuple(shape),
+                                                                     channels=tuple(cfg.channels)),
 }
 
 
@@ -318,4 +402,8 @@ def create_generator(config: ml_collections.ConfigDict, event_shape: tuple[int, 
                        f"multiples of {2 ** n}; the data have shape {tuple(event_shape)}. Set "
                        "--config.generator.channels (e.g. 2 widths for 28², 3 for 32²) or use "
                        "--config.generator.name=mlp.")
+  if config.name == "monoflow_dcgan":
+    error = monoflow_generator_side_error(config.channels, event_shape)
+    if error:
+      raise ValueError(error)
   return GENERATORS[config.name](config, event_shape, is_image)

@@ -10,6 +10,7 @@ latest checkpoint to sampling, evaluation and figures.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import signal
@@ -29,6 +30,12 @@ from fdrl_jax import (data, datasets, images, methods, metrics_log, parallel, sa
 
 class TrainingDiverged(ValueError):
   """The loss became NaN or infinite."""
+
+
+# State fields added after checkpoints were written without them; a checkpoint that lacks one is
+# still read when the run's value of it is empty (``GANState.disc_stats``: a discriminator without
+# batch norm).
+LATER_EMPTY_FIELDS = ("disc_stats",)
 
 
 class Run:
@@ -62,8 +69,19 @@ class Run:
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
         jax.eval_shape(lambda: self.new_state(fit=False)))
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    return restored.state
+    restore = lambda template: mngr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state
+    try:
+      return restore(abstract)
+    except ValueError as e:
+      later = [name for name in LATER_EMPTY_FIELDS if hasattr(abstract, name)
+               and not jax.tree.leaves(getattr(abstract, name))]
+      if "tree structures do not match" not in str(e) or not later:
+        raise
+    # Written before those (empty) fields were added to the state: restore the rest.
+    fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
+              if f.name not in later}
+    return abstract.replace(**restore(fields))
 
   def train_step(self):
     """The jitted, data-parallel ``step(state, batch, key)`` of the method."""

@@ -96,6 +96,26 @@ def test_memory_does_not_grow_with_steps():
 
 
 @pytest.mark.parametrize("unroll", [1, True])
+def test_state_is_advanced_once_per_step(unroll):
+  # φ(x; c) = c · ½|x|² with the call counter c as state: step k moves x by −η k x, so
+  # x_K = x_0 Π_{k<K} (1 − η k), and the state returned is K.
+  def counted(x, c):
+    return c * 0.5 * jnp.sum(x ** 2, axis=1), c + 1.0
+
+  x0 = jax.random.normal(jax.random.key(0), (4, 3))
+  eta, k = 0.05, 6
+  x, count = flow(counted, x0, jax.random.key(1), num_steps=k, step_size=eta, noise_scale=0.0,
+                  state=jnp.zeros(()), unroll=unroll)
+  assert float(count) == k
+  np.testing.assert_allclose(x, x0 * np.prod(1 - eta * np.arange(k)), rtol=1e-5)
+  final, traj, count = flow(counted, x0, jax.random.key(1), num_steps=k, step_size=eta,
+                            noise_scale=0.0, state=jnp.zeros(()), save_every=3, unroll=unroll)
+  assert traj.shape == (3, 4, 3) and float(count) == k
+  np.testing.assert_allclose(final, x, rtol=1e-6)
+  np.testing.assert_allclose(traj[1], x0 * np.prod(1 - eta * np.arange(3)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("unroll", [1, True])
 def test_trajectory(unroll):
   x0 = jax.random.normal(jax.random.key(0), (5, 2))
   final, traj = flow(quadratic, x0, jax.random.key(1), num_steps=6, step_size=0.1,

@@ -1,17 +1,21 @@
 """GAN training in the MonoFlow view: data-parallel equivalence, resume, the CLI, bad input."""
 
+import dataclasses
 import importlib
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import monoflow_digits
-from fdrl_jax import evaluate, parallel, run_lib, workdir as workdirs
-from tests.test_train import cli, straight_and_resumed, tiny_digits_config
+from configs import monoflow_digits, monoflow_mnist
+from fdrl_jax import evaluate, gan, models, monoflow, parallel, run_lib, workdir as workdirs
+from tests.test_train import cli, tiny_digits_config
 
 
 def tiny_gan_config(num_steps=4):
@@ -45,8 +49,29 @@ def test_four_devices_equal_one_device():
                             "gen_grad_norm"}
 
 
-def test_resume_replays_exactly(tmp_path):
-  straight, resumed = straight_and_resumed(tiny_gan_config(num_steps=4), tmp_path, stop=2)
+def _as_written_before_disc_stats(workdir, step):
+  """Rewrites checkpoint ``step`` as it was saved before GANState had ``disc_stats``."""
+  config = tiny_gan_config()
+  with workdirs.checkpoint_manager(workdir, 5) as mngr:
+    state = run_lib.Run(config).restore(mngr, step)
+    old = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+           if f.name != "disc_stats"}
+    mngr.delete(step)
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(old)))
+    mngr.wait_until_finished()
+
+
+@pytest.mark.parametrize("old_checkpoint", [False, True])
+def test_resume_replays_exactly(tmp_path, old_checkpoint):
+  config = tiny_gan_config(num_steps=4)
+  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.training.num_steps = 2
+  workdir = str(tmp_path / "resumed")
+  run_lib.train_and_evaluate(config, workdir)
+  if old_checkpoint:
+    _as_written_before_disc_stats(workdir, 2)
+  config.training.num_steps = 4
+  resumed = run_lib.train_and_evaluate(config, workdir)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight), jax.device_get(resumed))
 
 
@@ -169,3 +194,99 @@ def test_fd_mnist_eval_of_a_mnist_gan_on_mock_data(tmp_path, monkeypatch):
   config.data.name = "cifar10"
   with pytest.raises(ValueError, match="FD-MNIST needs tfds MNIST"):
     run_lib.evaluate_to_file(config, str(tmp_path))
+
+
+def _conv(cin, cout, k):
+  return cin * cout * k * k
+
+
+# MonoFlow's nets.py, layer by layer: (conv in, out, kernel) and batch-norm widths; no biases.
+REFERENCE_NETS = {
+    # Discriminator_mnist(ndf=32, nc=1), DCG_mnist(nz=100, ngf=32, nc=1)
+    "monoflow_mnist": ((28, 28, 1),
+                       [_conv(1, 32, 4), _conv(32, 64, 4), 2 * 64, _conv(64, 128, 4), 2 * 128,
+                        _conv(128, 1, 4)],
+                       [_conv(100, 256, 4), 2 * 256, _conv(256, 128, 4), 2 * 128,
+                        _conv(128, 64, 4), 2 * 64, _conv(64, 32, 4), 2 * 32, _conv(32, 1, 1)]),
+    # Discriminator(ndf=64, nc=3), DCG_cifar10(nz=100, ngf=64, nc=3)
+    "monoflow_cifar10": ((32, 32, 3),
+                         [_conv(3, 64, 4), _conv(64, 128, 4), 2 * 128, _conv(128, 256, 4),
+                          2 * 256, _conv(256, 1, 4)],
+                         [_conv(100, 512, 4), 2 * 512, _conv(512, 256, 4), 2 * 256,
+                          _conv(256, 128, 4), 2 * 128, _conv(128, 3, 4)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_NETS))
+def test_reference_variant_has_monoflows_networks(name):
+  shape, disc_layers, gen_layers = REFERENCE_NETS[name]
+  config = importlib.import_module(f"configs.{name}").get_config("reference")
+  assert config.gan.reuse_fake
+  generator = models.create_generator(config.generator, shape, True)
+  discriminator = models.create_model(config.model)
+  z, x = jnp.zeros((3, 100)), jnp.zeros((3, *shape))
+  gen_out, gen_vars = jax.eval_shape(lambda: generator.init_with_output(jax.random.key(0), z))
+  disc_out, disc_vars = jax.eval_shape(
+      lambda: discriminator.init_with_output(jax.random.key(0), x))
+  assert gen_out.shape == (3, *shape) and disc_out.shape == (3,)
+  count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+  assert count(gen_vars["params"]) == sum(gen_layers)
+  assert count(disc_vars["params"]) == sum(disc_layers)
+  assert "batch_stats" in gen_vars and "batch_stats" in disc_vars
+  with pytest.raises(ValueError, match=r"monoflow_dcgan generator with \d widths ends on"):
+    models.create_generator(config.generator, (48, 48, 3), True)
+
+
+def test_reference_initialisation_is_dcgans():
+  config = monoflow_mnist.get_config("reference")
+  variables = models.create_model(config.model).init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+  kernels = [a for path, a in jax.tree_util.tree_leaves_with_path(variables["params"])
+             if "kernel" in jax.tree_util.keystr(path)]
+  scales = [a for path, a in jax.tree_util.tree_leaves_with_path(variables["params"])
+            if "scale" in jax.tree_util.keystr(path)]
+  big = max(kernels, key=lambda a: a.size)
+  assert abs(float(big.std()) - 0.02) < 0.002 and abs(float(big.mean())) < 0.002
+  both = np.concatenate([np.ravel(s) for s in scales])
+  assert abs(both.mean() - 1.0) < 0.01 and abs(both.std() - 0.02) < 0.005
+
+
+def test_reuse_fake_moves_the_generator_along_the_discriminators_own_fakes():
+  # MonoFlow's step: the generator's gradient flows through the same G(z) that trained D. With
+  # D's learning rate 0, that is plain SGD on −mean h(d(G(z))) at the discriminator step's z.
+  gen, disc = models.MLPGenerator(event_shape=(2,), width=8, depth=1), models.MLP(width=8, depth=1)
+  hmap = monoflow.get_map("logit")
+  state = gan.create_gan_state(gen, disc, optax.sgd(0.1), optax.sgd(0.0), jax.random.key(0),
+                               (2,), 3)
+  batch, key = jax.random.normal(jax.random.key(1), (5, 2)), jax.random.key(7)
+  k_disc, _ = jax.random.split(jax.random.fold_in(key, state.step))
+  z = jax.random.normal(k_disc, (5, 3))
+  logit = gan.discriminator_logit(disc.apply, state.disc_params)
+  grads = jax.grad(lambda p: -jnp.mean(hmap.h(logit(gen.apply({"params": p}, z)))))(
+      state.gen_params)
+  expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.gen_params, grads)
+  for reuse in (True, False):
+    step = gan.make_gan_step(gen.apply, disc.apply, optax.sgd(0.1), optax.sgd(0.0), hmap, 3,
+                             reuse_fake=reuse)
+    new_state, _ = step(state, batch, key)
+    close = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=1e-5, atol=1e-7),
+                         new_state.gen_params, expected)
+    assert all(jax.tree.leaves(close)) == reuse  # without reuse: fresh latents, another step
+
+
+def test_reference_gan_step_uses_batch_statistics_and_samples_per_sample():
+  config = monoflow_mnist.get_config("reference")
+  config.data.batch_size = 4
+  with tfds.testing.mock_data(num_examples=8):
+    run = run_lib.Run(config, parallel.data_mesh(jax.devices()[:1]))
+    state = run.new_state(fit=True)
+    batch = run.batch(0)
+  before = jax.device_get(state.disc_stats)
+  state, metrics = run.train_step()(state, batch, jax.random.key(0))
+  assert np.isfinite(float(metrics["loss"]))
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before,
+                         jax.device_get(state.disc_stats))
+  assert all(jax.tree.leaves(changed))  # running averages of both batch norms moved
+  logit = gan.discriminator_logit(models.create_model(config.model).apply, state.disc_params,
+                                  state.disc_stats)
+  x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1), minval=-1, maxval=1)
+  np.testing.assert_allclose(logit(x)[:1], logit(x[:1]), rtol=1e-4, atol=1e-5)
