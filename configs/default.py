@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.sn_every_call = False  # True: the reference's power iteration in every forward pass
                                       # of a training step (K + 2); False: one per step
   config.model.self_attention = False  # resnets: SAGAN self-attention at 128 channels
+  config.model.resnet_width = 1.0     # resnets: channels × this (the paper's: 1)
   config.model.bf16 = False           # resnets: bfloat16 compute, float32 parameters (GPU/TPU)
   config.model.neutral_init = True    # start at the ratio r = 1: the output bias is 1 when the
                                       # loss's network outputs r (lsif); False: the reference's 0

@@ -1,14 +1,18 @@
-"""What the flow does to its particles, for LSIF-χ² on the bundled digits at several η and learning
-rates: why the paper's η = 3 trains worse here (issue 13's question), one command.
+"""What the flow does to its particles, for LSIF-χ² on the bundled digits at several η, learning
+rates and starts of the estimator: why the paper's η = 3 trained worse here (issue 13's question).
 
   python experiments/flow_stats.py [--steps 1500] [--samples 500] [--out experiments/out]
+  python experiments/flow_stats.py --model resnet32 --width 0.125 --steps 1000   # paper ResNet
+  python experiments/flow_stats.py --steps 4000 --rows 3                          # one row, longer
 
 Each setting (η, Adam learning rate, the estimator's start: neutral r = 1 or the reference's
-r ≈ 0) trains ``configs/digits.py`` with LSIF-χ² for --steps steps (× 0.1 at 80 % and 90 %), then
-flows --samples prior draws K + κ steps with the EMA estimator and records, after every step: the
-mean estimated ratio r(x) of the particles, the share of saturated pixels (|x| ≥ 0.99, where the
-data's digits are mostly ink or background) and the mean particle norm ‖x‖. The data's own
-saturated share and norm are the targets. Writes ``flow_stats.md`` into --out.
+r ≈ 0, and Flax's or PyTorch's initialisation) trains ``configs/digits.py`` with LSIF-χ² for
+--steps steps (× 0.1 at 80 % and 90 %), then flows --samples prior draws K + κ steps with the EMA
+estimator and records, after every step: the mean estimated ratio r(x) of the particles, the
+share of saturated pixels (|x| ≥ 0.99, where the data's digits are mostly ink or background) and
+the mean particle norm ‖x‖. The data's own saturated share and norm are the targets. With
+``--model resnet32`` the estimator is the paper's CIFAR10 ResNet (spectral norm, every layer's
+channels × --width) in place of the small conv net. Writes ``flow_stats[_MODEL].md`` into --out.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ import numpy as np
 from digits_table import train_variant, variant_config
 from fdrl_jax import flows, run_lib, workdir as workdirs
 
-SETTINGS = [  # (η, learning rate, neutral start)
-    (1.0, 1e-3, True), (1.0, 1e-3, False), (3.0, 1e-3, True), (3.0, 1e-4, True)]
+SETTINGS = {  # (η, learning rate, neutral start, PyTorch's initialisation) per estimator
+    "conv": [(1.0, 1e-3, True, False), (1.0, 1e-3, False, False), (3.0, 1e-3, True, False),
+             (3.0, 1e-4, True, False)],
+    # The paper's η = 3 with every combination of the two starts; the paper's lr 1e-4 with ours
+    # and with the reference's (r ≈ 0 and PyTorch's initialisation).
+    "resnet32": [(3.0, 1e-3, True, False), (3.0, 1e-3, False, False), (3.0, 1e-3, True, True),
+                 (3.0, 1e-3, False, True), (3.0, 1e-4, True, False), (3.0, 1e-4, False, True)],
+}
 SATURATED = 0.99
 
 
@@ -60,38 +70,52 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=1500)
   parser.add_argument("--samples", type=int, default=500)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  parser.add_argument("--model", choices=sorted(SETTINGS), default="conv")
+  parser.add_argument("--width", type=float, default=0.125, help="resnet32: channels × this")
+  parser.add_argument("--rows", default="", help="comma-separated setting indices (default all)")
   args = parser.parse_args()
+  settings = SETTINGS[args.model]
+  if args.rows:
+    settings = [settings[int(i)] for i in args.rows.split(",")]
   began = time.perf_counter()
+  model = ("the small conv net" if args.model == "conv" else
+           f"{args.model} × {args.width:g} width with spectral norm")
   lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}. configs/digits.py with LSIF-χ², "
-           f"{args.steps} steps each, {args.samples} particles flowed K + κ steps by the EMA "
-           "estimator.", ""]
-  summary = ["| η | lr | start | FD-digits | prior's | mean r, start → end | saturated share, "
-             "start → end (data) | ‖x‖, start → end (data) | train time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+           f"{model}, {args.steps} steps each, {args.samples} particles flowed K + κ steps by the "
+           "EMA estimator.", ""]
+  summary = ["| η | lr | start | init | FD-digits | prior's | mean r, start → end | saturated "
+             "share, start → end (data) | ‖x‖, start → end (data) | train time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
   details = []
-  for eta, lr, neutral in SETTINGS:
+  for eta, lr, neutral, torch_init in settings:
     variant = ("", "lsif", "pearson", "gaussian", 5)  # the table's FDRL-DDP LSIF-χ² row
     base = variant_config(*variant[1:], args.steps, args.samples)
     base.flow.step_size, base.optim.learning_rate = eta, lr
-    base.model.neutral_init = neutral
+    base.model.neutral_init, base.model.torch_init = neutral, torch_init
+    if args.model != "conv":
+      base.model.name, base.model.resnet_width, base.model.spectral_norm = (
+          args.model, args.width, True)
     config, workdir, result, seconds = train_variant(variant, args.steps, args.samples, base)
     rows, final, run = flow_record(config, workdir, args.samples)
     data_share, data_norm = statistics(run.dataset.test)
     start = "r = 1" if neutral else "r ≈ 0"
+    init = "PyTorch" if torch_init else "Flax"
     summary.append(
-        f"| {eta:g} | {lr:g} | {start} | {result['fd_digits']:.1f} | "
+        f"| {eta:g} | {lr:g} | {start} | {init} | {result['fd_digits']:.1f} | "
         f"{result['fd_digits_prior']:.1f} | {rows[0][1]:.3g} → {rows[-1][1]:.3g} | "
         f"{rows[0][2]:.2f} → {rows[-1][2]:.2f} ({data_share:.2f}) | {rows[0][3]:.2f} → "
         f"{rows[-1][3]:.2f} ({data_norm:.2f}) | {seconds:.0f} s |")
     print(summary[-1], flush=True)
     picks = sorted({0, 1, 2, 5, 10, len(rows) // 2, len(rows) - 1})
-    details += [f"η = {eta:g}, lr {lr:g}, start {start}: along the flow", "",
+    details += [f"η = {eta:g}, lr {lr:g}, start {start}, {init} init: along the flow", "",
                 "| flow step | mean r | saturated share | ‖x‖ |", "|---|---|---|---|",
                 *(f"| {rows[k][0]} | {rows[k][1]:.3g} | {rows[k][2]:.3f} | {rows[k][3]:.2f} |"
                   for k in picks), ""]
   text = "\n".join(lines + summary + [""] + details
                    + [f"Whole command: {time.perf_counter() - began:.0f} s."]) + "\n"
-  workdirs.experiment_report(args.out, "flow_stats", text)
+  name = "flow_stats" + ("" if args.model == "conv" else f"_{args.model}") + (
+      f"_rows{args.rows.replace(',', '-')}_{args.steps}" if args.rows else "")
+  workdirs.experiment_report(args.out, name, text)
 
 
 if __name__ == "__main__":

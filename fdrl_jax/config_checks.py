@@ -29,7 +29,7 @@ RULES: dict[str, Rule] = {
     "data.image_size": POSITIVE_INT, "data.resize_first": COUNT, "data.center_crop": COUNT,
     "data.max_fit_samples": (lambda v: v >= 2, "an integer >= 2"),
     "model.width": POSITIVE_INT, "model.depth": POSITIVE_INT, "model.channels": POSITIVE_INT,
-    "model.negative_slope": NON_NEGATIVE,
+    "model.negative_slope": NON_NEGATIVE, "model.resnet_width": POSITIVE,
     "flow.num_steps": POSITIVE_INT, "flow.num_refine_steps": COUNT, "flow.step_size": POSITIVE,
     "flow.noise_scale": NON_NEGATIVE,
     "prior.jitter": NON_NEGATIVE, "prior.rank": POSITIVE_INT, "prior.loc": FINITE,

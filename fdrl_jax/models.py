@@ -157,7 +157,7 @@ class SelfAttention(nn.Module):
     conv = lambda f, fan_in: _Layer(nn.Conv(f, (1, 1), dtype=self.dtype,
                                             conv_general_dilated=conv_general_dilated,
                                             **_init(self.torch_init, fan_in)), self.spectral_norm)
-    inner = c // self.reduction
+    inner = max(1, c // self.reduction)
     key, query, value = (conv(inner, c)(x, update_stats).reshape(b, h * w, inner)
                          for _ in range(3))
     attention = jax.nn.softmax(jnp.einsum("bic,bjc->bij", key, query), axis=1)  # over keys i
@@ -177,10 +177,13 @@ class ResNet(nn.Module):
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
   output_bias: float = 0.0  # the output layer's initial bias (see fdrl.create_estimator)
   torch_init: bool = False  # PyTorch's initialisation (the reference's), see _init
+  width: float = 1.0  # every layer's channels × width: the paper's depth at a fraction of the cost
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     stem, stages, attention_after = RESNETS[self.arch]
+    scaled = lambda channels: max(1, round(channels * self.width))
+    stem, stages = scaled(stem), [(scaled(f), blocks, stride) for f, blocks, stride in stages]
     x = _Layer(nn.Conv(stem, (3, 3), use_bias=False, padding=((1, 1), (1, 1)), dtype=self.dtype,
                        conv_general_dilated=conv_general_dilated, **_init(self.torch_init)),
                self.spectral_norm)(x, update_stats)
@@ -275,7 +278,7 @@ MODELS = {
     **{arch: (lambda cfg, bias, arch=arch: ResNet(
         arch=arch, spectral_norm=cfg.spectral_norm, self_attention=cfg.self_attention,
         negative_slope=cfg.negative_slope, dtype=jnp.bfloat16 if cfg.bf16 else None,
-        output_bias=bias, torch_init=cfg.torch_init))
+        output_bias=bias, torch_init=cfg.torch_init, width=cfg.resnet_width))
         for arch in RESNETS},
 }
 

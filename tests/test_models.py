@@ -12,11 +12,14 @@ from fdrl_jax.models import RESNET_PARAMETER_COUNTS, RESNETS, ResNet, SelfAttent
 SIZES = {"resnet32": 32, "resnet64": 64, "resnet128": 128, "resnet64_shallow": 64}
 
 
-def expected_count(arch: str, self_attention: bool) -> int:
-  """Trainable parameters from the layer shapes of the reference implementation (PyTorch)."""
+def expected_count(arch: str, self_attention: bool, scale: float = 1.0) -> int:
+  """Trainable parameters from the layer shapes of the reference implementation (PyTorch), with
+  every layer's channels × ``scale``."""
   stem, stages, _ = RESNETS[arch]
+  stem = round(stem * scale)
   total, width = 9 * 3 * stem, stem                      # stem conv, no bias
   for features, blocks, stride in stages:
+    features = round(features * scale)
     for j in range(blocks):
       s = stride if j == 0 else 1
       total += 9 * width * features + 9 * features * features  # two 3×3 convs, no bias
@@ -24,7 +27,7 @@ def expected_count(arch: str, self_attention: bool) -> int:
         total += width * features                        # 1×1 shortcut, no bias
       width = features
   if self_attention:
-    c = 128
+    c = round(128 * scale)
     total += 3 * (c * (c // 8) + c // 8) + (c // 8) * c + c + 1  # k, q, v, out (biased), γ
   return total + width + 1                               # Dense(256 → 1) with bias
 
@@ -38,6 +41,14 @@ def test_parameter_counts_match_reference_shapes(arch, self_attention):
   count = sum(p.size for p in jax.tree.leaves(variables["params"]))
   assert count == expected_count(arch, self_attention)
   assert count == RESNET_PARAMETER_COUNTS[arch][self_attention]
+
+
+@pytest.mark.parametrize("scale", [0.125, 0.5])
+def test_width_scales_every_layer(scale):
+  variables = jax.eval_shape(ResNet(arch="resnet64", self_attention=True, width=scale).init,
+                             jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  count = sum(p.size for p in jax.tree.leaves(variables["params"]))
+  assert count == expected_count("resnet64", True, scale) - 2 * 9 * round(64 * scale)  # 1 channel
 
 
 @pytest.mark.parametrize("arch", sorted(RESNETS))
