@@ -7,11 +7,13 @@ Trains each variant with ``configs/digits.py`` for the same number of steps (FDR
 LR-KL, LR-JS, LR-logD; FDRL-UP with LSIF-χ² and LR-KL), scores samples of the EMA estimator
 (K + κ steps) with FD-digits against the held-out split (``fdrl_jax.evaluate``), and lists the
 prior's own FD-digits and the real floor (training vs held-out split), into ``digits_table.md``.
---variants keeps the rows whose label contains one of the given words. The curve part (reusing
-the table's runs with --part all) writes FD-digits of FDRL-DDP LSIF-χ² and LR-KL as a function of
-the sampling length K + κ (Fig. 8) into ``digits_flow_length.md``, and the LR-KL model's pictures
-(``digits_*.png``: samples, the flow strip of Fig. 6, interpolations of Fig. 7, nearest training
-digits by pixels and by classifier features of Fig. 10–11). Everything goes into --out. FD-digits is a Fréchet distance on a small digits classifier's features, not
+--variants keeps the rows whose label contains one of the given words (and names the reports
+after them, ``digits_table_WORDS.md``, so a partial run leaves the whole table's report alone).
+The curve part (reusing the table's runs with --part all) writes FD-digits of FDRL-DDP LSIF-χ²
+and LR-KL as a function of the sampling length K + κ (Fig. 8) into ``digits_flow_length.md``, and
+the LR-KL model's pictures (``digits_*.png``: samples, the flow strip of Fig. 6, interpolations of
+Fig. 7, nearest training digits by pixels and by classifier features of Fig. 10–11). Everything
+goes into --out. FD-digits is a Fréchet distance on a small digits classifier's features, not
 FID.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 import time
 
@@ -124,6 +127,8 @@ def main() -> None:
   header = (f"CPU: {os.cpu_count()} cores, jax {jax.__version__}, {args.steps} training steps, "
             f"{args.samples} samples, FD-digits against the 297 held-out digits.")
   trained = {}
+  # A subset of the rows writes its own report, beside (not over) the whole table's.
+  suffix = "_" + re.sub(r"[^A-Za-z0-9]+", "-", args.variants).strip("-") if args.variants else ""
   if args.part in ("table", "all"):
     lines = [header, "", "| model | FD-digits | prior's FD-digits | confident share | train time |",
              "|---|---|---|---|---|"]
@@ -135,7 +140,7 @@ def main() -> None:
       print(lines[-1], flush=True)
     lines += ["", f"Real floor (training vs held-out split): {result['fd_digits_floor']:.1f}. "
               f"Classifier test accuracy: {result['classifier_test_accuracy']:.3f}."]
-    workdirs.experiment_report(args.out, "digits_table", "\n".join(lines) + "\n")
+    workdirs.experiment_report(args.out, f"digits_table{suffix}", "\n".join(lines) + "\n")
   if args.part in ("curve", "all"):
     lines = [header, "", "Flow length (Fig. 8): FD-digits of samples drawn with K + κ flow steps "
              "by models trained with K = 20.", ""]
@@ -149,7 +154,8 @@ def main() -> None:
       for total, fd in flow_length_curve(config, workdir, flow_lengths(config.flow.num_steps)):
         lines.append(f"| {total} | {fd:.1f} |")
       lines.append("")
-    workdirs.experiment_report(args.out, "digits_flow_length", "\n".join(lines) + "\n")
+    workdirs.experiment_report(args.out, f"digits_flow_length{suffix}",
+                               "\n".join(lines) + "\n")
     if FIGURE_VARIANT in trained:
       print("\n".join(write_figures(*trained[FIGURE_VARIANT][:2], args.out)))
 
