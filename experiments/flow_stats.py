@@ -4,6 +4,7 @@ rates and starts of the estimator: why the paper's η = 3 trained worse here (is
   python experiments/flow_stats.py [--steps 1500] [--samples 500] [--out experiments/out]
   python experiments/flow_stats.py --model resnet32 --width 0.125 --steps 1000   # paper ResNet
   python experiments/flow_stats.py --steps 4000 --rows 3                          # one row, longer
+  python experiments/flow_stats.py --model resnet32 --rows 0 --sn_every_call      # reference SN
 
 Each setting (η, Adam learning rate, the estimator's start: neutral r = 1 or the reference's
 r ≈ 0, and Flax's or PyTorch's initialisation) trains ``configs/digits.py`` with LSIF-χ² for
@@ -73,13 +74,16 @@ def main() -> None:
   parser.add_argument("--model", choices=sorted(SETTINGS), default="conv")
   parser.add_argument("--width", type=float, default=0.125, help="resnet32: channels × this")
   parser.add_argument("--rows", default="", help="comma-separated setting indices (default all)")
+  parser.add_argument("--sn_every_call", action="store_true",
+                      help="resnet32: the reference's power iteration in every forward pass")
   args = parser.parse_args()
   settings = SETTINGS[args.model]
   if args.rows:
     settings = [settings[int(i)] for i in args.rows.split(",")]
   began = time.perf_counter()
   model = ("the small conv net" if args.model == "conv" else
-           f"{args.model} × {args.width:g} width with spectral norm")
+           f"{args.model} × {args.width:g} width with spectral norm"
+           + (" (a power iteration in every forward pass)" if args.sn_every_call else ""))
   lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}. configs/digits.py with LSIF-χ², "
            f"{model}, {args.steps} steps each, {args.samples} particles flowed K + κ steps by the "
            "EMA estimator.", ""]
@@ -95,6 +99,7 @@ def main() -> None:
     if args.model != "conv":
       base.model.name, base.model.resnet_width, base.model.spectral_norm = (
           args.model, args.width, True)
+      base.model.sn_every_call = args.sn_every_call
     config, workdir, result, seconds = train_variant(variant, args.steps, args.samples, base)
     rows, final, run = flow_record(config, workdir, args.samples)
     data_share, data_norm = statistics(run.dataset.test)
@@ -114,6 +119,7 @@ def main() -> None:
   text = "\n".join(lines + summary + [""] + details
                    + [f"Whole command: {time.perf_counter() - began:.0f} s."]) + "\n"
   name = "flow_stats" + ("" if args.model == "conv" else f"_{args.model}") + (
+      "_sn_every_call" if args.sn_every_call else "") + (
       f"_rows{args.rows.replace(',', '-')}_{args.steps}" if args.rows else "")
   workdirs.experiment_report(args.out, name, text)
 
