@@ -49,8 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.channels = (32, 64, 64)  # conv: channels per 3×3 conv (stride 2 after the first)
   config.model.negative_slope = 0.2   # LeakyReLU slope
   config.model.spectral_norm = False  # resnets: spectral norm on every conv and dense layer
-  config.model.sn_every_call = False  # True: the reference's power iteration in every forward pass
-                                      # of a training step (K + 2); False: one per step
+  config.model.sn_every_call = True   # spectral norm's power iteration in every forward pass of
+                                      # a training step (K + 2), as the reference; False: one per
+                                      # step (measured worse: experiments/README.md)
   config.model.self_attention = False  # resnets: SAGAN self-attention at 128 channels
   config.model.resnet_width = 1.0     # resnets: channels × this (the paper's: 1)
   config.model.bf16 = False           # resnets: bfloat16 compute, float32 parameters (GPU/TPU)

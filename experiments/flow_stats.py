@@ -74,6 +74,7 @@ def main() -> None:
   parser.add_argument("--model", choices=sorted(SETTINGS), default="conv")
   parser.add_argument("--width", type=float, default=0.125, help="resnet32: channels × this")
   parser.add_argument("--rows", default="", help="comma-separated setting indices (default all)")
+  parser.add_argument("--seed", type=int, default=0, help="the configs' seed")
   parser.add_argument("--sn_every_call", action="store_true",
                       help="resnet32: the reference's power iteration in every forward pass")
   args = parser.parse_args()
@@ -85,8 +86,8 @@ def main() -> None:
            f"{args.model} × {args.width:g} width with spectral norm"
            + (" (a power iteration in every forward pass)" if args.sn_every_call else ""))
   lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}. configs/digits.py with LSIF-χ², "
-           f"{model}, {args.steps} steps each, {args.samples} particles flowed K + κ steps by the "
-           "EMA estimator.", ""]
+           f"{model}, seed {args.seed}, {args.steps} steps each, {args.samples} particles flowed "
+           "K + κ steps by the EMA estimator.", ""]
   summary = ["| η | lr | start | init | FD-digits | prior's | mean r, start → end | saturated "
              "share, start → end (data) | ‖x‖, start → end (data) | train time |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -96,6 +97,7 @@ def main() -> None:
     base = variant_config(*variant[1:], args.steps, args.samples)
     base.flow.step_size, base.optim.learning_rate = eta, lr
     base.model.neutral_init, base.model.torch_init = neutral, torch_init
+    base.seed = args.seed
     if args.model != "conv":
       base.model.name, base.model.resnet_width, base.model.spectral_norm = (
           args.model, args.width, True)
@@ -120,6 +122,7 @@ def main() -> None:
                    + [f"Whole command: {time.perf_counter() - began:.0f} s."]) + "\n"
   name = "flow_stats" + ("" if args.model == "conv" else f"_{args.model}") + (
       "_sn_every_call" if args.sn_every_call else "") + (
+      f"_seed{args.seed}" if args.seed else "") + (
       f"_rows{args.rows.replace(',', '-')}_{args.steps}" if args.rows else "")
   workdirs.experiment_report(args.out, name, text)
 

@@ -109,7 +109,7 @@ def make_train_step(
     apply_fn: Callable, tx: optax.GradientTransformation, loss: BregmanLoss, potential: Callable,
     flow_spec: FlowSpec, *, dequantization: float, random_flip: bool, ema_decay: float,
     augment_prior: bool = False, particle_sharding: NamedSharding | None = None,
-    sn_every_call: bool = False,
+    sn_every_call: bool = True,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Metrics]]:
   """Algorithm 1 as a pure function ``step(state, batch, key) -> (state, metrics)``.
 
@@ -128,7 +128,8 @@ def make_train_step(
     particle_sharding: sharding of the prior particles (the data sharding), when data-parallel.
     sn_every_call: the reference's spectral norm: one power iteration in *every* forward pass of
       the step, K + 2 (flow step k sees the estimate after k + 1, then the flowed pass, then the
-      data pass). False: one per step, on the data pass (the flow uses the step's start state).
+      data pass). False: one per step, on the data pass (the flow uses the step's start state),
+      which trained worse estimators (experiments/README.md).
   """
   def augment(x: Array, k_deq: Array, k_flip: Array) -> Array:
     x = x + dequantization * jax.random.normal(k_deq, x.shape, x.dtype)
