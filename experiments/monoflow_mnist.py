@@ -25,8 +25,8 @@ import time
 import jax
 
 from configs import monoflow_mnist
-from fdrl_jax import datasets, evaluate, images, run_lib, workdir as workdirs
-from mnist_real import side_by_side, write_folders
+from fdrl_jax import evaluate, images, run_lib, workdir as workdirs
+from mnist_real import add_split_arguments, side_by_side, split_and_scorer
 
 
 def row_config(variant: str, h: str, root: str, steps: int):
@@ -47,19 +47,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=1500)
   parser.add_argument("--h", default="non_saturating,logit", help="comma-separated maps h")
-  parser.add_argument("--samples", type=int, default=1000)
-  parser.add_argument("--train", type=int, default=4000, help="training digits (rest held out)")
-  parser.add_argument("--classifier_steps", type=int, default=600)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  add_split_arguments(parser)
   args = parser.parse_args()
   began = time.perf_counter()
   root = os.path.join(args.out, "work", "mnist_real")
-  train_y, test_y = write_folders(root, args.train, seed=0)
-  folder_set = datasets.build_dataset(row_config("ours", "logit", root, args.steps))
-  train_x, test_x = folder_set.train, folder_set.test
-  classifier = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=0,
-                                         steps=args.classifier_steps)
-  score = lambda x: evaluate.fd_digits(x, test_x, classifier)
+  train_x, test_x, classifier, score = split_and_scorer(
+      root, args.train, row_config("ours", "logit", root, args.steps), args.classifier_steps)
 
   rows, grids = [], []
   for h in args.h.split(","):
