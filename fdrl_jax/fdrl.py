@@ -29,7 +29,7 @@ from flax import struct
 from jax.sharding import NamedSharding
 
 from fdrl_jax import data, datasets, models, optim, priors, sampling
-from fdrl_jax.models import variables
+from fdrl_jax.models import training_apply, variables
 from fdrl_jax.divergences import flow_potential
 from fdrl_jax.flows import FlowSpec, flow
 from fdrl_jax.losses import BregmanLoss, get_loss
@@ -148,23 +148,19 @@ def make_train_step(
       x_0 = jax.lax.with_sharding_constraint(x_0, particle_sharding)
     flow_kwargs = dict(num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
                        noise_scale=flow_spec.noise_scale, clip=flow_spec.training_clip())
+    updating_pass = lambda params, stats, x: training_apply(apply_fn, params, stats, x,
+                                                           update_stats=True)
     per_call = sn_every_call and bool(state.batch_stats)
     if per_call:
       def stateful_potential(x, stats):
-        out, mutated = apply_fn(variables(state.params, stats), x, update_stats=True,
-                                mutable=["batch_stats"])
-        return potential(out), mutated["batch_stats"]
+        out, stats = updating_pass(state.params, stats, x)
+        return potential(out), stats
       x_k, flow_stats = flow(stateful_potential, x_0, k_flow, state=state.batch_stats,
                              **flow_kwargs)
     else:
       current = variables(state.params, state.batch_stats)
       x_k = flow(estimator_potential(apply_fn, potential, current), x_0, k_flow, **flow_kwargs)
     x_k = jax.lax.stop_gradient(x_k)
-
-    def updating_pass(params, stats, x):
-      out, mutated = apply_fn(variables(params, stats), x, update_stats=True,
-                              mutable=["batch_stats"])
-      return out, mutated.get("batch_stats", stats)
 
     def objective(params):
       if per_call:  # the reference's order: flowed pass, then data pass, each one iteration

@@ -29,7 +29,7 @@ from flax import struct
 from jax.sharding import NamedSharding
 
 from fdrl_jax import data, models, monoflow, sampling
-from fdrl_jax.models import variables
+from fdrl_jax.models import training_apply, variables
 from fdrl_jax.flows import flow
 from fdrl_jax.losses import LOSSES
 
@@ -119,25 +119,8 @@ def discriminator_logit(disc_apply: Callable, disc_params, disc_stats=None
                         ) -> Callable[[Array], Array]:
   """x ↦ d(x) = log p/q of a discriminator trained with DISCRIMINATOR_LOSS (which outputs log q/p);
   a per-sample function (batch norm, if any, on its running averages)."""
-  disc_vars = variables(disc_params, disc_stats or {})
+  disc_vars = variables(disc_params, disc_stats)
   return lambda x: monoflow.logit_from_log_ratio(disc_apply(disc_vars, x))
-
-
-def _discriminate(disc_apply: Callable, params, stats, x: Array) -> tuple[Array, Any]:
-  """The discriminator's training-mode outputs on x and its updated batch-norm statistics (batch
-  statistics, as PyTorch's train mode; unchanged when it has none)."""
-  if not stats:
-    return disc_apply({"params": params}, x), stats
-  out, mutated = disc_apply(variables(params, stats), x, update_stats=True, mutable=["batch_stats"])
-  return out, mutated["batch_stats"]
-
-
-def _generate(gen_apply: Callable, gen_vars: dict, z: Array, train: bool) -> tuple[Array, Any]:
-  """G(z) and the updated batch-norm statistics (unchanged when ``train`` is False or none)."""
-  if train and "batch_stats" in gen_vars:
-    x, mutated = gen_apply(gen_vars, z, train=True, mutable=["batch_stats"])
-    return x, mutated["batch_stats"]
-  return gen_apply(gen_vars, z), gen_vars.get("batch_stats", {})
 
 
 def make_gan_step(
@@ -165,8 +148,9 @@ def make_gan_step(
   def step(state: GANState, batch: Array, key: Array):
     k_disc, k_gen = jax.random.split(jax.random.fold_in(key, state.step))
     n = batch.shape[0]
-    generate = lambda params, z: _generate(gen_apply, variables(params, state.gen_stats), z,
-                                           train=True)
+    generate = lambda params, z: training_apply(gen_apply, params, state.gen_stats, z, train=True)
+    discriminate = lambda params, stats, x: training_apply(disc_apply, params, stats, x,
+                                                           update_stats=True)
     if reuse_fake:
       fake, gen_vjp, gen_stats = jax.vjp(lambda p: generate(p, latents(k_disc, n)),
                                          state.gen_params, has_aux=True)
@@ -174,8 +158,8 @@ def make_gan_step(
       fake, _ = generate(state.gen_params, latents(k_disc, n))
 
     def disc_objective(params):
-      out_data, stats = _discriminate(disc_apply, params, state.disc_stats, batch)
-      out_fake, stats = _discriminate(disc_apply, params, stats, jax.lax.stop_gradient(fake))
+      out_data, stats = discriminate(params, state.disc_stats, batch)
+      out_fake, stats = discriminate(params, stats, jax.lax.stop_gradient(fake))
       return DISCRIMINATOR_LOSS(out_data, out_fake), (out_data, out_fake, stats)
 
     (disc_loss, (out_data, out_fake, disc_stats)), disc_grads = jax.value_and_grad(
@@ -185,7 +169,7 @@ def make_gan_step(
     frozen = jax.lax.stop_gradient(disc_params)  # d held fixed for the generator
 
     def h_objective(x, stats):
-      out, stats = _discriminate(disc_apply, frozen, stats, x)
+      out, stats = discriminate(frozen, stats, x)
       d = monoflow.logit_from_log_ratio(out)
       return -jnp.mean(hmap.h(d)), (stats, d)
 

@@ -30,6 +30,17 @@ def variables(params, batch_stats) -> dict:
   return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
+def training_apply(apply_fn, params, stats, x: jax.Array, **mode) -> tuple[jax.Array, Any]:
+  """``apply_fn`` in training mode (``mode``: ``update_stats=True`` for the estimators,
+  ``train=True`` for the generators) on x: the outputs and the updated mutable statistics
+  (spectral norm's power iteration, batch norm's running averages), or ``stats`` itself where the
+  network has none."""
+  if not stats:
+    return apply_fn({"params": params}, x, **mode), stats
+  out, mutated = apply_fn(variables(params, stats), x, mutable=["batch_stats"], **mode)
+  return out, mutated["batch_stats"]
+
+
 def _init(torch_init: bool, fan_in: int | None = None, bias: float = 0.0) -> dict:
   """A layer's ``kernel_init`` / ``bias_init``: Flax's defaults (LeCun normal, zero bias), or with
   ``torch_init`` PyTorch's (weights and biases uniform on ±1/√fan-in, the reference's); the bias
@@ -368,17 +379,6 @@ class MonoFlowGenerator(nn.Module):
     return jnp.tanh(x)
 
 
-def monoflow_generator_side_error(channels: Sequence[int], event_shape) -> str | None:
-  """Why MonoFlowGenerator with ``channels`` cannot make images of ``event_shape``, or None."""
-  side = 4 * 2 ** (len(channels) - 1)
-  if len(event_shape) == 3 and event_shape[0] == event_shape[1] and (
-      event_shape[0] == 2 * side or (event_shape[0] <= side and (side - event_shape[0]) % 2 == 0)):
-    return None
-  return (f"The monoflow_dcgan generator with {len(channels)} widths ends on a {side}² map, so it "
-          f"makes square images of side {2 * side}, or an even crop of {side}; the data have shape "
-          f"{tuple(event_shape)}. Set --config.generator.channels (3 widths for 32², 4 for 28²).")
-
-
 GENERATORS = {
     "mlp": lambda cfg, shape, is_image: MLPGenerator(event_shape=tuple(shape), width=cfg.width,
                                                      depth=cfg.depth, tanh=is_image),
@@ -405,8 +405,13 @@ def create_generator(config: ml_collections.ConfigDict, event_shape: tuple[int, 
                        f"multiples of {2 ** n}; the data have shape {tuple(event_shape)}. Set "
                        "--config.generator.channels (e.g. 2 widths for 28², 3 for 32²) or use "
                        "--config.generator.name=mlp.")
-  if config.name == "monoflow_dcgan":
-    error = monoflow_generator_side_error(config.channels, event_shape)
-    if error:
-      raise ValueError(error)
+  if config.name == "monoflow_dcgan":  # a 4² map doubled per further width, then ×2 or a crop
+    n = len(config.channels)
+    side = 4 * 2 ** (n - 1)
+    if len(event_shape) != 3 or event_shape[0] != event_shape[1] or not (
+        event_shape[0] == 2 * side or (event_shape[0] <= side and (side - event_shape[0]) % 2 == 0)):
+      raise ValueError(f"The monoflow_dcgan generator with {n} widths ends on a {side}² map, so it "
+                       f"makes square images of side {2 * side}, or an even crop of {side}; the "
+                       f"data have shape {tuple(event_shape)}. Set --config.generator.channels "
+                       "(3 widths for 32², 4 for 28²).")
   return GENERATORS[config.name](config, event_shape, is_image)

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from configs import monoflow_digits, monoflow_mnist
 from fdrl_jax import evaluate, gan, models, monoflow, parallel, run_lib, workdir as workdirs
-from tests.test_train import cli, tiny_digits_config
+from tests.test_train import cli, straight_and_resumed, tiny_digits_config
 
 
 def tiny_gan_config(num_steps=4):
@@ -63,15 +63,9 @@ def _as_written_before_disc_stats(workdir, step):
 
 @pytest.mark.parametrize("old_checkpoint", [False, True])
 def test_resume_replays_exactly(tmp_path, old_checkpoint):
-  config = tiny_gan_config(num_steps=4)
-  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-  config.training.num_steps = 2
-  workdir = str(tmp_path / "resumed")
-  run_lib.train_and_evaluate(config, workdir)
-  if old_checkpoint:
-    _as_written_before_disc_stats(workdir, 2)
-  config.training.num_steps = 4
-  resumed = run_lib.train_and_evaluate(config, workdir)
+  between = (lambda workdir: _as_written_before_disc_stats(workdir, 2)) if old_checkpoint else None
+  straight, resumed = straight_and_resumed(tiny_gan_config(num_steps=4), tmp_path, stop=2,
+                                           between=between)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight), jax.device_get(resumed))
 
 

@@ -58,13 +58,16 @@ def test_step_moves_every_parameter_and_keeps_them_finite():
                           "grad_norm"}
 
 
-def straight_and_resumed(config, tmp_path, stop: int):
+def straight_and_resumed(config, tmp_path, stop: int, between=None):
   """The final states of ``config`` trained straight through and trained to ``stop``, then
-  resumed to ``config.training.num_steps`` in a new process's way (a fresh ``train_and_evaluate``)."""
+  resumed to ``config.training.num_steps`` in a new process's way (a fresh ``train_and_evaluate``).
+  ``between(workdir)``, if given, runs on the stopped run's workdir before the resume."""
   total = config.training.num_steps
   straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
   config.training.num_steps = stop
   run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  if between is not None:
+    between(str(tmp_path / "resumed"))
   config.training.num_steps = total
   return straight, run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
 
