@@ -84,7 +84,8 @@ def main() -> None:
   began = time.perf_counter()
   model = ("the small conv net" if args.model == "conv" else
            f"{args.model} × {args.width:g} width with spectral norm"
-           + (" (a power iteration in every forward pass)" if args.sn_every_call else ""))
+           + (" (a power iteration in every forward pass)" if args.sn_every_call
+              else " (one power iteration per training step)"))
   lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}. configs/digits.py with LSIF-χ², "
            f"{model}, seed {args.seed}, {args.steps} steps each, {args.samples} particles flowed "
            "K + κ steps by the EMA estimator.", ""]
