@@ -62,7 +62,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --distributed: this
 
 
 def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  # What the interpreter's shutdown still prints after a failure (TensorStore callbacks of a
+  # failed checkpoint write reporting "Event loop is closed") would bury the one line above.
+  os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
   sys.exit(2)
 
 
@@ -173,6 +176,11 @@ def main(argv: list[str]) -> None:
       print(f"wrote {_NUM_SAMPLES.value} samples to {path}")
   except ValueError as e:
     _fail(str(e))
+  except OSError as e:  # a write that failed after the checks: a full disk, a file-size limit
+    from fdrl_jax import workdir
+    where = workdir.log_error(_WORKDIR.value, e) if os.path.isdir(_WORKDIR.value) else ""
+    _fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}. Nothing written "
+          f"before it is lost; free space (or fix the folder) and run the command again{where}.")
   except run_lib.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)

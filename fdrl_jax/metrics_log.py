@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -40,8 +41,10 @@ class MetricsLog:
     self.tensorboard_dir = None if workdirs.is_uri(workdir) else os.path.join(workdir,
                                                                                "tensorboard")
     self.start_step = start_step
-    if len(self.records) != len(logged):  # steps to be replayed: dropped
-      workdirs.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+    kept = "".join(json.dumps(r) + "\n" for r in self.records)
+    p = workdirs.as_path(self.path)
+    if p.exists() and p.read_bytes().decode(errors="replace") != kept:
+      workdirs.write_text(self.path, kept)  # steps to be replayed, or a torn line: dropped
 
   def write(self, step: int, window: list[dict], steps_per_s: float) -> dict:
     """Records the mean of ``window`` (one dict of floats per step) at ``step``."""
@@ -72,11 +75,24 @@ class MetricsLog:
 
 
 def read_records(path: str) -> list[dict]:
-  """The records of a ``metrics.jsonl`` (none if it does not exist)."""
+  """The records of a ``metrics.jsonl`` (none if it does not exist). A line that is not a whole
+  record — the torn last line of a run that a full disk or a kill stopped mid-write — is dropped
+  with a warning (a resumed run rewrites the file without it)."""
   p = workdirs.as_path(path)
   if not p.exists():
     return []
-  return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(p.read_bytes().decode(errors="replace").splitlines(), start=1):
+    try:
+      record = json.loads(line) if line.strip() else None
+    except ValueError:
+      record = line
+    if isinstance(record, dict) and "step" in record:
+      records.append(record)
+    elif record is not None:
+      print(f"warning: line {number} of {path} is not a whole record ({line[:40]!r}); dropped.",
+            file=sys.stderr, flush=True)
+  return records
 
 
 def plot_records(records: list[dict], *, width: int = 360, height: int = 150) -> np.ndarray:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
+import re
 import shlex
 import signal
 import sys
@@ -19,12 +21,15 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from fdrl_jax import (data, datasets, images, methods, metrics_log, parallel, sampling,
+from fdrl_jax import (data, datasets, image_data, images, methods, metrics_log, parallel, sampling,
                       workdir as workdirs)
 
 
@@ -64,11 +69,14 @@ class Run:
       state = self.method.init_state(self.config, self.dataset, self.init_key, fit=fit)
     return jax.device_put(state, self.replicated)
 
-  def restore(self, mngr: ocp.CheckpointManager, step: int):
-    # Shapes only: no parameters initialised, no d×d template prior materialised.
-    abstract = jax.tree.map(
+  def abstract_state(self):
+    """The state's shapes and dtypes: no parameters initialised, no d×d prior materialised."""
+    return jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
         jax.eval_shape(lambda: self.new_state(fit=False)))
+
+  def restore(self, mngr: ocp.CheckpointManager, step: int):
+    abstract = self.abstract_state()
     restore = lambda template: mngr.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state
     try:
@@ -132,26 +140,57 @@ class TrainingInterrupted(Exception):
     self.exit_code = 128 + signal_number
 
 
-@contextlib.contextmanager
-def _stop_requests():
-  """Turns SIGINT and SIGTERM into a request (``requested[0]``, the signal) that the loop honours
-  after the current step; a second signal interrupts at once. Only in the main thread."""
-  requested: list[int] = []
-  if threading.current_thread() is not threading.main_thread():
-    yield requested
-    return
+class StopRequests:
+  """SIGINT and SIGTERM as a request to stop after the current step (``stop_now(step)``); a second
+  SIGINT interrupts at once. Only in the main thread.
 
-  def handler(signum, frame):
-    if requested:  # asked twice: stop now, without the checkpoint
-      raise KeyboardInterrupt
-    requested.append(signum)
+  One process: a Python handler records the signal. Several processes: SIGTERM is left to JAX's
+  preemption notifier and SIGINT is passed on to it as a SIGTERM, so a signal to any one process
+  reaches all of them, and ``multihost_utils.reached_preemption_sync_point`` gives every process
+  the same step to save at (the step after the furthest one any process had reached)."""
 
-  previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield requested
-  finally:
-    for sig, old in previous.items():
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous: dict[int, object] = {}
+    self._sync = jax.process_count() > 1
+
+  def __enter__(self) -> "StopRequests":
+    if threading.current_thread() is threading.main_thread():
+      for sig in ((signal.SIGINT,) if self._sync else (signal.SIGINT, signal.SIGTERM)):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, old in self._previous.items():
       signal.signal(sig, old)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # asked twice: stop now, without the checkpoint
+    self.signal = signum
+    if self._sync:
+      signal.raise_signal(signal.SIGTERM)  # to the preemption notifier, which tells every process
+
+  def stop_now(self, step: int) -> bool:
+    """Whether to save ``step`` and stop; called by every process after every step."""
+    if self._sync:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal = self.signal or signal.SIGTERM
+        return True
+      return False
+    return self.signal is not None
+
+
+@functools.partial(jax.jit)
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _state_bytes(state) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None
@@ -171,12 +210,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   reference = grid_reference(run)
   draws_grids = run.method.sampler_parts is not None
 
-  with workdirs.checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr, \
-      _stop_requests() as stop:
+  with workdirs.training_lock(workdir), \
+      workdirs.checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr, \
+      StopRequests() as stop:
     state, latest = restore_readable(run, mngr, workdir, set_aside=True)
     if state is None:
       state = run.new_state(fit=True)
     start = int(state.step)
+    if start < cfg.num_steps:
+      workdirs.check_free_space(workdir, 2 * _state_bytes(state), "a checkpoint")
     if latest is not None:
       print(f"Resuming from the checkpoint of step {latest} in {workdir}", flush=True)
     log = metrics_log.MetricsLog(workdir, start)
@@ -186,17 +228,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     bar = tqdm(total=cfg.num_steps, initial=start, disable=not tty, dynamic_ncols=True)
     clock = (time.perf_counter(), start)
 
+    def diverged(s, what: str) -> TrainingDiverged:
+      return TrainingDiverged(
+          f"Training diverged: {what} at step {s}. "
+          + (f"The last good checkpoint (step {last_good}) is kept in {workdir}"
+             if last_good is not None else "No checkpoint was saved")
+          + "; lower the learning rate or the flow step size and train in a new --workdir.")
+
     def flush(step: int) -> None:
+      """Checks and logs the metrics since the last flush, and that the parameters are finite:
+      nothing is saved or drawn from a diverged state."""
       nonlocal pending, clock
       fetched = jax.device_get(pending)
       pending = []
       for s, m in fetched:
         if not np.isfinite(m["loss"]):
-          raise TrainingDiverged(
-              f"Training diverged: the loss is {m['loss']} at step {s}. "
-              + (f"The last good checkpoint (step {last_good}) is kept in {workdir}"
-                 if last_good is not None else "No checkpoint was saved")
-              + "; lower the learning rate or the flow step size and train in a new --workdir.")
+          raise diverged(s, f"the loss is {m['loss']}")
+      if not bool(_all_finite(state)):
+        raise diverged(step, "the parameters are not finite")
       if not fetched:
         return
       now = time.perf_counter()
@@ -213,7 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     def save(done: int) -> None:
       nonlocal last_good
       flush(done)
-      mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+      with checkpoint_write(workdir, done, last_good):
+        mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
       last_good = done
       log.plot()
 
@@ -222,6 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     try:
       for step, batch in zip(steps, batches):
         state, metrics = step_fn(state, batch, run.step_key)
+        if pending:  # at most one step in flight, so that a stop request waits for one step only
+          jax.block_until_ready(pending[-1][1])
         pending.append((step + 1, metrics))
         bar.update(1)
         done = step + 1
@@ -229,27 +281,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
           workdirs.write_config(workdir, config)
           committed = True
         last = done == cfg.num_steps
+        stopping = stop.stop_now(done) and not last
         if done % cfg.log_every == 0 or last:
           flush(done)
-        if done % cfg.checkpoint_every == 0 or last:
+        if done % cfg.checkpoint_every == 0 or last or stopping:
           save(done)
         if draws_grids and (done % cfg.sample_every == 0 or last):
+          flush(done)
           x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
           workdirs.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
                               lambda path: images.save_samples(x, path, reference))
-        if stop and not last:
-          if last_good != done:
-            save(done)
-          mngr.wait_until_finished()
+        if stopping:
+          with checkpoint_write(workdir, done, last_good):
+            mngr.wait_until_finished()
           raise TrainingInterrupted(
-              f"Interrupted ({signal.Signals(stop[0]).name}) at step {done}: its checkpoint is "
-              f"saved in {workdirs.join(workdir, 'checkpoints')}. Resume with the same command: "
-              f"python -m fdrl_jax.main {shlex.join(sys.argv[1:])}", stop[0])
+              f"Interrupted ({signal.Signals(stop.signal).name}) at step {done}: its checkpoint "
+              f"is saved in {workdirs.join(workdir, 'checkpoints')}. Resume with the same "
+              f"command: python -m fdrl_jax.main {shlex.join(sys.argv[1:])}", stop.signal)
     finally:
       batches.close()
       bar.close()
       log.close()
-    mngr.wait_until_finished()
+    with checkpoint_write(workdir, cfg.num_steps, last_good):
+      mngr.wait_until_finished()
   if start >= cfg.num_steps:
     print(f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
           "--config.training.num_steps to train longer.", flush=True)
@@ -259,29 +313,125 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   return state
 
 
+def _reason(error: Exception) -> str:
+  """A short reason for a failed checkpoint read or write: the operating system's words where
+  TensorStore quotes them ("File too large"), else the first line of the message, cut."""
+  text = image_data.first_line(error)
+  found = re.search(r":\s*([^:\[\]]+?)\s*\[os_error_code", text)
+  return found.group(1) if found else text[:160]
+
+
+class CheckpointWriteError(ValueError):
+  """A checkpoint could not be written; the earlier ones are intact."""
+
+
+@contextlib.contextmanager
+def checkpoint_write(workdir: str, step: int, last_good: int | None):
+  """Turns a failed checkpoint write (a full disk, a file-size limit, a vanished folder) into one
+  line; the full trace goes to ``WORKDIR/errors.log``. Orbax writes a step into a temporary folder
+  and renames it when complete, so the checkpoints before it are untouched."""
+  try:
+    with workdirs.stderr_to_log(workdir):
+      yield
+  except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a failed write
+    where = workdirs.log_error(workdir, e)
+    kept = (f"the checkpoint of step {last_good} is intact" if last_good is not None
+            else "no checkpoint was saved before")
+    raise CheckpointWriteError(
+        f"Could not write the checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')}"
+        f" ({_reason(e)}); {kept}. Free space (or fix the folder) and resume with the "
+        f"same command{where}.") from None
+
+
 def restore_readable(run: Run, mngr: ocp.CheckpointManager, workdir: str, *, set_aside: bool
                      ) -> tuple[object | None, int | None]:
-  """The state and step of the newest checkpoint that can be read, or (None, None) if there is
-  none. An unreadable one (a truncated or missing file) is skipped with a warning and, with
-  ``set_aside`` (training, which will save that step again), moved to
-  ``WORKDIR/unreadable_checkpoints/`` — kept, never deleted. A ValueError if checkpoints exist
-  but none can be read."""
+  """The state and step of the newest checkpoint that can be read, or (None, None) for a workdir
+  that never had one.
+
+  A checkpoint whose files read but whose arrays do not fit this config is not damage: a one-line
+  ValueError names the differing config keys (or arrays), and nothing is moved. An unreadable one
+  (a truncated or missing file) is skipped with a warning and, with ``set_aside`` (training, which
+  will save that step again), moved to ``WORKDIR/unreadable_checkpoints/`` — kept, never deleted —
+  but only once an older one has been read: where none can be read, a ValueError names the folder
+  and nothing is moved. A workdir whose checkpoints were all set aside before is refused too: it
+  never silently starts again from step 0."""
   steps = sorted(mngr.all_steps(), reverse=True)
+  abstract = run.abstract_state()
+  unreadable: list[tuple[int, str]] = []
   for step in steps:
+    mismatch = checkpoint_mismatch(abstract, mngr, workdir, step)
+    if mismatch:
+      raise ValueError(
+          f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} was trained "
+          f"with another config ({describe_mismatch(run.config, workdir, mismatch)}); nothing was "
+          "moved. Use that run's config (its config.json) or a new --workdir.")
     try:
-      return run.restore(mngr, step), step
+      with workdirs.stderr_to_log(workdir):
+        state = run.restore(mngr, step)
     except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a bad file
-      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-      moved = workdirs.set_aside_checkpoint(workdir, step) if set_aside else None
-      if moved:
-        mngr.reload()
-      print(f"warning: the checkpoint of step {step} in {workdir} cannot be read ({reason}); "
-            + (f"moved to {moved}; " if moved else "") + "using the one before.",
+      workdirs.log_error(workdir, e)
+      unreadable.append((step, _reason(e)))
+      continue
+    for bad, reason in unreadable:
+      moved = workdirs.set_aside_checkpoint(workdir, bad) if set_aside else None
+      print(f"warning: the checkpoint of step {bad} in {workdir} cannot be read ({reason}); "
+            + (f"moved to {moved}; " if moved else "") + f"using step {step}.",
             file=sys.stderr, flush=True)
+    if unreadable and set_aside:
+      mngr.reload()
+    return state, step
+  folder = workdirs.join(workdir, "checkpoints")
   if steps:
-    raise ValueError(f"No checkpoint in {workdirs.join(workdir, 'checkpoints')} can be read "
-                     f"(steps {', '.join(map(str, steps))}); train in a new --workdir.")
+    raise ValueError(
+        f"No checkpoint in {folder} can be read (steps {', '.join(map(str, steps))}: "
+        f"{unreadable[0][1]}); nothing was moved. Train in a new --workdir, or move them away to "
+        "start this one again.")
+  aside = workdirs.set_aside_steps(workdir)
+  if aside:
+    raise ValueError(
+        f"--workdir {workdir} has no readable checkpoint, only set-aside ones in "
+        f"{workdirs.join(workdir, 'unreadable_checkpoints')} (steps {', '.join(aside)}); it will "
+        "not start again from step 0. Train in a new --workdir.")
   return None, None
+
+
+def _leaf_name(path) -> str:
+  return ".".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+def checkpoint_mismatch(abstract, mngr: ocp.CheckpointManager, workdir: str, step: int
+                        ) -> list[str]:
+  """How the arrays saved at ``step`` differ from the state ``abstract`` (``"name: saved (…),
+  expected (…)"``); empty when they fit or when the checkpoint's metadata cannot be read (then the
+  restore finds out what is wrong)."""
+  path = epath.Path(mngr.directory) / str(step) / "state"
+  try:
+    with workdirs.stderr_to_log(workdir):
+      saved_tree = ocp.StandardCheckpointer().metadata(path).item_metadata
+  except Exception:  # noqa: BLE001 — unreadable metadata: an unreadable checkpoint
+    return []
+  saved = {_leaf_name(p): tuple(m.shape)
+           for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0] if hasattr(m, "shape")}
+  expected = {_leaf_name(p): tuple(a.shape)
+              for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  if not saved:
+    return []
+  return [f"{name}: saved {saved.get(name, 'absent')}, expected {expected.get(name, 'absent')}"
+          for name in sorted(set(saved) | set(expected)) if saved.get(name) != expected.get(name)]
+
+
+def describe_mismatch(config: ml_collections.ConfigDict, workdir: str, arrays: list[str]) -> str:
+  """The config keys that differ from the workdir's ``config.json`` with both values, or, where
+  none does (the data changed shape), the first differing arrays."""
+  try:
+    differences = workdirs.config_differences(workdirs.config_dict(workdirs.read_config(workdir)),
+                                              workdirs.config_dict(config))
+  except ValueError:
+    differences = []
+  if differences:
+    return "; ".join(differences)
+  more = f"; and {len(arrays) - 3} more arrays" if len(arrays) > 3 else ""
+  return "; ".join(arrays[:3]) + more
 
 
 def restore_latest(config: ml_collections.ConfigDict, workdir: str
@@ -289,7 +439,8 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
   """The run and the state of the latest readable checkpoint of an existing ``workdir``."""
   workdir = workdirs.check_workdir(workdir, config, create=False)
   run = Run(config)
-  with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
+  with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,
+                                   read_only=True) as mngr:
     state, step = restore_readable(run, mngr, workdir, set_aside=False)
     if state is None:
       raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")

@@ -13,11 +13,16 @@ others read them.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import socket
+import sys
 import tempfile
-from typing import Callable
+from typing import Callable, Iterator
 
+import filelock
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
@@ -85,15 +90,38 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bo
       elif isinstance(value, dict) and isinstance(old.get(section), dict):
         old[section] = {**value, **old[section]}
     ignored = {s for s, method in METHOD_SECTIONS.items() if method != new.get("method")}
-    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES
-                  and k not in ignored and old.get(k) != new.get(k))
+    diff = config_differences(old, new, skip=(*RESUMABLE_CHANGES, *ignored))
     if diff:
       raise ValueError(
-          f"--workdir {workdir} was written by a different config (sections differ: "
-          f"{', '.join(diff)}); use a new --workdir, or the config in {path}.")
+          f"--workdir {workdir} was written by a different config ({'; '.join(diff)}); use a "
+          f"new --workdir, or the config in {path}.")
   elif not create:
     raise ValueError(f"--workdir {workdir} holds no run (no config.json); train there first.")
   return workdir
+
+
+def config_differences(old: dict, new: dict, *, skip: tuple[str, ...] = (), limit: int = 6
+                       ) -> list[str]:
+  """``"key: OLD in the workdir, NEW now"`` for each config key (``section.name``) whose value
+  differs between ``old`` (a workdir's config) and ``new``, sections in ``skip`` left out; at most
+  ``limit`` of them, then how many more."""
+  def flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        out.update(flat(value, f"{prefix}{key}."))
+      else:
+        out[f"{prefix}{key}"] = value
+    return out
+
+  a, b = flat({k: v for k, v in old.items() if k not in skip}), flat(
+      {k: v for k, v in new.items() if k not in skip})
+  keys = sorted(k for k in set(a) | set(b) if a.get(k, "(absent)") != b.get(k, "(absent)"))
+  lines = [f"{k}: {json.dumps(a.get(k, '(absent)'))} in the workdir, "
+           f"{json.dumps(b.get(k, '(absent)'))} now" for k in keys[:limit]]
+  if len(keys) > limit:
+    lines.append(f"and {len(keys) - limit} more keys")
+  return lines
 
 
 def has_config(workdir: str) -> bool:
@@ -120,6 +148,72 @@ def set_aside_checkpoint(workdir: str, step: int) -> str | None:
   return target
 
 
+def set_aside_steps(workdir: str) -> list[str]:
+  """The names in ``WORKDIR/unreadable_checkpoints/`` (checkpoints set aside earlier)."""
+  folder = as_path(workdir) / "unreadable_checkpoints"
+  return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+ERROR_LOG = "errors.log"
+
+
+def log_error(workdir: str, error: BaseException) -> str:
+  """Appends ``error``'s full trace to ``WORKDIR/errors.log`` (the terminal gets one line);
+  returns ``"; details in PATH"``, or ``""`` where the log cannot be written (a full disk)."""
+  import traceback
+  path = join(workdir, ERROR_LOG)
+  stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+  try:
+    append_line(path, f"--- {stamp} pid {os.getpid()}\n" + "".join(
+        traceback.format_exception(error)).rstrip())
+  except OSError:
+    return ""
+  return f"; details in {path}"
+
+
+@contextlib.contextmanager
+def stderr_to_log(workdir: str) -> Iterator[None]:
+  """Keeps the standard error (file descriptor 2: Python, absl logging and TensorStore's C++ alike)
+  off the terminal for the duration, and appends it to ``WORKDIR/errors.log`` if the block fails:
+  Orbax's failures come with dozens of tracebacks from its worker threads, which the caller
+  replaces by one line. Local workdirs, main thread only; elsewhere a no-op."""
+  import gc
+  import threading
+  if is_uri(workdir) or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  failed = True
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    try:
+      yield
+      failed = False
+    finally:
+      gc.collect()  # futures that failed unobserved report themselves when collected
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      capture.seek(0)
+      text = capture.read().decode(errors="replace").rstrip()
+      if failed and text:  # what a success printed is Orbax's routine warnings
+        with contextlib.suppress(OSError):
+          append_line(join(workdir, ERROR_LOG), text)
+
+
+def check_free_space(workdir: str, needed: int, what: str) -> None:
+  """A one-line ValueError if the local ``workdir``'s file system has less than ``needed`` bytes
+  free (``what`` names the write that needs them), before the long work that would fill it."""
+  import shutil
+  if is_uri(workdir):
+    return
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    raise ValueError(f"{workdir} has {free / 2**20:.1f} MiB free, less than {what} needs "
+                     f"({needed / 2**20:.1f} MiB); free space or choose another --workdir.")
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its ``config.json``)."""
   path = _config_path(workdir)
@@ -128,10 +222,80 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      as_path(workdir) / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+def checkpoint_manager(workdir: str, keep: int, *, read_only: bool = False
+                       ) -> ocp.CheckpointManager:
+  """The Orbax manager of ``WORKDIR/checkpoints``. The trainer (who holds the workdir's lock)
+  saves, keeps the last ``keep`` and clears the temporary folders of a killed or failed save; a
+  reader
+  (``read_only``: sampling, evaluation, figures, possibly beside a trainer) sees only finalised
+  checkpoints and never deletes or creates anything."""
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  else:
+    # Synchronous saves: a failed write (a full disk) is caught at its step, in one line, instead
+    # of surfacing steps later from Orbax's background threads. A save of the paper's ResNet state
+    # (parameters, EMA, Adam moments) is tens of MB, small beside the steps between saves.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False)
+  return ocp.CheckpointManager(as_path(workdir) / "checkpoints", options=options)
+
+
+LOCK_FILE, HOLDER_FILE = ".lock", "lock.json"
+
+
+def _holder(workdir: str) -> dict | None:
+  try:
+    return json.loads(open(os.path.join(workdir, HOLDER_FILE)).read())
+  except (OSError, ValueError):
+    return None
+
+
+def _describe(holder: dict | None) -> str:
+  if not holder:
+    return "another process"
+  return (f"process {holder.get('pid')} on {holder.get('host')} (started "
+          f"{holder.get('started')}: {holder.get('command')})")
+
+
+@contextlib.contextmanager
+def training_lock(workdir: str) -> Iterator[None]:
+  """Holds the workdir's lock while training: one writer per workdir. A second trainer gets a
+  one-line ValueError naming the holder (host, pid, start time, command). The lock is an OS file
+  lock (``filelock``: ``flock``, which NFS carries across hosts; a marker file where the file
+  system has no locks), so a killed holder's lock is free again; its ``lock.json`` left behind is
+  reported and taken over. Process 0 holds it for a multi-process run. An object store has no
+  locks: there the user keeps to one trainer."""
+  if not parallel.is_writer():
+    yield
+    return
+  if is_uri(workdir):
+    print(f"warning: {workdir} is on an object store, where no lock keeps a second trainer out; "
+          "run one trainer per workdir.", file=sys.stderr, flush=True)
+    yield
+    return
+  lock = filelock.FileLock(os.path.join(workdir, LOCK_FILE), timeout=0)
+  try:
+    lock.acquire()
+  except filelock.Timeout:
+    raise ValueError(
+        f"--workdir {workdir} is being trained by {_describe(_holder(workdir))}; two trainers "
+        "would overwrite each other's checkpoints. Wait for it or stop it, or train in another "
+        "--workdir (sample / eval / figure may run beside it).") from None
+  try:
+    stale = _holder(workdir)
+    if stale:
+      print(f"warning: took over the lock of {workdir} from {_describe(stale)}, which ended "
+            "without releasing it.", file=sys.stderr, flush=True)
+    write_json(os.path.join(workdir, HOLDER_FILE), {
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "python -m fdrl_jax.main " + " ".join(sys.argv[1:])})
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      os.unlink(os.path.join(workdir, HOLDER_FILE))
+    lock.release()
 
 
 def refuse_existing(output: str) -> None:

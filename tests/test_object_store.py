@@ -29,7 +29,7 @@ def bucket(tmp_path, monkeypatch):
 
   manager = workdirs.checkpoint_manager
   monkeypatch.setattr(workdirs, "checkpoint_manager",
-                      lambda workdir, keep: manager(local(workdir), keep))
+                      lambda workdir, keep, **k: manager(local(workdir), keep, **k))
   with epath_testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one,
                                 mkdir=one, glob=one, stat=one, remove=one, rmtree=one,
                                 rename=two, replace=two, copy=two, walk=walk):
