@@ -171,13 +171,17 @@ def main(argv: list[str]) -> None:
       path = sampling.sample_to_file(_CONFIG.value, _WORKDIR.value, _NUM_SAMPLES.value,
                                      _OUTPUT.value or _new_output("samples.npz"))
       print(f"wrote {_NUM_SAMPLES.value} samples to {path}")
+  except run_lib.ResultNotWritten as e:
+    print(json.dumps(e.result, indent=2))  # the evaluation's numbers, then why they are not saved
+    _fail(str(e))
   except ValueError as e:
     _fail(str(e))
   except run_lib.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
-    print("Interrupted; the latest checkpoint is where training resumes.", file=sys.stderr)
+    print("Interrupted; the latest checkpoint is where training resumes." if _MODE.value == "train"
+          else f"Interrupted; --mode={_MODE.value} wrote no output: run it again.", file=sys.stderr)
     sys.exit(130)
 
 
