@@ -76,6 +76,11 @@ def _config_argument(value: str) -> str:
   if not os.path.exists(path) and re.fullmatch(r"\w+", path) and os.path.isfile(bundled):
     return bundled + sep + args
   if os.path.isfile(value) and value.endswith(".json"):
+    from configs import from_json
+    try:
+      from_json.read(value)  # a broken file is named here, not in a traceback of the loader
+    except ValueError as e:
+      _fail(f"--config {e}")
     return os.path.join(os.path.dirname(configs.__file__), "from_json.py") + ":" + value
   if not os.path.isfile(path):
     names = sorted(f[:-3] for f in os.listdir(os.path.dirname(configs.__file__))
@@ -122,6 +127,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
   if missing:
     _fail(f"--{' and --'.join(missing)} must be given, e.g. --config=configs/digits.py "
           "--workdir=runs/digits.")
+  from fdrl_jax import config_checks  # a config file's keys and values, checked as flags are
+  try:
+    config_checks.check_config(flags.FLAGS["config"].value)
+  except ValueError as e:
+    _fail(str(e))
   return rest
 
 

@@ -26,6 +26,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from configs import from_json
 from fdrl_jax import config_checks, parallel
 
 # Config sections that may change between runs on the same workdir (everything else must match).
@@ -81,7 +82,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bo
   path = _config_path(workdir)
   new = config_dict(config)
   if path.exists():
-    old = json.loads(path.read_text())
+    old = from_json.parse(path.read_text(), os.fspath(path))
     old.setdefault("method", "fdrl")
     for section, value in new.items():
       if section not in old and section in LATER_SECTIONS:
@@ -129,7 +130,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = _config_path(workdir)
   if not path.is_file():
     raise ValueError(f"{workdir} holds no run (no config.json); train there first.")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(from_json.parse(path.read_text(), os.fspath(path)))
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
