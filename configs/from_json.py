@@ -21,7 +21,25 @@ def _merged(defaults: dict, saved: dict) -> dict:
   return out
 
 
-def get_config(path: str):
+def parse(text: str, path: str) -> dict:
+  """A saved config's JSON ``text`` as a dict; a one-line ValueError naming ``path`` if it is not
+  a JSON object."""
+  try:
+    saved = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                     "repair it (`--mode=config` prints a config as JSON).") from None
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path} holds a JSON {type(saved).__name__}, not a config (an object of "
+                     "sections); repair it (`--mode=config` prints a config as JSON).")
+  return saved
+
+
+def read(path: str) -> dict:
+  """``parse`` of the file ``path``."""
   with open(path) as f:
-    saved = json.load(f)
-  return ml_collections.ConfigDict(_merged(default.get_config().to_dict(), saved))
+    return parse(f.read(), path)
+
+
+def get_config(path: str):
+  return ml_collections.ConfigDict(_merged(default.get_config().to_dict(), read(path)))

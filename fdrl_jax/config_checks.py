@@ -1,18 +1,25 @@
-"""Range checks of a config's numbers, before anything is built: one line per bad value.
+"""Checks of a config before anything is built: its key names and its numbers, one line per bad
+one.
 
-The names and types of keys are checked by the command line (``--config.*`` overrides are typed);
-the choices (loss, divergence, model, data set, ...) by the registries that build them. What is
-left are numbers that have the right type but no meaning: a zero batch, a negative step size, an
-EMA decay of 1, NaN. ``RULES`` names each key's range; ``check_config`` applies those of the keys a
-config has (sections it lacks are skipped) and reads nothing else, so it is cheap and needs no JAX.
+The types of keys are checked by the command line (``--config.*`` overrides are typed); the choices
+(loss, divergence, model, data set, ...) by the registries that build them. A config file may add
+keys, which nothing else would read: ``check_keys`` refuses a key that ``configs/default.py`` does
+not have (a typo such as ``data.imagesize`` would otherwise leave the default in force), as the
+command line refuses an unknown override. What is left are numbers that have the right type but no
+meaning: a zero batch, a negative step size, an EMA decay of 1, NaN. ``RULES`` names each key's
+range; ``check_config`` applies those of the keys a config has (sections it lacks are skipped) and
+reads nothing else, so it is cheap and needs no JAX.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Callable
 
 import ml_collections
+
+from configs import default
 
 Rule = tuple[Callable[[float], bool], str]
 
@@ -57,8 +64,33 @@ def _values(value) -> list:
   return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
+def _keys(tree: dict, prefix: str = "") -> list[str]:
+  """Every key of a nested dict, dotted (``data.image_size``), sections included."""
+  keys = []
+  for name, value in tree.items():
+    keys.append(prefix + name)
+    if isinstance(value, dict):
+      keys += _keys(value, f"{prefix}{name}.")
+  return keys
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+  """A one-line ValueError naming the first key of ``config`` that the default config
+  (``configs/default.py``) does not have, with the closest known key."""
+  known = _keys(default.get_config().to_dict())
+  unknown = [key for key in _keys(config.to_dict()) if key not in known]
+  if unknown:
+    key = unknown[0]
+    guess = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    raise ValueError(f"unknown config key {key!r} in the config file{hint}; configs/default.py "
+                     "has every key (`--mode=config` lists them).")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """A one-line ValueError naming the first key whose value is out of its range (``RULES``)."""
+  """A one-line ValueError naming the first unknown key (``check_keys``), else the first key
+  whose value is out of its range (``RULES``)."""
+  check_keys(config)
   for key, (ok, wanted) in RULES.items():
     section, _, name = key.rpartition(".")
     group = config.get(section) if section else config

@@ -20,7 +20,8 @@ Rows × columns pictures are tiled by ``images.tile`` (an integer enlargement up
 1-pixel white borders): R rows and C columns of H×W images make R·(sH + 1) + 1 by C·(sW + 1) + 1
 pixels, s = max(1, ⌈32 / max(H, W)⌉) (33 pixels a cell for the 8×8 digits).
 
-An existing output file is never overwritten: it is refused up front, and the PNG is created by
+An existing output file is never overwritten: it is refused up front (as is an output that cannot
+be written, ``workdir.check_writable``), and the PNG is created by
 ``workdir.write_new_file`` (a temporary file hard-linked to the output name, which fails if the
 name appeared meanwhile), as ``--mode=sample`` writes its .npz.
 """
@@ -219,6 +220,7 @@ def _check_output(output_path: str) -> None:
   if not output_path.lower().endswith(".png"):
     raise ValueError(f"--output {output_path} must name a .png file.")
   workdir.refuse_existing(output_path)
+  workdir.check_writable(output_path)
 
 
 def _write(picture: np.ndarray, output_path: str, title: str, step: int) -> str:

@@ -24,6 +24,10 @@ Either way ``sample`` draws the same indices, so ``data.get_batch`` gives the sa
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -304,23 +308,76 @@ def folder_channels(files: Sequence[Path]) -> int:
   return 1 if all(is_greyscale(file) for file in files) else 3
 
 
-def read_image(file: Path, channels: int = 3) -> np.ndarray:
-  """Decodes an image file to uint8 pixels (H, W, channels), RGB for 3 channels, grey for 1.
+def has_alpha(image: Image.Image) -> bool:
+  """Whether an opened image has an alpha channel or a transparent palette colour."""
+  bands = ImageMode.getmode(image.mode).bands
+  return "A" in bands or "a" in bands or "transparency" in image.info
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+  """``image`` with 8-bit channels. A 16-bit grey PNG (Pillow mode I;16 or I) is scaled to 0..255
+  (÷257): Pillow's own conversion clips it to 255, which would turn it almost white."""
+  if image.mode.startswith("I"):
+    pixels = np.asarray(image, np.float64) / 257
+    return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+  return image
+
+
+def read_image(file: Path, channels: int = 3,
+               note: Callable[[Path, Image.Image], None] | None = None) -> np.ndarray:
+  """Decodes an image file to uint8 pixels (H, W, channels), RGB for 3 channels, grey for 1;
+  16-bit images at their true scale (``eight_bit``). ``note(file, image)`` sees the opened image
+  first (``FolderNotes``).
 
   Raises:
     ValueError: naming the file, if it cannot be decoded.
   """
   try:
     with Image.open(file) as image:
-      pixels = np.asarray(image.convert(IMAGE_MODES[channels]))
+      if note is not None:
+        note(file, image)
+      pixels = np.asarray(eight_bit(image).convert(IMAGE_MODES[channels]))
   except UNREADABLE_IMAGE_ERRORS as err:
     raise ValueError(f"cannot read image {file}: {err}") from err
   return pixels.reshape(*pixels.shape[:2], channels)
 
 
-def folder_loader(files: list[Path], channels: int = 3, **preprocessing: Any) -> Loader:
-  """Returns a function decoding image file i with ``channels`` channels and preprocessing it."""
-  return lambda i: preprocess(read_image(files[i], channels), **preprocessing)
+class FolderNotes:
+  """Says once per folder, on stderr, what reading its images changes that the user may not
+  expect: images of different sizes (each is resized and cropped on its own) and alpha channels
+  (dropped). Fed every opened image by ``read_image``."""
+
+  def __init__(self, folder: str | os.PathLike):
+    self.folder = folder
+    self.size: tuple[int, int] | None = None
+    self.said: set[str] = set()
+    self.lock = threading.Lock()  # the batch thread and the main thread may both decode
+
+  def _say(self, kind: str, text: str) -> None:
+    with self.lock:
+      if kind in self.said:
+        return
+      self.said.add(kind)
+    print(f"note: {text}", file=sys.stderr, flush=True)
+
+  def __call__(self, file: Path, image: Image.Image) -> None:
+    self.size = self.size or image.size
+    if image.size != self.size:
+      (w0, h0), (w, h) = self.size, image.size
+      self._say("size", f"the images in {self.folder} have different sizes (e.g. {w0}×{h0} and "
+                f"{w}×{h}, {file.name}); each is resized and cropped as the data settings say.")
+    if has_alpha(image):
+      self._say("alpha", f"images in {self.folder} have an alpha channel (e.g. {file.name}); it "
+                "is dropped (transparent pixels keep their colour).")
+
+
+def folder_loader(files: list[Path], channels: int = 3, *, folder: str | os.PathLike,
+                  **preprocessing: Any) -> Loader:
+  """Returns a function decoding image file i of ``folder`` with ``channels`` channels and
+  preprocessing it; mixed sizes and alpha channels among the files are said once
+  (``FolderNotes``)."""
+  note = FolderNotes(folder)
+  return lambda i: preprocess(read_image(files[i], channels, note), **preprocessing)
 
 
 def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int | None = None,
@@ -354,8 +411,9 @@ def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int
                    "resize_first": resize_first, "stretch": stretch}
   test = None
   if test_path is not None:
-    test = load_all(len(test_files), folder_loader(test_files, channels, **preprocessing))
-  load = folder_loader(files, channels, **preprocessing)
+    test = load_all(len(test_files), folder_loader(test_files, channels, folder=test_path,
+                                                   **preprocessing))
+  load = folder_loader(files, channels, folder=path, **preprocessing)
   return indexed_dataset(Path(path).name, len(files), load, max_fit_samples=max_fit_samples,
                          test=test)
 
@@ -384,15 +442,48 @@ def to_model_range(array: np.ndarray, where: str) -> np.ndarray:
   return array
 
 
-def npz_images(arrays: Any, key: str, path: str | os.PathLike) -> np.ndarray:
-  """Reads the images stored under ``key`` of an open .npz file, in [-1, 1].
+def open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
+  """Opens an .npz file (np.savez's zip of arrays) for ``npz_images``.
 
   Raises:
-    ValueError: if the key is absent or the array is not valid images.
+    ValueError: one line naming the file, if it is missing, an .npy array, a truncated or corrupt
+      archive, or not an .npz file at all (numpy would blame "pickled data").
+  """
+  try:
+    arrays = np.load(path)
+  except OSError as err:  # missing, a folder, unreadable
+    raise ValueError(f"cannot read {path}: {err.strerror or first_line(err)}") from None
+  except (ValueError, zipfile.BadZipFile, EOFError) as err:
+    what = (f"a truncated or corrupt .npz archive ({first_line(err)})" if _zip_start(path)
+            else "not an .npz file (neither np.savez's zip archive nor an .npy array)")
+    raise ValueError(f"{path} is {what}; save the images with np.savez(FILE, x=images)") from None
+  if not isinstance(arrays, np.lib.npyio.NpzFile):
+    raise ValueError(f"{path} holds one .npy array, not an .npz archive of named arrays; save the "
+                     "images with np.savez(FILE, x=images)")
+  return arrays
+
+
+def _zip_start(path: str | os.PathLike) -> bool:
+  """Whether a file starts as a zip archive does (an .npz cut short has no directory at its end)."""
+  with open(path, "rb") as f:
+    return f.read(4) == b"PK\x03\x04"
+
+
+def npz_images(arrays: Any, key: str, path: str | os.PathLike) -> np.ndarray:
+  """Reads the images stored under ``key`` of an open .npz file (``open_npz``), in [-1, 1].
+
+  Raises:
+    ValueError: if the key is absent, its array cannot be read (a corrupt archive) or it is not
+      valid images.
   """
   if key not in arrays.files:
     raise ValueError(f"{path} has no array {key!r}; it holds {sorted(arrays.files)}")
-  return to_model_range(arrays[key], f"{path}[{key!r}]")
+  try:
+    array = arrays[key]
+  except (ValueError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+    raise ValueError(f"cannot read array {key!r} of {path}: {first_line(err)} (a truncated or "
+                     "corrupt .npz archive)") from None
+  return to_model_range(array, f"{path}[{key!r}]")
 
 
 def npz_dataset(path: str | os.PathLike, *, key: str = "x", test_key: str | None = None) -> Dataset:
@@ -406,7 +497,7 @@ def npz_dataset(path: str | os.PathLike, *, key: str = "x", test_key: str | None
   Raises:
     ValueError: if a key is absent or its array is not valid images.
   """
-  with np.load(path) as arrays:
+  with open_npz(path) as arrays:
     train = npz_images(arrays, key, path)
     test = None if test_key is None else npz_images(arrays, test_key, path)
   return Dataset(name=Path(path).stem, event_shape=train.shape[1:], is_image=True,

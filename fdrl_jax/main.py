@@ -79,6 +79,11 @@ def _config_argument(value: str) -> str:
   if not os.path.exists(path) and re.fullmatch(r"\w+", path) and os.path.isfile(bundled):
     return bundled + sep + args
   if os.path.isfile(value) and value.endswith(".json"):
+    from configs import from_json
+    try:
+      from_json.read(value)  # a broken file is named here, not in a traceback of the loader
+    except ValueError as e:
+      _fail(f"--config {e}")
     return os.path.join(os.path.dirname(configs.__file__), "from_json.py") + ":" + value
   if not os.path.isfile(path):
     names = sorted(f[:-3] for f in os.listdir(os.path.dirname(configs.__file__))
@@ -125,6 +130,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
   if missing:
     _fail(f"--{' and --'.join(missing)} must be given, e.g. --config=configs/digits.py "
           "--workdir=runs/digits.")
+  from fdrl_jax import config_checks  # a config file's keys and values, checked as flags are
+  try:
+    config_checks.check_config(flags.FLAGS["config"].value)
+  except ValueError as e:
+    _fail(str(e))
   return rest
 
 
@@ -174,6 +184,9 @@ def main(argv: list[str]) -> None:
       path = sampling.sample_to_file(_CONFIG.value, _WORKDIR.value, _NUM_SAMPLES.value,
                                      _OUTPUT.value or _new_output("samples.npz"))
       print(f"wrote {_NUM_SAMPLES.value} samples to {path}")
+  except run_lib.ResultNotWritten as e:
+    print(json.dumps(e.result, indent=2))  # the evaluation's numbers, then why they are not saved
+    _fail(str(e))
   except ValueError as e:
     _fail(str(e))
   except OSError as e:  # a write that failed after the checks: a full disk, a file-size limit
@@ -185,7 +198,8 @@ def main(argv: list[str]) -> None:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
-    print("Interrupted; the latest checkpoint is where training resumes.", file=sys.stderr)
+    print("Interrupted; the latest checkpoint is where training resumes." if _MODE.value == "train"
+          else f"Interrupted; --mode={_MODE.value} wrote no output: run it again.", file=sys.stderr)
     sys.exit(130)
 
 

@@ -447,16 +447,31 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
     return run, state, step
 
 
+class ResultNotWritten(ValueError):
+  """An evaluation's result (``result``) that could not be written: the caller shows it."""
+
+  def __init__(self, message: str, result: dict):
+    super().__init__(message)
+    self.result = result
+
+
 def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """``--mode=eval``: the method's evaluation of the latest checkpoint (``Method.evaluate``:
   sample scores of a generative run, accuracies of a classifier), written to
-  ``workdir/eval_step_<step>.json`` (a new name if that exists) and returned with its path."""
+  ``workdir/eval_step_<step>.json`` (a new name if that exists) and returned with its path. The
+  workdir is checked writable first; a write that fails after the evaluation raises
+  ``ResultNotWritten`` with the result, so that nothing computed is lost."""
   methods.get_method(config.method).check_eval(config)
   run, state, step = restore_latest(config, workdir)
   workdir = os.fspath(workdirs.as_path(workdir))
   # Named before the evaluation's collectives, so every process names the same file.
   path = workdirs.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
+  workdirs.check_writable(path)
   parallel.sync("eval_path")
   result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
-  workdirs.write_json(path, result)
+  try:
+    workdirs.write_json(path, result)
+  except ValueError as e:
+    raise ResultNotWritten(f"{str(e).rstrip('.')}; the results above are not saved.",
+                           result) from None
   return {**result, "path": path}

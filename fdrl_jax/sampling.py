@@ -23,6 +23,7 @@ differ from the training run's.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import sys
@@ -359,10 +360,12 @@ def sample_to_file(config: ml_collections.ConfigDict, workdir_path: str, num_sam
   images in [-1, 1])."""
   from fdrl_jax import run_lib, workdir
   workdir.refuse_existing(output)  # before the sampling, not after it
+  workdir.check_writable(output)
   if config.sampling.name == "translate":
     raise ValueError("--config.sampling.name=translate moves given images: use --mode=translate "
                      "--input=FILE.npz|DIR.")
   run, state, _ = run_lib.restore_latest(config, workdir_path)
+  workdir.check_writable(output, 4 * num_samples * math.prod(run.dataset.event_shape))  # float32
   x = draw(run.sampler(), state, run.sample_key_for(0), num_samples,
            batch_size or config.data.batch_size)
   return workdir.write_new_file(output, _write_npz(x))
@@ -377,14 +380,18 @@ def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple
   from fdrl_jax import image_data
   if os.path.isdir(path):
     files = image_data.image_files(path)
+    names = [os.path.splitext(os.path.relpath(f, path))[0].replace(os.sep, "_") for f in files]
+    shared = [name for name, count in collections.Counter(names).items() if count > 1]
+    if shared:
+      raise ValueError(f"--input {path} holds several images named {shared[0]} (other extensions "
+                       f"or folders), which would all be written as {shared[0]}.png; rename them.")
     d = config.data
-    load = image_data.folder_loader(files, event_shape[-1], image_size=event_shape[0],
-                                    center_crop=d.center_crop or None,
+    load = image_data.folder_loader(files, event_shape[-1], folder=path,
+                                    image_size=event_shape[0], center_crop=d.center_crop or None,
                                     resize_first=d.resize_first or None, stretch=d.stretch)
     x = image_data.load_all(len(files), load)
-    names = [os.path.splitext(os.path.relpath(f, path))[0].replace(os.sep, "_") for f in files]
   elif os.path.isfile(path) and path.endswith(".npz"):
-    with np.load(path) as arrays:
+    with image_data.open_npz(path) as arrays:
       x = image_data.npz_images(arrays, "x", path)
     names = [f"{i:06d}" for i in range(len(x))]
   else:
@@ -401,23 +408,26 @@ def translate_to_file(config: ml_collections.ConfigDict, workdir_path: str, inpu
                       output: str, batch_size: int | None = None) -> str:
   """Unpaired translation (Sec. 6.5): flows the images of ``input_path`` K + κ steps with the EMA
   estimator of the latest checkpoint and writes them to ``output``: an .npz (key ``x``, in
-  [-1, 1]) or a new folder of PNGs named after the inputs. Nothing existing is overwritten."""
+  [-1, 1]) or a new folder of PNGs named after the inputs (written whole or not at all,
+  ``workdir.write_new_folder``). Nothing existing is overwritten."""
   from fdrl_jax import images, run_lib, workdir
   to_folder = not output.endswith(".npz")
-  if to_folder and os.path.isdir(output) and os.listdir(output):
-    raise ValueError(f"--output {output} is a folder that is not empty; give a new folder or an "
-                     ".npz file (nothing was overwritten).")
-  if not to_folder:
+  if to_folder:
+    workdir.refuse_existing_folder(output)
+  else:
     workdir.refuse_existing(output)
+  workdir.check_writable(output)
   run, state, _ = run_lib.restore_latest(config, workdir_path)
   x, names = read_images(input_path, config, run.dataset.event_shape)
+  workdir.check_writable(output, x.nbytes)
   y = draw(run.sampler("translate"), state, run.sample_key_for(0), x,
            batch_size or config.data.batch_size)
   if not to_folder:
     return workdir.write_new_file(output, _write_npz(y))
-  os.makedirs(output, exist_ok=True)
-  for name, image in zip(names, y):
-    path = os.path.join(output, f"{name}.png")
-    workdir.write_new_file(path, lambda p, image=image: images.save_png(
-        images.tile(image[None, None], pad=0, min_size=1), p))
-  return output
+
+  def write_pngs(folder: str) -> None:
+    for name, image in zip(names, y):
+      images.save_png(images.tile(image[None, None], pad=0, min_size=1),
+                      os.path.join(folder, f"{name}.png"))
+
+  return workdir.write_new_folder(output, write_pngs)

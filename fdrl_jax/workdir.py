@@ -17,6 +17,8 @@ import contextlib
 import datetime
 import json
 import os
+import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -27,6 +29,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from configs import from_json
 from fdrl_jax import config_checks, parallel
 
 # Config sections that may change between runs on the same workdir (everything else must match).
@@ -82,7 +85,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bo
   path = _config_path(workdir)
   new = config_dict(config)
   if path.exists():
-    old = json.loads(path.read_text())
+    old = from_json.parse(path.read_text(), os.fspath(path))
     old.setdefault("method", "fdrl")
     for section, value in new.items():
       if section not in old and section in LATER_SECTIONS:
@@ -205,7 +208,6 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
 def check_free_space(workdir: str, needed: int, what: str) -> None:
   """A one-line ValueError if the local ``workdir``'s file system has less than ``needed`` bytes
   free (``what`` names the write that needs them), before the long work that would fill it."""
-  import shutil
   if is_uri(workdir):
     return
   free = shutil.disk_usage(workdir).free
@@ -219,7 +221,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = _config_path(workdir)
   if not path.is_file():
     raise ValueError(f"{workdir} holds no run (no config.json); train there first.")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(from_json.parse(path.read_text(), os.fspath(path)))
 
 
 def checkpoint_manager(workdir: str, keep: int, *, read_only: bool = False
@@ -299,9 +301,37 @@ def training_lock(workdir: str) -> Iterator[None]:
 
 
 def refuse_existing(output: str) -> None:
-  """A one-line ValueError if ``output`` exists: outputs never replace a user's file."""
+  """A one-line ValueError if ``output`` exists: outputs never replace a user's file. A symbolic
+  link is refused too, even one to a missing file: writing would create the file it names, and a
+  link is never replaced."""
+  if not is_uri(output) and os.path.islink(output) and not os.path.exists(output):
+    raise ValueError(f"--output {output} is a symbolic link to {os.readlink(output)}, which does "
+                     "not exist; give the link's target or a new file (nothing was written).")
   if as_path(output).exists():
     raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
+
+
+def refuse_existing_folder(output: str) -> None:
+  """A one-line ValueError if ``output`` exists and is not an empty folder (a folder output is
+  new, or fills an empty folder)."""
+  if os.path.lexists(output) and (os.path.islink(output) or not os.path.isdir(output)
+                                  or os.listdir(output)):
+    raise ValueError(f"--output {output} exists and is not an empty folder; give a new folder or "
+                     "an .npz file (nothing was overwritten).")
+
+
+def check_writable(path: str, needed_bytes: int = 0) -> None:
+  """A one-line ValueError unless a file can be created where ``path`` will be (its folder is
+  made if missing) with ``needed_bytes`` free there: an unwritable or full location is refused
+  before the long work, not after it. The check creates and removes an empty temporary file (and
+  removes the temporaries of killed runs there); on the writing process only, local paths only."""
+  if not parallel.is_writer() or is_uri(path):
+    return
+  os.unlink(_new_temporary(path))
+  free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+  if free < needed_bytes:
+    raise ValueError(f"Cannot write {path}: it needs {needed_bytes / 1e6:.3g} MB but only "
+                     f"{free / 1e6:.3g} MB are free there; free space or choose another disk.")
 
 
 def write_file(path: str, write: Callable[[str], None]) -> str:
@@ -320,21 +350,81 @@ def write_file(path: str, write: Callable[[str], None]) -> str:
   return path
 
 
+# Temporary files and folders are named ".new-HOST-PID-…": those of a process that is no longer
+# alive on this host are a killed run's, removed by the next write to their folder.
+_TEMPORARY = re.compile(r"\.new-([\w.]+)-(\d+)-")
+
+
+def _host() -> str:
+  return re.sub(r"[^\w.]", "_", socket.gethostname())
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    pass
+  return True
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+  """Removes the temporaries in ``folder`` left by killed runs of this host (their process is
+  gone); a live writer's, and other hosts', are left alone."""
+  host = _host()
+  for name in os.listdir(folder):
+    match = _TEMPORARY.match(name)
+    if match and match.group(1) == host and not _alive(int(match.group(2))):
+      path = os.path.join(folder, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        with contextlib.suppress(FileNotFoundError):  # another run removed it first
+          os.unlink(path)
+
+
+def _new_temporary(path: str, *, directory: bool = False) -> str:
+  """A new, empty temporary file (or folder) beside ``path`` (its folder made if missing), named
+  for this process; the stale temporaries of killed runs there are removed first. A one-line
+  ValueError if it cannot be created (a read-only or full disk, a file in the way)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  prefix = f".new-{_host()}-{os.getpid()}-"
+  try:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise NotADirectoryError(0, f"{folder} is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+    _remove_stale_temporaries(folder)
+    if directory:
+      return tempfile.mkdtemp(dir=folder, prefix=prefix)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=os.path.splitext(path)[1])
+  except OSError as e:
+    raise ValueError(f"Cannot write {path}: {e.strerror or e}; choose a writable location "
+                     "(nothing was written).") from None
+  os.close(handle)
+  return tmp
+
+
+def _readable(path: str) -> None:
+  """Gives a temporary file or folder (private) the permissions of any new output."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def _via_temporary(path: str, write: Callable[[str], None], commit: Callable[[str], None]
                    ) -> None:
   """``write`` a temporary file beside ``path`` (readable like any output), then ``commit`` it
-  under its name; the temporary file never outlives the call."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=folder, prefix=".new-", suffix=os.path.splitext(path)[1],
-                                   delete=False) as f:
-    tmp = f.name
+  under its name; the temporary file never outlives the call. A failed write (a full disk, a
+  read-only folder) is a one-line ValueError naming ``path``."""
+  tmp = _new_temporary(path)
   try:
     write(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # a temporary file is private; the output need not be
+    _readable(tmp)
     commit(tmp)
+  except OSError as e:
+    raise ValueError(f"Cannot write {path}: {e.strerror or e}; nothing was written there (free "
+                     "space or choose another location).") from None
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
@@ -396,11 +486,33 @@ def write_new_file(output: str, write: Callable[[str], None]) -> str:
       os.link(tmp, output)
     except FileExistsError:
       refuse_existing(output)
+      raise
     except OSError:  # no hard links here
       refuse_existing(output)
       os.replace(tmp, output)
 
   _via_temporary(output, write, link)
+  return output
+
+
+def write_new_folder(output: str, write: Callable[[str], None]) -> str:
+  """Creates the folder ``output`` (or fills an empty one) with ``write(temporary_folder)``: the
+  files go to a temporary folder beside it, renamed to ``output`` once all are written, so a
+  killed run leaves no half-filled ``output`` (its temporary folder is removed by the next run).
+  Only on the writing process; local paths only."""
+  if not parallel.is_writer():
+    return output
+  refuse_existing_folder(output)
+  tmp = _new_temporary(output, directory=True)
+  try:
+    write(tmp)
+    _readable(tmp)
+    os.rename(tmp, output)  # replaces an empty folder; fails if files appeared there meanwhile
+  except OSError as e:
+    raise ValueError(f"Cannot write {output}: {e.strerror or e}; nothing was written there (free "
+                     "space or choose another location).") from None
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   return output
 
 
