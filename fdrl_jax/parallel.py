@@ -41,6 +41,24 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def check_on_writer(check: Callable[[], None]) -> None:
+  """Runs ``check`` (a pre-flight check that raises a one-line ValueError) on the writing process.
+  In a multi-process run the others learn its outcome and raise too, rather than wait at the next
+  collective for a process that has stopped."""
+  error = None
+  if is_writer():
+    try:
+      check()
+    except ValueError as e:
+      error = e
+  if jax.process_count() > 1:
+    failed = int(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(error is not None))))
+    if failed and error is None:
+      raise ValueError("process 0 stopped before the work: its error line says why.")
+  if error is not None:
+    raise error
+
+
 def sync(name: str) -> None:
   """A barrier of all processes (nothing in a one-process run)."""
   if jax.process_count() > 1:

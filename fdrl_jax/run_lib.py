@@ -218,7 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       state = run.new_state(fit=True)
     start = int(state.step)
     if start < cfg.num_steps:
-      workdirs.check_free_space(workdir, 2 * _state_bytes(state), "a checkpoint")
+      # the workdir writable, with room for a checkpoint (and its temporary copy) of this state
+      workdirs.check_writable(workdirs.join(workdir, "metrics.jsonl"), 2 * _state_bytes(state))
     if latest is not None:
       print(f"Resuming from the checkpoint of step {latest} in {workdir}", flush=True)
     log = metrics_log.MetricsLog(workdir, start)

@@ -205,17 +205,6 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
           append_line(join(workdir, ERROR_LOG), text)
 
 
-def check_free_space(workdir: str, needed: int, what: str) -> None:
-  """A one-line ValueError if the local ``workdir``'s file system has less than ``needed`` bytes
-  free (``what`` names the write that needs them), before the long work that would fill it."""
-  if is_uri(workdir):
-    return
-  free = shutil.disk_usage(workdir).free
-  if free < needed:
-    raise ValueError(f"{workdir} has {free / 2**20:.1f} MiB free, less than {what} needs "
-                     f"({needed / 2**20:.1f} MiB); free space or choose another --workdir.")
-
-
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its ``config.json``)."""
   path = _config_path(workdir)
@@ -268,22 +257,27 @@ def training_lock(workdir: str) -> Iterator[None]:
   system has no locks), so a killed holder's lock is free again; its ``lock.json`` left behind is
   reported and taken over. Process 0 holds it for a multi-process run. An object store has no
   locks: there the user keeps to one trainer."""
-  if not parallel.is_writer():
-    yield
-    return
   if is_uri(workdir):
-    print(f"warning: {workdir} is on an object store, where no lock keeps a second trainer out; "
-          "run one trainer per workdir.", file=sys.stderr, flush=True)
+    if parallel.is_writer():
+      print(f"warning: {workdir} is on an object store, where no lock keeps a second trainer "
+            "out; run one trainer per workdir.", file=sys.stderr, flush=True)
     yield
     return
   lock = filelock.FileLock(os.path.join(workdir, LOCK_FILE), timeout=0)
-  try:
-    lock.acquire()
-  except filelock.Timeout:
-    raise ValueError(
-        f"--workdir {workdir} is being trained by {_describe(_holder(workdir))}; two trainers "
-        "would overwrite each other's checkpoints. Wait for it or stop it, or train in another "
-        "--workdir (sample / eval / figure may run beside it).") from None
+
+  def acquire() -> None:
+    try:
+      lock.acquire()
+    except filelock.Timeout:
+      raise ValueError(
+          f"--workdir {workdir} is being trained by {_describe(_holder(workdir))}; two trainers "
+          "would overwrite each other's checkpoints. Wait for it or stop it, or train in another "
+          "--workdir (sample / eval / figure may run beside it).") from None
+
+  parallel.check_on_writer(acquire)
+  if not parallel.is_writer():
+    yield
+    return
   try:
     stale = _holder(workdir)
     if stale:
@@ -324,14 +318,18 @@ def check_writable(path: str, needed_bytes: int = 0) -> None:
   """A one-line ValueError unless a file can be created where ``path`` will be (its folder is
   made if missing) with ``needed_bytes`` free there: an unwritable or full location is refused
   before the long work, not after it. The check creates and removes an empty temporary file (and
-  removes the temporaries of killed runs there); on the writing process only, local paths only."""
-  if not parallel.is_writer() or is_uri(path):
-    return
-  os.unlink(_new_temporary(path))
-  free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-  if free < needed_bytes:
-    raise ValueError(f"Cannot write {path}: it needs {needed_bytes / 1e6:.3g} MB but only "
-                     f"{free / 1e6:.3g} MB are free there; free space or choose another disk.")
+  removes the temporaries of killed runs there); local paths only. The writing process checks, and
+  in a multi-process run every process raises with it (``parallel.check_on_writer``)."""
+  def check() -> None:
+    if is_uri(path):
+      return
+    os.unlink(_new_temporary(path))
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    if free < needed_bytes:
+      raise ValueError(f"Cannot write {path}: it needs {needed_bytes / 1e6:.3g} MB but only "
+                       f"{free / 1e6:.3g} MB are free there; free space or choose another disk.")
+
+  parallel.check_on_writer(check)
 
 
 def write_file(path: str, write: Callable[[str], None]) -> str:
