@@ -213,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     def save(done: int) -> None:
       nonlocal last_good
       flush(done)
-      mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+      save_state(mngr, done, state)
       last_good = done
       log.plot()
 
@@ -257,6 +257,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     where = f"; samples in {workdirs.join(workdir, 'samples')}" if draws_grids else ""
     print(f"Trained to step {cfg.num_steps}{where}", flush=True)
   return state
+
+
+def save_state(mngr: ocp.CheckpointManager, step: int, state) -> None:
+  """Saves ``state`` as the checkpoint of ``step`` (the one layout ``Run.restore`` reads)."""
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+
+def save_checkpoint(workdir: str, config: ml_collections.ConfigDict, state) -> None:
+  """Writes ``state`` as the checkpoint of its own step into ``workdir`` and waits for it (a
+  state made outside the training loop: ``fdrl_jax.import_reference``)."""
+  with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
+    save_state(mngr, int(state.step), state)
+    mngr.wait_until_finished()
 
 
 def restore_readable(run: Run, mngr: ocp.CheckpointManager, workdir: str, *, set_aside: bool

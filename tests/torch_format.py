@@ -108,7 +108,7 @@ class _Pickler(pickle.Pickler):
 
   def reducer_override(self, obj):
     if isinstance(obj, np.ndarray):
-      value = np.ascontiguousarray(obj)
+      value = np.array(obj, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
       value = value.astype(value.dtype.newbyteorder("<"))
       storage = FakeStorage(str(len(self.storages) + 1000), KINDS[value.dtype.str[1:]],
                             value.ravel())
