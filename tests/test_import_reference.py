@@ -253,8 +253,11 @@ def test_toy_mlp_matches_numpy_forward(tmp_path):
     h = _lrelu(h) if i < 4 else h[:, 0]
   got = fdrl.create_estimator(cfg).apply(state.ema_variables(), jnp.asarray(x, jnp.float32))
   np.testing.assert_allclose(np.asarray(got), h, rtol=1e-5, atol=1e-6)
-  # The workdir samples and resumes training like one this library wrote.
+  # The workdir loads, samples and resumes training like one this library wrote.
+  import fdrl_jax
   from fdrl_jax import run_lib, workdir as workdirs
+  np.testing.assert_allclose(np.asarray(jax.jit(fdrl_jax.load(workdir).output)(
+      jnp.asarray(x, jnp.float32))), h, rtol=1e-5, atol=1e-6)
   config = workdirs.read_config(workdir)
   config.training.num_steps = 1002
   run, restored, restored_step = run_lib.restore_latest(config, workdir)
