@@ -28,6 +28,10 @@ ordinary workdir — ``config.json`` and an Orbax checkpoint of the whole ``fdrl
   flattened NCHW images) into a ``GaussianPrior`` in NHWC order (a row-permuted factor); without
   it the config's prior is fitted to the data (the uniform and toy normal priors need none).
 
+A checkpoint of MadryLab's ``robustness`` library (its CIFAR ResNet18/34/50 classifiers, such as
+the paper's robust ResNet-50 that guides class-conditional sampling) becomes a
+``--config.method=classifier`` workdir instead (``fdrl_jax.robust_resnet``).
+
 Every error is one line; an existing non-empty ``--workdir`` is refused.
 """
 
@@ -45,7 +49,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from fdrl_jax import datasets, fdrl, models, optim, priors, reference_weights, torch_files
+from fdrl_jax import (datasets, fdrl, models, optim, priors, reference_weights, robust_resnet,
+                      torch_files)
 from fdrl_jax import run_lib, workdir as workdirs
 
 # The reference's data set -> (this library's config module, its argument, image side).
@@ -58,9 +63,8 @@ DIVERGENCES = {"Pearson": "pearson", "KL": "kl", "JS": "js", "logD": "logd"}
 REFERENCE_GAMMA = 0.1  # this library's learning-rate decay factor (optim.build_optimizer)
 
 
-def read_checkpoint(path: str) -> dict:
+def check_checkpoint(ckpt: Any, path: str) -> dict:
   """The reference checkpoint dict, checked to have a ``model`` state_dict and a ``config``."""
-  ckpt = torch_files.load(path)
   if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)
           and isinstance(ckpt.get("config"), dict)):
     raise ValueError(f"{path} is a torch.save file but not a checkpoint of the reference's "
@@ -291,14 +295,21 @@ def import_checkpoint(path: str, workdir: str, prior_path: str | None = None,
   target = workdirs.as_path(workdir)
   if target.exists() and (not target.is_dir() or any(target.iterdir())):
     raise ValueError(f"--workdir {workdir} exists and is not empty; give a new one")
-  ckpt = read_checkpoint(path)
-  config = reference_config(ckpt, path)
-  model_sd = torch_files.strip_prefix(torch_files.state_dict(ckpt["model"], path,
-                                                             "its model state_dict"))
-  set_width(config, model_sd, path)
-  apply_overrides(config, list(overrides))
-  prior = build_prior(config, prior_path, reference_shape(ckpt))
-  state = build_state(config, ckpt, prior, path)
+  ckpt = torch_files.load(path)
+  if robust_resnet.is_checkpoint(ckpt):
+    if prior_path:
+      raise ValueError(f"{path} is a robustness classifier; --prior is for FDRL checkpoints")
+    config, state = robust_resnet.classifier_run(ckpt, path)
+    apply_overrides(config, list(overrides))
+  else:
+    ckpt = check_checkpoint(ckpt, path)
+    config = reference_config(ckpt, path)
+    model_sd = torch_files.strip_prefix(torch_files.state_dict(ckpt["model"], path,
+                                                               "its model state_dict"))
+    set_width(config, model_sd, path)
+    apply_overrides(config, list(overrides))
+    prior = build_prior(config, prior_path, reference_shape(ckpt))
+    state = build_state(config, ckpt, prior, path)
   workdir = workdirs.check_workdir(workdir, config, create=True)
   workdirs.write_config(workdir, config)
   run_lib.save_checkpoint(workdir, config, state)
