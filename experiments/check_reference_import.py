@@ -1,7 +1,8 @@
 """By-hand check of ``python -m fdrl_jax.import_reference`` against the reference's own PyTorch code.
 
 Needs PyTorch and a checkout of clear-nus/fdrl (neither is a dependency of fdrl_jax or its tests):
-  python experiments/check_reference_import.py --reference=/path/to/clear-nus/fdrl [--out=DIR]
+  python experiments/check_reference_import.py --reference=/path/to/clear-nus/fdrl [--out=DIR] \
+      [--robustness=/path/to/MadryLab/robustness]
 
 For each reference estimator (ResNet32x32, ResNet64x64, ResNet128x128, ResNet64x64Shallow, with and
 without spectral norm and self-attention, and the toy MLP) it builds the model with the reference's
@@ -70,11 +71,45 @@ def reference_checkpoint(torch, models, ema_module, config: dict, batch: int, pa
   return ema_model, shape
 
 
+def check_robustness(torch, checkout: str, out: str) -> None:
+  """robustness's CIFAR ResNet18 / ResNet50 (random weights and batch-norm statistics, inference
+  mode) saved as its train.py saves an AttackerModel under DataParallel, imported as a classifier
+  workdir's network, logits compared on random [-1, 1] images."""
+  sys.path.insert(0, os.path.abspath(checkout))
+  from robustness.cifar_models import resnet
+  import jax.numpy as jnp
+  from fdrl_jax import classifier, robust_resnet, torch_files
+  mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2023, 0.1994, 0.2010])
+  for name in ("resnet18", "resnet50"):
+    torch.manual_seed(0)
+    net = getattr(resnet, name)(num_classes=10).eval()
+    with torch.no_grad():
+      for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+          m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+          m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5)
+    sd = {"normalizer.new_mean": mean[:, None, None], "normalizer.new_std": std[:, None, None]}
+    sd.update({"model." + k: v for k, v in net.state_dict().items()})
+    sd.update({"attacker." + k: v for k, v in list(sd.items())})
+    path = os.path.join(out, f"robustness_{name}.pt")
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}, "epoch": 1}, path)
+    config, state = robust_resnet.classifier_run(torch_files.load(path), path)
+    x = np.random.default_rng(2).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+      x01 = ((torch.from_numpy(x) + 1) / 2).clamp(0, 1)  # as InputNormalize
+      want = net((x01 - mean[:, None, None]) / std[:, None, None]).numpy()
+    got = np.asarray(classifier.build_model(config).apply({"params": state.params},
+                                                         jnp.asarray(x.transpose(0, 2, 3, 1))))
+    print(f"robustness {name:18s} max |Δ logit| {np.abs(got - want).max():.3g} "
+          f"(max |logit| {np.abs(want).max():.3g})", flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--reference", required=True, help="a checkout of clear-nus/fdrl")
   parser.add_argument("--out", default="", help="folder for the checkpoints (default: temporary)")
   parser.add_argument("--steps", type=int, default=3, help="Adam steps before saving")
+  parser.add_argument("--robustness", default="", help="a checkout of MadryLab/robustness")
   args = parser.parse_args()
   import torch  # only here: this script is the only place fdrl_jax's checks use PyTorch
   sys.path.insert(0, os.path.abspath(args.reference))
@@ -86,6 +121,8 @@ def main() -> None:
 
   out = args.out or tempfile.mkdtemp(prefix="check_reference_import_")
   os.makedirs(out, exist_ok=True)
+  if args.robustness:
+    check_robustness(torch, args.robustness, out)
   print(f"{'estimator':28s} {'max |Δ output|':>15s} {'max |output|':>13s} {'max |Δ flow5|':>14s} "
         f"{'u frozen':>9s}")
   for name, changes, batch in CASES:
