@@ -1,4 +1,4 @@
-"""By-hand check of ``python -m fdrl_jax.import_reference`` against the reference's own PyTorch code.
+"""By-hand check of ``python -m fdrl_jax.import_reference`` against the reference's own code.
 
 Needs PyTorch and a checkout of clear-nus/fdrl (neither is a dependency of fdrl_jax or its tests):
   python experiments/check_reference_import.py --reference=/path/to/clear-nus/fdrl [--out=DIR] \

@@ -216,7 +216,7 @@ def build_prior(config: ml_collections.ConfigDict, prior_path: str | None,
     dataset = datasets.build_dataset(config)
     return priors.build_prior(config, datasets.prior_data(config, dataset), shape)
   except (ValueError, OSError) as e:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split("; ")[0][:200]
     raise ValueError(f"the {config.prior.name} prior cannot be fitted to the data ({reason}); "
                      "give --prior=DATASET_ddp.pt (the reference's dataset_setup.py output) or "
                      "--config.data.* where the data are") from None

@@ -1,8 +1,8 @@
 """``fdrl_jax.load(workdir)``: a trained (or imported) run as plain JAX functions.
 
 The run is restored exactly as the command-line modes restore it (``run_lib.restore_latest``: the
-latest readable checkpoint, checked against the workdir's ``config.json``; the run's data must be
-readable, as for ``--mode=sample``). What comes back holds the restored state and functions of
+latest readable checkpoint, checked against the workdir's ``config.json``; as for
+``--mode=sample``, a tfds preset's images need not be on this machine). What comes back holds the restored state and functions of
 arrays that close over it, pure and traceable, so they compose with the caller's ``jax.jit``,
 ``jax.grad`` and ``jax.vmap``:
 
@@ -59,7 +59,7 @@ def load(workdir: str | os.PathLike) -> LoadedRun:
   """
   workdir = os.fspath(workdir)
   config = workdirs.read_config(workdir)
-  run, state, step = run_lib.restore_latest(config, workdir)
+  run, state, step = run_lib.restore_latest(config, workdir, data_optional=True)
   method = config.get("method", "fdrl")
   if method == "classifier":
     model = classifier.build_model(config)

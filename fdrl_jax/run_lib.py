@@ -42,10 +42,18 @@ class Run:
   """What one config builds: its method's record, data, mesh and keys; the loop and the modes
   call the record through it."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None, *, data_optional=False):
+    """``data_optional``: where the data cannot be read, stand in for a tfds preset's images with
+    their shape (``datasets.shape_only``: restoring and sampling need no more)."""
     self.config = config
     self.method = methods.get_method(config.method)
-    self.dataset = self.method.dataset(config)
+    try:
+      self.dataset = self.method.dataset(config)
+    except ValueError as e:
+      standin = datasets.shape_only(config, str(e)) if data_optional else None
+      if standin is None:
+        raise
+      self.dataset = standin
     self.mesh = parallel.data_mesh() if mesh is None else mesh
     self.replicated = parallel.replicated(self.mesh)
     self.init_key, self.step_key, self.sample_key = jax.random.split(
@@ -297,11 +305,12 @@ def restore_readable(run: Run, mngr: ocp.CheckpointManager, workdir: str, *, set
   return None, None
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str
-                    ) -> tuple[Run, object, int]:
-  """The run and the state of the latest readable checkpoint of an existing ``workdir``."""
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_optional=False
+                   ) -> tuple[Run, object, int]:
+  """The run and the state of the latest readable checkpoint of an existing ``workdir``
+  (``data_optional``: see ``Run``; for modes that only sample)."""
   workdir = workdirs.check_workdir(workdir, config, create=False)
-  run = Run(config)
+  run = Run(config, data_optional=data_optional)
   with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
     state, step = restore_readable(run, mngr, workdir, set_aside=False)
     if state is None:

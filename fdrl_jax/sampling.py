@@ -370,7 +370,8 @@ def sample_to_file(config: ml_collections.ConfigDict, workdir_path: str, num_sam
   if config.sampling.name == "translate":
     raise ValueError("--config.sampling.name=translate moves given images: use --mode=translate "
                      "--input=FILE.npz|DIR.")
-  run, state, _ = run_lib.restore_latest(config, workdir_path)
+  run, state, _ = run_lib.restore_latest(config, workdir_path,
+                                         data_optional=config.sampling.name == "prior")
   x = draw(run.sampler(), state, run.sample_key_for(0), num_samples,
            batch_size or config.data.batch_size)
   return workdir.write_new_file(output, _write_npz(x))

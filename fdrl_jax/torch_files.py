@@ -9,7 +9,8 @@ each storage as an 8-byte element count and its raw bytes.
 A tensor is pickled as ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``
 (an ``nn.Parameter`` wraps it in ``_rebuild_parameter``) and comes back as a NumPy array copied out
 of its storage with that offset and those strides. ``collections.OrderedDict``, ``torch.Size``
-(a tuple) and NumPy scalars and dtypes are rebuilt as themselves. Every other global name — an LR
+(a tuple), NumPy scalars and dtypes, sets and protocol 2's ``bytes`` (``_codecs.encode`` of latin-1
+text) are rebuilt as themselves. Every other global name — an LR
 scheduler, a ``torch.distributions`` object, ``dill``'s ``_create_function`` and its other helpers,
 ``os.system`` — unpickles to an inert :class:`Opaque` that only records its name, arguments and
 state: it is never looked up or called. So a checkpoint that pickles a whole scheduler or a lambda
@@ -21,6 +22,7 @@ reference's ``DATASET_ddp.pt``) into its mean and Cholesky factor.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import os
@@ -120,10 +122,19 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
 
 
 def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
-  """Stands in for NumPy's scalar reconstructor (``numpy.core.multiarray.scalar``)."""
-  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
-    raise _Invalid("a NumPy scalar in the pickle is malformed")
+  """Stands in for NumPy's scalar reconstructor (``numpy.core.multiarray.scalar``); a scalar of
+  any other kind stays an :class:`Opaque` record."""
+  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) or len(
+      data) != dtype.itemsize:
+    return opaque_class("numpy.core.multiarray", "scalar")(dtype, data)
   return np.frombuffer(data, dtype)[0]
+
+
+def _encode(text: Any, encoding: Any = "utf-8") -> Any:
+  """Stands in for ``_codecs.encode``, how protocol 2 pickles ``bytes`` (as latin-1 text)."""
+  if isinstance(text, str) and encoding in ("latin1", "latin-1"):
+    return text.encode("latin1")
+  return opaque_class("_codecs", "encode")(text, encoding)
 
 
 def _numpy_dtype(spec: Any, *_: Any) -> np.dtype:
@@ -142,6 +153,9 @@ SAFE_GLOBALS = {
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy", "dtype"): _numpy_dtype,
+    ("_codecs", "encode"): _encode,
+    ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytearray"): bytearray, ("builtins", "complex"): complex,
 }
 
 
@@ -154,7 +168,11 @@ class _Unpickler(pickle.Unpickler):
     self.storages: dict[str, Storage] = {}
 
   def find_class(self, module: str, name: str) -> Any:
-    """The safe stand-in of a global name, or an :class:`Opaque` class for it."""
+    """The safe stand-in of a global name, or an :class:`Opaque` class for it (Python 2 names,
+    such as protocol 2's ``__builtin__``, read as their Python 3 ones)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+      module, name = _compat_pickle.NAME_MAPPING[module, name]
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     if (module, name) in SAFE_GLOBALS:
       return SAFE_GLOBALS[module, name]
     if module == "torch" and name in STORAGE_DTYPES:

@@ -195,6 +195,13 @@ def test_resnet32_matches_numpy_forward(tmp_path, prior_file, sn, attention):
     want = _resnet32_forward(sd, x, sn, attention)
     got = np.asarray(model.apply(variables, to_nhwc(x)))
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+  # fdrl_jax.load restores the workdir (the cifar10 images need not be here) as the CLI does.
+  import fdrl_jax
+  loaded = fdrl_jax.load(workdir)
+  np.testing.assert_allclose(np.asarray(jax.jit(loaded.output)(to_nhwc(x))), want, rtol=2e-4,
+                             atol=2e-5)
+  if sn:
+    assert loaded.sample(jax.random.key(0), 2).shape == (2, 32, 32, 3)
   # Adam: torch's per-parameter moments in Flax's layout, its step as optax's count.
   adam = state.opt_state[0]
   assert int(adam.count) == 42 and int(state.step) == 42

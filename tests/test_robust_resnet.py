@@ -116,6 +116,10 @@ def test_robustness_resnet_matches_numpy_forward(tmp_path, arch):
     assert saved["classifier"]["name"] == "resnet50"
     np.testing.assert_allclose(saved["classifier"]["input_std"], CIFAR_STD, rtol=1e-6)
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "0"))
+    import fdrl_jax  # the workdir loads without CIFAR10 here; its output is log p(y | x)
+    logp = np.asarray(fdrl_jax.load(workdir).output(jnp.asarray(x)))
+    np.testing.assert_allclose(logp, want - np.log(np.exp(want).sum(1, keepdims=True)),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_resnet_is_one_line(tmp_path):

@@ -33,11 +33,14 @@ def test_checkpoint_dict_with_nested_state_dicts_and_dtypes(tmp_path, legacy):
                                 lr_lambda=Call(fake_function("dill._dill", "_create_function"),
                                                b"code", {}, "<lambda>")),
           "config": {"dataset": "cifar10", "scheduler_steps": [80000, 90000]},
+          "best_fid": np.float64(3.25), "raw": b"\x00\xffbytes", "ids": {1, 2},
           "extras": [half, np.array([True, False]), np.arange(3, dtype=np.int64),
                      np.zeros((0, 2), np.float64)]}
   path = torch_format.torch_save(tmp_path / "ckpt.pt", ckpt, legacy)
   got = torch_files.load(path)
   assert got["step"] == 41 and got["config"] == ckpt["config"]
+  assert got["best_fid"] == 3.25 and isinstance(got["best_fid"], np.float64)
+  assert got["raw"] == b"\x00\xffbytes" and got["ids"] == {1, 2}
   assert isinstance(got["model"], collections.OrderedDict)
   assert list(got["model"]) == list(weights)
   for name, value in weights.items():
