@@ -2,9 +2,9 @@
 
 The run is restored exactly as the command-line modes restore it (``run_lib.restore_latest``: the
 latest readable checkpoint, checked against the workdir's ``config.json``; as for
-``--mode=sample``, a tfds preset's images need not be on this machine). What comes back holds the restored state and functions of
-arrays that close over it, pure and traceable, so they compose with the caller's ``jax.jit``,
-``jax.grad`` and ``jax.vmap``:
+``--mode=sample``, a tfds preset's images need not be on this machine). What comes back holds the
+restored state and functions of arrays that close over it, pure and traceable, so they compose
+with the caller's ``jax.jit``, ``jax.grad`` and ``jax.vmap``:
 
 * FDRL: ``output(x)`` the EMA estimator's outputs (B,) (r or log r, per the loss),
   ``potential(x)`` its flow potential f'(r(x)) (B,) (``fdrl_jax.flow`` takes it as is),

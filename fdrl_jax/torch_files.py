@@ -63,21 +63,18 @@ class Opaque:
   def __init__(self, *args: Any, **kwargs: Any):
     pass
 
-  def __setstate__(self, state: Any) -> None:
+  def __setstate__(self, state: Any) -> None:  # pickle's BUILD
     self.state = state
 
-  def __setitem__(self, key: Any, value: Any) -> None:
+  def __setitem__(self, key: Any, value: Any) -> None:  # SETITEMS
     self.items[key] = value
 
-  def append(self, value: Any) -> None:
+  def append(self, value: Any) -> None:  # APPENDS
     self.entries.append(value)
 
-  def extend(self, values: Any) -> None:
-    self.entries.extend(values)
+  extend = lambda self, values: self.entries.extend(values)  # noqa: E731
 
-  @property
-  def qualname(self) -> str:
-    return f"{self.module}.{self.name}"
+  qualname = property(lambda self: f"{self.module}.{self.name}")
 
   def __repr__(self) -> str:
     return f"<{self.qualname} (not rebuilt)>"
@@ -370,8 +367,7 @@ def multivariate_normal(obj: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
   ``torch.distributions.MultivariateNormal`` (without a batch shape), in float64.
 
   The factor is the one the distribution stored (``_unbroadcasted_scale_tril``, from which torch
-  samples), else the Cholesky factor of its ``covariance_matrix`` or of the inverse of its
-  ``precision_matrix``.
+  samples), else the Cholesky factor of its ``covariance_matrix``.
 
   Raises:
     ValueError: one line if ``obj`` is not such a distribution.
@@ -390,15 +386,10 @@ def multivariate_normal(obj: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
       tril = np.asarray(state[key], np.float64)
       break
   else:
-    if isinstance(state.get("covariance_matrix"), np.ndarray):
-      cov = np.asarray(state["covariance_matrix"], np.float64)
-    elif isinstance(state.get("precision_matrix"), np.ndarray):
-      cov = np.linalg.inv(np.asarray(state["precision_matrix"], np.float64))
-    else:
-      raise ValueError(f"{path}: the MultivariateNormal stores no scale_tril, covariance or "
-                       "precision")
+    if not isinstance(state.get("covariance_matrix"), np.ndarray):
+      raise ValueError(f"{path}: the MultivariateNormal stores no scale_tril or covariance")
     try:
-      tril = np.linalg.cholesky(cov)
+      tril = np.linalg.cholesky(np.asarray(state["covariance_matrix"], np.float64))
     except np.linalg.LinAlgError:
       raise ValueError(f"{path}: the MultivariateNormal's covariance is not positive "
                        "definite") from None
