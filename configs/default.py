@@ -134,6 +134,12 @@ def get_config() -> ml_collections.ConfigDict:
   # training when epsilon > 0; trained with `optim` (no EMA) on labelled data (digits, mnist,
   # cifar10).
   config.classifier = ml_collections.ConfigDict()
+  # conv (fdrl_jax.classifier.ClassifierNet) | resnet18 | resnet34 | resnet50 (MadryLab
+  # robustness's CIFAR ResNets, batch norm folded: imported by python -m fdrl_jax.import_reference)
+  config.classifier.name = "conv"
+  config.classifier.resnet_width = 1.0  # resnets: widths (64, 128, 256, 512) × this
+  config.classifier.input_mean = ()   # resnets: [0, 1]-pixel input normalisation (robustness's
+  config.classifier.input_std = ()    # normalizer buffers); () for none
   config.classifier.channels = (32, 64, 64)  # 3×3 conv widths (stride 2 after the first)
   config.classifier.hidden = 128      # width of the dense layer before the output
   config.classifier.num_classes = 10

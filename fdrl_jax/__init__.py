@@ -10,9 +10,19 @@ from fdrl_jax.flows import flow, potential_gradient, two_stage_flow
 from fdrl_jax.losses import LOSSES, bregman_loss
 from fdrl_jax.priors import fit_gaussian, fit_low_rank_gaussian
 
+
+def load(workdir):
+  """A trained or imported workdir's latest checkpoint as pure JAX functions (``.output``,
+  ``.potential``, ``.sample``, ``.prior``, ``.params``...): ``fdrl_jax.loading.load``, imported
+  on first use (it brings in the run machinery: Orbax, the data sets)."""
+  from fdrl_jax import loading
+  return loading.load(workdir)
+
+
 __all__ = [
     "DIVERGENCES", "LOSSES", "bregman_loss", "divergences", "fit_gaussian",
-    "fit_low_rank_gaussian", "flow", "flow_potential", "losses", "monoflow", "potential_gradient",
+    "fit_low_rank_gaussian", "flow", "flow_potential", "load", "losses", "monoflow",
+    "potential_gradient",
     "priors",
     "two_stage_flow",
 ]

@@ -211,9 +211,18 @@ def accuracy(apply_fn: Callable, params, images: np.ndarray, labels: np.ndarray,
 # ----------------------------------------------------------------------------------------------
 # The method's hooks (``fdrl_jax.methods``, ``--config.method=classifier``).
 
-def build_model(config: ml_collections.ConfigDict) -> ClassifierNet:
-  """The classifier of ``config.classifier``."""
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The classifier of ``config.classifier``: the conv net, or a ``robust_resnet.RobustResNet``."""
   c = config.classifier
+  name = c.get("name", "conv")
+  if name != "conv":
+    from fdrl_jax import robust_resnet
+    if name not in robust_resnet.RESNETS:
+      raise ValueError(f"Unknown --config.classifier.name={name!r}; available: conv, "
+                       f"{', '.join(robust_resnet.RESNETS)}.")
+    return robust_resnet.RobustResNet(arch=name, num_classes=c.num_classes,
+                                      width=c.resnet_width, input_mean=tuple(c.input_mean),
+                                      input_std=tuple(c.input_std))
   return ClassifierNet(channels=tuple(c.channels), num_classes=c.num_classes, hidden=c.hidden)
 
 

@@ -74,6 +74,24 @@ def build_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
   return IMAGE_SOURCES[name](config)
 
 
+def shape_only(config: ml_collections.ConfigDict, reason: str) -> data.Dataset | None:
+  """A stand-in for a tfds preset's images that are not on this machine: their shape only, enough
+  to restore a run and sample from it (``run_lib.Run(data_optional=True)``); drawing a batch
+  raises ``reason``. None for data of other sources (their shape is only known from the data)."""
+  from fdrl_jax import image_data
+  preset = image_data.TFDS_PRESETS.get(config.data.name)
+  if preset is None:
+    return None
+  size = preset["image_size"]
+
+  def sample(*_):
+    raise ValueError(reason)
+
+  channels = 1 if config.data.name == "mnist" else 3
+  return data.Dataset(name=config.data.name, event_shape=(size, size, channels), is_image=True,
+                      sample=sample, test=None)
+
+
 def source_domain(config: ml_collections.ConfigDict, dataset: data.Dataset
                   ) -> tuple[np.ndarray, np.ndarray | None]:
   """Translation's source domain (the "empirical" prior): training images and held-out images.

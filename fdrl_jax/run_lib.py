@@ -47,10 +47,18 @@ class Run:
   """What one config builds: its method's record, data, mesh and keys; the loop and the modes
   call the record through it."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None, *, data_optional=False):
+    """``data_optional``: where the data cannot be read, stand in for a tfds preset's images with
+    their shape (``datasets.shape_only``: restoring and sampling need no more)."""
     self.config = config
     self.method = methods.get_method(config.method)
-    self.dataset = self.method.dataset(config)
+    try:
+      self.dataset = self.method.dataset(config)
+    except ValueError as e:
+      standin = datasets.shape_only(config, str(e)) if data_optional else None
+      if standin is None:
+        raise
+      self.dataset = standin
     self.mesh = parallel.data_mesh() if mesh is None else mesh
     self.replicated = parallel.replicated(self.mesh)
     self.init_key, self.step_key, self.sample_key = jax.random.split(
@@ -264,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       nonlocal last_good
       flush(done)
       with checkpoint_write(workdir, done, last_good):
-        mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        save_state(mngr, done, state)
       last_good = done
       log.plot()
 
@@ -342,6 +350,19 @@ def checkpoint_write(workdir: str, step: int, last_good: int | None):
         f"Could not write the checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')}"
         f" ({_reason(e)}); {kept}. Free space (or fix the folder) and resume with the "
         f"same command{where}.") from None
+
+
+def save_state(mngr: ocp.CheckpointManager, step: int, state) -> None:
+  """Saves ``state`` as the checkpoint of ``step`` (the one layout ``Run.restore`` reads)."""
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+
+def save_checkpoint(workdir: str, config: ml_collections.ConfigDict, state) -> None:
+  """Writes ``state`` as the checkpoint of its own step into ``workdir`` and waits for it (a
+  state made outside the training loop: ``fdrl_jax.import_reference``)."""
+  with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
+    save_state(mngr, int(state.step), state)
+    mngr.wait_until_finished()
 
 
 def restore_readable(run: Run, mngr: ocp.CheckpointManager, workdir: str, *, set_aside: bool
@@ -435,11 +456,12 @@ def describe_mismatch(config: ml_collections.ConfigDict, workdir: str, arrays: l
   return "; ".join(arrays[:3]) + more
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str
-                    ) -> tuple[Run, object, int]:
-  """The run and the state of the latest readable checkpoint of an existing ``workdir``."""
+def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_optional=False
+                   ) -> tuple[Run, object, int]:
+  """The run and the state of the latest readable checkpoint of an existing ``workdir``
+  (``data_optional``: see ``Run``; for modes that only sample)."""
   workdir = workdirs.check_workdir(workdir, config, create=False)
-  run = Run(config)
+  run = Run(config, data_optional=data_optional)
   with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,
                                    read_only=True) as mngr:
     state, step = restore_readable(run, mngr, workdir, set_aside=False)

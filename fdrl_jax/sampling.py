@@ -180,24 +180,32 @@ def _shard(x: Array, mesh) -> Array:
 
 def _flow_fn(parts: SamplerParts, mesh, potential_of: Callable[[State, Any], PotentialFn]
              ) -> Callable[..., Array]:
-  """``fn(state, key, n, extra)``: x₀ = parts.start, split over the devices, then K + κ steps
-  along ``potential_of(state, extra)``. ``extra`` (e.g. a classifier's parameters) is a jit
-  argument, not a constant baked into the compiled sampler."""
+  """``fn(state, key, n, extra)``: x₀ = parts.start, split over the devices (mesh None: left
+  where it is), then K + κ steps along ``potential_of(state, extra)``. ``extra`` (e.g. a
+  classifier's parameters) is a jit argument, not a constant baked into the compiled sampler."""
   kwargs = parts.spec.sampling_kwargs()
 
   def fn(state, key, n, extra=None):
     k_start, k_flow = jax.random.split(key)
-    x0 = _shard(parts.start(state, k_start, n), mesh)
+    x0 = parts.start(state, k_start, n)
+    x0 = x0 if mesh is None else _shard(x0, mesh)
     return flows.flow(potential_of(state, extra), x0, k_flow, **kwargs)
 
   return fn
 
 
-def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
+def prior_sample_fn(parts: SamplerParts, mesh=None) -> Callable[[State, Array, int], Array]:
+  """The pure ``fn(state, key, n)`` of the ``prior`` sampler: K + κ flow steps from a prior draw,
+  or a generator's G(z) as is; split over ``mesh``'s devices, or (None) traced as plain code for
+  a caller's own ``jax.jit`` (``fdrl_jax.load``)."""
   if parts.potential is None:  # a generator: its samples are the start itself
-    return _split_sampler(
-        lambda state, key, n: _shard(parts.start(state, jax.random.split(key)[0], n), mesh), mesh)
-  return _split_sampler(_flow_fn(parts, mesh, lambda state, _: parts.potential(state)), mesh)
+    place = (lambda x: x) if mesh is None else (lambda x: _shard(x, mesh))
+    return lambda state, key, n: place(parts.start(state, jax.random.split(key)[0], n))
+  return _flow_fn(parts, mesh, lambda state, _: parts.potential(state))
+
+
+def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
+  return _split_sampler(prior_sample_fn(parts, mesh), mesh)
 
 
 def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
@@ -364,7 +372,8 @@ def sample_to_file(config: ml_collections.ConfigDict, workdir_path: str, num_sam
   if config.sampling.name == "translate":
     raise ValueError("--config.sampling.name=translate moves given images: use --mode=translate "
                      "--input=FILE.npz|DIR.")
-  run, state, _ = run_lib.restore_latest(config, workdir_path)
+  run, state, _ = run_lib.restore_latest(config, workdir_path,
+                                         data_optional=config.sampling.name == "prior")
   workdir.check_writable(output, 4 * num_samples * math.prod(run.dataset.event_shape))  # float32
   x = draw(run.sampler(), state, run.sample_key_for(0), num_samples,
            batch_size or config.data.batch_size)

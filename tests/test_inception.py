@@ -1,11 +1,8 @@
 """The FID InceptionV3: shapes, resizing, pooling semantics, weight files and their converter."""
 
 import collections
-import io
 import os
 import pickle
-import sys
-import types
 import zipfile
 
 import jax
@@ -14,6 +11,8 @@ import numpy as np
 import pytest
 
 from fdrl_jax import convert_inception, inception
+from tests import torch_format
+from tests.torch_format import FakeStorage, View
 
 
 @pytest.fixture(scope="module")
@@ -193,77 +192,12 @@ def test_check_metric_tells_unset_missing_and_foreign_weights_apart(weights_file
   evaluate.check_metric(config)
 
 
-# torch.save files, written here without torch: the same zip layout or legacy stream, pickled with
-# the same persistent ids and global names (``torch.FloatStorage``, ``torch._utils.*``).
-
-FakeStorage = collections.namedtuple("FakeStorage", "key type_name data")
-
-
-def _fake_torch():
-  """Stand-in ``torch`` and ``torch._utils`` modules, for pickle to write their global names."""
-  torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
-  def rebuild(*args):
-    raise AssertionError("only pickled by reference")
-  rebuild.__module__, rebuild.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
-  utils._rebuild_tensor_v2 = rebuild
-  for name in ("FloatStorage", "LongStorage"):
-    setattr(torch, name, type(name, (), {"__module__": "torch"}))
-  return torch, utils
-
-
-class _FakeTensor:
-  """Pickles as a torch tensor does: ``_rebuild_tensor_v2(storage, offset, size, stride, ...)``."""
-
-  def __init__(self, rebuild, storage, offset, size, stride):
-    self.rebuild, self.args = rebuild, (storage, offset, size, stride)
-
-  def __reduce__(self):
-    return self.rebuild, (*self.args, False, collections.OrderedDict())
-
-
-class _StoragePickler(pickle.Pickler):
-  """Writes each FakeStorage as torch.save's persistent id (a 6-tuple in the legacy format)."""
-
-  def __init__(self, file, torch, legacy):
-    super().__init__(file, protocol=2)
-    self.torch, self.legacy = torch, legacy
-
-  def persistent_id(self, obj):
-    if not isinstance(obj, FakeStorage):
-      return None
-    pid = ("storage", getattr(self.torch, obj.type_name), obj.key, "cpu", obj.data.size)
-    return pid + (None,) if self.legacy else pid
-
+# torch.save files, written here without torch (tests/torch_format.py).
 
 def _torch_save(path, entries, legacy=False):
   """Writes ``{name: (FakeStorage, offset, size, stride)}`` as ``torch.save`` does a state_dict."""
-  torch, utils = _fake_torch()
-  state = collections.OrderedDict(
-      (name, _FakeTensor(utils._rebuild_tensor_v2, *entry)) for name, entry in entries.items())
-  storages = {entry[0].key: entry[0].data for entry in entries.values()}
-  pickled = io.BytesIO()
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setitem(sys.modules, "torch", torch)
-    patch.setitem(sys.modules, "torch._utils", utils)
-    _StoragePickler(pickled, torch, legacy).dump(state)
-  if legacy:
-    with open(path, "wb") as f:
-      info = {"protocol_version": 1001, "little_endian": True,
-              "type_sizes": {"short": 2, "int": 4, "long": 4}}
-      for obj in (0x1950a86a20f9469cfc6c, 1001, info):
-        pickle.dump(obj, f, protocol=2)
-      f.write(pickled.getvalue())
-      pickle.dump(sorted(storages), f, protocol=2)
-      for key in sorted(storages):
-        f.write(np.array(storages[key].size, "<i8").tobytes() + storages[key].tobytes())
-  else:
-    with zipfile.ZipFile(path, "w") as archive:
-      archive.writestr("pt_inception/data.pkl", pickled.getvalue())
-      archive.writestr("pt_inception/byteorder", "little")
-      for key, data in storages.items():
-        archive.writestr(f"pt_inception/data/{key}", data.tobytes())
-      archive.writestr("pt_inception/version", "3\n")
-  return str(path)
+  state = collections.OrderedDict((name, View(*entry)) for name, entry in entries.items())
+  return torch_format.torch_save(path, state, legacy, archive="pt_inception")
 
 
 def _contiguous(state):
@@ -337,7 +271,8 @@ def test_converter_errors_are_one_line(tmp_path):
   marker = tmp_path / "ran"
   with zipfile.ZipFile(tmp_path / "evil.pth", "w") as archive:  # would create `marker` if run
     archive.writestr("a/data.pkl", _reduce_pickle(os.mkdir, str(marker)))
-  _one_line_error(read, str(tmp_path / "evil.pth"), match="refers to (os|posix).mkdir.*refusing")
+  _one_line_error(read, str(tmp_path / "evil.pth"),
+                  match=r"evil.pth holds a pickled (os|posix).mkdir, not a state_dict")
   assert not marker.exists()
   short = FakeStorage("0", "FloatStorage", np.zeros(4, "<f4"))
   path = _torch_save(tmp_path / "short.pth", {"w": (short, 0, (4,), (1,))})
@@ -347,7 +282,7 @@ def test_converter_errors_are_one_line(tmp_path):
   _one_line_error(read, path, match="storage 0 has 12 bytes, expected 16")
   past = {"w": (FakeStorage("0", "FloatStorage", np.zeros(4, "<f4")), 2, (3,), (1,))}
   _one_line_error(read, _torch_save(tmp_path / "past.pth", past),
-                  match="tensor w reaches outside its storage")
+                  match=r"a tensor of shape \(3,\) reaches outside its storage 0")
 
 
 def _reduce_pickle(fn, arg):
