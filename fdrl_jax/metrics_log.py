@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,6 +31,7 @@ class MetricsLog:
   """Appends window means to ``metrics.jsonl``, mirrors them to TensorBoard, and plots them."""
 
   def __init__(self, workdir: str, start_step: int):
+    self.workdir = workdir
     self.path = workdirs.join(workdir, "metrics.jsonl")
     self.plot_path = workdirs.join(workdir, "metrics.png")
     self.writer = parallel.is_writer()
@@ -55,6 +57,7 @@ class MetricsLog:
     if self.writer:
       if self.tensorboard is None and self.tensorboard_dir is not None:
         from tensorboardX import SummaryWriter
+        _quiet_tensorboard_thread()
         self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=self.start_step + 1,
                                          flush_secs=30)
       if self.tensorboard is not None:
@@ -71,7 +74,31 @@ class MetricsLog:
 
   def close(self) -> None:
     if self.tensorboard is not None:
-      self.tensorboard.close()
+      try:
+        with workdirs.stderr_to_log(self.workdir):  # its writer thread's dying words
+          self.tensorboard.close()
+      except OSError as e:  # a full disk: metrics.jsonl is the record; say it, mask nothing
+        print(f"warning: TensorBoard events in {self.tensorboard_dir} not flushed: "
+              f"{e.strerror or e}.", file=sys.stderr, flush=True)
+
+
+def _quiet_tensorboard_thread() -> None:
+  """A tensorboardX writer thread that dies of a failed write (a full disk) says so in one line
+  instead of a traceback; metrics.jsonl, the run's record, reports the disk itself."""
+  previous = threading.excepthook
+  if getattr(previous, "fdrl_jax", False):
+    return
+
+  def hook(args) -> None:
+    if type(args.thread).__module__.startswith("tensorboardX") and issubclass(args.exc_type,
+                                                                                 OSError):
+      print(f"warning: TensorBoard events are no longer written: {args.exc_value}.",
+            file=sys.stderr, flush=True)
+    else:
+      previous(args)
+
+  hook.fdrl_jax = True
+  threading.excepthook = hook
 
 
 def read_records(path: str) -> list[dict]:

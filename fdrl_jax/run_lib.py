@@ -218,8 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   reference = grid_reference(run)
   draws_grids = run.method.sampler_parts is not None
 
-  with workdirs.training_lock(workdir), \
-      workdirs.checkpoint_manager(workdir, cfg.keep_checkpoints) as mngr, \
+  with workdirs.training_lock(workdir), _trainer_manager(workdir, cfg.keep_checkpoints) as mngr, \
       StopRequests() as stop:
     state, latest = restore_readable(run, mngr, workdir, set_aside=True)
     if state is None:
@@ -330,6 +329,18 @@ def _reason(error: Exception) -> str:
   return found.group(1) if found else text[:160]
 
 
+@contextlib.contextmanager
+def _trainer_manager(workdir: str, keep: int):
+  """The trainer's checkpoint manager, closed with the standard error kept off the terminal: after
+  a failed write, TensorStore's leftover callbacks report a closed event loop at the close."""
+  mngr = workdirs.checkpoint_manager(workdir, keep)
+  try:
+    yield mngr
+  finally:
+    with workdirs.stderr_to_log(workdir):
+      mngr.close()
+
+
 class CheckpointWriteError(ValueError):
   """A checkpoint could not be written; the earlier ones are intact."""
 
@@ -339,17 +350,20 @@ def checkpoint_write(workdir: str, step: int, last_good: int | None):
   """Turns a failed checkpoint write (a full disk, a file-size limit, a vanished folder) into one
   line; the full trace goes to ``WORKDIR/errors.log``. Orbax writes a step into a temporary folder
   and renames it when complete, so the checkpoints before it are untouched."""
-  try:
-    with workdirs.stderr_to_log(workdir):
+  error, where = None, ""
+  with workdirs.stderr_to_log(workdir):
+    try:
       yield
-  except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a failed write
-    where = workdirs.log_error(workdir, e)
+    except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a failed write
+      error, where = e, workdirs.log_error(workdir, e)  # the trace first, while there is room
+      time.sleep(1.0)  # TensorStore's callbacks of the failed write report here, not later
+  if error is not None:
     kept = (f"the checkpoint of step {last_good} is intact" if last_good is not None
             else "no checkpoint was saved before")
     raise CheckpointWriteError(
         f"Could not write the checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')}"
-        f" ({_reason(e)}); {kept}. Free space (or fix the folder) and resume with the "
-        f"same command{where}.") from None
+        f" ({_reason(error)}); {kept}. Free space (or fix the folder) and resume with the same "
+        f"command{where}.")
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state) -> None:

@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 
 import filelock
 import ml_collections
+from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -221,7 +222,13 @@ def checkpoint_manager(workdir: str, keep: int, *, read_only: bool = False
   (``read_only``: sampling, evaluation, figures, possibly beside a trainer) sees only finalised
   checkpoints and never deletes or creates anything."""
   if read_only:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns that read-only is read-only
+    try:
+      return ocp.CheckpointManager(as_path(workdir) / "checkpoints", options=options)
+    finally:
+      absl_logging.set_verbosity(verbosity)
   else:
     # Synchronous saves: a failed write (a full disk) is caught at its step, in one line, instead
     # of surfacing steps later from Orbax's background threads. A save of the paper's ResNet state
@@ -460,8 +467,11 @@ def append_line(path: str, line: str) -> None:
     p = as_path(path)
     p.write_text((p.read_text() if p.exists() else "") + line + "\n")
   else:
-    with open(path, "a") as f:
-      f.write(line + "\n")
+    try:
+      with open(path, "a") as f:
+        f.write(line + "\n")
+    except OSError as e:  # the flush at close fails without naming the file
+      raise OSError(e.errno, e.strerror, path) from None
 
 
 def write_new_file(output: str, write: Callable[[str], None]) -> str:

@@ -20,6 +20,7 @@ import sys
 import time
 import types
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -361,3 +362,228 @@ def test_row16_mixed_sizes_and_alpha_in_a_folder_are_said_once(image_run, tmp_pa
   config = image_run["config"]
   sampling.read_images(str(folder), config, (4, 4, 1))  # translate's --input: said there too
   assert len(capsys.readouterr().err.strip().splitlines()) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Training's own faults (rows 1-5, 10, 12, 15): mismatched checkpoints, two trainers, full disks,
+# divergence, a deleted manifest, a stop request during slow steps. Row 3 (a signal to one process
+# of a multi-process run) is in tests/test_multiprocess.py.
+
+def _train_flags(workdir, num_steps: int, **training) -> list[str]:
+  settings = {"num_steps": num_steps, "checkpoint_every": 2, "log_every": 2,
+              "sample_every": 10_000, "num_grid_samples": 16, **training}
+  return ["--config=toy2d:8gaussians", f"--workdir={workdir}", "--config.data.batch_size=32",
+          *(f"--config.training.{k}={v}" for k, v in settings.items())]
+
+
+def _limited_cli(limit: int, *args: str) -> subprocess.CompletedProcess:
+  """The CLI with every file limited to ``limit`` bytes (writes beyond fail with EFBIG, as on a
+  full disk), set by the child itself (see row 6), without the compilation cache."""
+  full_disk = ("import resource, runpy, signal, sys\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+               "sys.argv[0] = 'fdrl_jax.main'\n"
+               "runpy.run_module('fdrl_jax.main', run_name='__main__')\n")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_COMPILATION_CACHE": "false"}
+  return subprocess.run([sys.executable, "-c", full_disk, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=env)
+
+
+def _hashes(folder) -> dict[str, str]:
+  """The SHA-256 of every file under ``folder`` by relative path: a checkpoint's leaves."""
+  import hashlib
+  return {os.path.relpath(os.path.join(d, f), folder):
+          hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+          for d, _, files in os.walk(folder) for f in files}
+
+
+def _params(workdir, steps: int):
+  config = toy2d.get_config("8gaussians")
+  config.data.batch_size, config.training.num_steps = 32, steps
+  _, state, step = run_lib.restore_latest(config, str(workdir))
+  return step, jax.device_get(state.params)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> str:
+  """The toy run trained straight to step 8 (checkpoints 2, 4, 6, 8): what every faulted run must
+  end equal to."""
+  path = tmp_path_factory.mktemp("straight") / "run"
+  done = cli(*_train_flags(path, 8))
+  assert done.returncode == 0, done.stderr
+  return str(path)
+
+
+def test_row01_another_config_is_refused_naming_keys_and_nothing_is_moved(straight, tmp_path):
+  work = tmp_path / "run"
+  assert cli(*_train_flags(work, 4)).returncode == 0
+  before, log = _hashes(work / "checkpoints"), (work / "metrics.jsonl").read_text()
+  slip = cli(*_train_flags(work, 8), "--config.model.width=32", "--config.optim.learning_rate=0.5")
+  assert slip.returncode == 2
+  line = _one_line(slip.stderr)
+  assert "model.width: 64 in the workdir, 32 now" in line, line
+  assert "optim.learning_rate: 0.001 in the workdir, 0.5 now" in line, line
+  # A config.json gone (or another run's checkpoints copied in): the checkpoint's own shapes.
+  os.rename(work / "config.json", tmp_path / "config.json")
+  slip = cli(*_train_flags(work, 8), "--config.model.width=32")
+  assert slip.returncode == 2
+  line = _one_line(slip.stderr)
+  assert "trained with another config" in line and "saved (2, 64), expected (2, 32)" in line, line
+  assert "nothing was moved" in line
+  assert _hashes(work / "checkpoints") == before and not (work / "unreadable_checkpoints").exists()
+  assert (work / "metrics.jsonl").read_text() == log
+  os.rename(tmp_path / "config.json", work / "config.json")
+  fixed = cli(*_train_flags(work, 8))  # the corrected command resumes, not from step 0
+  assert fixed.returncode == 0 and "Resuming from the checkpoint of step 4" in fixed.stdout
+  (s1, p1), (s2, p2) = _params(straight, 8), _params(work, 8)
+  assert s1 == s2 == 8
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_row01_no_readable_checkpoint_refuses_and_moves_nothing(tmp_path):
+  work = tmp_path / "run"
+  assert cli(*_train_flags(work, 4)).returncode == 0
+  for step in ("2", "4"):  # every checkpoint's biggest file cut in half
+    files = [os.path.join(d, f) for d, _, fs in os.walk(work / "checkpoints" / step) for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+      f.truncate(os.path.getsize(biggest) // 2)
+  before = _hashes(work / "checkpoints")
+  refused = cli(*_train_flags(work, 6))
+  assert refused.returncode == 2
+  line = _one_line(refused.stderr)
+  assert "No checkpoint in" in line and "steps 4, 2" in line and "nothing was moved" in line, line
+  assert _hashes(work / "checkpoints") == before and not (work / "unreadable_checkpoints").exists()
+  assert (work / "errors.log").is_file()  # the full traces, off the terminal
+  # A workdir whose checkpoints were all set aside earlier never starts again from step 0.
+  os.makedirs(work / "unreadable_checkpoints")
+  os.rename(work / "checkpoints" / "4", work / "unreadable_checkpoints" / "4")
+  shutil.rmtree(work / "checkpoints")
+  refused = cli(*_train_flags(work, 6))
+  assert refused.returncode == 2 and "not start again from step 0" in _one_line(refused.stderr)
+
+
+def _start(*args: str) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "-m", "fdrl_jax.main", *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _wait_for(path, proc: subprocess.Popen, timeout: float = 120) -> None:
+  deadline = time.time() + timeout
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.communicate()[1]
+    assert time.time() < deadline, f"{path} did not appear"
+    time.sleep(0.1)
+
+
+def test_row02_a_second_trainer_is_refused_naming_the_holder(straight, tmp_path):
+  work = tmp_path / "run"
+  first = _start(*_train_flags(work, 100_000, checkpoint_every=100_000, log_every=100_000))
+  try:
+    _wait_for(work / "config.json", first)  # committed after its first step
+    second = cli(*_train_flags(work, 100_000, checkpoint_every=100_000, log_every=100_000))
+    assert second.returncode == 2
+    line = _one_line(second.stderr)
+    assert f"is being trained by process {first.pid} on {socket.gethostname()}" in line, line
+    assert first.poll() is None  # the first trainer runs on, untouched
+  finally:
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+  assert first.returncode == 130, err
+  steps = [r["step"] for r in map(json.loads, open(work / "metrics.jsonl"))]
+  assert steps == sorted(set(steps))  # one writer: each logged step once, in order
+  assert not (work / "lock.json").exists()  # released
+  # A holder killed outright leaves its lock.json; the next trainer takes over with a warning.
+  killed = _start(*_train_flags(work, 100_000, checkpoint_every=100_000, log_every=1))
+  try:
+    _wait_for(work / "lock.json", killed)
+  finally:
+    killed.kill()
+    killed.communicate(timeout=60)
+  again = cli(*_train_flags(work, 2))
+  assert again.returncode == 0, again.stderr
+  assert f"took over the lock of {work} from process {killed.pid}" in again.stderr
+
+
+def test_row04_a_torn_metrics_line_is_dropped_on_resume(straight, tmp_path):
+  work = tmp_path / "run"
+  # A file-size limit between the checkpoints: metrics.jsonl grows past it line by line (a
+  # checkpoint every 1 000 steps never comes), so the write that crosses it is torn.
+  full = _limited_cli(3000, *_train_flags(work, 30, checkpoint_every=1000, log_every=1))
+  assert full.returncode == 2
+  line = _one_line(full.stderr)
+  assert "could not write" in line and "metrics.jsonl" in line and "File too large" in line, line
+  assert not open(work / "metrics.jsonl").read().endswith("\n")  # torn
+  resumed = cli(*_train_flags(work, 8))  # space is back (no checkpoint yet: from step 0)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "is not a whole record" in resumed.stderr and "Traceback" not in resumed.stderr
+  records = [json.loads(line) for line in open(work / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [2, 4, 6, 8]
+  (_, p1), (_, p2) = _params(straight, 8), _params(work, 8)
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_row05_a_failed_checkpoint_write_is_one_line_and_keeps_the_others(straight, tmp_path):
+  work = tmp_path / "run"
+  assert cli(*_train_flags(work, 4)).returncode == 0
+  before = _hashes(work / "checkpoints")
+  full = _limited_cli(100_000, *_train_flags(work, 8))  # a checkpoint's data file is larger
+  assert full.returncode == 2
+  line = _one_line(full.stderr)
+  # Step 6's data file is over the limit (TensorStore's packing may let it through, then 8's is).
+  failed = re.search(r"Could not write the checkpoint of step (\d+) ", line)
+  assert failed and failed.group(1) in ("6", "8") and "File too large" in line, line
+  assert f"the checkpoint of step {int(failed.group(1)) - 2} is intact" in line, line
+  assert "errors.log" in line and len(full.stderr.splitlines()) == 1
+  assert {k: v for k, v in _hashes(work / "checkpoints").items()
+          if k.split(os.sep)[0] == "4"} == {k: v for k, v in before.items()
+                                            if k.split(os.sep)[0] == "4"}
+  resumed = cli(*_train_flags(work, 8))
+  assert resumed.returncode == 0, resumed.stderr
+  assert f"Resuming from the checkpoint of step {int(failed.group(1)) - 2}" in resumed.stdout
+  assert sorted(os.listdir(work / "checkpoints")) == ["4", "6", "8"]  # the last 3; no temporaries
+  (_, p1), (_, p2) = _params(straight, 8), _params(work, 8)
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_row10_no_grid_or_checkpoint_from_non_finite_parameters(tmp_path):
+  work = tmp_path / "run"
+  blown = cli(*_train_flags(work, 8, sample_every=3, log_every=5, checkpoint_every=7),
+              "--config.optim.learning_rate=1e10")
+  assert blown.returncode == 2
+  line = _one_line(blown.stderr)
+  assert "Training diverged" in line and "No checkpoint was saved" in line, line
+  assert not (work / "samples").exists() or not os.listdir(work / "samples")
+  assert not (work / "checkpoints").exists() or not os.listdir(work / "checkpoints")
+
+
+def test_row12_a_deleted_manifest_is_one_warning(straight, tmp_path):
+  work = tmp_path / "run"
+  shutil.copytree(straight, work)
+  os.remove(work / "checkpoints" / "8" / "state" / "manifest.ocdbt")
+  longer = cli(*_train_flags(work, 10))
+  assert longer.returncode == 0, longer.stderr
+  assert "Traceback" not in longer.stderr and "Exception ignored" not in longer.stderr
+  assert longer.stderr.count("\n") == 1 and "checkpoint of step 8" in longer.stderr
+  assert "Resuming from the checkpoint of step 6" in longer.stdout
+  assert (work / "unreadable_checkpoints" / "8").is_dir()  # kept, out of the way
+
+
+def test_row15_a_stop_request_is_honoured_at_the_current_step(tmp_path):
+  # Slow steps (a long flow on the digits) and a log line only every 50: the stop must not wait
+  # for the logging boundary.
+  work = tmp_path / "run"
+  proc = _start("--config=digits", f"--workdir={work}", "--config.flow.num_steps=40",
+                "--config.data.batch_size=32", "--config.training.num_steps=1000",
+                "--config.training.log_every=50", "--config.training.sample_every=1000")
+  try:
+    _wait_for(work / "config.json", proc)  # step 1 is done
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 130, err
+  stopped = int(err.split("at step ")[1].split(":")[0])
+  assert 1 <= stopped <= 4, err  # the step in flight, not step 50
+  assert (work / "checkpoints" / str(stopped)).is_dir()
