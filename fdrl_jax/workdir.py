@@ -22,6 +22,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from typing import Callable, Iterator
 
 import filelock
@@ -195,6 +196,8 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
       yield
       failed = False
     finally:
+      if failed:
+        time.sleep(1.0)  # TensorStore's callbacks of a failed read report here, not later
       gc.collect()  # futures that failed unobserved report themselves when collected
       sys.stderr.flush()
       os.dup2(saved, 2)
