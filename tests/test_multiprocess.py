@@ -3,10 +3,13 @@ process on 4 devices checkpoint for checkpoint, resumes and runs hundreds of ste
 dispatched ahead once deadlocked gloo after ~50–250 of them), and sample / eval / figure write
 each file once. Every mode on a cluster (issue 21): translation (to an .npz and to PNGs),
 class-conditional sampling, a MonoFlow GAN and a robust classifier (train and eval) under two
-processes equal one process."""
+processes equal one process; SIGTERM to either process stops both at one agreed step with one
+checkpoint, and the resumed run equals the straight one."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +28,7 @@ from test_train import TINY_FLAGS, tiny_digits_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=configs/toy2d.py:8gaussians"
 LONG = 300  # steps of the resumed run
+EVERY = 50  # its checkpoints
 FLAGS = ["--config.training.num_steps=6", "--config.training.checkpoint_every=3",
          "--config.training.log_every=2", "--config.training.sample_every=3",
          "--config.training.num_grid_samples=64", "--config.eval.num_samples=100",
@@ -117,9 +121,10 @@ def runs(tmp_path_factory):
   multi, single = str(root / "multi"), str(root / "single")
   trained = two_processes(CONFIG, f"--workdir={multi}", *FLAGS)
   one_process(CONFIG, f"--workdir={single}", *FLAGS)
-  longer = [f"--config.training.num_steps={LONG}", "--config.training.checkpoint_every=150",
+  # every 50 steps a checkpoint, all kept: the straight runs the interrupted ones resume to
+  longer = [f"--config.training.num_steps={LONG}", f"--config.training.checkpoint_every={EVERY}",
             "--config.training.log_every=50", f"--config.training.sample_every={LONG}",
-            "--config.training.keep_checkpoints=5"]
+            "--config.training.keep_checkpoints=10"]
   resumed = two_processes(CONFIG, f"--workdir={multi}", *FLAGS, *longer)
   one_process(CONFIG, f"--workdir={single}", *FLAGS, *longer)
   return root, multi, single, trained + resumed
@@ -302,3 +307,48 @@ def test_gan_trains_under_two_processes_as_one_process(tmp_path):
     assert_states_close(_restore(multi, step), _restore(single, step), atol=atol, most=most)
   assert sorted(os.listdir(os.path.join(multi, "samples"))) == ["step_0000004.png"]
 
+
+# ----------------------------------------------------------------------------------------------
+# Preemption: a signal to either process stops both at one agreed step.
+
+UNTIL_STOPPED = ["--config.training.num_steps=1000000", "--config.training.log_every=1000000",
+                 "--config.training.checkpoint_every=1000000",
+                 "--config.training.sample_every=1000000"]
+
+
+def resume_to(steps: int) -> list[str]:
+  """Flags that train to ``steps``, with one checkpoint there and nothing logged before it."""
+  return [f"--config.training.num_steps={steps}", f"--config.training.checkpoint_every={steps}",
+          f"--config.training.log_every={steps}", f"--config.training.sample_every={steps}"]
+
+
+@pytest.mark.parametrize("target", [1, 0])
+def test_sigterm_to_one_process_saves_one_agreed_step(runs, tmp_path, target):
+  _, straight, _, _ = runs
+  workdir = str(tmp_path / "run")
+  procs = start_two(CONFIG, f"--workdir={workdir}", *FLAGS, *UNTIL_STOPPED)
+  try:
+    deadline = time.monotonic() + 120
+    # config.json is written after the first step (a run that failed before it shows below)
+    while (not os.path.exists(os.path.join(workdir, "config.json"))
+           and all(p.poll() is None for p in procs) and time.monotonic() < deadline):
+      time.sleep(0.05)
+    procs[target].send_signal(signal.SIGTERM)
+  except BaseException:
+    for p in procs:
+      p.kill()
+    raise
+  finally:
+    done = finish(procs, timeout=60)  # both stopped within a minute of the signal, or killed
+  assert [d.returncode for d in done] == [143, 143], [d.stderr[-2000:] for d in done]
+  stopped = [re.search(r"Interrupted \(SIGTERM\) at step (\d+)", d.stderr) for d in done]
+  assert all(stopped), [d.stderr[-2000:] for d in done]
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
+  assert step < LONG, f"stopped at step {step}, past the straight run's {LONG}"
+  # resumed to the straight run's next checkpoint: the same parameters, bit for bit
+  to = (step // EVERY + 1) * EVERY
+  resumed = two_processes(CONFIG, f"--workdir={workdir}", *FLAGS, *resume_to(to))
+  assert all(f"Resuming from the checkpoint of step {step}" in d.stdout for d in resumed)
+  assert_states_close(_restore(workdir, to), _restore(straight, to), rtol=0, atol=0)
