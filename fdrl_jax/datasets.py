@@ -75,21 +75,25 @@ def build_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
 
 
 def shape_only(config: ml_collections.ConfigDict, reason: str) -> data.Dataset | None:
-  """A stand-in for a tfds preset's images that are not on this machine: their shape only, enough
-  to restore a run and sample from it (``run_lib.Run(data_optional=True)``); drawing a batch
-  raises ``reason``. None for data of other sources (their shape is only known from the data)."""
+  """A stand-in for images that are not on this machine: their shape only, enough to restore a run
+  and sample from it (``run_lib.Run(data_optional=True)``); drawing a batch raises ``reason``. A
+  tfds preset's images, or a translation run's folders: RGB images of ``data.image_size`` and no
+  source images (the "empirical" prior of a reference checkpoint imported without them, which
+  translates given images). None for data of other sources (their shape is only known from the
+  data)."""
   from fdrl_jax import image_data
   preset = image_data.TFDS_PRESETS.get(config.data.name)
-  if preset is None:
+  translation = config.data.name == "folder" and config.prior.name == "empirical"
+  if preset is None and not translation:
     return None
-  size = preset["image_size"]
+  size = preset["image_size"] if preset else config.data.image_size
+  shape = (size, size, 1 if config.data.name == "mnist" else 3)
 
   def sample(*_):
     raise ValueError(reason)
 
-  channels = 1 if config.data.name == "mnist" else 3
-  return data.Dataset(name=config.data.name, event_shape=(size, size, channels), is_image=True,
-                      sample=sample, test=None)
+  return data.Dataset(name=config.data.name, event_shape=shape, is_image=True, sample=sample,
+                      test=None, source=np.zeros((0, *shape), np.float32) if translation else None)
 
 
 def source_domain(config: ml_collections.ConfigDict, dataset: data.Dataset

@@ -27,6 +27,10 @@ ordinary workdir — ``config.json`` and an Orbax checkpoint of the whole ``fdrl
 * Prior: ``--prior`` reads the reference's ``DATASET_ddp.pt`` (a pickled MultivariateNormal over
   flattened NCHW images) into a ``GaussianPrior`` in NHWC order (a row-permuted factor); without
   it the config's prior is fitted to the data (the uniform and toy normal priors need none).
+  Cat2dog's prior is the source domain (cats): without ``--config.prior.source_path=DIR/trainA``
+  (and ``--config.data.path=DIR/trainB``) the checkpoint imports without any images, and
+  ``--mode=translate --input=CATS`` (an .npz or a folder) moves the given ones; drawing from its
+  prior (``--mode=sample``) and training need it imported with them.
 
 A checkpoint of MadryLab's ``robustness`` library (its CIFAR ResNet18/34/50 classifiers, such as
 the paper's robust ResNet-50 that guides class-conditional sampling) becomes a
@@ -206,12 +210,15 @@ def read_prior(path: str, shape: tuple[int, ...]) -> priors.GaussianPrior:
 
 def build_prior(config: ml_collections.ConfigDict, prior_path: str | None,
                 shape: tuple[int, ...]):
-  """The run's prior: ``--prior``'s Gaussian, the uniform / normal prior, or one fitted to data."""
+  """The run's prior: ``--prior``'s Gaussian, the uniform / normal prior, the source domain
+  without ``prior.source_path`` (``priors.SourcelessPrior``), or one fitted to data."""
   if prior_path:
     config.prior.name = "gaussian"
     return read_prior(prior_path, shape)
   if config.prior.name in ("uniform", "normal"):
     return priors.build_prior(config, None, shape)
+  if config.prior.name == "empirical" and not config.prior.source_path:
+    return priors.build_prior(config, np.zeros((0, *shape), np.float32), shape)
   try:
     dataset = datasets.build_dataset(config)
     return priors.build_prior(config, datasets.prior_data(config, dataset), shape)
@@ -335,9 +342,12 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  prior = workdirs.read_config(workdir).get("prior", {})
+  mode = ("translate --input=SOURCE_IMAGES --output=OUT.npz"  # imported without its source images
+          if prior.get("name") == "empirical" and not prior.get("source_path") else "sample")
   print(f"wrote {workdir}: the reference run at step {step} "
         f"(python -m fdrl_jax.main --config={os.path.join(workdir, 'config.json')} "
-        f"--workdir={workdir} --mode=sample)")
+        f"--workdir={workdir} --mode={mode})")
 
 
 if __name__ == "__main__":

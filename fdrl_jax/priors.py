@@ -107,6 +107,24 @@ class EmpiricalPrior:
     return self.data[idx]
 
 
+# Why a run's empirical prior cannot be drawn from, and what to do (also ``run_lib``'s refusal).
+NO_SOURCE = ("holds no source images (a reference checkpoint imported without them): "
+             "--mode=translate --input=SOURCE_IMAGES moves given ones; to draw from the prior or "
+             "train, import it again with its data (--config.data.path=DIR "
+             "--config.prior.source_path=DIR)")
+
+
+@struct.dataclass
+class SourcelessPrior:
+  """The empirical prior of a translation run whose source images are not stored (a reference
+  checkpoint imported without them, ``fdrl_jax.import_reference``): no arrays, so its checkpoint
+  holds none. The translate sampler moves given images and never draws from it; drawing raises."""
+  event_shape: tuple[int, ...] = struct.field(pytree_node=False)
+
+  def sample(self, key: Array, n: int) -> Array:
+    raise ValueError(f"This run's empirical prior {NO_SOURCE}.")
+
+
 def _available_memory_bytes() -> int | None:
   try:
     with open("/proc/meminfo") as f:
@@ -312,15 +330,22 @@ def _low_rank_prior(p, data, event_shape):
   return fit_low_rank_gaussian(data, p.rank, jitter=p.jitter)
 
 
+def _empirical_prior(p, data, event_shape):
+  if not len(data):  # no source images: translation of given images only
+    return SourcelessPrior(event_shape=tuple(event_shape))
+  return EmpiricalPrior(data=jnp.asarray(data))
+
+
 # name → (prior config group, data or None, event shape) → prior. "data" is what the prior is
-# fitted to (the training images) or, for "empirical", the source domain it draws from.
+# fitted to (the training images) or, for "empirical", the source domain it draws from (no rows:
+# a ``SourcelessPrior``).
 PRIORS: dict[str, Callable] = {
     "gaussian": _gaussian_prior,
     "low_rank": _low_rank_prior,
     "uniform": lambda p, data, event_shape: UniformPrior(event_shape=event_shape),
     "normal": lambda p, data, event_shape: NormalPrior(event_shape=event_shape, loc=p.loc,
                                                        scale=p.scale),
-    "empirical": lambda p, data, event_shape: EmpiricalPrior(data=jnp.asarray(data)),
+    "empirical": _empirical_prior,
 }
 
 

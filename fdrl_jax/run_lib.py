@@ -29,8 +29,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from fdrl_jax import (data, datasets, image_data, images, methods, metrics_log, parallel, sampling,
-                      workdir as workdirs)
+from fdrl_jax import (data, datasets, image_data, images, methods, metrics_log, parallel, priors,
+                      sampling, workdir as workdirs)
 
 
 class TrainingDiverged(ValueError):
@@ -48,17 +48,19 @@ class Run:
   call the record through it."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh=None, *, data_optional=False):
-    """``data_optional``: where the data cannot be read, stand in for a tfds preset's images with
-    their shape (``datasets.shape_only``: restoring and sampling need no more)."""
+    """``data_optional``: where the data cannot be read, stand in for a tfds preset's images or a
+    translation run's folders with their shape (``datasets.shape_only``: restoring and sampling
+    need no more); ``missing_data`` is then why they cannot be read (else None)."""
     self.config = config
     self.method = methods.get_method(config.method)
+    self.missing_data: str | None = None
     try:
       self.dataset = self.method.dataset(config)
     except ValueError as e:
       standin = datasets.shape_only(config, str(e)) if data_optional else None
       if standin is None:
         raise
-      self.dataset = standin
+      self.dataset, self.missing_data = standin, str(e)
     self.mesh = parallel.data_mesh() if mesh is None else mesh
     self.replicated = parallel.replicated(self.mesh)
     self.init_key, self.step_key, self.sample_key = jax.random.split(
@@ -396,6 +398,11 @@ def restore_readable(run: Run, mngr: ocp.CheckpointManager, workdir: str, *, set
   unreadable: list[tuple[int, str]] = []
   for step in steps:
     mismatch = checkpoint_mismatch(abstract, mngr, workdir, step)
+    if mismatch and run.missing_data and run.dataset.source is not None:
+      raise ValueError(run.missing_data)  # a translation run whose prior holds its source images
+    if mismatch and all(m.startswith("prior.data: saved absent") for m in mismatch):
+      raise ValueError(f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} "
+                       f"{priors.NO_SOURCE}.")
     if mismatch:
       raise ValueError(
           f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} was trained "
@@ -473,7 +480,7 @@ def describe_mismatch(config: ml_collections.ConfigDict, workdir: str, arrays: l
 def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_optional=False
                    ) -> tuple[Run, object, int]:
   """The run and the state of the latest readable checkpoint of an existing ``workdir``
-  (``data_optional``: see ``Run``; for modes that only sample)."""
+  (``data_optional``: see ``Run``; for modes that only sample or translate)."""
   workdir = workdirs.check_workdir(workdir, config, create=False)
   run = Run(config, data_optional=data_optional)
   with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,

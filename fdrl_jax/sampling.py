@@ -418,7 +418,9 @@ def translate_to_file(config: ml_collections.ConfigDict, workdir_path: str, inpu
   """Unpaired translation (Sec. 6.5): flows the images of ``input_path`` K + κ steps with the EMA
   estimator of the latest checkpoint and writes them to ``output``: an .npz (key ``x``, in
   [-1, 1]) or a new folder of PNGs named after the inputs (written whole or not at all,
-  ``workdir.write_new_folder``). Nothing existing is overwritten."""
+  ``workdir.write_new_folder``). Nothing existing is overwritten. A translation run's folders
+  are not needed where its prior holds no source images (a reference checkpoint imported without
+  them, ``priors.SourcelessPrior``)."""
   from fdrl_jax import images, run_lib, workdir
   to_folder = not output.endswith(".npz")
   if to_folder:
@@ -426,7 +428,7 @@ def translate_to_file(config: ml_collections.ConfigDict, workdir_path: str, inpu
   else:
     workdir.refuse_existing(output)
   workdir.check_writable(output)
-  run, state, _ = run_lib.restore_latest(config, workdir_path)
+  run, state, _ = run_lib.restore_latest(config, workdir_path, data_optional=True)
   x, names = read_images(input_path, config, run.dataset.event_shape)
   workdir.check_writable(output, x.nbytes)
   y = draw(run.sampler("translate"), state, run.sample_key_for(0), x,

@@ -2,6 +2,7 @@
 clear-nus/fdrl's ``src/models.py`` and written without torch, imported and compared with forward
 passes computed independently in NumPy (NCHW, the reference's order of operations)."""
 
+import functools
 import json
 import os
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import fdrl, import_reference, torch_files
+from fdrl_jax import fdrl, import_reference, reference_weights, torch_files
 from tests import torch_format
 
 SLOPE = 0.2
@@ -274,6 +275,70 @@ def test_toy_mlp_matches_numpy_forward(tmp_path):
   assert np.all(np.isfinite(run.draw(restored, jax.random.key(0), 8)))
   final = run_lib.train_and_evaluate(config, workdir)
   assert int(final.step) == 1002 and int(final.opt_state[0].count) == 1002
+
+
+def _reference_resnet_state(config, rng):
+  """A reference ``state_dict`` with spectral norm of the estimator ``config.model`` builds:
+  random weights in torch's layout, shaped after this library's Flax parameters."""
+  side = config.data.image_size
+  params = jax.eval_shape(fdrl.create_estimator(config).init, jax.random.key(0),
+                          jnp.zeros((1, side, side, 3)))["params"]
+  get = lambda path: functools.reduce(lambda tree, key: tree[key], path, params)
+  sd = {}
+  for layer in reference_weights.resnet_layers(config.model.name, config.model.self_attention):
+    shape = get(layer.params + ("kernel",)).shape
+    shape = (shape[3], shape[2], *shape[:2]) if len(shape) == 4 else shape[::-1]
+    sd[layer.torch + ".weight_orig"] = rng.normal(0, 0.1, shape).astype(np.float32)
+    sd[layer.torch + ".weight_u"] = _normalize(rng.normal(size=shape[0])).astype(np.float32)
+    sd[layer.torch + ".weight_v"] = _normalize(
+        rng.normal(size=int(np.prod(shape[1:])))).astype(np.float32)
+    if layer.bias:
+      sd[layer.torch + ".bias"] = rng.normal(0, 0.1, shape[0]).astype(np.float32)
+  sd["self_attn_module.gamma"] = np.full(get(("SelfAttention_0", "gamma")).shape, 0.5, np.float32)
+  return sd
+
+
+def test_cat2dog_imports_without_its_data_and_translates_given_images(tmp_path):
+  from PIL import Image
+  from fdrl_jax import priors, run_lib, sampling, workdir as workdirs
+  ref = _reference_config(dataset="cat2dog", img_size=64, model="resnetshallow", n_flow_steps=2)
+  config = import_reference.reference_config({"config": ref}, "cat2dog.pt")
+  config.model.resnet_width = 8 / 64  # 8 channels in the stem
+  sd = _reference_resnet_state(config, np.random.default_rng(7))
+  source = torch_format.torch_save(tmp_path / "cat2dog.pt", _checkpoint(sd, sd, ref))
+  workdir, step = import_reference.import_checkpoint(source, str(tmp_path / "w"))  # no images
+  assert step == 42
+  config = workdirs.read_config(workdir)
+  assert (config.prior.name, config.data.path, config.prior.source_path) == ("empirical", "", "")
+  cats = np.random.default_rng(8).uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
+  np.savez(tmp_path / "cats.npz", x=cats)
+  out = sampling.translate_to_file(config, workdir, str(tmp_path / "cats.npz"),
+                                   str(tmp_path / "dogs.npz"))
+  with np.load(out) as f:
+    dogs = f["x"]
+  assert dogs.shape == cats.shape and np.all(np.isfinite(dogs)) and not np.allclose(dogs, cats)
+  # The prior's draws need the source images: one line, for sampling and for training.
+  _one_line_error(sampling.sample_to_file, config, workdir, 2, str(tmp_path / "s.npz"),
+                  match="empirical prior holds no source images")
+  for folder in ("cats", "dogs"):
+    (tmp_path / folder).mkdir()
+    for i in range(2):
+      Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(tmp_path / folder / f"{i}.png")
+  config.data.path, config.prior.source_path = str(tmp_path / "dogs"), str(tmp_path / "cats")
+  workdirs.write_config(workdir, config)  # the data put into its config.json by hand
+  _one_line_error(run_lib.train_and_evaluate, config, workdir,
+                  match=r"step 42 in .* holds no source images .* import it again with its data")
+  # Imported with its images, the prior holds them; translating then needs them, as for a run
+  # trained here.
+  with_data, _ = import_reference.import_checkpoint(source, str(tmp_path / "w2"), overrides=[
+      f"--config.data.path={tmp_path / 'dogs'}", f"--config.prior.source_path={tmp_path / 'cats'}"])
+  config = workdirs.read_config(with_data)
+  _, state, _ = run_lib.restore_latest(config, with_data)
+  assert isinstance(state.prior, priors.EmpiricalPrior) and state.prior.data.shape[0] == 2
+  sampling.sample_to_file(config, with_data, 2, str(tmp_path / "s.npz"))
+  (tmp_path / "dogs").rename(tmp_path / "gone")
+  _one_line_error(sampling.translate_to_file, config, with_data, str(tmp_path / "cats.npz"),
+                  str(tmp_path / "d2.npz"), match="dogs")
 
 
 def test_reference_prior_is_read_in_nhwc_order(prior_file):
