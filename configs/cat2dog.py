@@ -6,8 +6,9 @@ Preprocessing: resize 84, centre crop 64. Shallow ResNet64 with spectral norm an
   python -m fdrl_jax.main --config=configs/cat2dog.py --workdir=runs/cat2dog \
       --config.data.path=DIR/trainB --config.data.test_path=DIR/testB \
       --config.prior.source_path=DIR/trainA
-The translation mode itself (flowing given test cats) is not implemented yet; this trains the
-estimator.
+Then translate given cats (a folder or an .npz):
+  python -m fdrl_jax.main --config=configs/cat2dog.py --workdir=runs/cat2dog --mode=translate \
+      --input=DIR/testA --output=runs/cat2dog/dogs
 """
 
 from configs import paper

@@ -204,4 +204,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:  # Ctrl-C while the flags are parsed or JAX is imported
+    print("Interrupted before any work; nothing was written.", file=sys.stderr)
+    sys.exit(130)
