@@ -84,8 +84,9 @@ class Run:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
         jax.eval_shape(lambda: self.new_state(fit=False)))
 
-  def restore(self, mngr: ocp.CheckpointManager, step: int):
-    abstract = self.abstract_state()
+  def restore(self, mngr: ocp.CheckpointManager, step: int, abstract=None):
+    """The state saved at ``step``; ``abstract`` is ``abstract_state()`` where the caller has it."""
+    abstract = self.abstract_state() if abstract is None else abstract
     restore = lambda template: mngr.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state
     try:
@@ -409,7 +410,7 @@ def restore_readable(run: Run, mngr: ocp.CheckpointManager, workdir: str, *, set
           "moved. Use that run's config (its config.json) or a new --workdir.")
     try:
       with workdirs.stderr_to_log(workdir):
-        state = run.restore(mngr, step)
+        state = run.restore(mngr, step, abstract)
     except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a bad file
       workdirs.log_error(workdir, e)
       unreadable.append((step, _reason(e)))
