@@ -18,8 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = "fdrl"
 
   config.data = ml_collections.ConfigDict()
-  # A bundled set (fdrl_jax.data.DATASETS: digits, chasm, 8gaussians, ...), a tensorflow-datasets
-  # preset (fdrl_jax.image_data.TFDS_PRESETS: cifar10, celeb_a, lsun_church, mnist, each with its
+  # A bundled set (fdrl_jax.bundled.DATASETS: digits, chasm, 8gaussians, ...), a tensorflow-datasets
+  # preset (fdrl_jax.datasets.TFDS_PRESETS: cifar10, celeb_a, lsun_church, mnist, each with its
   # own splits and preprocessing), "tfds" (any prepared tfds set, data.tfds_name below), "folder"
   # (any folder of PNG/JPEG images at data.path; grey if all its images are) or "npz" (an NHWC
   # array, key "x", at data.path).

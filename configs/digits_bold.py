@@ -2,7 +2,7 @@
 
 Source = 750 plain training digits (the prior: ``prior.name=empirical``), target = the other 750
 training digits made bold (each pixel the max of itself and its horizontal neighbour,
-``fdrl_jax.data.bold``); unpaired, disjoint halves. The 297 held-out digits are the test images
+``fdrl_jax.bundled.bold``); unpaired, disjoint halves. The 297 held-out digits are the test images
 of both domains. Trained exactly as Algorithm 1, the source draws dequantised as the data.
 
 Run (CPU, 2 cores: a few minutes), then translate given digits (.npz key x, (N, 8, 8, 1), [-1, 1]):

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from configs import digits, digits_classifier
-from fdrl_jax import data, evaluate, images, run_lib, sampling, workdir as workdirs
+from fdrl_jax import bundled, evaluate, images, run_lib, sampling, workdir as workdirs
 
 WEIGHTS = (0.0, 0.03, 0.1, 0.2, 0.3, 1.0)
 
@@ -42,7 +42,7 @@ def main() -> None:
   clean = {name: run_lib.evaluate_to_file(config, os.path.join(work, name))
            for name, config in (("robust", robust), ("plain", plain))}
 
-  train_x, train_y, test_x, test_y = data.digits_split(fdrl_config.seed)
+  train_x, train_y, test_x, test_y = bundled.digits_split(fdrl_config.seed)
   judge = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=1234, steps=600)
   features = evaluate.digits_classifier(fdrl_config.seed)
   run, state, _ = run_lib.restore_latest(fdrl_config, os.path.join(work, "fdrl"))

@@ -48,11 +48,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from configs import toy2d
-from fdrl_jax import data, fdrl, flows, images, models, optim, priors, sampling
+from fdrl_jax import bundled, fdrl, flows, images, models, optim, priors, sampling
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set
 NEAR_TARGET = np.array([1.0, 1.0])         # "chasm_near" (Fig. 2a): p close to q'
-TARGET_STD = float(np.sqrt(data.CHASM_VARIANCE))
+TARGET_STD = float(np.sqrt(bundled.CHASM_VARIANCE))
 STALE_FLOW_STEPS = 400                     # Fig. 2b
 PANEL_CENTRE = TARGET / 2                  # the FDRL plots show (3, 3) ± 6.5
 PANEL_EXTENT = 6.5
@@ -63,7 +63,7 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 class Setup(NamedTuple):
   """The pieces of a chasm run built from its config."""
   config: ml_collections.ConfigDict
-  dataset: data.Dataset
+  dataset: bundled.Dataset
   model: nn.Module
   loss: fdrl.BregmanLoss
   potential: Callable
@@ -89,9 +89,10 @@ def chasm_setup(steps: int, seed: int, name: str = "chasm") -> Setup:
   config.data.name = name
   config.seed = seed
   config.training.num_steps = steps
-  dataset = data.create_dataset(config.data.name, seed=seed)
+  dataset = bundled.create_dataset(config.data.name, seed=seed)
   loss, potential = fdrl.build_potential(config)
-  prior = priors.build_prior(config, data.fit_samples(dataset, 10_000, seed), dataset.event_shape)
+  prior = priors.build_prior(config, bundled.fit_samples(dataset, 10_000, seed),
+                             dataset.event_shape)
   return Setup(config=config, dataset=dataset, model=fdrl.create_estimator(config), loss=loss,
                potential=potential, flow_spec=sampling.build_flow_spec(config), prior=prior)
 
@@ -130,7 +131,7 @@ def fit_estimator(setup: Setup, flow_spec: flows.FlowSpec, record_every: int = 0
       x = sampler(state, jax.random.fold_in(sample_key, step), num_record)
       means.append(jnp.mean(x, axis=0))
     if step < config.training.num_steps:
-      batch = data.get_batch(setup.dataset, config.seed, step, config.data.batch_size)
+      batch = bundled.get_batch(setup.dataset, config.seed, step, config.data.batch_size)
       state, _ = step_fn(state, jnp.asarray(batch), step_key)
   return state, np.asarray(means).reshape(-1, 2)
 
@@ -206,7 +207,7 @@ def reference_points(seed: int, n: int = 500, name: str = "chasm") -> np.ndarray
   """Draws n prior particles and n data points (2n, 2), the grey background of the plots."""
   setup = chasm_setup(0, seed, name)
   prior = np.asarray(setup.prior.sample(jax.random.key(seed), n))
-  return np.concatenate([prior, data.get_batch(setup.dataset, seed, 0, n)])
+  return np.concatenate([prior, bundled.get_batch(setup.dataset, seed, 0, n)])
 
 
 def save_plot(stale: Result, fdrl: Result, path: str, seed: int = 0,

@@ -23,14 +23,14 @@ import jax
 import numpy as np
 
 from configs import digits_bold
-from fdrl_jax import data, evaluate, figures, run_lib, sampling, workdir as workdirs
+from fdrl_jax import bundled, evaluate, figures, run_lib, sampling, workdir as workdirs
 
 
 def judges(seed: int) -> tuple[evaluate.Classifier, evaluate.Classifier]:
   """A plain (0) vs bold (1) judge and a digit-class judge, trained on the training digits in
   both styles and scored on the held-out digits in both styles."""
-  train_x, train_y, test_x, test_y = data.digits_split(seed)
-  both = lambda x: np.concatenate([x, data.bold(x)])
+  train_x, train_y, test_x, test_y = bundled.digits_split(seed)
+  both = lambda x: np.concatenate([x, bundled.bold(x)])
   style = lambda x: np.repeat([0, 1], len(x))
   bold_judge = evaluate.train_classifier(both(train_x), style(train_x), both(test_x),
                                          style(test_x), seed=1234, steps=600)
@@ -50,7 +50,7 @@ def main() -> None:
   seconds = time.perf_counter() - start
   table3 = run_lib.evaluate_to_file(config, workdir)
 
-  split = data.digits_bold_split(config.seed)
+  split = bundled.digits_bold_split(config.seed)
   sources, labels = split["test_plain"], split["test_labels"]
   bold_judge, class_judge = judges(config.seed)
   features = evaluate.digits_classifier(config.seed)

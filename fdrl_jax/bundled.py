@@ -1,4 +1,5 @@
-"""Bundled data sets that need no download, as float32 numpy arrays in the model's space.
+"""The ``Dataset`` record every data source returns, its batches, and the bundled data sets that
+need no download, as float32 numpy arrays in the model's space.
 
 Toy sets (2-D, infinite: ``sample`` draws fresh points, ``test`` is None):
 
@@ -30,10 +31,12 @@ import numpy as np
 from scipy import ndimage
 from sklearn import datasets as sk_datasets
 
+from fdrl_jax import registry
+
 # (rng, n) → n fresh points of an infinite toy distribution.
 PointSource = Callable[[np.random.Generator, int], np.ndarray]
 # (rng, n, rows) → the rows ``rows`` (a slice) of a training batch of n examples drawn with rng.
-Sampler = Callable[[np.random.Generator, int, slice], np.ndarray]
+BatchFn = Callable[[np.random.Generator, int, slice], np.ndarray]
 
 CHASM_VARIANCE = 0.1
 EIGHT_GAUSSIANS_RADIUS = 2.0
@@ -45,7 +48,7 @@ DIGITS_TEST_SIZE = 297
 
 
 class Dataset(NamedTuple):
-  """A data set: a training-batch sampler plus, for finite data, its splits.
+  """A data set: a training-batch function plus, for finite data, its splits.
 
   Attributes:
     name: the registry name.
@@ -65,7 +68,7 @@ class Dataset(NamedTuple):
   name: str
   event_shape: tuple[int, ...]
   is_image: bool
-  sample: Sampler
+  sample: BatchFn
   test: np.ndarray | None
   train: np.ndarray | None = None
   source: np.ndarray | None = None
@@ -94,8 +97,8 @@ def swissroll_sample(rng: np.random.Generator, n: int) -> np.ndarray:
   return (x[:, [0, 2]] * SWISSROLL_SCALE).astype(np.float32)
 
 
-def rows_sampler(rows: np.ndarray) -> Sampler:
-  """Returns a sampler drawing n distinct rows of a finite array (n ≤ its length)."""
+def rows_batch_fn(rows: np.ndarray) -> BatchFn:
+  """Returns a batch function drawing n distinct rows of a finite array (n ≤ its length)."""
 
   def sample(rng: np.random.Generator, n: int, part: slice = slice(None)) -> np.ndarray:
     if n > len(rows):
@@ -141,7 +144,7 @@ def build_digits(seed: int) -> Dataset:
   """Builds the digits set with a seed-fixed split of 1 500 training and 297 test images."""
   train, _, test, _ = digits_split(seed)
   return Dataset(name="digits", event_shape=(8, 8, 1), is_image=True,
-                 sample=rows_sampler(train), test=test, train=train)
+                 sample=rows_batch_fn(train), test=test, train=train)
 
 
 def bold(images: np.ndarray) -> np.ndarray:
@@ -182,7 +185,7 @@ def build_digits_bold(seed: int) -> Dataset:
   """Builds the plain → bold translation set (see the module docstring)."""
   split = digits_bold_split(seed)
   return Dataset(name="digits_bold", event_shape=(8, 8, 1), is_image=True,
-                 sample=rows_sampler(split["target"]), test=split["test_bold"],
+                 sample=rows_batch_fn(split["target"]), test=split["test_bold"],
                  train=split["target"], source=split["source"],
                  source_test=split["test_plain"], train_labels=split["target_labels"],
                  test_labels=split["test_labels"])
@@ -211,11 +214,9 @@ def create_dataset(name: str, *, seed: int = 0) -> Dataset:
   """Builds the named data set; ``seed`` fixes the train/test split of finite sets.
 
   Raises:
-    ValueError: if ``name`` is not a key of ``DATASETS``.
+    ValueError: one line, if ``name`` is not a key of ``DATASETS``.
   """
-  if name not in DATASETS:
-    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
-  return DATASETS[name](seed)
+  return registry.lookup(DATASETS, name, "--config.data.name")(seed)
 
 
 def get_batch(dataset: Dataset, seed: int, step: int, batch_size: int,

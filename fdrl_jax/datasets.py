@@ -1,11 +1,11 @@
 """Data from a config: the training set, the prior's data, labelled images, and step batches.
 
-``config.data.name`` picks a bundled set (``data.DATASETS``), a tensorflow-datasets preset
-(``image_data.TFDS_PRESETS``), ``tfds`` (any prepared tfds set, ``data.tfds_name``), ``folder`` or
-``npz``. Batches are a pure function of (seed, step) (``data.get_batch``), so a resumed run sees
-the same data; ``prefetch`` makes them ahead of the device in a thread. Only this module (and
-``image_data``, imported lazily since it imports tensorflow-datasets) turns a data config into
-arrays.
+``config.data.name`` picks a bundled set (``bundled.DATASETS``), a tensorflow-datasets preset
+(``TFDS_PRESETS``), ``tfds`` (any prepared tfds set, ``data.tfds_name``), ``folder`` or ``npz``
+(``readers``). Batches are a pure function of (seed, step) (``bundled.get_batch``), so a resumed
+run sees the same data; ``prefetch`` makes them ahead of the device in a thread. Only this module
+turns a data config into arrays; it imports ``tfds_sources`` (and with it tensorflow-datasets)
+only when a tfds set is read.
 """
 
 from __future__ import annotations
@@ -17,55 +17,71 @@ from typing import Any, Callable, Iterator
 import ml_collections
 import numpy as np
 
-from fdrl_jax import data
+from fdrl_jax import bundled, readers, registry
+
+# The paper's tensorflow-datasets sets by ``data.name``: the tfds name and the preprocessing
+# (``tfds_sources.tfds_dataset``'s arguments): CIFAR10 32², CelebA center crop 140 → 64², LSUN
+# church_outdoor 128², MNIST 28²×1.
+TFDS_PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10": {"name": "cifar10", "image_size": 32},
+    "celeb_a": {"name": "celeb_a", "image_size": 64, "center_crop": 140},
+    "lsun_church": {"name": "lsun/church_outdoor", "image_size": 128},
+    "mnist": {"name": "mnist", "image_size": 28},
+}
+# The sets ``labelled_images`` reads with their labels.
+LABELLED = ("digits", "mnist", "cifar10")
+TEST_IMAGES = 10_000  # the most held-out labelled images read from a tfds test split
+
+
+def is_translation(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run is an image-to-image translation: its prior is "empirical", the source domain's
+  images (``source_domain``), which the flow carries to the data (the target domain) instead of
+  drawing from a fitted distribution."""
+  return config.prior.name == "empirical"
 
 
 def _folder(config: ml_collections.ConfigDict, path: str, test_path: str = "",
-            channels: int | None = None):
-  from fdrl_jax import image_data  # imports tensorflow-datasets: only when images are used
+            channels: int | None = None) -> bundled.Dataset:
   d = config.data
-  return image_data.folder_dataset(
+  return readers.folder_dataset(
       path, image_size=d.image_size, center_crop=d.center_crop or None,
       resize_first=d.resize_first or None, stretch=d.stretch, test_path=test_path or None,
       channels=channels, max_fit_samples=d.max_fit_samples)
 
 
-def _tfds(config: ml_collections.ConfigDict):
-  from fdrl_jax import image_data
+def _tfds(config: ml_collections.ConfigDict) -> bundled.Dataset:
+  from fdrl_jax import tfds_sources  # imports tensorflow-datasets: only when tfds sets are read
   d = config.data
-  return image_data.tfds_dataset(**image_data.TFDS_PRESETS[d.name], data_dir=d.data_dir or None,
-                                 stretch=d.stretch, max_fit_samples=d.max_fit_samples)
+  return tfds_sources.tfds_dataset(**TFDS_PRESETS[d.name], data_dir=d.data_dir or None,
+                                   stretch=d.stretch, max_fit_samples=d.max_fit_samples)
 
 
-def _tfds_named(config: ml_collections.ConfigDict):
-  from fdrl_jax import image_data
+def _tfds_named(config: ml_collections.ConfigDict) -> bundled.Dataset:
+  from fdrl_jax import tfds_sources
   d = config.data
-  return image_data.tfds_dataset(
+  return tfds_sources.tfds_dataset(
       d.tfds_name, split=d.train_split, data_dir=d.data_dir or None, image_key=d.image_key,
       image_size=d.image_size, center_crop=d.center_crop or None,
       resize_first=d.resize_first or None, stretch=d.stretch, test_split=d.test_split or None,
       max_fit_samples=d.max_fit_samples)
 
 
-def _npz(config: ml_collections.ConfigDict):
-  from fdrl_jax import image_data
-  return image_data.npz_dataset(config.data.path)
+def _npz(config: ml_collections.ConfigDict) -> bundled.Dataset:
+  return readers.npz_dataset(config.data.path)
 
 
-IMAGE_SOURCES = {"cifar10": _tfds, "celeb_a": _tfds, "lsun_church": _tfds, "mnist": _tfds,
-                 "tfds": _tfds_named,
+IMAGE_SOURCES = {**dict.fromkeys(TFDS_PRESETS, _tfds), "tfds": _tfds_named,
                  "folder": lambda c: _folder(c, c.data.path, c.data.test_path), "npz": _npz}
 
 
-def build_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
+def build_dataset(config: ml_collections.ConfigDict) -> bundled.Dataset:
   """The training data named by ``config.data.name``: bundled, a tfds preset, any tfds set, a
   folder or npz."""
   name = config.data.name
-  if name in data.DATASETS:
-    return data.create_dataset(name, seed=config.seed)
+  if name in bundled.DATASETS:
+    return bundled.create_dataset(name, seed=config.seed)
   if name not in IMAGE_SOURCES:
-    raise ValueError(f"Unknown data set {name!r}. Available: "
-                     f"{', '.join(sorted([*data.DATASETS, *IMAGE_SOURCES]))}.")
+    raise registry.unknown_name(name, [*bundled.DATASETS, *IMAGE_SOURCES], "--config.data.name")
   if name in ("folder", "npz") and not config.data.path:
     raise ValueError(f"--config.data.name={name} needs --config.data.path=<where the images are>.")
   if name == "tfds" and not config.data.tfds_name:
@@ -74,16 +90,15 @@ def build_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
   return IMAGE_SOURCES[name](config)
 
 
-def shape_only(config: ml_collections.ConfigDict, reason: str) -> data.Dataset | None:
+def shape_only(config: ml_collections.ConfigDict, reason: str) -> bundled.Dataset | None:
   """A stand-in for images that are not on this machine: their shape only, enough to restore a run
   and sample from it (``run_lib.Run(data_optional=True)``); drawing a batch raises ``reason``. A
   tfds preset's images, or a translation run's folders: RGB images of ``data.image_size`` and no
   source images (the "empirical" prior of a reference checkpoint imported without them, which
   translates given images). None for data of other sources (their shape is only known from the
   data)."""
-  from fdrl_jax import image_data
-  preset = image_data.TFDS_PRESETS.get(config.data.name)
-  translation = config.data.name == "folder" and config.prior.name == "empirical"
+  preset = TFDS_PRESETS.get(config.data.name)
+  translation = config.data.name == "folder" and is_translation(config)
   if preset is None and not translation:
     return None
   size = preset["image_size"] if preset else config.data.image_size
@@ -92,11 +107,11 @@ def shape_only(config: ml_collections.ConfigDict, reason: str) -> data.Dataset |
   def sample(*_):
     raise ValueError(reason)
 
-  return data.Dataset(name=config.data.name, event_shape=shape, is_image=True, sample=sample,
+  return bundled.Dataset(name=config.data.name, event_shape=shape, is_image=True, sample=sample,
                       test=None, source=np.zeros((0, *shape), np.float32) if translation else None)
 
 
-def source_domain(config: ml_collections.ConfigDict, dataset: data.Dataset
+def source_domain(config: ml_collections.ConfigDict, dataset: bundled.Dataset
                   ) -> tuple[np.ndarray, np.ndarray | None]:
   """Translation's source domain (the "empirical" prior): training images and held-out images.
 
@@ -112,48 +127,59 @@ def source_domain(config: ml_collections.ConfigDict, dataset: data.Dataset
                      "source-domain images>.")
   channels = dataset.event_shape[-1] if dataset.is_image else None
   source = _folder(config, p.source_path, p.source_test_path, channels)
-  return data.fit_samples(source, config.data.max_fit_samples, config.seed), source.test
+  return bundled.fit_samples(source, config.data.max_fit_samples, config.seed), source.test
 
 
-def prior_data(config: ml_collections.ConfigDict, dataset: data.Dataset) -> np.ndarray:
+def prior_data(config: ml_collections.ConfigDict, dataset: bundled.Dataset) -> np.ndarray:
   """What the prior is built from: the source domain for "empirical", else training samples."""
-  if config.prior.name == "empirical":
+  if is_translation(config):
     return source_domain(config, dataset)[0]
-  return data.fit_samples(dataset, config.data.max_fit_samples, config.seed)
+  return bundled.fit_samples(dataset, config.data.max_fit_samples, config.seed)
 
 
-def labelled_dataset(config: ml_collections.ConfigDict) -> data.Dataset:
-  """Labelled images for a classifier: the bundled digits (its seed-fixed split) or a tfds preset
-  with labels (``mnist``, ``cifar10``; up to ``data.max_fit_samples`` training images)."""
-  name = config.data.name
+def labelled_images(name: str, *, seed: int = 0, data_dir: str | None = None,
+                    max_train: int = readers.DEFAULT_MAX_FIT_SAMPLES) -> bundled.Dataset:
+  """Labelled images (``train_labels``, ``test_labels``): the bundled digits (the split fixed by
+  ``seed``) or a tfds preset with labels (``mnist``, ``cifar10``: the first ``max_train`` training
+  images and ``TEST_IMAGES`` test images, from ``data_dir`` or tfds's default folder). The one
+  loader of labelled images, for a classifier run and for an evaluation metric's classifier.
+
+  Raises:
+    ValueError: one line, if ``name`` is not one of ``LABELLED``.
+  """
   if name == "digits":
-    train_x, train_y, test_x, test_y = data.digits_split(config.seed)
-  elif name in ("mnist", "cifar10"):
-    from fdrl_jax import image_data
-    preset = image_data.TFDS_PRESETS[name]
-    data_dir = config.data.data_dir or None
-    train_x, train_y = image_data.tfds_labelled(preset["name"], "train", data_dir,
-                                                config.data.max_fit_samples,
+    train_x, train_y, test_x, test_y = bundled.digits_split(seed)
+  elif name in LABELLED:
+    from fdrl_jax import tfds_sources
+    preset = TFDS_PRESETS[name]
+    train_x, train_y = tfds_sources.tfds_labelled(preset["name"], "train", data_dir, max_train,
+                                                  image_size=preset["image_size"])
+    test_x, test_y = tfds_sources.tfds_labelled(preset["name"], "test", data_dir, TEST_IMAGES,
                                                 image_size=preset["image_size"])
-    test_x, test_y = image_data.tfds_labelled(preset["name"], "test", data_dir, 10_000,
-                                              image_size=preset["image_size"])
   else:
     raise ValueError(f"A classifier trains on labelled images: --config.data.name=digits, mnist "
                      f"or cifar10, not {name!r}.")
-  return data.Dataset(name=name, event_shape=tuple(train_x.shape[1:]), is_image=True,
-                      sample=data.rows_sampler(train_x), test=test_x, train=train_x,
-                      train_labels=np.asarray(train_y, np.int32),
-                      test_labels=np.asarray(test_y, np.int32))
+  return bundled.Dataset(name=name, event_shape=tuple(train_x.shape[1:]), is_image=True,
+                         sample=bundled.rows_batch_fn(train_x), test=test_x, train=train_x,
+                         train_labels=np.asarray(train_y, np.int32),
+                         test_labels=np.asarray(test_y, np.int32))
 
 
-def image_batch(config: ml_collections.ConfigDict, dataset: data.Dataset, step: int,
+def labelled_dataset(config: ml_collections.ConfigDict) -> bundled.Dataset:
+  """A classifier run's labelled images (``labelled_images``): ``data.name``, up to
+  ``data.max_fit_samples`` training images."""
+  return labelled_images(config.data.name, seed=config.seed, data_dir=config.data.data_dir or None,
+                         max_train=config.data.max_fit_samples)
+
+
+def image_batch(config: ml_collections.ConfigDict, dataset: bundled.Dataset, step: int,
                 rows: slice = slice(None)) -> np.ndarray:
   """The rows ``rows`` of the global training batch of step ``step`` (``data.batch_size``
   examples)."""
-  return data.get_batch(dataset, config.seed, step, config.data.batch_size, rows)
+  return bundled.get_batch(dataset, config.seed, step, config.data.batch_size, rows)
 
 
-def labelled_batch(config: ml_collections.ConfigDict, dataset: data.Dataset, step: int,
+def labelled_batch(config: ml_collections.ConfigDict, dataset: bundled.Dataset, step: int,
                    rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
   """The rows ``rows`` of the global (images, labels) batch of step ``step``, a pure function of
   (seed, step)."""

@@ -16,9 +16,11 @@ from typing import Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fdrl_jax import registry
+
 Array = jax.Array
 
-OUTPUTS = ("ratio", "log_ratio")
+OUTPUTS = ("ratio", "log_ratio")  # what a density-ratio network outputs: r, or l = log r
 
 _LOG2 = 0.6931471805599453
 
@@ -59,13 +61,18 @@ DIVERGENCES: dict[str, Divergence] = {
 }
 
 
-def get_divergence(name: str) -> Divergence:
-  """Looks up ``name`` in DIVERGENCES; an unknown name raises a ValueError listing the valid ones."""
-  try:
-    return DIVERGENCES[name]
-  except KeyError:
-    raise ValueError(f"Unknown divergence {name!r}. Available divergences are: "
-                     f"{', '.join(sorted(DIVERGENCES))}.") from None
+def get_divergence(name: str, setting: str = "--config.loss.divergence") -> Divergence:
+  """Looks up ``name`` in DIVERGENCES; an unknown name raises a one-line ValueError naming
+  ``setting`` and listing the valid ones."""
+  return registry.lookup(DIVERGENCES, name, setting)
+
+
+def check_output(output: str) -> str:
+  """Returns ``output`` if it is a network output of ``OUTPUTS``; else raises a one-line
+  ValueError listing them. The one check of an output name, for potentials and losses alike."""
+  if output not in OUTPUTS:
+    raise registry.unknown_name(output, OUTPUTS, "network output")
+  return output
 
 
 def flow_potential(name: str, output: str) -> Callable[[Array], Array]:
@@ -79,8 +86,7 @@ def flow_potential(name: str, output: str) -> Callable[[Array], Array]:
     ValueError: for an unknown name or output, or a pairing that cannot be computed stably; the
       message lists the valid pairings.
   """
-  if output not in OUTPUTS:
-    raise ValueError(f"Unknown network output {output!r}; expected one of {', '.join(OUTPUTS)}.")
+  check_output(output)
   potentials = get_divergence(name).potentials
   if output not in potentials:
     valid = ", ".join(f"{d}+{o}" for d, div in sorted(DIVERGENCES.items()) for o in div.potentials)

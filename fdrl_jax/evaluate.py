@@ -33,7 +33,7 @@ import numpy as np
 import optax
 import scipy.linalg
 
-from fdrl_jax import data, parallel, workdir as workdirs
+from fdrl_jax import bundled, parallel, workdir as workdirs
 from fdrl_jax.conv import conv_general_dilated
 
 
@@ -152,7 +152,7 @@ def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
 @functools.lru_cache(maxsize=4)
 def digits_classifier(seed: int = 0, steps: int = 600) -> Classifier:
   """Trains the FD-digits classifier on the digits training split of ``seed`` (a few seconds)."""
-  return train_classifier(*data.digits_split(seed), seed=seed, steps=steps)
+  return train_classifier(*bundled.digits_split(seed), seed=seed, steps=steps)
 
 
 def fd_digits(samples: np.ndarray, reference: np.ndarray, classifier: Classifier) -> float:
@@ -279,7 +279,7 @@ def _classifier_scores(name: str, classifier: Classifier, samples: Iterable[np.n
           "classifier_test_accuracy": classifier.test_accuracy}
 
 
-def _fd_digits(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
+def _fd_digits(config, dataset: bundled.Dataset, samples, baseline, baseline_name, workdir) -> dict:
   return _classifier_scores("fd_digits", digits_classifier(config.seed), samples, baseline,
                             baseline_name, dataset.train, dataset.test)
 
@@ -288,32 +288,32 @@ def _fd_digits(config, dataset: data.Dataset, samples, baseline, baseline_name, 
 MNIST_CLASSIFIER_IMAGES, MNIST_CLASSIFIER_STEPS = 20_000, 1_500
 
 
-def _fd_mnist(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
-  from fdrl_jax import image_data
-  size = image_data.TFDS_PRESETS["mnist"]["image_size"]
+def _fd_mnist(config, dataset: bundled.Dataset, samples, baseline, baseline_name, workdir) -> dict:
+  from fdrl_jax import datasets, tfds_sources
+  size = datasets.TFDS_PRESETS["mnist"]["image_size"]
   data_dir = config.data.data_dir or None
-  train_x, train_y = image_data.tfds_labelled("mnist", "train", data_dir,
-                                              MNIST_CLASSIFIER_IMAGES, image_size=size)
-  test_x, test_y = image_data.tfds_labelled("mnist", "test", data_dir, 10_000, image_size=size)
+  train_x, train_y = tfds_sources.tfds_labelled("mnist", "train", data_dir,
+                                                MNIST_CLASSIFIER_IMAGES, image_size=size)
+  test_x, test_y = tfds_sources.tfds_labelled("mnist", "test", data_dir, 10_000, image_size=size)
   classifier = train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
                                 steps=MNIST_CLASSIFIER_STEPS)
   return _classifier_scores("fd_mnist", classifier, samples, baseline, baseline_name,
                             train_x[:len(test_x)], test_x)
 
 
-def split_size(dataset: data.Dataset) -> int | None:
+def split_size(dataset: bundled.Dataset) -> int | None:
   """The number of training examples of a finite data set (None for the infinite toy sets)."""
   return len(dataset.train) if dataset.train is not None else dataset.num_train
 
 
-def _reference_batches(config, dataset: data.Dataset, n: int, chunk: int = 1000
+def _reference_batches(config, dataset: bundled.Dataset, n: int, chunk: int = 1000
                        ) -> Iterator[np.ndarray]:
   """``n`` distinct training images drawn with the config's seed, decoded ``chunk`` at a time."""
   for start in range(0, n, chunk):
     yield dataset.sample(np.random.default_rng(config.seed), n, slice(start, start + chunk))
 
 
-def _fid(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
+def _fid(config, dataset: bundled.Dataset, samples, baseline, baseline_name, workdir) -> dict:
   """FID against the training data's Inception statistics (``eval.num_reference`` images, 0: the
   whole split; cached in the workdir), or, for a translation run (Table 3), against the held-out
   target images, with the baseline's FID. Everything is streamed through the Inception in
@@ -348,7 +348,7 @@ def _fid(config, dataset: data.Dataset, samples, baseline, baseline_name, workdi
   return result
 
 
-def _mmd(config, dataset: data.Dataset, samples, baseline, baseline_name, workdir) -> dict:
+def _mmd(config, dataset: bundled.Dataset, samples, baseline, baseline_name, workdir) -> dict:
   """MMD of the samples (and of the prior's own draws) to ``eval.num_reference`` fresh draws of
   the toy distribution."""
   reference = dataset.sample(np.random.default_rng([config.seed, 1]), config.eval.num_reference)
@@ -361,7 +361,7 @@ METRICS = {"fd_digits": _fd_digits, "fd_mnist": _fd_mnist, "fid": _fid, "mmd": _
 # The data sets each classifier metric applies to, and how to say so.
 METRIC_DATA = {"fd_digits": (("digits", "digits_bold"), "FD-digits needs the bundled digits"),
                "fd_mnist": (("mnist",), "FD-MNIST needs tfds MNIST"),
-               "mmd": (tuple(sorted(set(data.DATASETS) - {"digits", "digits_bold"})),
+               "mmd": (tuple(sorted(set(bundled.DATASETS) - {"digits", "digits_bold"})),
                        "MMD scores the 2-D toy sets")}
 
 

@@ -28,7 +28,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax import data, datasets, models, optim, priors, sampling
+from fdrl_jax import bundled, datasets, models, optim, priors, sampling
 from fdrl_jax.models import training_apply, variables
 from fdrl_jax.divergences import flow_potential
 from fdrl_jax.flows import FlowSpec, flow
@@ -193,7 +193,7 @@ def make_train_step(
 # ----------------------------------------------------------------------------------------------
 # The method's hooks (``fdrl_jax.methods``): config → pieces the loop and the samplers use.
 
-def init_state(config: ml_collections.ConfigDict, dataset: data.Dataset, key: Array, *,
+def init_state(config: ml_collections.ConfigDict, dataset: bundled.Dataset, key: Array, *,
                fit: bool) -> TrainState:
   """A fresh state with the prior fitted to the data; ``fit=False`` makes a same-shaped template
   (no fit) to restore a checkpoint into."""
@@ -204,12 +204,12 @@ def init_state(config: ml_collections.ConfigDict, dataset: data.Dataset, key: Ar
                             key, dataset.event_shape)
 
 
-def _augments_prior(config: ml_collections.ConfigDict, dataset: data.Dataset) -> bool:
+def _augments_prior(config: ml_collections.ConfigDict, dataset: bundled.Dataset) -> bool:
   """Whether the prior draws are dequantised (and flipped) as the data: a source image domain."""
   return dataset.is_image and config.prior.name == "empirical"
 
 
-def build_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset,
+def build_train_step(config: ml_collections.ConfigDict, dataset: bundled.Dataset,
                      particle_sharding: NamedSharding | None):
   """``step(state, batch, key)`` of Algorithm 1 for ``config`` (not jitted)."""
   loss, potential = build_potential(config)
@@ -222,7 +222,7 @@ def build_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset,
       particle_sharding=particle_sharding, sn_every_call=config.model.sn_every_call)
 
 
-def sampler_parts(config: ml_collections.ConfigDict, dataset: data.Dataset
+def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
                   ) -> sampling.SamplerParts:
   """FDRL's sampling pieces: prior draws, the EMA estimator's potential f'(r_θ) and its K + κ
   flow (Algorithm 2), and the estimator itself (for conditional sampling)."""

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fdrl_jax import data, evaluate, flows, images, priors, run_lib, sampling, workdir
+from fdrl_jax import bundled, evaluate, flows, images, priors, run_lib, sampling, workdir
 
 Array = jax.Array
 
@@ -233,7 +233,7 @@ def _write(picture: np.ndarray, output_path: str, title: str, step: int) -> str:
 def _require_images(config: ml_collections.ConfigDict, figure: str) -> None:
   """A one-line ValueError for 2-D toy data (checked from the config, before restoring)."""
   name = config.data.name
-  if name in data.DATASETS and not data.create_dataset(name, seed=config.seed).is_image:
+  if name in bundled.DATASETS and not bundled.create_dataset(name, seed=config.seed).is_image:
     raise ValueError(f"The {figure} figure needs image data; {name!r} is 2-D points "
                      "(use --figure=grid for a scatter plot).")
 
@@ -306,7 +306,7 @@ def training_images(run: run_lib.Run) -> np.ndarray:
   memory, else the ``data.max_fit_samples`` images decoded to fit the prior (a random subset of a
   large split, drawn with the config's seed)."""
   config = run.config
-  return data.fit_samples(run.dataset, config.data.max_fit_samples, config.seed)
+  return bundled.fit_samples(run.dataset, config.data.max_fit_samples, config.seed)
 
 
 def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str,

@@ -28,7 +28,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax import data, models, monoflow, sampling
+from fdrl_jax import bundled, generators, models, monoflow, sampling
 from fdrl_jax.models import training_apply, variables
 from fdrl_jax.flows import flow
 from fdrl_jax.losses import LOSSES
@@ -63,9 +63,11 @@ class GANState:
 
 def build_monotone_map(config: ml_collections.ConfigDict, name: str | None = None
                        ) -> monoflow.MonotoneMap:
-  """The generator's h (``gan.h``, or ``name``) with its parameters (``gan.shift``, ``gan.scale``)."""
+  """The generator's h (``gan.h``, or ``name``: ``refine.h``) with its parameters (``gan.shift``,
+  ``gan.scale``)."""
   g = config.gan
-  return monoflow.get_map(name or g.h, shift=g.shift, scale=g.scale)
+  return monoflow.get_map(name or g.h, shift=g.shift, scale=g.scale,
+                          setting="--config.refine.h" if name else "--config.gan.h")
 
 
 def build_optimizers(config: ml_collections.ConfigDict
@@ -234,12 +236,12 @@ def refine(
 # ----------------------------------------------------------------------------------------------
 # The method's hooks (``fdrl_jax.methods``).
 
-def _networks(config: ml_collections.ConfigDict, dataset: data.Dataset):
-  generator = models.create_generator(config.generator, dataset.event_shape, dataset.is_image)
+def _networks(config: ml_collections.ConfigDict, dataset: bundled.Dataset):
+  generator = generators.create_generator(config.generator, dataset.event_shape, dataset.is_image)
   return generator, models.create_model(config.model)
 
 
-def init_state(config: ml_collections.ConfigDict, dataset: data.Dataset, key: Array, *,
+def init_state(config: ml_collections.ConfigDict, dataset: bundled.Dataset, key: Array, *,
                fit: bool) -> GANState:
   """Fresh generator and discriminator (nothing is fitted to the data, so ``fit`` is unused)."""
   del fit
@@ -248,7 +250,7 @@ def init_state(config: ml_collections.ConfigDict, dataset: data.Dataset, key: Ar
                           dataset.event_shape, config.generator.latent_dim)
 
 
-def build_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset,
+def build_train_step(config: ml_collections.ConfigDict, dataset: bundled.Dataset,
                      particle_sharding: NamedSharding | None):
   generator, discriminator = _networks(config, dataset)
   gen_tx, disc_tx = build_optimizers(config)
@@ -257,7 +259,7 @@ def build_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset,
                        particle_sharding=particle_sharding, reuse_fake=config.gan.reuse_fake)
 
 
-def sampler_parts(config: ml_collections.ConfigDict, dataset: data.Dataset
+def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
                   ) -> sampling.SamplerParts:
   """G(z) as the start (the ``prior`` sampler draws it as is); the generator and the trained
   discriminator's logit for the ``refine`` sampler."""

@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fdrl_jax import (datasets, fdrl, image_data, models, optim, priors, reference_weights,
+from fdrl_jax import (datasets, fdrl, models, optim, priors, readers, reference_weights,
                       robust_resnet, torch_files)
 from fdrl_jax import run_lib, workdir as workdirs
 
@@ -223,7 +223,7 @@ def build_prior(config: ml_collections.ConfigDict, prior_path: str | None,
     dataset = datasets.build_dataset(config)
     return priors.build_prior(config, datasets.prior_data(config, dataset), shape)
   except (ValueError, OSError) as e:
-    reason = image_data.first_line(e).split("; ")[0][:200]
+    reason = readers.first_line(e).split("; ")[0][:200]
     raise ValueError(f"the {config.prior.name} prior cannot be fitted to the data ({reason}); "
                      "give --prior=DATASET_ddp.pt (the reference's dataset_setup.py output) or "
                      "--config.data.* where the data are") from None

@@ -22,7 +22,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fdrl_jax.divergences import OUTPUTS
+from fdrl_jax import registry
+from fdrl_jax.divergences import check_output
 
 Array = jax.Array
 
@@ -53,13 +54,10 @@ LOSSES: dict[str, BregmanLoss] = {
 }
 
 
-def get_loss(name: str) -> BregmanLoss:
-  """Looks up ``name`` in LOSSES; an unknown name raises a ValueError listing the valid ones."""
-  try:
-    return LOSSES[name]
-  except KeyError:
-    raise ValueError(f"Unknown loss {name!r}. Available losses are: "
-                     f"{', '.join(sorted(LOSSES))}.") from None
+def get_loss(name: str, setting: str = "--config.loss.name") -> BregmanLoss:
+  """Looks up ``name`` in LOSSES; an unknown name raises a one-line ValueError naming ``setting``
+  and listing the valid ones."""
+  return registry.lookup(LOSSES, name, setting)
 
 
 def bregman_loss(
@@ -79,8 +77,7 @@ def bregman_loss(
   Returns:
     A BregmanLoss usable wherever the built-in ones are.
   """
-  if output not in OUTPUTS:
-    raise ValueError(f"Unknown network output {output!r}; expected one of {', '.join(OUTPUTS)}.")
+  check_output(output)
   if g_prime is None:
     g_prime = jax.grad(lambda y: jnp.sum(g(y)))
   to_ratio = jnp.exp if output == "log_ratio" else (lambda r: r)

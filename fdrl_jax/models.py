@@ -1,4 +1,5 @@
 """Density-ratio estimators (Flax Linen): one scalar per example, r or log r by the loss's choice.
+The GAN's generators are in ``generators``.
 
 The toy MLP is the reference's 2-D estimator (2→64, three 64→64, 64→1, LeakyReLU 0.2); the small
 conv net is sized for the bundled 8×8 digits; ``ResNet`` builds the paper's estimators (Table 4)
@@ -14,7 +15,6 @@ call with ``update_stats=True`` and ``mutable=["batch_stats"]`` in a training st
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fdrl_jax import registry
 from fdrl_jax.conv import conv_general_dilated
 
 
@@ -216,7 +217,7 @@ class ResNet(nn.Module):
 DCGAN_INIT_STD = 0.02  # DCGAN's weight initialisation, N(0, 0.02²), as MonoFlow's weights_init
 
 
-def _dcgan_norm(train: bool) -> nn.BatchNorm:
+def dcgan_norm(train: bool) -> nn.BatchNorm:
   """PyTorch's BatchNorm2d as MonoFlow initialises it: momentum 0.1 (Flax's 0.9), ε = 1e-5, scale
   N(1, 0.02²), batch statistics in training and running averages otherwise."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -268,7 +269,7 @@ class MonoFlowDiscriminator(nn.Module):
     for i, c in enumerate(self.channels):
       x = conv(c, 2, 1)(x)
       if i:
-        x = _dcgan_norm(update_stats)(x)
+        x = dcgan_norm(update_stats)(x)
       x = nn.leaky_relu(x, self.negative_slope)
     x = (conv(1, 1, 0) if x.shape[1] == 4 else conv(1, 2, 1))(x)
     return x.reshape(x.shape[0], -1)[:, 0]
@@ -297,121 +298,4 @@ MODELS = {
 def create_model(config: ml_collections.ConfigDict, output_bias: float = 0.0) -> nn.Module:
   """Builds the estimator named ``config.name`` from the ``model`` config group, its output
   layer's bias initialised to ``output_bias``."""
-  if config.name not in MODELS:
-    raise ValueError(f"Unknown model {config.name!r}. Available models are: "
-                     f"{', '.join(sorted(MODELS))}.")
-  return MODELS[config.name](config, output_bias)
-
-
-# ----------------------------------------------------------------------------------------------
-# Generators x = G(z) for the GAN training of ``fdrl_jax.gan`` (MonoFlow).
-
-class MLPGenerator(nn.Module):
-  """z → ``depth`` Dense(``width``) + ReLU → Dense → reshaped to ``event_shape`` (any data)."""
-  event_shape: tuple[int, ...]
-  width: int = 128
-  depth: int = 2
-  tanh: bool = False  # squash into [-1, 1] (image data)
-
-  @nn.compact
-  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
-    del train
-    for _ in range(self.depth):
-      z = nn.relu(nn.Dense(self.width)(z))
-    x = nn.Dense(int(math.prod(self.event_shape)))(z)
-    return (jnp.tanh(x) if self.tanh else x).reshape((z.shape[0], *self.event_shape))
-
-
-class DCGANGenerator(nn.Module):
-  """DCGAN generator: Dense → s×s×C₀, then 4×4 stride-2 transposed convs, each doubling the size:
-  batch norm + ReLU between them, the last one to the image channels, tanh.
-
-  ``channels`` = (C₀, C₁, ...): the widths before each upsampling, so the start size is
-  s = H / 2^len(channels): (4·ngf, 2·ngf) for 28² (7 → 14 → 28), (4·ngf, 2·ngf, ngf) for 32²
-  (4 → 8 → 16 → 32). Batch statistics are used with ``train=True`` (kept in ``batch_stats``) and
-  their running averages otherwise.
-  """
-  event_shape: tuple[int, int, int]
-  channels: Sequence[int] = (128, 64)
-
-  @nn.compact
-  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
-    h, w, c = self.event_shape
-    n = len(self.channels)
-    start = (h // 2 ** n, w // 2 ** n)
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
-    x = nn.Dense(start[0] * start[1] * self.channels[0], use_bias=False)(z)
-    x = nn.relu(norm()(x.reshape((z.shape[0], *start, self.channels[0]))))
-    for width in self.channels[1:]:
-      x = nn.ConvTranspose(width, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
-      x = nn.relu(norm()(x))
-    return jnp.tanh(nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME")(x))
-
-
-class MonoFlowGenerator(nn.Module):
-  """MonoFlow's DCGAN generator as its ``nets.py`` has it (``DCG_cifar10``, ``DCG_mnist``): z as a
-  1×1 map, a 4×4 transposed conv to ``channels[0]`` (4²), then 4×4 stride-2 transposed convs, one
-  per further width (8², 16², ...), each with batch norm and ReLU; then to the image channels by
-  one more stride-2 transposed conv when the image side is twice the map's (32² from 16²), or by
-  a centre crop and a 1×1 conv when it is smaller (28² from 32², the reference's padding-2 1×1
-  transposed conv); tanh. No biases; DCGAN's N(0, 0.02) weights and N(1, 0.02) batch-norm scales.
-  """
-  event_shape: tuple[int, int, int]
-  channels: Sequence[int] = (512, 256, 128)
-
-  @nn.compact
-  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
-    h, _, c = self.event_shape
-    init = nn.initializers.normal(DCGAN_INIT_STD)
-    up = lambda width, stride, pad: nn.ConvTranspose(
-        width, (4, 4), strides=(stride, stride), padding=((pad, pad), (pad, pad)), use_bias=False,
-        kernel_init=init)
-    x = z.reshape((z.shape[0], 1, 1, -1))
-    for i, width in enumerate(self.channels):
-      x = up(width, 1, 3)(x) if i == 0 else up(width, 2, 2)(x)  # torch padding 0 / 1
-      x = nn.relu(_dcgan_norm(train)(x))
-    side = x.shape[1]
-    if h == 2 * side:
-      x = up(c, 2, 2)(x)
-    else:
-      crop = (side - h) // 2
-      x = nn.Conv(c, (1, 1), use_bias=False, kernel_init=init)(x[:, crop:crop + h, crop:crop + h])
-    return jnp.tanh(x)
-
-
-GENERATORS = {
-    "mlp": lambda cfg, shape, is_image: MLPGenerator(event_shape=tuple(shape), width=cfg.width,
-                                                     depth=cfg.depth, tanh=is_image),
-    "dcgan": lambda cfg, shape, is_image: DCGANGenerator(event_shape=tuple(shape),
-                                                         channels=tuple(cfg.channels)),
-    "monoflow_dcgan": lambda cfg, shape, is_image: MonoFlowGenerator(event_shape=tuple(shape),
-                                                                     channels=tuple(cfg.channels)),
-}
-
-
-def create_generator(config: ml_collections.ConfigDict, event_shape: tuple[int, ...],
-                     is_image: bool) -> nn.Module:
-  """Builds the generator named ``config.name`` (a key of GENERATORS) for data of ``event_shape``.
-
-  Raises a one-line ValueError when that generator cannot produce such data.
-  """
-  if config.name not in GENERATORS:
-    raise ValueError(f"Unknown generator {config.name!r}. Available generators are: "
-                     f"{', '.join(sorted(GENERATORS))}.")
-  if config.name == "dcgan":
-    n = len(config.channels)
-    if len(event_shape) != 3 or any(side % 2 ** n for side in event_shape[:2]):
-      raise ValueError(f"The dcgan generator with {n} channel widths makes images whose sides are "
-                       f"multiples of {2 ** n}; the data have shape {tuple(event_shape)}. Set "
-                       "--config.generator.channels (e.g. 2 widths for 28², 3 for 32²) or use "
-                       "--config.generator.name=mlp.")
-  if config.name == "monoflow_dcgan":  # a 4² map doubled per further width, then ×2 or a crop
-    n = len(config.channels)
-    side = 4 * 2 ** (n - 1)
-    if len(event_shape) != 3 or event_shape[0] != event_shape[1] or not (
-        event_shape[0] == 2 * side or (event_shape[0] <= side and (side - event_shape[0]) % 2 == 0)):
-      raise ValueError(f"The monoflow_dcgan generator with {n} widths ends on a {side}² map, so it "
-                       f"makes square images of side {2 * side}, or an even crop of {side}; the "
-                       f"data have shape {tuple(event_shape)}. Set --config.generator.channels "
-                       "(3 widths for 32², 4 for 28²).")
-  return GENERATORS[config.name](config, event_shape, is_image)
+  return registry.lookup(MODELS, config.name, "--config.model.name")(config, output_bias)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdrl_jax import registry
 from fdrl_jax.divergences import flow_potential
 
 Array = jax.Array
@@ -64,13 +65,11 @@ MONOTONE_MAPS: dict[str, Callable[..., MonotoneMap]] = {
 }
 
 
-def get_map(name: str, **parameters: float) -> MonotoneMap:
-  """The map ``name`` of MONOTONE_MAPS. ``parameters`` (``shift`` for vanilla, ``scale`` for exp)
-  go to the maps that take them; the others ignore them, so one config can name any map."""
-  if name not in MONOTONE_MAPS:
-    raise ValueError(f"Unknown monotone map {name!r}. Available maps are: "
-                     f"{', '.join(sorted(MONOTONE_MAPS))}.")
-  factory = MONOTONE_MAPS[name]
+def get_map(name: str, *, setting: str = "--config.gan.h", **parameters: float) -> MonotoneMap:
+  """The map ``name`` of MONOTONE_MAPS (an unknown name: a one-line ValueError naming
+  ``setting``). ``parameters`` (``shift`` for vanilla, ``scale`` for exp) go to the maps that take
+  them; the others ignore them, so one config can name any map."""
+  factory = registry.lookup(MONOTONE_MAPS, name, setting)
   accepted = factory.__code__.co_varnames[:factory.__code__.co_argcount]
   return factory(**{k: v for k, v in parameters.items() if k in accepted})
 

@@ -28,7 +28,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from fdrl_jax import (data, datasets, image_data, images, methods, metrics_log, parallel, priors,
+from fdrl_jax import (bundled, datasets, images, methods, metrics_log, parallel, priors, readers,
                       sampling, workdir as workdirs)
 
 
@@ -139,7 +139,7 @@ class Run:
 
 def grid_reference(run: Run) -> np.ndarray | None:
   """The points a 2-D sample picture is drawn over: 2 000 training points (None for images)."""
-  return None if run.dataset.is_image else data.fit_samples(run.dataset, 2000, run.config.seed)
+  return None if run.dataset.is_image else bundled.fit_samples(run.dataset, 2000, run.config.seed)
 
 
 class TrainingInterrupted(Exception):
@@ -326,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
 def _reason(error: Exception) -> str:
   """A short reason for a failed checkpoint read or write: the operating system's words where
   TensorStore quotes them ("File too large"), else the first line of the message, cut."""
-  text = image_data.first_line(error)
+  text = readers.first_line(error)
   found = re.search(r":\s*([^:\[\]]+?)\s*\[os_error_code", text)
   return found.group(1) if found else text[:160]
 

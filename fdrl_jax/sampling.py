@@ -386,22 +386,22 @@ def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple
   [-1, 1] or uint8) or a folder of PNG/JPEG files preprocessed as the training folder is
   (``data.image_size``, ``resize_first``, ``center_crop``, ``stretch``; grey when the run's
   images are)."""
-  from fdrl_jax import image_data
+  from fdrl_jax import readers
   if os.path.isdir(path):
-    files = image_data.image_files(path)
+    files = readers.image_files(path)
     names = [os.path.splitext(os.path.relpath(f, path))[0].replace(os.sep, "_") for f in files]
     shared = [name for name, count in collections.Counter(names).items() if count > 1]
     if shared:
       raise ValueError(f"--input {path} holds several images named {shared[0]} (other extensions "
                        f"or folders), which would all be written as {shared[0]}.png; rename them.")
     d = config.data
-    load = image_data.folder_loader(files, event_shape[-1], folder=path,
+    load = readers.folder_loader(files, event_shape[-1], folder=path,
                                     image_size=event_shape[0], center_crop=d.center_crop or None,
                                     resize_first=d.resize_first or None, stretch=d.stretch)
-    x = image_data.load_all(len(files), load)
+    x = readers.load_all(len(files), load)
   elif os.path.isfile(path) and path.endswith(".npz"):
-    with image_data.open_npz(path) as arrays:
-      x = image_data.npz_images(arrays, "x", path)
+    with readers.open_npz(path) as arrays:
+      x = readers.npz_images(arrays, "x", path)
     names = [f"{i:06d}" for i in range(len(x))]
   else:
     raise ValueError(f"--input {path} is neither an .npz file nor a folder of images.")

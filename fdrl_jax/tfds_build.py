@@ -5,9 +5,9 @@
 writes ``DIR/my_faces/1.0.0/`` in the ``array_record`` format, one split per folder, with one
 feature, "image"; then train on it with ``--config.data.name=tfds
 --config.data.tfds_name=my_faces:1.0.0 --config.data.data_dir=DIR`` (and
-``--config.data.test_split=test``). The images are the files ``image_data.image_files`` lists
+``--config.data.test_split=test``). The images are the files ``readers.image_files`` lists
 (.png/.jpg/.jpeg, recursively, sorted), stored in that order, unresized. They are grey (one
-channel) when every image of every folder is greyscale, else RGB, as ``image_data.folder_dataset``
+channel) when every image of every folder is greyscale, else RGB, as ``readers.folder_dataset``
 decides; a file already in that mode is stored as its own bytes, any other is converted and stored
 as PNG, so the set decodes to the pixels ``folder_dataset`` reads.
 
@@ -27,7 +27,7 @@ from typing import Iterator, Mapping, Sequence
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fdrl_jax import image_data
+from fdrl_jax import readers, tfds_sources
 
 NAME_PATTERN = r"[a-z][a-z0-9_]*"  # a tfds data set name: snake_case
 VERSION_PATTERN = r"\d+\.\d+\.\d+"
@@ -65,7 +65,7 @@ class ImageFolders(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(files) for split, files in self._folders.items()}
 
   def _generate_examples(self, files: Sequence[Path]) -> Iterator[tuple[str, dict]]:
-    mode = image_data.IMAGE_MODES[self._channels]
+    mode = readers.IMAGE_MODES[self._channels]
     for i, file in enumerate(files):
       yield f"{i:09d}", {"image": stored_image(file, mode)}
 
@@ -84,7 +84,7 @@ def stored_image(file: Path, mode: str) -> Path | bytes:
       buffer = io.BytesIO()
       image.convert(mode).save(buffer, format="PNG")
       return buffer.getvalue()
-  except image_data.UNREADABLE_IMAGE_ERRORS as err:
+  except readers.UNREADABLE_IMAGE_ERRORS as err:
     raise ValueError(f"cannot read image {file}: {err}") from err
 
 
@@ -117,12 +117,12 @@ def build_image_folders(name: str, folders: Mapping[str, str | os.PathLike],
   bad_splits = [split for split in folders if not re.fullmatch(SPLIT_PATTERN, split)]
   if bad_splits:
     raise ValueError(f"split names are letters, digits and _, not {bad_splits[0]!r}")
-  root = Path(image_data.tfds_root(data_dir))
+  root = Path(tfds_sources.tfds_root(data_dir))
   target = root / name / version
   if target.exists():
     raise ValueError(f"{target} already exists; delete it or give another --version")
-  files = {split: image_data.image_files(folder) for split, folder in folders.items()}
-  channels = image_data.folder_channels([file for split in files.values() for file in split])
+  files = {split: readers.image_files(folder) for split, folder in folders.items()}
+  channels = readers.folder_channels([file for split in files.values() for file in split])
   builder = ImageFolders(name=name, version=version, folders=files, channels=channels,
                          data_dir=root)
   builder.download_and_prepare()

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import digits_bold, digits_classifier
-from fdrl_jax import data, figures, images, run_lib, sampling
+from fdrl_jax import bundled, figures, images, run_lib, sampling
 from test_train import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 CLASSIFIER_FLAGS = ["--config.training.num_steps=30", "--config.training.checkpoint_every=30",
@@ -110,7 +110,7 @@ def test_classifier_of_other_image_shapes_is_refused(trained, tmp_path):
 def test_translate_through_main_npz_and_folders(trained, tmp_path):
   bold_flags = ["--config=configs/digits_bold.py", f"--workdir={trained['bold']}",
                 "--config.training.num_steps=6", *TINY_FLAGS]
-  sources = data.digits_bold_split(0)["test_plain"][:5]
+  sources = bundled.digits_bold_split(0)["test_plain"][:5]
   np.savez(tmp_path / "src.npz", x=sources)
   out = str(tmp_path / "out.npz")
   result = cli(*bold_flags, "--mode=translate", f"--input={tmp_path / 'src.npz'}",

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fdrl_jax import data
-from fdrl_jax.data import DATASETS, create_dataset, fit_samples, get_batch
+from fdrl_jax import bundled
+from fdrl_jax.bundled import DATASETS, create_dataset, fit_samples, get_batch
 
 TOY = ("chasm", "chasm_near", "8gaussians", "25gaussians", "swissroll")
 
@@ -45,7 +45,7 @@ def test_digits_split_sizes_and_range():
 
 def test_digits_split_is_disjoint_and_covers_all_images():
   ds = create_dataset("digits")
-  everything = rows(data.digits_images())  # the 1 797 images are pairwise distinct
+  everything = rows(bundled.digits_images())  # the 1 797 images are pairwise distinct
   assert len(everything) == 1797
   assert not rows(ds.train) & rows(ds.test)
   assert rows(ds.train) | rows(ds.test) == everything
@@ -88,20 +88,20 @@ def test_chasm_moments(name, mean):
 
 
 def test_8gaussians_samples_near_centres_and_cover_all():
-  centres = data.eight_gaussians_centres()
+  centres = bundled.eight_gaussians_centres()
   np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 2.0)
   x = get_batch(create_dataset("8gaussians"), seed=0, step=0, batch_size=4000)
-  assert np.all(nearest_centre_distance(x, centres) < 6 * data.EIGHT_GAUSSIANS_STD)
+  assert np.all(nearest_centre_distance(x, centres) < 6 * bundled.EIGHT_GAUSSIANS_STD)
   counts = np.bincount(np.argmin(np.linalg.norm(x[:, None] - centres[None], axis=-1), 1),
                        minlength=8)
   assert np.all(np.abs(counts - 500) < 5 * np.sqrt(500))
 
 
 def test_25gaussians_samples_near_grid_centres():
-  centres = data.twenty_five_gaussians_centres()
+  centres = bundled.twenty_five_gaussians_centres()
   assert centres.shape == (25, 2) and set(np.unique(centres)) == {-2, -1, 0, 1, 2}
   x = get_batch(create_dataset("25gaussians"), seed=0, step=0, batch_size=5000)
-  assert np.all(nearest_centre_distance(x, centres) < 6 * data.TWENTY_FIVE_GAUSSIANS_STD)
+  assert np.all(nearest_centre_distance(x, centres) < 6 * bundled.TWENTY_FIVE_GAUSSIANS_STD)
   assert len(np.unique(np.argmin(np.linalg.norm(x[:, None] - centres[None], axis=-1), 1))) == 25
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from fdrl_jax import classifier, data, parallel
+from fdrl_jax import bundled, classifier, parallel
 
 # Small enough to train in seconds on two CPU cores, large enough to learn the 8×8 digits.
 CHANNELS, HIDDEN = (16, 32, 32), 64
@@ -47,7 +47,7 @@ def train(init, images, labels, *, epsilon, num_steps, steps, seed=0):
 
 @pytest.fixture(scope="module")
 def digits():
-  train_x, train_y, test_x, test_y = data.digits_split(0)
+  train_x, train_y, test_x, test_y = bundled.digits_split(0)
   return (train_x.astype(np.float32), train_y.astype(np.int32), test_x.astype(np.float32),
           test_y.astype(np.int32))
 

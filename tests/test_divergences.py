@@ -71,7 +71,9 @@ def test_unstable_pairing_is_refused_with_valid_pairings(name):
 
 
 def test_unknown_names():
-  with pytest.raises(ValueError, match="Available divergences are: js, kl, logd, pearson"):
+  with pytest.raises(ValueError, match="^Unknown --config.loss.divergence='chi2'; available: js, "
+                     "kl, logd, pearson.$"):
     get_divergence("chi2")
-  with pytest.raises(ValueError, match="expected one of ratio, log_ratio"):
+  with pytest.raises(ValueError, match="^Unknown network output='logit'.*; available: log_ratio, "
+                     "ratio.$"):
     flow_potential("kl", "logit")

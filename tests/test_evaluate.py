@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from fdrl_jax import data, evaluate, priors
+from fdrl_jax import bundled, evaluate, priors
 
 
 def psd_sqrt(m):
@@ -61,7 +61,7 @@ def test_bad_statistics():
 def test_fd_digits_separates_real_from_prior_samples():
   classifier = evaluate.digits_classifier(seed=0)
   assert classifier.test_accuracy > 0.9
-  train_x, _, test_x, _ = data.digits_split(0)
+  train_x, _, test_x, _ = bundled.digits_split(0)
   floor = evaluate.fd_digits(train_x, test_x, classifier)
   prior = priors.fit_gaussian(train_x)
   fake = np.asarray(prior.sample(jax.random.key(0), len(test_x)))

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from configs import default, toy2d
-from fdrl_jax import config_checks, figures, image_data, images, run_lib, sampling, workdir
+from fdrl_jax import config_checks, figures, images, readers, run_lib, sampling, workdir
 from test_train import ROOT, cli
 
 _TOY = ["--config=toy2d:8gaussians", "--config.training.num_steps=2",
@@ -202,7 +202,7 @@ def test_row09_16_bit_pngs_are_read_at_their_true_scale(image_run, tmp_path):
   values[:, 0, 0] = 65535  # a few pixels at the maximum, 1 in 16
   _grey16(tmp_path / "grey16", values)
   expected = np.round(values / 257)[..., None] / 127.5 - 1  # the same images in 8 bits
-  data = image_data.folder_dataset(tmp_path / "grey16", image_size=4)
+  data = readers.folder_dataset(tmp_path / "grey16", image_size=4)
   np.testing.assert_allclose(data.train, expected, atol=1e-6)
   assert (data.train == 1).mean() < 0.1  # Pillow's clipping had put almost all at the maximum
   translated_input, _ = sampling.read_images(str(tmp_path / "grey16"), image_run["config"],
@@ -238,7 +238,7 @@ def test_row11_a_bad_data_file_is_one_line_naming_it(image_run, tmp_path):
   for name, message in files.items():
     path = str(tmp_path / "bad" / name)
     with pytest.raises(ValueError) as e:
-      image_data.npz_dataset(path)
+      readers.npz_dataset(path)
     assert path in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
     if name.endswith(".npz"):  # translate's --input
       with pytest.raises(ValueError, match=re.escape(path)) as e:
@@ -353,7 +353,7 @@ def test_row16_mixed_sizes_and_alpha_in_a_folder_are_said_once(image_run, tmp_pa
     image = Image.fromarray(rng.integers(0, 256, (*size, len(mode)), dtype=np.uint8))
     assert image.mode == mode
     image.save(folder / f"{i}.png")
-  data = image_data.folder_dataset(folder, image_size=4)
+  data = readers.folder_dataset(folder, image_size=4)
   assert data.train.shape == (5, 4, 4, 3)  # every image kept
   notes = capsys.readouterr().err.strip().splitlines()
   assert len(notes) == 2, notes

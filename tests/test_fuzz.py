@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from configs import toy2d
-from fdrl_jax import config_checks, image_data, run_lib
+from fdrl_jax import config_checks, readers, run_lib
 from test_train import cli
 
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True,
@@ -110,7 +110,7 @@ def test_fuzzed_image_folders_fail_in_one_line(tmp_path_factory, bad, suffix):
   (folder / f"bad{suffix}").write_bytes(bad)
   before = _snapshot(folder)
   with pytest.raises(ValueError) as info:
-    image_data.folder_dataset(folder, image_size=8)
+    readers.folder_dataset(folder, image_size=8)
   assert "\n" not in str(info.value) and "bad" in str(info.value)
   assert _snapshot(folder) == before
 
@@ -130,7 +130,7 @@ def test_fuzzed_npz_files_load_or_fail_in_one_line(tmp_path_factory, array, key)
   np.savez(path, **{key: array})
   before = _snapshot(path.parent)
   try:
-    dataset = image_data.npz_dataset(path)
+    dataset = readers.npz_dataset(path)
   except ValueError as e:
     assert "\n" not in str(e) and str(e)
   else:  # it loaded: then it is images in range

@@ -14,7 +14,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import monoflow_digits, monoflow_mnist
-from fdrl_jax import evaluate, gan, models, monoflow, parallel, run_lib, workdir as workdirs
+from fdrl_jax import (evaluate, gan, generators, models, monoflow, parallel, run_lib,
+                      workdir as workdirs)
 from tests.test_train import cli, straight_and_resumed, tiny_digits_config
 
 
@@ -97,9 +98,9 @@ def test_bad_gan_config_is_one_line_through_main(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("gan.h", "tanh", "Unknown monotone map 'tanh'"),
-    ("refine.h", "tanh", "Unknown monotone map 'tanh'"),
-    ("generator.name", "vae", "Unknown generator 'vae'"),
+    ("gan.h", "tanh", "Unknown --config.gan.h='tanh'"),
+    ("refine.h", "tanh", "Unknown --config.refine.h='tanh'"),
+    ("generator.name", "vae", "Unknown --config.generator.name='vae'"),
     ("method", "vae", "Unknown --config.method='vae'"),
     ("refine.space", "pixels", "refinement space 'pixels'"),
 ])
@@ -117,7 +118,7 @@ def test_bad_gan_config_is_refused(key, value, message):
 def test_generator_that_does_not_fit_the_data_is_refused():
   from fdrl_jax import gan, models
   import optax
-  gen = models.MLPGenerator(event_shape=(8, 8, 3))
+  gen = generators.MLPGenerator(event_shape=(8, 8, 3))
   with pytest.raises(ValueError, match=r"generator makes samples of shape \(8, 8, 3\) but the data "
                      r"have shape \(8, 8, 1\)"):
     gan.create_gan_state(gen, models.ConvNet(), optax.sgd(0.1), optax.sgd(0.1),
@@ -127,7 +128,7 @@ def test_generator_that_does_not_fit_the_data_is_refused():
     def __call__(self, x, update_stats=False):
       return super().__call__(x)[:, None].repeat(2, axis=1)
 
-  gen = models.MLPGenerator(event_shape=(2,))
+  gen = generators.MLPGenerator(event_shape=(2,))
   with pytest.raises(ValueError, match="one value per sample"):
     gan.create_gan_state(gen, TwoOutputs(), optax.sgd(0.1), optax.sgd(0.1), jax.random.key(0),
                          (2,), 4)
@@ -216,7 +217,7 @@ def test_reference_variant_has_monoflows_networks(name):
   shape, disc_layers, gen_layers = REFERENCE_NETS[name]
   config = importlib.import_module(f"configs.{name}").get_config("reference")
   assert config.gan.reuse_fake
-  generator = models.create_generator(config.generator, shape, True)
+  generator = generators.create_generator(config.generator, shape, True)
   discriminator = models.create_model(config.model)
   z, x = jnp.zeros((3, 100)), jnp.zeros((3, *shape))
   gen_out, gen_vars = jax.eval_shape(lambda: generator.init_with_output(jax.random.key(0), z))
@@ -228,7 +229,7 @@ def test_reference_variant_has_monoflows_networks(name):
   assert count(disc_vars["params"]) == sum(disc_layers)
   assert "batch_stats" in gen_vars and "batch_stats" in disc_vars
   with pytest.raises(ValueError, match=r"monoflow_dcgan generator with \d widths ends on"):
-    models.create_generator(config.generator, (48, 48, 3), True)
+    generators.create_generator(config.generator, (48, 48, 3), True)
 
 
 def test_reference_initialisation_is_dcgans():
@@ -247,7 +248,8 @@ def test_reference_initialisation_is_dcgans():
 def test_reuse_fake_moves_the_generator_along_the_discriminators_own_fakes():
   # MonoFlow's step: the generator's gradient flows through the same G(z) that trained D. With
   # D's learning rate 0, that is plain SGD on −mean h(d(G(z))) at the discriminator step's z.
-  gen, disc = models.MLPGenerator(event_shape=(2,), width=8, depth=1), models.MLP(width=8, depth=1)
+  gen = generators.MLPGenerator(event_shape=(2,), width=8, depth=1)
+  disc = models.MLP(width=8, depth=1)
   hmap = monoflow.get_map("logit")
   state = gan.create_gan_state(gen, disc, optax.sgd(0.1), optax.sgd(0.0), jax.random.key(0),
                                (2,), 3)

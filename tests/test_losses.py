@@ -100,7 +100,9 @@ def test_terms_add_up():
 
 
 def test_unknown_loss_and_output():
-  with pytest.raises(ValueError, match="Available losses are: kl, lr, lsif"):
+  with pytest.raises(ValueError, match="^Unknown --config.loss.name='bce'.*; available: kl, lr, "
+                     "lsif.$"):
     get_loss("bce")
-  with pytest.raises(ValueError, match="expected one of ratio, log_ratio"):
+  with pytest.raises(ValueError, match="^Unknown network output='logit'.*; available: log_ratio, "
+                     "ratio.$"):
     bregman_loss(GENERATORS["lsif"], output="logit")

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from fdrl_jax import flow, gan, models, monoflow
+from fdrl_jax import flow, gan, generators, models, monoflow
 from fdrl_jax.divergences import DIVERGENCES, flow_potential
 
 GRID = jnp.linspace(-8.0, 8.0, 161)
@@ -33,7 +33,7 @@ def test_map_parameters_act_and_unknown_names_are_refused():
   np.testing.assert_allclose(monoflow.get_map("vanilla", shift=5.0).h_prime(d),
                              jax.nn.sigmoid(d + 5.0), rtol=1e-6)
   np.testing.assert_allclose(monoflow.get_map("exp", scale=2.0).h(d), jnp.exp(2.0 * d), rtol=1e-6)
-  with pytest.raises(ValueError, match="Unknown monotone map 'tanh'.*arcsinh"):
+  with pytest.raises(ValueError, match="Unknown --config.gan.h='tanh'.*arcsinh"):
     monoflow.get_map("tanh")
 
 
@@ -133,7 +133,7 @@ def test_generator_step_moves_samples_along_h_prime_times_grad_d(name, params):
 def test_refinement_in_latent_and_data_space_raises_the_logit():
   disc = models.MLP(width=16, depth=2)
   disc_params = disc.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
-  gen = models.MLPGenerator(event_shape=(2,), width=16, depth=1)
+  gen = generators.MLPGenerator(event_shape=(2,), width=16, depth=1)
   gen_vars = gen.init(jax.random.key(1), jnp.zeros((1, 3)))
   logit = gan.discriminator_logit(disc.apply, disc_params)
   z = jax.random.normal(jax.random.key(2), (128, 3))

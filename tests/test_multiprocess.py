@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from configs import digits_bold, monoflow_toy2d
-from fdrl_jax import data, run_lib, sampling, workdir as workdirs
+from fdrl_jax import bundled, run_lib, sampling, workdir as workdirs
 from test_applications import CLASSIFIER_FLAGS, tiny_classifier_config
 from test_train import TINY_FLAGS, tiny_digits_config
 
@@ -272,7 +272,7 @@ def test_translate_writes_npz_and_pngs_once_as_one_process(apps, tmp_path):
   # 5 grey PNGs in: an uneven share of 4 devices
   sources = tmp_path / "pngs"
   sources.mkdir()
-  for i, image in enumerate(data.digits_bold_split(0)["test_plain"][:5]):
+  for i, image in enumerate(bundled.digits_bold_split(0)["test_plain"][:5]):
     Image.fromarray(np.round((image[..., 0] + 1) * 127.5).astype(np.uint8)).save(
         sources / f"digit{i}.png")
   translate = [*BOLD, f"--workdir={apps['bold']}", "--mode=translate", f"--input={sources}"]

@@ -8,7 +8,7 @@ import pytest
 from jax.scipy.stats import norm
 
 from configs import default
-from fdrl_jax import data, fdrl, flows, parallel, sampling
+from fdrl_jax import bundled, fdrl, flows, parallel, sampling
 from fdrl_jax.divergences import flow_potential
 
 # Two balanced classes in 1-D: p(x | y = 0) = N(-M, 1), p(x | y = 1) = N(M, 1); q = N(0, S²).
@@ -85,8 +85,8 @@ def gaussian_translation_task(n=4000, seed=0):
   rng = np.random.default_rng(seed)
   source = (-1.5 + 0.5 * rng.standard_normal((n, 1))).astype(np.float32)
   target = (1.5 + 0.5 * rng.standard_normal((n, 1))).astype(np.float32)
-  return data.Dataset(name="gauss1d", event_shape=(1,), is_image=False,
-                      sample=data.rows_sampler(target), test=target[:500], train=target,
+  return bundled.Dataset(name="gauss1d", event_shape=(1,), is_image=False,
+                      sample=bundled.rows_batch_fn(target), test=target[:500], train=target,
                       source=source, source_test=source[:500])
 
 
@@ -104,7 +104,7 @@ def test_translation_moves_a_gaussian_source_onto_the_target():
   state = fdrl.init_state(config, dataset, jax.random.key(0), fit=True)
   step = jax.jit(fdrl.build_train_step(config, dataset, None))
   for i in range(600):
-    state, _ = step(state, jnp.asarray(data.get_batch(dataset, 0, i, 256)), jax.random.key(1))
+    state, _ = step(state, jnp.asarray(bundled.get_batch(dataset, 0, i, 256)), jax.random.key(1))
   sampler = sampling.build_sampler(config, fdrl.sampler_parts(config, dataset), "translate")
   assert sampler.takes_inputs
   held_out = np.random.default_rng(1).normal(-1.5, 0.5, (1000, 1)).astype(np.float32)
@@ -117,7 +117,7 @@ def test_translation_moves_a_gaussian_source_onto_the_target():
 
 def test_unknown_sampler_and_refine_without_a_generator_are_one_line():
   config = default.get_config()
-  dataset = data.create_dataset("digits")
+  dataset = bundled.create_dataset("digits")
   parts = fdrl.sampler_parts(config, dataset)
   with pytest.raises(ValueError, match="Unknown --config.sampling.name='magic'") as info:
     sampling.build_sampler(config, parts, "magic")
@@ -133,7 +133,7 @@ def test_sampler_particles_are_split_over_the_devices(name):
   assert len(jax.devices()) == 4, "tests/conftest.py fakes 4 CPU devices"
   config = default.get_config()
   config.flow.num_steps, config.flow.num_refine_steps = 2, 1
-  dataset = data.create_dataset("digits")
+  dataset = bundled.create_dataset("digits")
   state = fdrl.init_state(config, dataset, jax.random.key(0), fit=True)
   parts = fdrl.sampler_parts(config, dataset)
   sampler = sampling.build_sampler(config, parts, name, parallel.data_mesh())

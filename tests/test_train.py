@@ -155,7 +155,7 @@ def test_digits_end_to_end_through_main(tmp_path):
     (["--config.flow.num_stepz=3"], "unknown config key 'flow.num_stepz' in a --config.* override "
                                     "(did you mean 'num_steps'?)"),
     (["--config.flow.num_steps=abc"], "invalid literal for int()"),
-    (["--config.loss.name=bce"], "Unknown loss 'bce'. Available losses are: kl, lr, lsif."),
+    (["--config.loss.name=bce"], "Unknown --config.loss.name='bce'; available: kl, lr, lsif."),
 ])
 def test_bad_config_is_one_line(tmp_path, args, message):
   result = cli("--config=configs/toy2d.py:chasm", f"--workdir={tmp_path / 'w'}", *args)
