@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # method = gan: the generator x = G(z), z ~ N(0, I), and the MonoFlow generator loss −E[h(d)].
   config.generator = ml_collections.ConfigDict()
-  config.generator.name = "mlp"       # fdrl_jax.models.GENERATORS: mlp | dcgan | monoflow_dcgan
+  config.generator.name = "mlp"       # fdrl_jax.generators.GENERATORS: mlp | dcgan | monoflow_dcgan
   config.generator.latent_dim = 100   # dimension of z
   config.generator.width = 256        # mlp: hidden width
   config.generator.depth = 2          # mlp: number of hidden layers
