@@ -1,4 +1,4 @@
-"""The FID InceptionV3 network (pool3, 2048-d features) in Flax Linen, with local weights.
+"""The FID InceptionV3 (pool3 features, Inception Score logits) in Flax Linen, with local weights.
 
 Architecture. This is the network of TF-FID (``inception-2015-12-05``) as ported by pytorch-fid
 (``FIDInceptionA/C/E_1/E_2`` on top of torchvision's ``Inception3``), truncated after the final
@@ -38,8 +38,7 @@ by ``/`` (e.g. ``Conv2d_1a_3x3``, ``Mixed_5b/branch1x1``, ``Mixed_7c/branch3x3db
 
 * ``<layer>/conv/kernel``: ``<layer>.conv.weight`` transposed OIHW -> HWIO, ``(kh, kw, in, out)``;
 * ``<layer>/bn/scale``, ``<layer>/bn/bias``: ``<layer>.bn.weight``, ``<layer>.bn.bias``;
-* ``<layer>/bn/mean``, ``<layer>/bn/var``: ``<layer>.bn.running_mean``, ``<layer>.bn.running_var``.
-
+* ``<layer>/bn/mean``, ``<layer>/bn/var``: ``<layer>.bn.running_mean``, ``<layer>.bn.running_var``;
 * ``fc/kernel``: ``fc.weight`` transposed, ``(2048, 1008)``; ``fc/bias``: ``fc.bias``, ``(1008,)``.
 
 Any ``num_batches_tracked`` entries are dropped. ``fc`` is optional: a file converted before it was
