@@ -237,7 +237,8 @@ def test_weights_without_fc_give_the_same_features(variables, weights_file, tmp_
                  lambda arrays: [arrays.pop(key) for key in inception.FC_KEYS])
   inception.check_weights(old)
   loaded = inception.load_weights(old)
-  assert "fc" not in loaded["params"] and "fc" in inception.load_weights(str(weights_file))["params"]
+  assert "fc" not in loaded["params"]
+  assert "fc" in inception.load_weights(str(weights_file))["params"]
   np.testing.assert_array_equal(inception.features(loaded, small_images, 3, resize_input=False),
                                 plain_features)
   for fn in (inception.check_weights, inception.load_weights):
@@ -443,7 +444,8 @@ def test_name_mapping_errors_name_the_state_dict_entry(weights_file):
   _one_line_error(to_npz, {k: v for k, v in state.items() if k != "fc.bias"}, "pt.pth",
                   match=r"pt.pth: the state_dict lacks fc.bias \(1 of the FID Inception's 472")
   _one_line_error(to_npz, {**state, "fc.weight": state["fc.weight"].T}, "pt.pth",
-                  match=r"fc.weight has shape \(2048, 1008\), the FID Inception's is \(1008, 2048\)")
+                  match=r"fc.weight has shape \(2048, 1008\), the FID Inception's is "
+                        r"\(1008, 2048\)")
   _one_line_error(to_npz, {**state, "AuxLogits.conv0.conv.weight": np.zeros((128, 768, 1, 1))},
                   "pt.pth", match="AuxLogits.conv0.conv.weight is not part of the FID Inception")
   _one_line_error(to_npz, {**state, "Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 3, 2))},
