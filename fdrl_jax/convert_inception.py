@@ -9,9 +9,11 @@ The input is pytorch-fid's ``state_dict`` file from its GitHub release ``fid_wei
 
 The names are mapped as the module docstring of ``fdrl_jax.inception`` says (``<layer>.conv.weight``
 transposed OIHW -> HWIO to ``<layer>/conv/kernel``, the BatchNorm's ``weight``, ``bias``,
-``running_mean``, ``running_var`` to ``scale``, ``bias``, ``mean``, ``var``; ``fc.*`` and
-``num_batches_tracked`` dropped). An existing output is never overwritten, and the written file is
-checked by ``inception.load_weights`` (and removed if that fails). Every error is one line.
+``running_mean``, ``running_var`` to ``scale``, ``bias``, ``mean``, ``var``; the classifier's
+``fc.weight`` transposed to ``fc/kernel`` and ``fc.bias`` to ``fc/bias``, kept when the source has
+them, for the Inception Score's logits; ``num_batches_tracked`` dropped). An existing output is
+never overwritten, and the written file is checked by ``inception.load_weights`` (and removed if
+that fails). Every error is one line.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from fdrl_jax import inception, torch_files
 
 # (module, leaf) of a state_dict name -> leaf of the .npz key.
 LEAVES = {("conv", "weight"): "kernel", ("bn", "weight"): "scale", ("bn", "bias"): "bias",
-          ("bn", "running_mean"): "mean", ("bn", "running_var"): "var"}
+          ("bn", "running_mean"): "mean", ("bn", "running_var"): "var",
+          ("fc", "weight"): "kernel", ("fc", "bias"): "bias"}
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -48,13 +51,13 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def npz_key(name: str) -> str | None:
-  """The ``.npz`` key of a ``state_dict`` name; None for ``fc.*`` and ``num_batches_tracked``.
+  """The ``.npz`` key of a ``state_dict`` name; None for ``num_batches_tracked``.
 
   Raises:
     ValueError: for a name of no FID Inception array.
   """
   parts = name.split(".")
-  if parts[0] == "fc" or parts[-1] == "num_batches_tracked":
+  if parts[-1] == "num_batches_tracked":
     return None
   key = "/".join(parts[:-1] + [LEAVES.get(tuple(parts[-2:]), "")])
   if key not in inception.expected_shapes():
@@ -78,11 +81,12 @@ def to_npz_arrays(state: dict[str, np.ndarray], path: str = "the state_dict"
     path: the source file, named in errors.
 
   Returns:
-    ``{key: array}`` with convolution kernels transposed OIHW -> HWIO.
+    ``{key: array}`` with convolution kernels transposed OIHW -> HWIO and the classifier's
+    (out, in) -> (in, out), ``fc/*`` only if the source has ``fc.*``.
 
   Raises:
     ValueError: one line naming the first unexpected, wrongly shaped or missing entry (in
-      ``state_dict`` terms, with the expected shape).
+      ``state_dict`` terms, with the expected shape); ``fc.*`` is missing only as a whole.
   """
   table = inception.expected_shapes()
   arrays = {}
@@ -93,18 +97,20 @@ def to_npz_arrays(state: dict[str, np.ndarray], path: str = "the state_dict"
       raise ValueError(f"{path}: {e}; is it pytorch-fid's {inception.SOURCE_WEIGHTS}?") from None
     if key is None:
       continue
+    # torch's layouts: convolutions OIHW (ours HWIO), the classifier (out, in) (ours (in, out)).
+    order = (2, 3, 1, 0) if key.endswith("/conv/kernel") else (1, 0) if key == "fc/kernel" else None
     expected = table[key][2].shape
-    if key.endswith("/conv/kernel"):
-      expected = (expected[3], expected[2], expected[0], expected[1])  # HWIO -> OIHW
+    if order:
+      expected = tuple(expected[order.index(i)] for i in range(len(order)))
     if value.shape != expected:
       raise ValueError(f"{path}: {name} has shape {value.shape}, the FID Inception's is {expected}")
-    if key.endswith("/conv/kernel"):
-      value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))
-    arrays[key] = value
-  missing = [key for key in table if key not in arrays]
+    arrays[key] = np.ascontiguousarray(value.transpose(order)) if order else value
+  has_fc = bool(arrays.keys() & set(inception.FC_KEYS))
+  required = [key for key in table if has_fc or key not in inception.FC_KEYS]
+  missing = [key for key in required if key not in arrays]
   if missing:
     raise ValueError(f"{path}: the state_dict lacks {torch_name(missing[0])} ({len(missing)} of "
-                     f"the FID Inception's {len(table)} arrays are missing)")
+                     f"the FID Inception's {len(required)} arrays are missing)")
   return arrays
 
 

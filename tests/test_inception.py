@@ -1,4 +1,5 @@
-"""The FID InceptionV3: shapes, resizing, pooling semantics, weight files and their converter."""
+"""The FID InceptionV3: shapes, resizing, pooling semantics, weight files and their converter,
+the Inception Score's logits, and features and their moments over several devices."""
 
 import collections
 import os
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import convert_inception, inception
+from fdrl_jax import convert_inception, evaluate, inception, parallel
 from tests import torch_format
 from tests.torch_format import FakeStorage, View
 
@@ -40,12 +41,16 @@ def variables():
 
 def test_init_structure_matches_expected_table():
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-  shapes = jax.eval_shape(inception.InceptionV3().init, jax.random.key(0), x)
+  shapes = jax.eval_shape(inception.InceptionV3(logits=True).init, jax.random.key(0), x)
   table = inception.expected_shapes()
   flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
   assert len(flat) == len(table)
   for path, spec in flat:
     assert table["/".join(p.key for p in path[1:])][2].shape == spec.shape
+  without = jax.eval_shape(inception.InceptionV3().init, jax.random.key(0), x)
+  keys = {"/".join(p.key for p in path[1:]) for path, _ in jax.tree_util.tree_flatten_with_path(
+      without)[0]}
+  assert keys == table.keys() - set(inception.FC_KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +103,11 @@ def test_parameter_count_matches_pytorch_fid():
   table = inception.expected_shapes()
   sizes = {c: sum(int(np.prod(s.shape)) for k, (col, _, s) in table.items() if col == c)
            for c in ("params", "batch_stats")}
+  fc = sum(int(np.prod(table[key][2].shape)) for key in inception.FC_KEYS)
   # torchvision inception_v3 (27,161,264) minus fc (2,049,000) and AuxLogits (3,326,696).
-  assert sizes["params"] == 27_161_264 - 2_049_000 - 3_326_696 == 21_785_568
+  assert sizes["params"] - fc == 27_161_264 - 2_049_000 - 3_326_696 == 21_785_568
+  # The TF graph's classifier: 2048 x 1008 + 1008.
+  assert fc == 2048 * 1008 + 1008 == 2_065_392 and sizes["params"] == 23_850_960
   assert sizes["batch_stats"] == 2 * 17_216
   assert sum(key.endswith("/conv/kernel") for key in table) == 94
   assert table["Mixed_7c/branch_pool/conv/kernel"][2].shape == (1, 1, 2048, 192)
@@ -133,10 +141,16 @@ def test_missing_layer_is_named(weights_file, tmp_path):
 
 def test_unexpected_key_is_rejected(weights_file, tmp_path):
   def edit(arrays):
-    arrays["fc/kernel"] = np.zeros((2048, 1008), np.float32)
+    arrays["AuxLogits/fc/kernel"] = np.zeros((768, 1000), np.float32)
   path = _rewrite(weights_file, tmp_path / "extra.npz", edit)
-  with pytest.raises(ValueError, match="unexpected key fc/kernel"):
+  with pytest.raises(ValueError, match="unexpected key AuxLogits/fc/kernel"):
     inception.load_weights(path)
+
+
+def test_half_a_classifier_is_named(weights_file, tmp_path):
+  path = _rewrite(weights_file, tmp_path / "half.npz", lambda arrays: arrays.pop("fc/bias"))
+  with pytest.raises(ValueError, match=r"layer fc is missing fc/bias, expected shape \(1008,\)"):
+    inception.check_weights(path)
 
 
 def _one_line_error(fn, *args, match):
@@ -192,6 +206,99 @@ def test_check_metric_tells_unset_missing_and_foreign_weights_apart(weights_file
   evaluate.check_metric(config)
 
 
+# Logits, old weight files, several devices. 75 x 75 is the smallest input the network takes
+# unresized; each new (batch shape, logits, sharding) compiles the network once, ~6-8 s here.
+
+@pytest.fixture(scope="module")
+def small_images():
+  return np.random.default_rng(3).uniform(-1.0, 1.0, (5, 75, 75, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def plain_features(variables, small_images):
+  """Unsharded pool3 features, batches of 3 (as before logits and meshes existed)."""
+  return inception.features(variables, small_images, 3, resize_input=False)
+
+
+def test_logits_are_pool3_times_fc_kernel_without_bias(variables, small_images, plain_features):
+  feats, logits = inception.features(variables, small_images, 3, resize_input=False, logits=True)
+  assert logits.shape == (5, inception.NUM_CLASSES) and logits.dtype == np.float64
+  np.testing.assert_array_equal(feats, plain_features)
+  kernel = np.asarray(variables["params"]["fc"]["kernel"], np.float64)
+  assert np.abs(np.asarray(variables["params"]["fc"]["bias"])).max() > 0.01  # the bias is left out
+  np.testing.assert_allclose(logits, feats @ kernel, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
+  empty = inception.features(variables, small_images[:0], 3, resize_input=False, logits=True)
+  assert empty[0].shape == (0, 2048) and empty[1].shape == (0, 1008)
+
+
+def test_weights_without_fc_give_the_same_features(variables, weights_file, tmp_path,
+                                                   small_images, plain_features):
+  old = _rewrite(weights_file, tmp_path / "old.npz",
+                 lambda arrays: [arrays.pop(key) for key in inception.FC_KEYS])
+  inception.check_weights(old)
+  loaded = inception.load_weights(old)
+  assert "fc" not in loaded["params"]
+  assert "fc" in inception.load_weights(str(weights_file))["params"]
+  np.testing.assert_array_equal(inception.features(loaded, small_images, 3, resize_input=False),
+                                plain_features)
+  for fn in (inception.check_weights, inception.load_weights):
+    _one_line_error(lambda path: fn(path, logits=True), old,
+                    match=r"the weights in .*old.npz have no classifier fc .*convert pytorch-fid's "
+                          r"weights again with: python -m fdrl_jax.convert_inception")
+  _one_line_error(lambda v: inception.features(v, small_images, 3, False, logits=True), loaded,
+                  match=r"these FID Inception weights have no classifier fc .*convert_inception")
+
+
+def test_sharded_features_equal_unsharded(variables, small_images, plain_features):
+  mesh = parallel.data_mesh()
+  assert mesh.devices.size == 4  # tests/conftest.py's fake CPU devices
+  feats, logits = inception.features(variables, small_images, 3, resize_input=False,
+                                     logits=True, mesh=mesh)  # 3 -> padded to 4 per batch
+  _, plain_logits = inception.features(variables, small_images, 3, resize_input=False,
+                                       logits=True)
+  assert feats.shape == plain_features.shape and feats.dtype == np.float64
+  np.testing.assert_allclose(feats, plain_features, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits, plain_logits, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
+  mu, sigma = inception.image_statistics(variables, [small_images[:4], small_images[4:]], 3,
+                                         resize_input=False, mesh=mesh)
+  want_mu, want_sigma = evaluate.feature_statistics(plain_features)
+  np.testing.assert_allclose(mu, want_mu, rtol=1e-6, atol=1e-6 * np.abs(want_mu).max())
+  np.testing.assert_allclose(sigma, want_sigma, rtol=1e-6, atol=1e-6 * np.abs(want_sigma).max())
+
+
+def test_moments_give_feature_statistics():
+  rng = np.random.default_rng(4)
+  batches = [rng.normal(5.0, 1.0, (n, 6)) * rng.uniform(0.5, 2.0, 6) for n in (7, 5, 8)]
+  want_mu, want_sigma = evaluate.feature_statistics(iter(batches))
+  # The host side: float64 moments about the first batch's mean, summed, are exact.
+  shift, total = batches[0].mean(0), inception.Moments(0, 0.0, 0.0)
+  for b in batches:
+    total = inception.add_moments(total, inception.Moments(len(b), (b - shift).sum(0),
+                                                           (b - shift).T @ (b - shift)))
+  mu, sigma = inception.moments_statistics(total, shift)
+  np.testing.assert_allclose(mu, want_mu, rtol=1e-10)
+  np.testing.assert_allclose(sigma, want_sigma, rtol=1e-10, atol=1e-10 * np.abs(want_sigma).max())
+  # The devices: each batch padded to 8 rows, split over "data" as each process's rows are, the
+  # sums taken in one jit (an all-reduce), only the moments on the host.
+  mesh = parallel.data_mesh()
+  moments = jax.jit(inception.feature_moments, out_shardings=parallel.replicated(mesh))
+  shift, total = jnp.asarray(shift, jnp.float32), inception.Moments(0, 0.0, 0.0)
+  for b in batches:
+    padded = np.concatenate([b, np.full((8 - len(b), 6), 1e3)]).astype(np.float32)
+    rows = parallel.process_rows(8, mesh)
+    x, valid = parallel.global_batch((padded[rows], (np.arange(8) < len(b))[rows]), 8, mesh)
+    assert len(x.sharding.device_set) == 4
+    m = moments(x, valid, shift)
+    assert m.outer.is_fully_replicated and m.count.dtype == jnp.int32
+    total = inception.add_moments(total, m)
+  assert total.count == 20
+  mu, sigma = inception.moments_statistics(total, shift)
+  np.testing.assert_allclose(mu, want_mu, rtol=1e-6)
+  np.testing.assert_allclose(sigma, want_sigma, rtol=1e-6, atol=1e-6 * np.abs(want_sigma).max())
+  _one_line_error(inception.moments_statistics, inception.Moments(1, np.zeros(6), np.zeros((6, 6))),
+                  np.zeros(6), match="N >= 2, got N = 1")
+
+
 # torch.save files, written here without torch (tests/torch_format.py).
 
 def _torch_save(path, entries, legacy=False):
@@ -213,19 +320,21 @@ def _contiguous(state):
 
 def _pytorch_fid_state(weights_file):
   """The state_dict that pytorch-fid's file would hold for an ``.npz`` of weights (the inverse of
-  the module docstring's mapping, written independently of the converter), with the classifier
-  and BatchNorm counters that the converter drops."""
+  the module docstring's mapping, written independently of the converter), with the BatchNorm
+  counters that the converter drops."""
   leaves = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
             "var": "running_var"}
   state = {}
   with np.load(weights_file) as data:
     for key in data.files:
+      if key.startswith("fc/"):  # the classifier: Linear's weight is (out, in)
+        state[f"fc.{leaves[key[3:]]}"] = data[key].T if key == "fc/kernel" else data[key]
+        continue
       layer, module, leaf = key.rsplit("/", 2)
       value = data[key].transpose(3, 2, 0, 1) if leaf == "kernel" else data[key]
       state[f"{layer.replace('/', '.')}.{module}.{leaves[leaf]}"] = value
       if leaf == "var":
         state[f"{layer.replace('/', '.')}.bn.num_batches_tracked"] = np.array(7, np.int64)
-  state["fc.weight"], state["fc.bias"] = np.ones((1008, 2048), np.float32), np.ones(1008)
   return state
 
 
@@ -240,6 +349,25 @@ def test_convert_torch_save_file_without_torch(weights_file, tmp_path, legacy):
       assert got[key].dtype == np.float32
       np.testing.assert_array_equal(got[key], want[key])
   _one_line_error(convert_inception.convert, source, out, match="converted.npz already exists")
+
+
+def test_convert_keeps_fc_and_converts_a_source_without_it(weights_file, tmp_path):
+  state = _pytorch_fid_state(weights_file)
+  assert state["fc.weight"].shape == (1008, 2048)
+  source = _torch_save(tmp_path / "pt.pth", _contiguous(state))
+  out = str(tmp_path / "with_fc.npz")
+  convert_inception.convert(source, out)
+  with np.load(out) as got, np.load(weights_file) as want:
+    assert got["fc/kernel"].shape == (2048, 1008) and got["fc/bias"].shape == (1008,)
+    np.testing.assert_array_equal(got["fc/kernel"], state["fc.weight"].T)
+    np.testing.assert_array_equal(got["fc/bias"], want["fc/bias"])
+  inception.check_weights(out, logits=True)
+  no_fc = {k: v for k, v in state.items() if not k.startswith("fc.")}
+  source = _torch_save(tmp_path / "no_fc.pth", _contiguous(no_fc))
+  out = str(tmp_path / "without_fc.npz")
+  assert convert_inception.convert(source, out) == len(inception.expected_shapes()) - 2
+  with np.load(out) as got:
+    assert not any(key.startswith("fc/") for key in got.files)
 
 
 def test_reader_rebuilds_offsets_strides_and_integers(tmp_path):
@@ -301,12 +429,23 @@ def test_name_mapping_errors_name_the_state_dict_entry(weights_file):
   assert convert_inception.npz_key("Mixed_5b.branch1x1.bn.num_batches_tracked") is None
   assert convert_inception.torch_name("Mixed_6b/branch7x7_2/conv/kernel") == (
       "Mixed_6b.branch7x7_2.conv.weight")
+  assert convert_inception.npz_key("fc.weight") == "fc/kernel"
+  assert convert_inception.torch_name("fc/bias") == "fc.bias"
   arrays = to_npz(state, "pt.pth")
   np.testing.assert_array_equal(arrays["Conv2d_1a_3x3/conv/kernel"],
                                 state["Conv2d_1a_3x3.conv.weight"].transpose(2, 3, 1, 0))
   _one_line_error(to_npz, {k: v for k, v in state.items() if k != "Mixed_7a.branch3x3_2.bn.bias"},
                   "pt.pth", match=r"pt.pth: the state_dict lacks Mixed_7a.branch3x3_2.bn.bias "
-                                  r"\(1 of the FID Inception's 470 arrays")
+                                  r"\(1 of the FID Inception's 472 arrays")
+  no_fc = {k: v for k, v in state.items() if not k.startswith("fc.")}
+  _one_line_error(to_npz, {k: v for k, v in no_fc.items() if k != "Mixed_7a.branch3x3_2.bn.bias"},
+                  "pt.pth", match=r"lacks Mixed_7a.branch3x3_2.bn.bias \(1 of the FID "
+                                  r"Inception's 470 arrays")
+  _one_line_error(to_npz, {k: v for k, v in state.items() if k != "fc.bias"}, "pt.pth",
+                  match=r"pt.pth: the state_dict lacks fc.bias \(1 of the FID Inception's 472")
+  _one_line_error(to_npz, {**state, "fc.weight": state["fc.weight"].T}, "pt.pth",
+                  match=r"fc.weight has shape \(2048, 1008\), the FID Inception's is "
+                        r"\(1008, 2048\)")
   _one_line_error(to_npz, {**state, "AuxLogits.conv0.conv.weight": np.zeros((128, 768, 1, 1))},
                   "pt.pth", match="AuxLogits.conv0.conv.weight is not part of the FID Inception")
   _one_line_error(to_npz, {**state, "Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 3, 2))},
