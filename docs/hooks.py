@@ -1,0 +1,21 @@
+"""mkdocs hook: the tutorials' shell blocks run with this interpreter and this checkout.
+
+markdown-exec runs ``bash`` blocks in a subprocess; putting the build's own Python first on
+``PATH`` (and the repository root on ``PYTHONPATH``) makes ``python -m fdrl_jax.main`` in them the
+package being documented, whichever virtual environment ``mkdocs`` was started from.
+"""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def on_startup(command, dirty):  # noqa: ARG001 (mkdocs hook signature)
+  """Sets ``PATH`` and ``PYTHONPATH`` once, before the build, and runs from the repository root."""
+  os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+  paths = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+  os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  os.chdir(ROOT)
