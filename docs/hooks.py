@@ -1,4 +1,4 @@
-"""mkdocs hook: the tutorials' shell blocks run with this interpreter and this checkout.
+"""mkdocs hooks: the tutorials run with this checkout, and the lab book is a page of the site.
 
 markdown-exec runs ``bash`` blocks in a subprocess; putting the build's own Python first on
 ``PATH`` (and the repository root on ``PYTHONPATH``) makes ``python -m fdrl_jax.main`` in them the
@@ -19,3 +19,17 @@ def on_startup(command, dirty):  # noqa: ARG001 (mkdocs hook signature)
   if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
   os.chdir(ROOT)
+
+
+def on_files(files, config):
+  """Adds the lab book, ``experiments/README.md``, as the page ``lab-book.md`` with the pictures
+  it shows (``experiments/out/*.png`` as ``out/*.png``), so that the site renders it unchanged."""
+  from mkdocs.structure.files import File
+  experiments = os.path.join(ROOT, "experiments")
+  files.append(File.generated(config, "lab-book.md",
+                              abs_src_path=os.path.join(experiments, "README.md")))
+  out = os.path.join(experiments, "out")
+  for name in sorted(os.listdir(out)):
+    if name.endswith(".png"):
+      files.append(File.generated(config, f"out/{name}", abs_src_path=os.path.join(out, name)))
+  return files
