@@ -1,6 +1,7 @@
 # Two targets do everything on a fresh machine: `make run` and `make test` (see README.md).
-# Both install requirements.lock, the exact versions CI ran; the package's own bounds (for users who
-# install it into their environment) are in pyproject.toml.
+# Both install the package and its test tools at the exact versions CI ran (requirements.lock pins
+# every extra; each install takes the versions of what it needs from it). The package's own bounds,
+# for users who install it into their environment, are in pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,10 +9,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 UV_VERSION := 0.13.9
 
 $(VENV)/.installed: requirements.lock pyproject.toml
-	@echo "installing the pinned environment (requirements.lock) into $(VENV) (a few minutes, once)"
+	@echo "installing fdrl_jax and its test tools at requirements.lock's versions into $(VENV) (a few minutes, once)"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -r requirements.lock
-	$(PIP) install --quiet --no-deps -e .
+	$(PIP) install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
 .PHONY: install run test bench lock lint
@@ -36,6 +36,7 @@ lock: $(VENV)/.installed
 	    --extra experiments --extra tensorboard --python-version 3.11 -o requirements.lock $(UPGRADE)
 
 lint: $(VENV)/.installed
+	$(PIP) install --quiet -c requirements.lock ruff mypy
 	$(VENV)/bin/ruff check fdrl_jax
 	$(VENV)/bin/ruff format --check fdrl_jax
 	$(VENV)/bin/mypy fdrl_jax
