@@ -1,27 +1,42 @@
 # Two targets do everything on a fresh machine: `make run` and `make test` (see README.md).
+# Both install the package and its test tools at the exact versions CI ran (requirements.lock pins
+# every extra; each install takes the versions of what it needs from it). The package's own bounds,
+# for users who install it into their environment, are in pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+UV_VERSION := 0.13.9
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@echo "installing fdrl_jax and its test tools at requirements.lock's versions into $(VENV) (a few minutes, once)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -e .
+	$(PIP) install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
-	touch $@
-
-.PHONY: install run test bench
+.PHONY: install run test bench lock lint
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(PY) -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits
 
-test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -rs -n 2 --dist loadfile tests
 
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_flow.py
 	$(PY) experiments/bench_train.py
 	$(PY) experiments/bench_resnet.py
+
+# Re-resolves requirements.lock from pyproject.toml's bounds, keeping its pinned versions where they
+# still fit (add UPGRADE=--upgrade for the newest allowed); then run `make test` on the new lock.
+lock: $(VENV)/.installed
+	$(PIP) install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml --universal --extra test --extra docs --extra lint \
+	    --extra experiments --extra tensorboard --python-version 3.11 -o requirements.lock $(UPGRADE)
+
+lint: $(VENV)/.installed
+	$(PIP) install --quiet -c requirements.lock ruff mypy
+	$(VENV)/bin/ruff check fdrl_jax
+	$(VENV)/bin/ruff format --check fdrl_jax
+	$(VENV)/bin/mypy fdrl_jax

@@ -11,7 +11,7 @@ Then translate given cats (a folder or an .npz):
       --input=DIR/testA --output=runs/cat2dog/dogs
 """
 
-from configs import paper
+from fdrl_jax.configs import paper
 
 
 def get_config():

@@ -4,7 +4,7 @@ Data: tensorflow-datasets' celeb_a prepared in the array_record format. Meant fo
   python -m fdrl_jax.main --config=configs/celeba64.py --workdir=runs/celeba64
 """
 
-from configs import paper
+from fdrl_jax.configs import paper
 
 
 def get_config():

@@ -9,7 +9,7 @@ with the learning rate × 0.1 when 20 000 and 10 000 steps remain (App. E.1), i.
 110 000.
 """
 
-from configs import paper
+from fdrl_jax.configs import paper
 
 
 def get_config(variant: str = "ddp"):

@@ -6,7 +6,7 @@ ResNet-50. Not run here (no CIFAR10 on this machine); tested on tfds mock data.
   python -m fdrl_jax.main --config=configs/cifar10_classifier.py --workdir=runs/cifar10_classifier
 """
 
-from configs import digits_classifier
+from fdrl_jax.configs import digits_classifier
 
 
 def get_config():

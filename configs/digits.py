@@ -6,7 +6,7 @@ Samples: runs/digits/samples/step_*.png. Class-conditional samples: README, "Cla
 generation".
 """
 
-from configs import default
+from fdrl_jax.configs import default
 
 
 def get_config():

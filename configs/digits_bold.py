@@ -13,7 +13,7 @@ Run (CPU, 2 cores: a few minutes), then translate given digits (.npz key x, (N, 
 the untranslated digits' (Table 3's protocol).
 """
 
-from configs import default
+from fdrl_jax.configs import default
 
 
 def get_config():

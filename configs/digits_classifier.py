@@ -14,7 +14,7 @@ Run (CPU, 2 cores: about a minute):
   python -m fdrl_jax.main --config=configs/digits_classifier.py --workdir=runs/digits_classifier
 """
 
-from configs import default
+from fdrl_jax.configs import default
 
 
 def get_config():

@@ -9,7 +9,7 @@ import json
 
 import ml_collections
 
-from configs import default
+from fdrl_jax.configs import default
 
 
 def _merged(defaults: dict, saved: dict) -> dict:

@@ -8,7 +8,7 @@ image into 128×128 instead, as the reference does. GPUs/TPUs.
   python -m fdrl_jax.main --config=configs/lsun_church128.py --workdir=runs/church128
 """
 
-from configs import paper
+from fdrl_jax.configs import paper
 
 
 def get_config():

@@ -5,7 +5,7 @@ Data: tensorflow-datasets' mnist in the array_record format.
   python -m fdrl_jax.main --config=configs/mnist.py --workdir=runs/mnist
 """
 
-from configs import paper
+from fdrl_jax.configs import paper
 
 
 def get_config():

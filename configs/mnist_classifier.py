@@ -5,7 +5,7 @@ Not run here (no MNIST on this machine); tested on tfds mock data.
   python -m fdrl_jax.main --config=configs/mnist_classifier.py --workdir=runs/mnist_classifier
 """
 
-from configs import digits_classifier
+from fdrl_jax.configs import digits_classifier
 
 
 def get_config():

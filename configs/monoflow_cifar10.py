@@ -9,7 +9,7 @@ Data: tensorflow-datasets' cifar10 in the array_record format. Not timed end to 
   python -m fdrl_jax.main --config=configs/monoflow_cifar10.py --workdir=runs/monoflow_cifar10
 """
 
-from configs import monoflow_mnist
+from fdrl_jax.configs import monoflow_mnist
 
 
 def get_config(variant: str = "ours"):

@@ -9,7 +9,7 @@ Run (CPU, 2 cores):
   python -m fdrl_jax.main --config=configs/monoflow_digits.py --workdir=runs/monoflow_digits
 """
 
-from configs import default
+from fdrl_jax.configs import default
 
 
 def get_config():

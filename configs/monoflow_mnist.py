@@ -13,7 +13,7 @@ Data: tensorflow-datasets' mnist in the array_record format. Not timed end to en
   python -m fdrl_jax.main --config=configs/monoflow_mnist.py:reference --workdir=runs/mf_mnist_ref
 """
 
-from configs import default
+from fdrl_jax.configs import default
 
 STEPS_PER_EPOCH = 60_000 // 128
 

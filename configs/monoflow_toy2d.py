@@ -5,7 +5,7 @@ configs/toy2d.py (8gaussians, 25gaussians, swissroll, chasm).
   python -m fdrl_jax.main --config=configs/monoflow_toy2d.py:8gaussians --workdir=runs/gan_8g
 """
 
-from configs import toy2d
+from fdrl_jax.configs import toy2d
 
 
 def get_config(name: str = "8gaussians"):

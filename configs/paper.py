@@ -4,7 +4,7 @@ Not a runnable config itself: cifar10.py, celeba64.py, lsun_church128.py, cat2do
 mnist.py start from ``get_config()`` here and set their data and estimator.
 """
 
-from configs import default
+from fdrl_jax.configs import default
 
 
 def get_config():

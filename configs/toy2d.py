@@ -10,7 +10,7 @@ Run (CPU, 2 cores: about 10 s for the 1 000 steps):
   python -m fdrl_jax.main --config=configs/toy2d.py:chasm --workdir=runs/chasm
 """
 
-from configs import default
+from fdrl_jax.configs import default
 
 
 def get_config(name: str = "chasm"):

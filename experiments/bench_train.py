@@ -21,7 +21,8 @@ from fdrl_jax import run_lib
 def load_config(spec: str):
   """``toy2d.py:chasm`` → configs.toy2d.get_config("chasm")."""
   module, _, arg = spec.partition(":")
-  get_config = importlib.import_module(f"configs.{module.removesuffix('.py')}").get_config
+  name = module.removesuffix(".py")
+  get_config = importlib.import_module(f"fdrl_jax.configs.{name}").get_config
   return get_config(arg) if arg else get_config()
 
 

@@ -21,7 +21,7 @@ import os
 import jax
 import numpy as np
 
-from configs import digits, digits_classifier
+from fdrl_jax.configs import digits, digits_classifier
 from fdrl_jax import bundled, evaluate, images, run_lib, sampling, workdir as workdirs
 
 WEIGHTS = (0.0, 0.03, 0.1, 0.2, 0.3, 1.0)

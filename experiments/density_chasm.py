@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from configs import toy2d
+from fdrl_jax.configs import toy2d
 from fdrl_jax import bundled, fdrl, flows, images, models, optim, priors, sampling
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set

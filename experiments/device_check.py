@@ -54,7 +54,7 @@ class Images(NamedTuple):
 
 def check_config(name: str, dtype: str, args: argparse.Namespace):
   """The paper config ``name`` at --batch, K = --flow_steps and ``dtype``."""
-  config = importlib.import_module(f"configs.{name}").get_config()
+  config = importlib.import_module(f"fdrl_jax.configs.{name}").get_config()
   config.data.batch_size = args.batch
   config.flow.num_steps = args.flow_steps
   if args.refine_steps is not None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a GPU machine, from a fresh checkout: installs the GPU requirements into .venv-gpu and writes
+# On a GPU machine, from a fresh checkout: installs the package with its gpu extra into .venv-gpu and writes
 # experiments/out/device_check.md (the paper configs' training step at B = 64, K = 100 in float32
 # and bfloat16, compile time, temporary memory, sampling throughput, projected training time, and
 # the bfloat16 flow's difference). About 8 minutes on one GPU. Extra arguments go to
@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv-gpu/bin/python ]; then
   python3 -m venv .venv-gpu
 fi
-.venv-gpu/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-gpu.txt -e .
+.venv-gpu/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gpu]'
 .venv-gpu/bin/python -c "import jax; print('devices:', jax.devices())"
 .venv-gpu/bin/python experiments/device_check.py "$@"

@@ -27,7 +27,7 @@ import time
 
 import jax
 
-from configs import digits
+from fdrl_jax.configs import digits
 from fdrl_jax import evaluate, figures, run_lib, sampling, workdir as workdirs
 
 # (label, loss, divergence, prior, κ): the rows of the paper's Table 2.

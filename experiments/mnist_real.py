@@ -34,7 +34,7 @@ import time
 import jax
 import numpy as np
 
-from configs import mnist
+from fdrl_jax.configs import mnist
 from fdrl_jax import (datasets, evaluate, images, metrics_log, run_lib, sampling, tfds_build,
                       workdir as workdirs)
 

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from configs import monoflow_digits
+from fdrl_jax.configs import monoflow_digits
 from fdrl_jax import images, run_lib
 
 # (label, h, shift): MonoFlow's Section 5.2 losses.

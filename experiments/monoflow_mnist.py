@@ -24,7 +24,7 @@ import time
 
 import jax
 
-from configs import monoflow_mnist
+from fdrl_jax.configs import monoflow_mnist
 from fdrl_jax import evaluate, images, run_lib, workdir as workdirs
 from mnist_real import add_split_arguments, side_by_side, split_and_scorer
 

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from configs import digits_bold
+from fdrl_jax.configs import digits_bold
 from fdrl_jax import bundled, evaluate, figures, run_lib, sampling, workdir as workdirs
 
 

@@ -4,11 +4,18 @@ Convention: r(x) = q(x)/p(x), q = prior / flowed samples, p = data (FDRL's). Mon
 d = log p/q = −log r.
 """
 
+from importlib import metadata as _metadata
+
 from fdrl_jax import divergences, losses, monoflow, priors
 from fdrl_jax.divergences import DIVERGENCES, flow_potential
 from fdrl_jax.flows import flow, potential_gradient, two_stage_flow
 from fdrl_jax.losses import LOSSES, bregman_loss
 from fdrl_jax.priors import fit_gaussian, fit_low_rank_gaussian
+
+try:
+  __version__ = _metadata.version("fdrl_jax")
+except _metadata.PackageNotFoundError:  # a source tree on the path, not installed
+  __version__ = "0+unknown"
 
 
 def load(workdir):

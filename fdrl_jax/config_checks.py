@@ -19,7 +19,7 @@ from typing import Callable
 
 import ml_collections
 
-from configs import default
+from fdrl_jax.configs import default
 
 Rule = tuple[Callable[[float], bool], str]
 

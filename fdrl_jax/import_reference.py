@@ -112,7 +112,7 @@ def reference_config(ckpt: dict, source: str) -> ml_collections.ConfigDict:
                      f"({', '.join(DATASETS)})")
   module, argument, side = DATASETS[dataset]
   uniform = "best_fid" in ckpt  # train_up.py's checkpoints
-  get = importlib.import_module(f"configs.{module}").get_config
+  get = importlib.import_module(f"fdrl_jax.configs.{module}").get_config
   if argument:
     config = get(argument)
   else:

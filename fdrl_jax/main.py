@@ -1,4 +1,5 @@
-"""Command line: ``python -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits``.
+"""Command line: ``python -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits``
+(installed: ``fdrl-jax --config=digits --workdir=runs/digits``).
 
 Modes: ``--mode=train`` (default; resumes from the workdir's latest checkpoint),
 ``--mode=sample --num_samples=N --output=FILE.npz``, ``--mode=eval`` (FD-digits or FID, see
@@ -32,7 +33,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, e.g. configs/digits.py or configs/toy2d.py:chasm.",
+    "config", None, "A config file (configs/digits.py, configs/toy2d.py:chasm; one of your own "
+    "starts from `from fdrl_jax.configs import default`), a bundled config's name (digits, "
+    "toy2d:chasm) or a workdir's config.json.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
 _MODE = flags.DEFINE_enum("mode", "train",
@@ -71,23 +74,28 @@ def _fail(message: str) -> None:
 
 def _config_argument(value: str) -> str:
   """``--config``'s value as absl's config_flags reads it: a bundled config's name becomes its
-  file, a workdir's ``config.json`` goes through ``configs/from_json.py``; a file that does not
-  exist is reported in one line before anything is created."""
-  import configs  # the bundled configs, installed with the package
+  file inside the package (``fdrl_jax/configs``, so an installed wheel finds it from any folder), a
+  workdir's ``config.json`` goes through ``configs/from_json.py``; a file that does not exist is
+  reported in one line before anything is created."""
+  from fdrl_jax import configs, registry  # the bundled configs, installed with the package
+  folder = os.path.dirname(configs.__file__)
   path, sep, args = value.partition(":")
-  bundled = os.path.join(os.path.dirname(configs.__file__), f"{path}.py")
+  bundled = os.path.join(folder, f"{path}.py")
   if not os.path.exists(path) and re.fullmatch(r"\w+", path) and os.path.isfile(bundled):
     return bundled + sep + args
   if os.path.isfile(value) and value.endswith(".json"):
-    from configs import from_json
+    from fdrl_jax.configs import from_json
     try:
       from_json.read(value)  # a broken file is named here, not in a traceback of the loader
     except ValueError as e:
       _fail(f"--config {e}")
-    return os.path.join(os.path.dirname(configs.__file__), "from_json.py") + ":" + value
+    return os.path.join(folder, "from_json.py") + ":" + value
   if not os.path.isfile(path):
-    names = sorted(f[:-3] for f in os.listdir(os.path.dirname(configs.__file__))
+    names = sorted(f[:-3] for f in os.listdir(folder)
                    if f.endswith(".py") and not f.startswith(("_", "from_json")))
+    if re.fullmatch(r"\w+", path):  # a bundled config's name, mistyped
+      _fail(f"{registry.unknown_name(path, names, '--config')} Or give a config file (e.g. "
+            "configs/digits.py) or a workdir's config.json.")
     _fail(f"--config {value}: no such file. Give a config file (e.g. configs/digits.py), a "
           f"workdir's config.json, or a bundled config's name: {', '.join(names)}.")
   return value
@@ -203,9 +211,14 @@ def main(argv: list[str]) -> None:
     sys.exit(130)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The ``fdrl-jax`` console script: the same as ``python -m fdrl_jax.main``."""
   try:
     app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:  # Ctrl-C while the flags are parsed or JAX is imported
     print("Interrupted before any work; nothing was written.", file=sys.stderr)
     sys.exit(130)
+
+
+if __name__ == "__main__":
+  run()

@@ -177,7 +177,7 @@ def classifier_run(ckpt: dict, source: str):
   """(config, ``classifier.ClassifierState``) of a robustness checkpoint: ``configs/
   cifar10_classifier.py`` with this ResNet, its input normalisation, fresh Adam, step 0."""
   import jax  # pylint: disable=import-outside-toplevel
-  from configs import cifar10_classifier
+  from fdrl_jax.configs import cifar10_classifier
   from fdrl_jax import classifier, optim, torch_files
   raw = ckpt.get("model", ckpt.get("state_dict"))
   state = torch_files.strip_prefix(torch_files.state_dict(raw, source, "its model state_dict"))

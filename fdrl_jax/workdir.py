@@ -31,7 +31,7 @@ from absl import logging as absl_logging
 import orbax.checkpoint as ocp
 from etils import epath
 
-from configs import from_json
+from fdrl_jax.configs import from_json
 from fdrl_jax import config_checks, parallel
 
 # Config sections that may change between runs on the same workdir (everything else must match).

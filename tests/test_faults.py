@@ -320,7 +320,7 @@ def test_row13_temporary_files_of_killed_runs_are_removed_by_the_next_run(toy_ru
 
 def test_row14_an_unknown_key_in_a_config_file_is_one_line_with_a_guess(tmp_path):
   typo = tmp_path / "typo.py"
-  typo.write_text("from configs import default\n\n\ndef get_config():\n"
+  typo.write_text("from fdrl_jax.configs import default\n\n\ndef get_config():\n"
                   "  config = default.get_config()\n  config.data.imagesize = 32\n"
                   "  return config\n")
   result = cli(f"--config={typo}", f"--workdir={tmp_path / 'w'}")
