@@ -27,7 +27,7 @@ from PIL import Image
 
 from configs import default, toy2d
 from fdrl_jax import config_checks, figures, image_data, images, run_lib, sampling, workdir
-from test_train import ROOT, cli
+from helpers import ROOT, cli
 
 _TOY = ["--config=toy2d:8gaussians", "--config.training.num_steps=2",
         "--config.training.num_grid_samples=16"]

@@ -4,8 +4,6 @@ import json
 import re
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,23 +11,7 @@ import pytest
 
 from configs import digits, toy2d
 from fdrl_jax import datasets, parallel, priors, run_lib, sampling, workdir as workdirs
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_digits_config(num_steps=4, config=None):
-  """``config`` (default: the digits config) with a batch of 8, K = 2, κ = 1 and ``num_steps``
-  training steps that log and checkpoint every 2 steps."""
-  config = digits.get_config() if config is None else config
-  config.data.batch_size = 8
-  config.flow.num_steps = 2
-  config.flow.num_refine_steps = 1
-  config.training.num_steps = num_steps
-  config.training.log_every = 2
-  config.training.checkpoint_every = 2
-  config.training.sample_every = num_steps
-  config.training.num_grid_samples = 4
-  return config
+from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 
 def one_step(config, devices):
@@ -56,20 +38,6 @@ def test_step_moves_every_parameter_and_keeps_them_finite():
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
   assert set(metrics) == {"loss", "data_term", "flowed_term", "ratio_data", "ratio_flowed",
                           "grad_norm"}
-
-
-def straight_and_resumed(config, tmp_path, stop: int, between=None):
-  """The final states of ``config`` trained straight through and trained to ``stop``, then
-  resumed to ``config.training.num_steps`` in a new process's way (a fresh ``train_and_evaluate``).
-  ``between(workdir)``, if given, runs on the stopped run's workdir before the resume."""
-  total = config.training.num_steps
-  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-  config.training.num_steps = stop
-  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
-  if between is not None:
-    between(str(tmp_path / "resumed"))
-  config.training.num_steps = total
-  return straight, run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
 
 
 def test_resume_replays_exactly(tmp_path):
@@ -101,18 +69,6 @@ def test_interrupted_save_is_not_taken_as_latest(tmp_path):
   state = run_lib.train_and_evaluate(config, str(workdir))
   assert int(state.step) == 4  # resumed from step 2, not from the half-written step 4
   assert (ckpts / "4").is_dir()
-
-
-def cli(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, "-m", "fdrl_jax.main", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-
-TINY_FLAGS = ["--config.data.batch_size=8", "--config.flow.num_steps=2",
-              "--config.flow.num_refine_steps=1", "--config.training.log_every=2",
-              "--config.training.checkpoint_every=2", "--config.training.sample_every=3",
-              "--config.training.num_grid_samples=4"]
 
 
 def test_digits_end_to_end_through_main(tmp_path):
