@@ -55,7 +55,7 @@ import optax
 
 from fdrl_jax import (datasets, fdrl, image_data, models, optim, priors, reference_weights,
                       robust_resnet, torch_files)
-from fdrl_jax import run_lib, workdir as workdirs
+from fdrl_jax import checkpoints, workdir as workdirs
 
 # The reference's data set -> (this library's config module, its argument, image side).
 DATASETS = {"cifar10": ("cifar10", None, 32), "celeba": ("celeba64", None, 64),
@@ -319,7 +319,7 @@ def import_checkpoint(path: str, workdir: str, prior_path: str | None = None,
     state = build_state(config, ckpt, prior, path)
   workdir = workdirs.check_workdir(workdir, config, create=True)
   workdirs.write_config(workdir, config)
-  run_lib.save_checkpoint(workdir, config, state)
+  checkpoints.save_checkpoint(workdir, config, state)
   return workdir, int(state.step)
 
 

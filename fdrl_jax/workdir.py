@@ -176,6 +176,12 @@ def log_error(workdir: str, error: BaseException) -> str:
   return f"; details in {path}"
 
 
+def await_failed_callbacks() -> None:
+  """Waits for TensorStore's callbacks of a failed read or write, so that they report while the
+  standard error is still captured (``stderr_to_log``), not later on the terminal."""
+  time.sleep(1.0)
+
+
 @contextlib.contextmanager
 def stderr_to_log(workdir: str) -> Iterator[None]:
   """Keeps the standard error (file descriptor 2: Python, absl logging and TensorStore's C++ alike)
@@ -197,7 +203,7 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
       failed = False
     finally:
       if failed:
-        time.sleep(1.0)  # TensorStore's callbacks of a failed read report here, not later
+        await_failed_callbacks()
       gc.collect()  # futures that failed unobserved report themselves when collected
       sys.stderr.flush()
       os.dup2(saved, 2)
