@@ -9,6 +9,7 @@ workdir's ``errors.log`` are ``fdrl_jax.workdir``'s.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sys
 
@@ -66,8 +67,31 @@ def checkpoint_write(workdir: str, step: int, last_good: int | None):
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Saves ``state`` as the checkpoint of ``step`` (the one layout ``Run.restore`` reads)."""
+  """Saves ``state`` as the checkpoint of ``step`` (the one layout ``restore_state`` reads)."""
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+
+# State fields added after checkpoints were written without them; a checkpoint that lacks one is
+# still read when the run's value of it is empty (``GANState.disc_stats``: a discriminator without
+# batch norm).
+LATER_EMPTY_FIELDS = ("disc_stats",)
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, abstract):
+  """The state saved at ``step`` (by ``save_state``) into the shapes of ``abstract``."""
+  restore = lambda template: mngr.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state
+  try:
+    return restore(abstract)
+  except ValueError as e:
+    later = [name for name in LATER_EMPTY_FIELDS if hasattr(abstract, name)
+             and not jax.tree.leaves(getattr(abstract, name))]
+    if "tree structures do not match" not in str(e) or not later:
+      raise
+  # Written before those (empty) fields were added to the state: restore the rest.
+  fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
+            if f.name not in later}
+  return abstract.replace(**restore(fields))
 
 
 def save_checkpoint(workdir: str, config: ml_collections.ConfigDict, state) -> None:

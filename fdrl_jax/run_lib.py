@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,18 +26,12 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from fdrl_jax import (checkpoints, data, datasets, images, methods, metrics_log, parallel,
+from fdrl_jax import (checkpoints, data, datasets, files, images, methods, metrics_log, parallel,
                       sampling, workdir as workdirs)
 
 
 class TrainingDiverged(ValueError):
   """The loss became NaN or infinite."""
-
-
-# State fields added after checkpoints were written without them; a checkpoint that lacks one is
-# still read when the run's value of it is empty (``GANState.disc_stats``: a discriminator without
-# batch norm).
-LATER_EMPTY_FIELDS = ("disc_stats",)
 
 
 class Run:
@@ -83,20 +78,8 @@ class Run:
 
   def restore(self, mngr: ocp.CheckpointManager, step: int, abstract=None):
     """The state saved at ``step``; ``abstract`` is ``abstract_state()`` where the caller has it."""
-    abstract = self.abstract_state() if abstract is None else abstract
-    restore = lambda template: mngr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state
-    try:
-      return restore(abstract)
-    except ValueError as e:
-      later = [name for name in LATER_EMPTY_FIELDS if hasattr(abstract, name)
-               and not jax.tree.leaves(getattr(abstract, name))]
-      if "tree structures do not match" not in str(e) or not later:
-        raise
-    # Written before those (empty) fields were added to the state: restore the rest.
-    fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
-              if f.name not in later}
-    return abstract.replace(**restore(fields))
+    return checkpoints.restore_state(mngr, step,
+                                     self.abstract_state() if abstract is None else abstract)
 
   def train_step(self):
     """The jitted, data-parallel ``step(state, batch, key)`` of the method."""
@@ -200,16 +183,47 @@ def _state_bytes(state) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None
-                       ):
+class Hook:
+  """Work the training loop does at its fixed points, so that an experiment extends the one loop
+  instead of copying it (as flax's periodic actions do). Override what is needed; a plain callable
+  ``hook(step, state, metrics)`` passed to ``train_and_evaluate`` is an ``after_step``. Hooks run
+  on every process.
+
+  The state a hook gets is donated to the next step: read it within the call, never keep it."""
+
+  def begin(self, run: Run, state, step: int) -> None:
+    """Before the first step of this call; ``step`` is the restored (or fresh) state's."""
+
+  def after_step(self, step: int, state, metrics: dict) -> None:
+    """After each step, once its log, checkpoint and sample grid (if due) are written: ``step``
+    steps are done, ``metrics`` are that step's (device arrays, not yet checked finite)."""
+
+  def end(self, run: Run, state) -> None:
+    """After the last step, once every checkpoint is written (not after an interruption)."""
+
+
+@dataclasses.dataclass
+class _AfterStep(Hook):
+  """A callable ``hook(step, state, metrics)`` as a ``Hook``."""
+  fn: Callable[[int, object, dict], None]
+
+  def after_step(self, step: int, state, metrics: dict) -> None:
+    self.fn(step, state, metrics)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
+                       hooks: Sequence[Hook | Callable] = ()):
   """Trains ``config.method`` per ``config`` in ``workdir``, resuming from its latest readable
   checkpoint if any; returns the final state.
 
   The config is committed to the workdir (``config.json``) only once the first step has run, so a
   first run that fails leaves a workdir the corrected command can use. SIGINT / SIGTERM save a
-  checkpoint of the current step and raise ``TrainingInterrupted``.
+  checkpoint of the current step and raise ``TrainingInterrupted``. ``hooks`` (``Hook``s or
+  callables ``hook(step, state, metrics)``) run at the loop's fixed points, in order.
   """
-  workdir = workdirs.check_workdir(workdir, config, create=True)
+  hooks = [h if isinstance(h, Hook) else _AfterStep(h) for h in hooks]
+  workdir = workdirs.check_workdir(
+      workdir, config, create=True, unrelated_sections=methods.unrelated_sections(config.method))
   committed = workdirs.has_config(workdir)
   run = Run(config, mesh)
   cfg = config.training
@@ -225,9 +239,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     start = int(state.step)
     if start < cfg.num_steps:
       # the workdir writable, with room for a checkpoint (and its temporary copy) of this state
-      workdirs.check_writable(workdirs.join(workdir, "metrics.jsonl"), 2 * _state_bytes(state))
+      files.check_writable(workdirs.join(workdir, "metrics.jsonl"), 2 * _state_bytes(state))
     if latest is not None:
       print(f"Resuming from the checkpoint of step {latest} in {workdir}", flush=True)
+    for hook in hooks:
+      hook.begin(run, state, start)
     log = metrics_log.MetricsLog(workdir, start)
     pending: list[tuple[int, dict]] = []
     last_good = latest
@@ -296,8 +312,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         if draws_grids and (done % cfg.sample_every == 0 or last):
           flush(done)
           x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
-          workdirs.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
+          files.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
                               lambda path: images.save_samples(x, path, reference))
+        for hook in hooks:
+          hook.after_step(done, state, metrics)
         if stopping:
           with checkpoints.checkpoint_write(workdir, done, last_good):
             mngr.wait_until_finished()
@@ -311,6 +329,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       log.close()
     with checkpoints.checkpoint_write(workdir, cfg.num_steps, last_good):
       mngr.wait_until_finished()
+    for hook in hooks:
+      hook.end(run, state)
   if start >= cfg.num_steps:
     print(f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
           "--config.training.num_steps to train longer.", flush=True)
@@ -324,7 +344,8 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_opti
                    ) -> tuple[Run, object, int]:
   """The run and the state of the latest readable checkpoint of an existing ``workdir``
   (``data_optional``: see ``Run``; for modes that only sample or translate)."""
-  workdir = workdirs.check_workdir(workdir, config, create=False)
+  workdir = workdirs.check_workdir(
+      workdir, config, create=False, unrelated_sections=methods.unrelated_sections(config.method))
   run = Run(config, data_optional=data_optional)
   with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,
                                    read_only=True) as mngr:
@@ -350,14 +371,14 @@ def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``ResultNotWritten`` with the result, so that nothing computed is lost."""
   methods.get_method(config.method).check_eval(config)
   run, state, step = restore_latest(config, workdir)
-  workdir = os.fspath(workdirs.as_path(workdir))
+  workdir = os.fspath(files.as_path(workdir))
   # Named before the evaluation's collectives, so every process names the same file.
-  path = workdirs.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
-  workdirs.check_writable(path)
+  path = files.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
+  files.check_writable(path)
   parallel.sync("eval_path")
   result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
   try:
-    workdirs.write_json(path, result)
+    files.write_json(path, result)
   except ValueError as e:
     raise ResultNotWritten(f"{str(e).rstrip('.')}; the results above are not saved.",
                            result) from None

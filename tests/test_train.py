@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import digits, toy2d
-from fdrl_jax import datasets, parallel, priors, run_lib, sampling, workdir as workdirs
+from fdrl_jax import datasets, files, parallel, priors, run_lib, sampling
 from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 
@@ -196,16 +196,16 @@ def test_prior_restore_template_matches_the_fitted_prior(prior):
 
 def test_write_new_file_never_replaces_a_file(tmp_path):
   out = tmp_path / "sub" / "x.npz"
-  assert workdirs.write_new_file(str(out), lambda p: open(p, "w").write("new")) == str(out)
+  assert files.write_new_file(str(out), lambda p: open(p, "w").write("new")) == str(out)
   assert out.read_text() == "new"
   with pytest.raises(ValueError, match="exists; choose a new file"):
-    workdirs.write_new_file(str(out), lambda p: open(p, "w").write("newer"))
+    files.write_new_file(str(out), lambda p: open(p, "w").write("newer"))
 
   racer = tmp_path / "race.png"
   def write_while_someone_creates_the_output(path):  # the name appears after the first check
     open(path, "w").write("mine")
     racer.write_text("theirs")
   with pytest.raises(ValueError, match="exists"):
-    workdirs.write_new_file(str(racer), write_while_someone_creates_the_output)
+    files.write_new_file(str(racer), write_while_someone_creates_the_output)
   assert racer.read_text() == "theirs"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["race.png", "sub"]  # no temporary left
