@@ -107,7 +107,7 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
-from fdrl_jax import images, losses, monoflow
+from fdrl_jax import images, losses, monoflow, registry
 
 Array = jax.Array
 
@@ -157,7 +157,7 @@ def generator_loss(name: str) -> Callable[[Array], Array]:
     h = monoflow.get_map("exp", scale=EXP_SCALE).h
     return lambda d: -h(d)
   if name not in F_OF_LOGIT:
-    raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}.")
+    raise registry.unknown_name(name, LOSS_NAMES, "loss")
   return F_OF_LOGIT[name]
 
 
@@ -255,7 +255,7 @@ def make_train(mode: str, steps: int, batch_size: int = BATCH_SIZE, lr: float = 
   samples, then one generator step on fresh z; in the analytic modes only the generator step.
   """
   if mode not in MODES:
-    raise ValueError(f"Unknown mode {mode!r}; expected one of {', '.join(MODES)}.")
+    raise registry.unknown_name(mode, MODES, "mode")
   branches = [generator_loss(name) for name in LOSS_NAMES]
   if decay:  # constant, then a cosine to 0 over the last DECAY_FRACTION of the iterations
     decay_steps = max(1, int(round(DECAY_FRACTION * steps)))
@@ -315,7 +315,7 @@ def run(loss: str, mode: str, steps: int, seed: int = 0, *, batch_size: int = BA
   ``steps`` iterations from ``seed`` (the same seed gives every loss the same noise). ``decay``
   defaults to True in mode "discriminator" only."""
   if loss not in LOSS_NAMES:
-    raise ValueError(f"Unknown loss {loss!r}; expected one of {', '.join(LOSS_NAMES)}.")
+    raise registry.unknown_name(loss, LOSS_NAMES, "loss")
   if decay is None:
     decay = mode == "discriminator"
   start = time.perf_counter()

@@ -159,7 +159,7 @@ def interpolants(prior, a: Array, b: Array, num_columns: int) -> Array:
   x = weight(w_a) * a + weight(w_b) * b  # at t = 0 and 1 this is a or b exactly
   if mean is not None:
     x = x + weight(1.0 - w_a - w_b) * mean
-    clip = getattr(prior, "clip", None)
+    clip = prior.clip
     if clip is not None:
       x = jnp.clip(x, *clip)
   return x
