@@ -2,7 +2,7 @@
 
 Run from the repository root (CPU, 2 cores: about 30 seconds)::
 
-    python experiments/density_chasm.py [--steps 1000] [--out experiments/out/] [--seed 0]
+    python -m experiments.density_chasm [--steps 1000] [--out experiments/out/] [--seed 0]
 
 q' = N(0, 0.1 I) and p = N((6, 6), 0.1 I) in 2-D, with ``configs/toy2d.py:chasm`` (LR-KL, the
 reference toy MLP, η = 1, K = 30, ν = 0.01, Adam 1e-3, batch 256, EMA 0.95):

@@ -1,7 +1,7 @@
 """What the paper's image configs cost on this machine's accelerator, as one Markdown table:
 ``experiments/device_check.sh`` runs it on a GPU machine after installing the GPU requirements.
 
-  python experiments/device_check.py [--configs cifar10,celeba64,lsun_church128,mnist]
+  python -m experiments.device_check [--configs cifar10,celeba64,lsun_church128,mnist]
       [--dtypes float32,bfloat16] [--batch 64] [--flow_steps 100] [--refine_steps κ]
       [--sample_batch 256]
       [--repeats 3] [--out experiments/out] [--compile_only]
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from bench_flow import compile_timed, machine_lines, median_call_s
+from experiments.common import compile_timed, median_call_s, machine_lines
 from fdrl_jax import fdrl, flows, optim, parallel, priors, sampling
 
 MiB = 2**20

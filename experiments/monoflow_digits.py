@@ -1,6 +1,6 @@
 """MonoFlow's GAN-loss comparison on the bundled 8×8 digits, scored by FD-digits.
 
-  python experiments/monoflow_digits.py [--steps 3000] [--samples 1000] [--disc-lr 2e-4]
+  python -m experiments.monoflow_digits [--steps 3000] [--samples 1000] [--disc-lr 2e-4]
                                         [--out experiments/out]
 
 Trains ``configs/monoflow_digits.py`` (DCGAN-style generator, small conv discriminator trained by

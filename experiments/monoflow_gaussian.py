@@ -3,7 +3,7 @@
 Run from the repository root (CPU, 2 cores: a few minutes, see
 ``experiments/out/monoflow_gaussian.md``)::
 
-    python experiments/monoflow_gaussian.py [--steps 1500] [--analytic-steps 10000] [--lr-d 1e-3]
+    python -m experiments.monoflow_gaussian [--steps 1500] [--analytic-steps 10000] [--lr-d 1e-3]
         [--constant-lr] [--out experiments/out/] [--seed 0]
 
 It prints a Markdown table (every loss in every mode: the mean after the notebooks' 1000

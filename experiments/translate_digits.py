@@ -1,6 +1,6 @@
 """Unpaired translation plain → bold digits (FDRL Sec. 6.5, Table 3's protocol), one command.
 
-  python experiments/translate_digits.py [--out experiments/out]
+  python -m experiments.translate_digits [--out experiments/out]
 
 Trains (or reuses, in --out/work) ``configs/digits_bold.py``: the source domain (750 plain training
 digits) is the prior, the target the other 750 training digits made bold. Then:
@@ -22,8 +22,9 @@ import time
 import jax
 import numpy as np
 
+from experiments.common import experiment_report
 from configs import digits_bold
-from fdrl_jax import data, evaluate, figures, run_lib, sampling, workdir as workdirs
+from fdrl_jax import data, evaluate, figures, run_lib, sampling
 
 
 def judges(seed: int) -> tuple[evaluate.Classifier, evaluate.Classifier]:
@@ -83,7 +84,7 @@ def main() -> None:
     mark = " (default)" if total == default_length else ""
     lines.append(f"| {total}{mark} | {bold_share:.2f} | {kept:.2f} | {fd:.1f} |")
     print(lines[-1], flush=True)
-  path = workdirs.experiment_report(args.out, "translate_digits", "\n".join(lines) + "\n")
+  path = experiment_report(args.out, "translate_digits", "\n".join(lines) + "\n")
   print(f"wrote {figures.translation(config, workdir, path, num_samples=16)}")
 
 
