@@ -15,13 +15,12 @@ samples'. Writes ``conditional_digits.md`` and ``conditional_digits.png`` (one r
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import jax
 import numpy as np
 
-from experiments.common import experiment_report
+from experiments.common import argument_parser, experiment_report
 from configs import digits, digits_classifier
 from fdrl_jax import data, evaluate, images, run_lib, sampling
 
@@ -29,9 +28,8 @@ WEIGHTS = (0.0, 0.03, 0.1, 0.2, 0.3, 1.0)
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--samples", type=int, default=100, help="samples per class and setting")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args()
   work = os.path.join(args.out, "work")
   fdrl_config = digits.get_config()

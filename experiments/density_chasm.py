@@ -36,7 +36,6 @@ ends about 80 away after 400).
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -47,6 +46,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
+from experiments.common import argument_parser
 from configs import toy2d
 from fdrl_jax import data, flows, images, priors, run_lib, sampling
 
@@ -57,7 +57,6 @@ STALE_FLOW_STEPS = 400                     # Fig. 2b
 PANEL_CENTRE = TARGET / 2                  # the FDRL plots show (3, 3) ± 6.5
 PANEL_EXTENT = 6.5
 PANEL_SIZE = 320
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 
 class Result(NamedTuple):
@@ -227,10 +226,9 @@ def save_plot(stale: Result, fdrl: Result, path: str, seed: int = 0,
 
 def main() -> None:
   """Runs both experiments, prints the table and writes the PNG."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--steps", type=int, default=toy2d.get_config("chasm").training.num_steps,
                       help="training steps of both estimators (default: the config's, 1000)")
-  parser.add_argument("--out", default=DEFAULT_OUT, help="output folder for density_chasm.png")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   stale = run_stale(args.steps, args.seed)

@@ -19,14 +19,13 @@ FID.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 
 import jax
 
-from experiments.common import (CURVE_VARIANTS, VARIANTS, experiment_report, flow_length_curve,
-                                flow_lengths, train_variant)
+from experiments.common import (CURVE_VARIANTS, VARIANTS, argument_parser, experiment_report,
+                                flow_length_curve, flow_lengths, train_variant)
 from fdrl_jax import figures
 
 FIGURE_VARIANT = "FDRL-DDP LR-KL"  # the digits default: its pictures
@@ -53,12 +52,11 @@ def write_figures(config, workdir: str, out: str) -> list[str]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--part", choices=["table", "curve", "all"], default="all")
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--samples", type=int, default=1000)
   parser.add_argument("--variants", default="", help="comma-separated words of row labels")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args()
   header = (f"CPU: {os.cpu_count()} cores, jax {jax.__version__}, {args.steps} training steps, "
             f"{args.samples} samples, FD-digits against the 297 held-out digits.")

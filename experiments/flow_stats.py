@@ -18,14 +18,13 @@ channels × --width) in place of the small conv net. Writes ``flow_stats[_MODEL]
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import jax
 import numpy as np
 
-from experiments.common import experiment_report, variant_config, train_variant
+from experiments.common import argument_parser, experiment_report, variant_config, train_variant
 from fdrl_jax import flows, run_lib
 
 SETTINGS = {  # (η, learning rate, neutral start, PyTorch's initialisation) per estimator
@@ -67,10 +66,9 @@ def flow_record(config, workdir: str, num_samples: int):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--steps", type=int, default=1500)
   parser.add_argument("--samples", type=int, default=500)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   parser.add_argument("--model", choices=sorted(SETTINGS), default="conv")
   parser.add_argument("--width", type=float, default=0.125, help="resnet32: channels × this")
   parser.add_argument("--rows", default="", help="comma-separated setting indices (default all)")

@@ -94,7 +94,6 @@ departures, each measured (seed 0 unless said):
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import time
@@ -107,6 +106,7 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
+from experiments.common import argument_parser
 from fdrl_jax import images, losses, monoflow, registry
 
 Array = jax.Array
@@ -126,7 +126,6 @@ EXP_SCALE = 1.5
 # COV_TOLERANCE of Σ's. The failing runs end 2–5 away.
 MEAN_TOLERANCE = 0.1
 COV_TOLERANCE = 0.15
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 PANEL_SIZE = 200
 PANEL_EXTENT = 5.0
 TITLE_HEIGHT = 14
@@ -392,7 +391,7 @@ def save_plot(results: dict[tuple[str, str], Result], path: str, seed: int = 0) 
 
 def main() -> None:
   """Runs all losses in all modes, prints the table and writes the Markdown file and the PNG."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--steps", type=int, default=GAN_STEPS,
                       help=f"iterations with the discriminator, mode (c) (default {GAN_STEPS})")
   parser.add_argument("--analytic-steps", type=int, default=ANALYTIC_STEPS,
@@ -402,7 +401,6 @@ def main() -> None:
                            "notebook's is 1e-4)")
   parser.add_argument("--constant-lr", action="store_true",
                       help="keep the generator's learning rate constant in (c), as the notebook")
-  parser.add_argument("--out", default=DEFAULT_OUT, help="output folder")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   start = time.perf_counter()

@@ -15,14 +15,13 @@ Writes ``translate_digits.md`` and ``translate_digits.png`` (source | translated
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import jax
 import numpy as np
 
-from experiments.common import experiment_report
+from experiments.common import argument_parser, experiment_report
 from configs import digits_bold
 from fdrl_jax import data, evaluate, figures, run_lib, sampling
 
@@ -41,8 +40,7 @@ def judges(seed: int) -> tuple[evaluate.Classifier, evaluate.Classifier]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  parser = argument_parser(__doc__)
   args = parser.parse_args()
   config = digits_bold.get_config()
   workdir = os.path.join(args.out, "work", "digits_bold")

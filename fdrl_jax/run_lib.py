@@ -231,8 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   reference = grid_reference(run)
   draws_grids = run.method.sampler_parts is not None
 
-  with workdirs.training_lock(workdir), checkpoints.trainer_manager(workdir, cfg.keep_checkpoints) as mngr, \
-      StopRequests() as stop:
+  with workdirs.training_lock(workdir), \
+      checkpoints.trainer_manager(workdir, cfg.keep_checkpoints) as mngr, StopRequests() as stop:
     state, latest = checkpoints.restore_readable(run, mngr, workdir, set_aside=True)
     if state is None:
       state = run.new_state(fit=True)
