@@ -40,6 +40,30 @@ def test_step_moves_every_parameter_and_keeps_them_finite():
                           "grad_norm"}
 
 
+def test_hooks_run_at_the_loops_points_and_resume_where_it_does(tmp_path):
+  config = toy2d.get_config("8gaussians")
+  config.training.num_steps = 4
+  config.training.checkpoint_every = config.training.log_every = 2
+  config.training.sample_every = 4
+  calls = []
+
+  class Recorder(run_lib.Hook):
+    def begin(self, run, state, step):
+      calls.append(("begin", step, int(state.step)))
+
+    def end(self, run, state):
+      calls.append(("end", int(state.step)))
+
+  after = lambda step, state, metrics: calls.append((step, int(state.step), "loss" in metrics))
+  run_lib.train_and_evaluate(config, str(tmp_path / "w"), hooks=[Recorder(), after])
+  assert calls == [("begin", 0, 0), (1, 1, True), (2, 2, True), (3, 3, True), (4, 4, True),
+                   ("end", 4)]
+  calls.clear()
+  config.training.num_steps = 6
+  run_lib.train_and_evaluate(config, str(tmp_path / "w"), hooks=[Recorder(), after])
+  assert calls == [("begin", 4, 4), (5, 5, True), (6, 6, True), ("end", 6)]
+
+
 def test_resume_replays_exactly(tmp_path):
   config = toy2d.get_config("8gaussians")
   config.training.num_steps = 6
