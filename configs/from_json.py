@@ -5,11 +5,10 @@ evaluated without the .py file it came from; ``--config.*`` overrides apply as u
 to the library after the run was trained (absent from its config.json) takes its default from
 ``configs/default.py``."""
 
-import json
-
 import ml_collections
 
 from fdrl_jax.configs import default
+from fdrl_jax import workdir
 
 
 def _merged(defaults: dict, saved: dict) -> dict:
@@ -21,24 +20,11 @@ def _merged(defaults: dict, saved: dict) -> dict:
   return out
 
 
-def parse(text: str, path: str) -> dict:
-  """A saved config's JSON ``text`` as a dict; a one-line ValueError naming ``path`` if it is not
-  a JSON object."""
-  try:
-    saved = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                     "repair it (`--mode=config` prints a config as JSON).") from None
-  if not isinstance(saved, dict):
-    raise ValueError(f"{path} holds a JSON {type(saved).__name__}, not a config (an object of "
-                     "sections); repair it (`--mode=config` prints a config as JSON).")
-  return saved
-
-
 def read(path: str) -> dict:
-  """``parse`` of the file ``path``."""
+  """The saved config in the file ``path`` as a dict (``workdir.parse_config``: a one-line
+  ValueError if it is not a JSON object)."""
   with open(path) as f:
-    return parse(f.read(), path)
+    return workdir.parse_config(f.read(), path)
 
 
 def get_config(path: str):

@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    python experiments/bench_flow.py            # full run: about 7 min on 2 CPU cores
-    python experiments/bench_flow.py --quick    # seconds: small K, small batch
-    python experiments/bench_flow.py --cases conv --steps 10,100 --conv-batch 8
+    python -m experiments.bench_flow            # full run: about 7 min on 2 CPU cores
+    python -m experiments.bench_flow --quick    # seconds: small K, small batch
+    python -m experiments.bench_flow --cases conv --steps 10,100 --conv-batch 8
 
 Potentials: the paper's toy MLP on 2-D particles (``mlp``), and a three-layer conv net on 32×32×3
 images (a stand-in for the CIFAR10 ResNet) built with plain ``jax.lax`` convolutions, as a user's
@@ -29,17 +29,15 @@ count would undercount ``scan``).
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 
+from experiments.common import compile_timed, median_call_s, machine_lines
 from fdrl_jax import flow
-from fdrl_jax.flows import _auto_unroll
+from fdrl_jax.flows import auto_unroll
 from fdrl_jax.conv import conv_general_dilated
 from fdrl_jax.models import MLP
 
@@ -108,28 +106,6 @@ def make_flow_fn(case: Case, num_steps: int, unroll: int | bool | None) -> Calla
   return jax.jit(run)
 
 
-def compile_timed(fn: Callable, *args) -> tuple[Any, float]:
-  """AOT-compile ``fn`` for ``args``; the compiled executable and the lower + compile time."""
-  start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  return compiled, time.perf_counter() - start
-
-
-def median_call_s(call: Callable[[], jax.Array], repeats: int, budget_s: float) -> float:
-  """Median time of ``call()`` after a warm-up call, over ``repeats`` calls or ``budget_s`` seconds.
-
-  A warm-up call slower than ``budget_s`` is itself the sample (first-call overhead is noise there).
-  """
-  times = []
-  for _ in range(repeats + 1):
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    times.append(time.perf_counter() - start)
-    if sum(times) > budget_s:
-      break
-  return statistics.median(times[1:] or times)
-
-
 def step_flops(case: Case, params, x0: jax.Array, key: jax.Array) -> float | None:
   """XLA's flop count of one flow step, or None where the backend gives none."""
   compiled = make_flow_fn(case, 1, None).lower(params, x0, key).compile()
@@ -165,7 +141,7 @@ def bench_strategy(case: Case, strategy: str, num_steps: int, params, x0: jax.Ar
   call_s = median_call_s(call, args.repeats, args.budget)
   memory = compiled.memory_analysis()
   if unroll is None:
-    unroll = _auto_unroll(lambda x: case.model.apply(params, x), x0, 1 if loop else num_steps)
+    unroll = auto_unroll(lambda x: case.model.apply(params, x), x0, 1 if loop else num_steps)
   return Result(case.name, x0.shape[0], num_steps, strategy, unroll, compile_s, call_s,
                 memory.temp_size_in_bytes / MiB,
                 None if flops is None else flops * num_steps / call_s / 1e9, gpu_peak_mib())
@@ -178,11 +154,6 @@ def bench_case(case: Case, batch: int, steps: list[int], args: argparse.Namespac
   flops = step_flops(case, params, x0, key_flow) if case.name != "mlp" else None
   return [bench_strategy(case, strategy, num_steps, params, x0, key_flow, args, flops)
           for num_steps in steps for strategy in case.strategies]
-
-
-def machine_lines() -> list[str]:
-  return [f"- platform: {jax.default_backend()}, devices: {jax.devices()}",
-          f"- CPU count: {os.cpu_count()}, jax {jax.__version__}"]
 
 
 def table(results: list[Result]) -> list[str]:

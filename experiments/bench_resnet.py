@@ -2,10 +2,10 @@
 
 Run from the repository root::
 
-    python experiments/bench_resnet.py                # B×K = 8×5, 64×1: about 3 min on 2 CPU cores
-    python experiments/bench_resnet.py --cases 8x1 --repeats 1
-    python experiments/bench_resnet.py --bf16         # also 64×100 in float32 and bfloat16
-    python experiments/bench_resnet.py --bf16 --bf16-cases 8x1    # the same at a CPU-sized case
+    python -m experiments.bench_resnet                # B×K = 8×5, 64×1: about 3 min on 2 CPU cores
+    python -m experiments.bench_resnet --cases 8x1 --repeats 1
+    python -m experiments.bench_resnet --bf16         # also 64×100 in float32 and bfloat16
+    python -m experiments.bench_resnet --bf16 --bf16-cases 8x1    # the same at a CPU-sized case
 
 For each case B×K (particles or batch, flow steps) and dtype, two rows:
 
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench_flow import compile_timed, machine_lines, median_call_s
+from experiments.common import compile_timed, median_call_s, machine_lines
 from fdrl_jax import fdrl, flow, flow_potential, flows, losses, models, priors
 from fdrl_jax.models import ResNet
 

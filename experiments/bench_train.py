@@ -1,6 +1,6 @@
 """Training steps per second of the toy and digits configs (a Markdown table).
 
-  python experiments/bench_train.py [--steps 50] [--configs toy2d.py:8gaussians,digits.py]
+  python -m experiments.bench_train [--steps 50] [--configs toy2d.py:8gaussians,digits.py]
 
 Each config is built exactly as `python -m fdrl_jax.main` builds it (fdrl_jax.run_lib.Run, all
 devices of the process), compiled once, then timed over --steps steady steps.

@@ -1,7 +1,7 @@
 """By-hand check of ``python -m fdrl_jax.import_reference`` against the reference's own code.
 
 Needs PyTorch and a checkout of clear-nus/fdrl (neither is a dependency of fdrl_jax or its tests):
-  python experiments/check_reference_import.py --reference=/path/to/clear-nus/fdrl [--out=DIR] \
+  python -m experiments.check_reference_import --reference=/path/to/clear-nus/fdrl [--out=DIR] \
       [--robustness=/path/to/MadryLab/robustness]
 
 For each reference estimator (ResNet32x32, ResNet64x64, ResNet128x128, ResNet64x64Shallow, with and

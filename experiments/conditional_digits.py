@@ -1,6 +1,6 @@
 """Class-conditional FDRL on the bundled 8×8 digits (FDRL Sec. 6.4, Eq. 12, 29–31), one command.
 
-  python experiments/conditional_digits.py [--samples 100] [--out experiments/out]
+  python -m experiments.conditional_digits [--samples 100] [--out experiments/out]
 
 Trains (or reuses, in --out/work) the digits default (``configs/digits.py``, FDRL-DDP LR-KL), a
 robust guiding classifier (``configs/digits_classifier.py``, PGD-L2 with noise) and a non-robust
@@ -15,22 +15,21 @@ samples'. Writes ``conditional_digits.md`` and ``conditional_digits.png`` (one r
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import jax
 import numpy as np
 
+from experiments.common import argument_parser, experiment_report
 from fdrl_jax.configs import digits, digits_classifier
-from fdrl_jax import bundled, evaluate, images, run_lib, sampling, workdir as workdirs
+from fdrl_jax import bundled, evaluate, images, run_lib, sampling
 
 WEIGHTS = (0.0, 0.03, 0.1, 0.2, 0.3, 1.0)
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--samples", type=int, default=100, help="samples per class and setting")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args()
   work = os.path.join(args.out, "work")
   fdrl_config = digits.get_config()
@@ -81,7 +80,7 @@ def main() -> None:
       print(lines[-1], flush=True)
       if name == "robust" and weight == fdrl_config.sampling.classifier_weight:
         pictures["robust"] = np.stack([e[:10] for e in everything])
-  path = workdirs.experiment_report(args.out, "conditional_digits", "\n".join(lines) + "\n")
+  path = experiment_report(args.out, "conditional_digits", "\n".join(lines) + "\n")
   if "robust" in pictures:
     images.save_png(images.tile(pictures["robust"]), path)
     print(f"wrote {path}")

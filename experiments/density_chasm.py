@@ -2,13 +2,14 @@
 
 Run from the repository root (CPU, 2 cores: about 30 seconds)::
 
-    python experiments/density_chasm.py [--steps 1000] [--out experiments/out/] [--seed 0]
+    python -m experiments.density_chasm [--steps 1000] [--out experiments/out/] [--seed 0]
 
 q' = N(0, 0.1 I) and p = N((6, 6), 0.1 I) in 2-D, with ``configs/toy2d.py:chasm`` (LR-KL, the
 reference toy MLP, η = 1, K = 30, ν = 0.01, Adam 1e-3, batch 256, EMA 0.95):
 
 * stale: the estimator is trained once on q' against p for the same number of gradient steps
-  (Algorithm 1 with the identity flow, η = 0), then prior particles follow its flow for 400 steps;
+  (Algorithm 1 with the identity flow: one step of η = 1e-12, no noise), then prior particles
+  follow its flow for 400 steps;
 * FDRL: Algorithm 1 (each step flows prior samples K steps with the current estimator and trains
   on data against them), sampled with Algorithm 2; the mean of the flowed particles is recorded
   every few training steps (Fig. 4, bottom row);
@@ -35,20 +36,19 @@ ends about 80 away after 400).
 
 from __future__ import annotations
 
-import argparse
 import os
+import tempfile
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
+from experiments.common import argument_parser
 from fdrl_jax.configs import toy2d
-from fdrl_jax import bundled, fdrl, flows, images, models, optim, priors, sampling
+from fdrl_jax import bundled, flows, images, priors, run_lib, sampling
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set
 NEAR_TARGET = np.array([1.0, 1.0])         # "chasm_near" (Fig. 2a): p close to q'
@@ -57,18 +57,6 @@ STALE_FLOW_STEPS = 400                     # Fig. 2b
 PANEL_CENTRE = TARGET / 2                  # the FDRL plots show (3, 3) ± 6.5
 PANEL_EXTENT = 6.5
 PANEL_SIZE = 320
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
-
-
-class Setup(NamedTuple):
-  """The pieces of a chasm run built from its config."""
-  config: ml_collections.ConfigDict
-  dataset: bundled.Dataset
-  model: nn.Module
-  loss: fdrl.BregmanLoss
-  potential: Callable
-  flow_spec: flows.FlowSpec
-  prior: Any
 
 
 class Result(NamedTuple):
@@ -82,84 +70,85 @@ class Result(NamedTuple):
   seconds: float
 
 
-def chasm_setup(steps: int, seed: int, name: str = "chasm") -> Setup:
-  """Builds the chasm config (``configs/toy2d.py:chasm``) for ``steps`` training steps, its data
-  set ``name`` (``chasm_near``: the same prior, p = N((1, 1), 0.1 I))."""
+# A training flow of one step this small is the identity in float32 (particles of size ~0.3 move
+# by < 1e-9): the stale estimator is trained on q' itself. The config check wants η > 0.
+STALE_TRAINING_STEP_SIZE = 1e-12
+
+
+def chasm_config(steps: int, seed: int, name: str = "chasm") -> ml_collections.ConfigDict:
+  """The chasm config (``configs/toy2d.py:chasm``) for ``steps`` training steps on the data set
+  ``name`` (``chasm_near``: the same prior, p = N((1, 1), 0.1 I)), saving and drawing only at the
+  end."""
   config = toy2d.get_config("chasm")
   config.data.name = name
   config.seed = seed
   config.training.num_steps = steps
-  dataset = bundled.create_dataset(config.data.name, seed=seed)
-  loss, potential = fdrl.build_potential(config)
-  prior = priors.build_prior(config, bundled.fit_samples(dataset, 10_000, seed),
-                             dataset.event_shape)
-  return Setup(config=config, dataset=dataset, model=fdrl.create_estimator(config), loss=loss,
-               potential=potential, flow_spec=sampling.build_flow_spec(config), prior=prior)
+  config.training.log_every = config.training.checkpoint_every = steps
+  config.training.sample_every = steps
+  return config
 
 
-def run_keys(seed: int) -> jax.Array:
-  """Splits the seed into the keys of initialisation, training steps, recording, final samples."""
-  return jax.random.split(jax.random.key(seed), 4)
+class Record(run_lib.Hook):
+  """Records, in the training loop, the mean of ``num_record`` particles sampled with the EMA
+  estimator (Algorithm 2) at step 0 and every ``record_every`` steps (if > 0), and at the end
+  the final ``finish(run, state)``."""
+
+  def __init__(self, record_every: int, num_record: int, finish: Callable):
+    self.record_every, self.num_record, self.finish = record_every, num_record, finish
+    self.means: list[np.ndarray] = []
+    self.run, self.result = None, None
+
+  def begin(self, run: run_lib.Run, state, step: int) -> None:
+    self.run = run
+    self.after_step(step, state, {})
+
+  def after_step(self, step: int, state, metrics: dict) -> None:
+    if self.record_every and step % self.record_every == 0:
+      x = self.run.draw(state, self.run.sample_key_for(step), self.num_record, "prior")
+      self.means.append(np.mean(x, axis=0))
+
+  def end(self, run: run_lib.Run, state) -> None:
+    self.result = self.finish(run, state)
 
 
-def prior_sampler(setup: Setup) -> Callable[[Any, jax.Array, int], np.ndarray]:
-  """Algorithm 2 with the setup's estimator and flow: ``sample(state, key, n)``."""
-  parts = fdrl.sampler_parts(setup.config, setup.dataset)
-  return sampling.build_sampler(setup.config, parts, "prior").sample
-
-
-def fit_estimator(setup: Setup, flow_spec: flows.FlowSpec, record_every: int = 0,
-                  num_record: int = 500) -> tuple[fdrl.TrainState, np.ndarray]:
-  """Trains the estimator with Algorithm 1, its training flow given by ``flow_spec``.
-
-  Returns the final state and, if ``record_every`` > 0, the mean of ``num_record`` particles
-  sampled with the EMA estimator (Algorithm 2, the config's flow) at step 0 and every
-  ``record_every`` steps.
-  """
-  config = setup.config
-  tx = optim.build_optimizer(config)
-  init_key, step_key, sample_key, _ = run_keys(config.seed)
-  state = fdrl.create_train_state(setup.model, tx, setup.prior, init_key,
-                                  setup.dataset.event_shape)
-  step_fn = jax.jit(fdrl.make_train_step(
-      setup.model.apply, tx, setup.loss, setup.potential, flow_spec, dequantization=0.0,
-      random_flip=False, ema_decay=config.optim.ema_decay))  # no image augmentation on 2-D data
-  sampler = prior_sampler(setup)
-  means = []
-  for step in range(config.training.num_steps + 1):
-    if record_every and step % record_every == 0:
-      x = sampler(state, jax.random.fold_in(sample_key, step), num_record)
-      means.append(jnp.mean(x, axis=0))
-    if step < config.training.num_steps:
-      batch = bundled.get_batch(setup.dataset, config.seed, step, config.data.batch_size)
-      state, _ = step_fn(state, jnp.asarray(batch), step_key)
-  return state, np.asarray(means).reshape(-1, 2)
+def train(config: ml_collections.ConfigDict, record: Record) -> Record:
+  """Trains ``config`` with the library's loop (``run_lib.train_and_evaluate``) in a temporary
+  workdir, ``record`` hooked in."""
+  with tempfile.TemporaryDirectory() as workdir:
+    run_lib.train_and_evaluate(config, workdir, hooks=[record])
+  return record
 
 
 def run_stale(steps: int, seed: int = 0, num_samples: int = 1000,
               flow_steps: int = STALE_FLOW_STEPS, name: str = "chasm") -> Result:
   """Trains the estimator once on q' against p (no flow), then flows prior particles with it."""
   start = time.perf_counter()
-  setup = chasm_setup(steps, seed, name)
-  spec = setup.flow_spec
-  state, _ = fit_estimator(setup, spec.replace(num_steps=1, step_size=0.0, noise_scale=0.0))
-  k_prior, k_flow = jax.random.split(run_keys(seed)[3])
-  x, path = flows.flow(
-      fdrl.estimator_potential(setup.model.apply, setup.potential, state.ema_variables()),
-      state.prior.sample(k_prior, num_samples), k_flow, num_steps=flow_steps,
-      step_size=spec.step_size, noise_scale=spec.noise_scale, clip=spec.clip, save_every=1)
-  return Result(samples=np.asarray(x), path=np.asarray(path.mean(axis=1)),
-                seconds=time.perf_counter() - start)
+  config = chasm_config(steps, seed, name)
+  spec = sampling.build_flow_spec(config)
+  config.flow.num_steps, config.flow.step_size, config.flow.noise_scale = (
+      1, STALE_TRAINING_STEP_SIZE, 0.0)
+
+  def flow(run: run_lib.Run, state) -> tuple[np.ndarray, np.ndarray]:
+    parts = run.sampler_parts()
+    k_prior, k_flow = jax.random.split(run.sample_key_for(0))
+    x, path = flows.flow(parts.potential(state), parts.start(state, k_prior, num_samples),
+                         k_flow, num_steps=flow_steps, step_size=spec.step_size,
+                         noise_scale=spec.noise_scale, clip=spec.clip, save_every=1)
+    return np.asarray(x), np.asarray(path.mean(axis=1))
+
+  x, path = train(config, Record(0, 0, flow)).result
+  return Result(samples=x, path=path, seconds=time.perf_counter() - start)
 
 
-def run_fdrl(steps: int, seed: int = 0, num_samples: int = 1000, record_every: int = 5
-             ) -> Result:
+def run_fdrl(steps: int, seed: int = 0, num_samples: int = 1000, record_every: int = 5,
+             num_record: int = 500) -> Result:
   """Trains FDRL (Algorithm 1), recording the flowed mean, and samples K + κ steps."""
   start = time.perf_counter()
-  setup = chasm_setup(steps, seed)
-  state, path = fit_estimator(setup, setup.flow_spec, record_every)
-  x = prior_sampler(setup)(state, run_keys(seed)[3], num_samples)
-  return Result(samples=np.asarray(x), path=path, seconds=time.perf_counter() - start)
+  record = train(chasm_config(steps, seed), Record(
+      record_every, num_record,
+      lambda run, state: run.draw(state, run.sample_key_for(0), num_samples, "prior")))
+  return Result(samples=np.asarray(record.result), path=np.asarray(record.means).reshape(-1, 2),
+                seconds=time.perf_counter() - start)
 
 
 def mean_error(x: np.ndarray, target: np.ndarray = TARGET) -> float:
@@ -205,9 +194,11 @@ def labelled_panel(points: np.ndarray, reference: np.ndarray, title: str, centre
 
 def reference_points(seed: int, n: int = 500, name: str = "chasm") -> np.ndarray:
   """Draws n prior particles and n data points (2n, 2), the grey background of the plots."""
-  setup = chasm_setup(0, seed, name)
-  prior = np.asarray(setup.prior.sample(jax.random.key(seed), n))
-  return np.concatenate([prior, bundled.get_batch(setup.dataset, seed, 0, n)])
+  config = chasm_config(1, seed, name)
+  dataset = bundled.create_dataset(name, seed=seed)
+  prior = priors.build_prior(config, bundled.fit_samples(dataset, 10_000, seed), dataset.event_shape)
+  return np.concatenate([np.asarray(prior.sample(jax.random.key(seed), n)),
+                         bundled.get_batch(dataset, seed, 0, n)])
 
 
 def save_plot(stale: Result, fdrl: Result, path: str, seed: int = 0,
@@ -235,10 +226,9 @@ def save_plot(stale: Result, fdrl: Result, path: str, seed: int = 0,
 
 def main() -> None:
   """Runs both experiments, prints the table and writes the PNG."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--steps", type=int, default=toy2d.get_config("chasm").training.num_steps,
                       help="training steps of both estimators (default: the config's, 1000)")
-  parser.add_argument("--out", default=DEFAULT_OUT, help="output folder for density_chasm.png")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   stale = run_stale(args.steps, args.seed)

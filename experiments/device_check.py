@@ -1,7 +1,7 @@
 """What the paper's image configs cost on this machine's accelerator, as one Markdown table:
 ``experiments/device_check.sh`` runs it on a GPU machine after installing the GPU requirements.
 
-  python experiments/device_check.py [--configs cifar10,celeba64,lsun_church128,mnist]
+  python -m experiments.device_check [--configs cifar10,celeba64,lsun_church128,mnist]
       [--dtypes float32,bfloat16] [--batch 64] [--flow_steps 100] [--refine_steps κ]
       [--sample_batch 256]
       [--repeats 3] [--out experiments/out] [--compile_only]
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from bench_flow import compile_timed, machine_lines, median_call_s
+from experiments.common import argument_parser, compile_timed, median_call_s, machine_lines
 from fdrl_jax import fdrl, flows, optim, parallel, priors, sampling
 
 MiB = 2**20
@@ -143,7 +143,7 @@ def markdown(rows: list[dict[str, Any]], diffs: dict[str, tuple[float, float]],
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--configs", default="cifar10,celeba64,lsun_church128,mnist")
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--batch", type=int, default=64)
@@ -152,7 +152,6 @@ def main() -> None:
   parser.add_argument("--sample_batch", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--budget", type=float, default=30.0, help="seconds per timing")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   parser.add_argument("--compile_only", action="store_true",
                       help="compile time and temporary memory of the training steps alone")
   args = parser.parse_args()

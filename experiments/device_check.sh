@@ -11,4 +11,4 @@ if [ ! -x .venv-gpu/bin/python ]; then
 fi
 .venv-gpu/bin/python -m pip install --quiet --disable-pip-version-check -e '.[gpu]'
 .venv-gpu/bin/python -c "import jax; print('devices:', jax.devices())"
-.venv-gpu/bin/python experiments/device_check.py "$@"
+.venv-gpu/bin/python -m experiments.device_check "$@"

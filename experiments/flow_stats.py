@@ -1,10 +1,10 @@
 """What the flow does to its particles, for LSIF-χ² on the bundled digits at several η, learning
 rates and starts of the estimator: why the paper's η = 3 trained worse here (issue 13's question).
 
-  python experiments/flow_stats.py [--steps 1500] [--samples 500] [--out experiments/out]
-  python experiments/flow_stats.py --model resnet32 --width 0.125 --steps 1000   # paper ResNet
-  python experiments/flow_stats.py --steps 4000 --rows 3                          # one row, longer
-  python experiments/flow_stats.py --model resnet32 --rows 0 --sn_every_call      # reference SN
+  python -m experiments.flow_stats [--steps 1500] [--samples 500] [--out experiments/out]
+  python -m experiments.flow_stats --model resnet32 --width 0.125 --steps 1000   # paper ResNet
+  python -m experiments.flow_stats --steps 4000 --rows 3                          # one row, longer
+  python -m experiments.flow_stats --model resnet32 --rows 0 --sn_every_call      # reference SN
 
 Each setting (η, Adam learning rate, the estimator's start: neutral r = 1 or the reference's
 r ≈ 0, and Flax's or PyTorch's initialisation) trains ``configs/digits.py`` with LSIF-χ² for
@@ -18,15 +18,14 @@ channels × --width) in place of the small conv net. Writes ``flow_stats[_MODEL]
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import jax
 import numpy as np
 
-from digits_table import train_variant, variant_config
-from fdrl_jax import flows, run_lib, workdir as workdirs
+from experiments.common import argument_parser, experiment_report, variant_config, train_variant
+from fdrl_jax import flows, run_lib
 
 SETTINGS = {  # (η, learning rate, neutral start, PyTorch's initialisation) per estimator
     "conv": [(1.0, 1e-3, True, False), (1.0, 1e-3, False, False), (3.0, 1e-3, True, False),
@@ -67,10 +66,9 @@ def flow_record(config, workdir: str, num_samples: int):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--steps", type=int, default=1500)
   parser.add_argument("--samples", type=int, default=500)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   parser.add_argument("--model", choices=sorted(SETTINGS), default="conv")
   parser.add_argument("--width", type=float, default=0.125, help="resnet32: channels × this")
   parser.add_argument("--rows", default="", help="comma-separated setting indices (default all)")
@@ -125,7 +123,7 @@ def main() -> None:
       "_sn_every_call" if args.sn_every_call else "") + (
       f"_seed{args.seed}" if args.seed else "") + (
       f"_rows{args.rows.replace(',', '-')}_{args.steps}" if args.rows else "")
-  workdirs.experiment_report(args.out, name, text)
+  experiment_report(args.out, name, text)
 
 
 if __name__ == "__main__":

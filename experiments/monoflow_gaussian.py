@@ -3,7 +3,7 @@
 Run from the repository root (CPU, 2 cores: a few minutes, see
 ``experiments/out/monoflow_gaussian.md``)::
 
-    python experiments/monoflow_gaussian.py [--steps 1500] [--analytic-steps 10000] [--lr-d 1e-3]
+    python -m experiments.monoflow_gaussian [--steps 1500] [--analytic-steps 10000] [--lr-d 1e-3]
         [--constant-lr] [--out experiments/out/] [--seed 0]
 
 It prints a Markdown table (every loss in every mode: the mean after the notebooks' 1000
@@ -94,7 +94,6 @@ departures, each measured (seed 0 unless said):
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import time
@@ -107,7 +106,8 @@ import numpy as np
 import optax
 from PIL import Image, ImageDraw
 
-from fdrl_jax import images, losses, monoflow
+from experiments.common import argument_parser
+from fdrl_jax import images, losses, monoflow, registry
 
 Array = jax.Array
 
@@ -126,7 +126,6 @@ EXP_SCALE = 1.5
 # COV_TOLERANCE of Σ's. The failing runs end 2–5 away.
 MEAN_TOLERANCE = 0.1
 COV_TOLERANCE = 0.15
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 PANEL_SIZE = 200
 PANEL_EXTENT = 5.0
 TITLE_HEIGHT = 14
@@ -157,7 +156,7 @@ def generator_loss(name: str) -> Callable[[Array], Array]:
     h = monoflow.get_map("exp", scale=EXP_SCALE).h
     return lambda d: -h(d)
   if name not in F_OF_LOGIT:
-    raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}.")
+    raise registry.unknown_name(name, LOSS_NAMES, "loss")
   return F_OF_LOGIT[name]
 
 
@@ -255,7 +254,7 @@ def make_train(mode: str, steps: int, batch_size: int = BATCH_SIZE, lr: float = 
   samples, then one generator step on fresh z; in the analytic modes only the generator step.
   """
   if mode not in MODES:
-    raise ValueError(f"Unknown mode {mode!r}; expected one of {', '.join(MODES)}.")
+    raise registry.unknown_name(mode, MODES, "mode")
   branches = [generator_loss(name) for name in LOSS_NAMES]
   if decay:  # constant, then a cosine to 0 over the last DECAY_FRACTION of the iterations
     decay_steps = max(1, int(round(DECAY_FRACTION * steps)))
@@ -315,7 +314,7 @@ def run(loss: str, mode: str, steps: int, seed: int = 0, *, batch_size: int = BA
   ``steps`` iterations from ``seed`` (the same seed gives every loss the same noise). ``decay``
   defaults to True in mode "discriminator" only."""
   if loss not in LOSS_NAMES:
-    raise ValueError(f"Unknown loss {loss!r}; expected one of {', '.join(LOSS_NAMES)}.")
+    raise registry.unknown_name(loss, LOSS_NAMES, "loss")
   if decay is None:
     decay = mode == "discriminator"
   start = time.perf_counter()
@@ -392,7 +391,7 @@ def save_plot(results: dict[tuple[str, str], Result], path: str, seed: int = 0) 
 
 def main() -> None:
   """Runs all losses in all modes, prints the table and writes the Markdown file and the PNG."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   parser.add_argument("--steps", type=int, default=GAN_STEPS,
                       help=f"iterations with the discriminator, mode (c) (default {GAN_STEPS})")
   parser.add_argument("--analytic-steps", type=int, default=ANALYTIC_STEPS,
@@ -402,7 +401,6 @@ def main() -> None:
                            "notebook's is 1e-4)")
   parser.add_argument("--constant-lr", action="store_true",
                       help="keep the generator's learning rate constant in (c), as the notebook")
-  parser.add_argument("--out", default=DEFAULT_OUT, help="output folder")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   start = time.perf_counter()

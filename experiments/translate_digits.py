@@ -1,6 +1,6 @@
 """Unpaired translation plain → bold digits (FDRL Sec. 6.5, Table 3's protocol), one command.
 
-  python experiments/translate_digits.py [--out experiments/out]
+  python -m experiments.translate_digits [--out experiments/out]
 
 Trains (or reuses, in --out/work) ``configs/digits_bold.py``: the source domain (750 plain training
 digits) is the prior, the target the other 750 training digits made bold. Then:
@@ -15,15 +15,15 @@ Writes ``translate_digits.md`` and ``translate_digits.png`` (source | translated
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import jax
 import numpy as np
 
+from experiments.common import argument_parser, experiment_report
 from fdrl_jax.configs import digits_bold
-from fdrl_jax import bundled, evaluate, figures, run_lib, sampling, workdir as workdirs
+from fdrl_jax import bundled, evaluate, figures, run_lib, sampling
 
 
 def judges(seed: int) -> tuple[evaluate.Classifier, evaluate.Classifier]:
@@ -40,8 +40,7 @@ def judges(seed: int) -> tuple[evaluate.Classifier, evaluate.Classifier]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+  parser = argument_parser(__doc__)
   args = parser.parse_args()
   config = digits_bold.get_config()
   workdir = os.path.join(args.out, "work", "digits_bold")
@@ -83,7 +82,7 @@ def main() -> None:
     mark = " (default)" if total == default_length else ""
     lines.append(f"| {total}{mark} | {bold_share:.2f} | {kept:.2f} | {fd:.1f} |")
     print(lines[-1], flush=True)
-  path = workdirs.experiment_report(args.out, "translate_digits", "\n".join(lines) + "\n")
+  path = experiment_report(args.out, "translate_digits", "\n".join(lines) + "\n")
   print(f"wrote {figures.translation(config, workdir, path, num_samples=16)}")
 
 

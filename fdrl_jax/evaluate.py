@@ -33,7 +33,7 @@ import numpy as np
 import optax
 import scipy.linalg
 
-from fdrl_jax import bundled, parallel, workdir as workdirs
+from fdrl_jax import bundled, files, parallel, workdir as workdirs
 from fdrl_jax.conv import conv_general_dilated
 
 
@@ -329,7 +329,7 @@ def _fid(config, dataset: bundled.Dataset, samples, baseline, baseline_name, wor
     raise ValueError(f"FID statistics of {config.data.name!r} cannot be computed from "
                      f"{n_ref} training images: the split has {size}; set "
                      "--config.eval.num_reference to at most that, or 0 for all of them.")
-  cache = workdirs.as_path(workdirs.join(
+  cache = files.as_path(workdirs.join(
       workdir, f"fid_stats_{config.data.name}_{'test' if translation else n_ref}.npz"))
   if cache.exists():  # the data set's statistics are computed once per workdir
     with np.load(io.BytesIO(cache.read_bytes())) as f:
@@ -337,7 +337,7 @@ def _fid(config, dataset: bundled.Dataset, samples, baseline, baseline_name, wor
   else:
     mu, sigma = stats([dataset.test] if translation else
                       _reference_batches(config, dataset, n_ref))
-    workdirs.write_file(os.fspath(cache), lambda tmp: np.savez(tmp, mu=mu, sigma=sigma))
+    files.write_file(os.fspath(cache), lambda tmp: np.savez(tmp, mu=mu, sigma=sigma))
   result = {"fid": frechet_distance(*stats(samples), mu, sigma),
             "num_reference": n_ref,
             "fid_variant": "pytorch-fid's InceptionV3 pool3 (TF-FID weights), bilinear resize to "

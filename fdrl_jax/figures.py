@@ -21,8 +21,8 @@ Rows × columns pictures are tiled by ``images.tile`` (an integer enlargement up
 pixels, s = max(1, ⌈32 / max(H, W)⌉) (33 pixels a cell for the 8×8 digits).
 
 An existing output file is never overwritten: it is refused up front (as is an output that cannot
-be written, ``workdir.check_writable``), and the PNG is created by
-``workdir.write_new_file`` (a temporary file hard-linked to the output name, which fails if the
+be written, ``files.check_writable``), and the PNG is created by
+``files.write_new_file`` (a temporary file hard-linked to the output name, which fails if the
 name appeared meanwhile), as ``--mode=sample`` writes its .npz.
 """
 
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fdrl_jax import bundled, evaluate, flows, images, priors, run_lib, sampling, workdir
+from fdrl_jax import bundled, evaluate, files, flows, images, priors, run_lib, sampling
 
 Array = jax.Array
 
@@ -159,7 +159,7 @@ def interpolants(prior, a: Array, b: Array, num_columns: int) -> Array:
   x = weight(w_a) * a + weight(w_b) * b  # at t = 0 and 1 this is a or b exactly
   if mean is not None:
     x = x + weight(1.0 - w_a - w_b) * mean
-    clip = getattr(prior, "clip", None)
+    clip = prior.clip
     if clip is not None:
       x = jnp.clip(x, *clip)
   return x
@@ -219,15 +219,15 @@ def _check_count(what: str, n: int, minimum: int = 1) -> None:
 def _check_output(output_path: str) -> None:
   if not output_path.lower().endswith(".png"):
     raise ValueError(f"--output {output_path} must name a .png file.")
-  workdir.refuse_existing(output_path)
-  workdir.check_writable(output_path)
+  files.refuse_existing(output_path)
+  files.check_writable(output_path)
 
 
 def _write(picture: np.ndarray, output_path: str, title: str, step: int) -> str:
   """Writes ``picture`` under its title and the checkpoint's step as a new PNG file
-  (``workdir.write_new_file``: never overwrites)."""
+  (``files.write_new_file``: never overwrites)."""
   picture = images.titled(picture, f"{title} - step {step}")
-  return workdir.write_new_file(output_path, lambda path: images.save_png(picture, path))
+  return files.write_new_file(output_path, lambda path: images.save_png(picture, path))
 
 
 def _require_images(config: ml_collections.ConfigDict, figure: str) -> None:

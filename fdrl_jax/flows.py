@@ -56,7 +56,7 @@ def _has_slow_loop_convolution(jaxpr) -> bool:
 CPU_UNROLL_MAX_STEPS = 20
 
 
-def _auto_unroll(potential_fn: PotentialFn, x0: Array, num_steps: int) -> int | bool:
+def auto_unroll(potential_fn: PotentialFn, x0: Array, num_steps: int) -> int | bool:
   """``potential_fn`` here maps particles to values only (a stateful one with its state bound)."""
   if jax.default_backend() != "cpu" or num_steps > CPU_UNROLL_MAX_STEPS:
     return 1
@@ -144,7 +144,7 @@ def flow(
     raise ValueError(f"x0 must be a floating-point array, got dtype {x0.dtype}.")
   stateful = state is not None
   if unroll is None:
-    unroll = _auto_unroll(
+    unroll = auto_unroll(
         (lambda x: potential_fn(x, state)[0]) if stateful else potential_fn, x0, num_steps)
   elif unroll is not True:
     unroll = _check_int("unroll", unroll)

@@ -55,7 +55,7 @@ import optax
 
 from fdrl_jax import (datasets, fdrl, models, optim, priors, readers, reference_weights,
                       robust_resnet, torch_files)
-from fdrl_jax import run_lib, workdir as workdirs
+from fdrl_jax import checkpoints, files, methods, workdir as workdirs
 
 # The reference's data set -> (this library's config module, its argument, image side).
 DATASETS = {"cifar10": ("cifar10", None, 32), "celeba": ("celeba64", None, 64),
@@ -299,7 +299,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 def import_checkpoint(path: str, workdir: str, prior_path: str | None = None,
                       overrides: list[str] = ()) -> tuple[str, int]:
   """Writes the workdir of a reference checkpoint; returns its path and step."""
-  target = workdirs.as_path(workdir)
+  target = files.as_path(workdir)
   if target.exists() and (not target.is_dir() or any(target.iterdir())):
     raise ValueError(f"--workdir {workdir} exists and is not empty; give a new one")
   ckpt = torch_files.load(path)
@@ -317,9 +317,10 @@ def import_checkpoint(path: str, workdir: str, prior_path: str | None = None,
     apply_overrides(config, list(overrides))
     prior = build_prior(config, prior_path, reference_shape(ckpt))
     state = build_state(config, ckpt, prior, path)
-  workdir = workdirs.check_workdir(workdir, config, create=True)
+  workdir = workdirs.check_workdir(workdir, config, create=True,
+                                   unrelated_sections=methods.unrelated_sections(config.method))
   workdirs.write_config(workdir, config)
-  run_lib.save_checkpoint(workdir, config, state)
+  checkpoints.save_checkpoint(workdir, config, state)
   return workdir, int(state.step)
 
 

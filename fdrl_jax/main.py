@@ -149,8 +149,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _new_output(name: str) -> str:
   """A new file ``name`` in the workdir (``-2``, ``-3`` ... before the extension if it exists),
   named the same by every process before any of them writes."""
-  from fdrl_jax import parallel, workdir
-  path = workdir.free_path(workdir.join(_WORKDIR.value, name))
+  from fdrl_jax import files, parallel, workdir
+  path = files.free_path(workdir.join(_WORKDIR.value, name))
   parallel.sync("output_name")
   return path
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 import ml_collections
 
-from fdrl_jax import classifier, datasets, evaluate, fdrl, gan
+from fdrl_jax import classifier, datasets, evaluate, fdrl, gan, registry
 
 
 class Method(NamedTuple):
@@ -37,6 +37,8 @@ class Method(NamedTuple):
     check_eval: config → None, a one-line ValueError for an evaluation that cannot run (checked
       before anything is restored).
     evaluate: (config, run, state, workdir) → the results ``--mode=eval`` writes.
+    sections: the config sections only this method reads (a run of another method is not tied to
+      them on its workdir).
   """
   dataset: Callable[[ml_collections.ConfigDict], Any]
   init_state: Callable[..., Any]
@@ -45,6 +47,7 @@ class Method(NamedTuple):
   sampler_parts: Callable[..., Any] | None
   check_eval: Callable[[ml_collections.ConfigDict], None]
   evaluate: Callable[..., dict]
+  sections: tuple[str, ...] = ()
 
 
 METHODS: dict[str, Method] = {
@@ -55,17 +58,21 @@ METHODS: dict[str, Method] = {
     "gan": Method(dataset=datasets.build_dataset, init_state=gan.init_state,
                   train_step=gan.build_train_step, batch=datasets.image_batch,
                   sampler_parts=gan.sampler_parts, check_eval=evaluate.check_metric,
-                  evaluate=evaluate.evaluate_samples),
+                  evaluate=evaluate.evaluate_samples, sections=("gan", "generator")),
     "classifier": Method(dataset=datasets.labelled_dataset, init_state=classifier.init_state,
                          train_step=classifier.build_train_step, batch=datasets.labelled_batch,
                          sampler_parts=None, check_eval=lambda config: None,
-                         evaluate=classifier.evaluate_accuracy),
+                         evaluate=classifier.evaluate_accuracy, sections=("classifier",)),
 }
 
 
 def get_method(name: str) -> Method:
   """The record of ``config.method``; an unknown name is a one-line ValueError listing them."""
-  if name not in METHODS:
-    raise ValueError(f"Unknown --config.method={name!r}; available: "
-                     f"{', '.join(sorted(METHODS))}.")
-  return METHODS[name]
+  return registry.lookup(METHODS, name, "--config.method")
+
+
+def unrelated_sections(name: str) -> tuple[str, ...]:
+  """The config sections that only methods other than ``name`` read (all methods' own sections
+  for an unknown name)."""
+  own = METHODS[name].sections if name in METHODS else ()
+  return tuple(sorted({s for m in METHODS.values() for s in m.sections} - set(own)))

@@ -19,7 +19,7 @@ import threading
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fdrl_jax import parallel, workdir as workdirs
+from fdrl_jax import files, parallel, workdir as workdirs
 
 # The curves of metrics.png, one panel each (those a method logs): FDRL's loss, ratio terms and
 # gradient norm, the GAN's two losses and generator gradient, the classifier's accuracy.
@@ -40,20 +40,20 @@ class MetricsLog:
     self.tensorboard = None
     # tensorboardX writes local event files, opened with the first record (a finished run that is
     # merely asked to resume writes nothing).
-    self.tensorboard_dir = None if workdirs.is_uri(workdir) else os.path.join(workdir,
+    self.tensorboard_dir = None if files.is_uri(workdir) else os.path.join(workdir,
                                                                                "tensorboard")
     self.start_step = start_step
     kept = "".join(json.dumps(r) + "\n" for r in self.records)
-    p = workdirs.as_path(self.path)
+    p = files.as_path(self.path)
     if p.exists() and p.read_bytes().decode(errors="replace") != kept:
-      workdirs.write_text(self.path, kept)  # steps to be replayed, or a torn line: dropped
+      files.write_text(self.path, kept)  # steps to be replayed, or a torn line: dropped
 
   def write(self, step: int, window: list[dict], steps_per_s: float) -> dict:
     """Records the mean of ``window`` (one dict of floats per step) at ``step``."""
     record = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
               "window": len(window), "steps_per_s": steps_per_s}
     self.records.append(record)
-    workdirs.append_line(self.path, json.dumps(record))
+    files.append_line(self.path, json.dumps(record))
     if self.writer:
       if self.tensorboard is None and self.tensorboard_dir is not None:
         from tensorboardX import SummaryWriter
@@ -70,7 +70,7 @@ class MetricsLog:
     """Writes ``metrics.png`` (each plotted metric against the step) from the records so far."""
     if self.writer and self.records:
       picture = plot_records(self.records)
-      workdirs.write_file(self.plot_path, lambda tmp: Image.fromarray(picture).save(tmp))
+      files.write_file(self.plot_path, lambda tmp: Image.fromarray(picture).save(tmp))
 
   def close(self) -> None:
     if self.tensorboard is not None:
@@ -105,7 +105,7 @@ def read_records(path: str) -> list[dict]:
   """The records of a ``metrics.jsonl`` (none if it does not exist). A line that is not a whole
   record — the torn last line of a run that a full disk or a kill stopped mid-write — is dropped
   with a warning (a resumed run rewrites the file without it)."""
-  p = workdirs.as_path(path)
+  p = files.as_path(path)
   if not p.exists():
     return []
   records = []

@@ -1,4 +1,5 @@
-"""The optimiser every method trains with, from the shared ``optim`` config section."""
+"""The optimiser of FDRL and the classifier (and of imported reference runs), from the ``optim``
+config section; the MonoFlow GAN has its own pair (``gan.build_optimizers``, the ``gan`` section)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Every prior is a ``flax.struct`` dataclass: its arrays are pytree leaves (so it can be passed
 through ``jax.jit``, sharded and saved with a run's checkpoint) and its event shape is static.
-``prior.sample(key, n)`` returns n particles of shape (n, *event_shape). ``PRIORS`` names them for
-the configs (``build_prior``, the only function here that reads a config).
+What each offers is the ``Prior`` protocol: ``prior.sample(key, n)`` returns n particles of shape
+(n, *event_shape). ``PRIORS`` names them for the configs (``build_prior``, the only function here
+that reads a config).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +21,31 @@ import ml_collections
 import numpy as np
 from flax import struct
 
+from fdrl_jax import registry
+
 Array = jax.Array
 
 # Samples of the Gaussian priors are clipped to the data range, as the reference implementation does.
 DATA_RANGE = (-1.0, 1.0)
+
+
+class Prior(Protocol):
+  """What every prior offers (the flow's starting distribution q')."""
+
+  @property
+  def event_shape(self) -> tuple[int, ...]:
+    """The shape of one particle."""
+
+  @property
+  def clip(self) -> tuple[float, float] | None:
+    """The range its samples are clipped to (None: not clipped)."""
+
+  def sample(self, key: Array, n: int) -> Array:
+    """n particles, shape (n, *event_shape)."""
+
+  def centre(self) -> Array | None:
+    """The mean of a Gaussian-type prior in its event shape (the centre of spherical
+    interpolation), or None where there is no such centre (uniform, empirical)."""
 
 
 def _to_events(x: Array, event_shape: tuple[int, ...],
@@ -47,6 +70,9 @@ class GaussianPrior:
     z = jax.random.normal(key, (n, self.mean.shape[0]), self.mean.dtype)
     return _to_events(self.mean + z @ self.scale_tril.T, self.event_shape, self.clip)
 
+  def centre(self) -> Array:
+    return jnp.reshape(self.mean, self.event_shape)
+
 
 @struct.dataclass
 class LowRankGaussianPrior:
@@ -70,6 +96,9 @@ class LowRankGaussianPrior:
     x = self.mean + z[:, :k] @ self.components.T + self.residual_scale * z[:, k:]
     return _to_events(x, self.event_shape, self.clip)
 
+  def centre(self) -> Array:
+    return jnp.reshape(self.mean, self.event_shape)
+
 
 @struct.dataclass
 class UniformPrior:
@@ -77,9 +106,13 @@ class UniformPrior:
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
   low: float = struct.field(pytree_node=False, default=DATA_RANGE[0])
   high: float = struct.field(pytree_node=False, default=DATA_RANGE[1])
+  clip = None  # its samples lie in [low, high] already
 
   def sample(self, key: Array, n: int) -> Array:
     return jax.random.uniform(key, (n, *self.event_shape), minval=self.low, maxval=self.high)
+
+  def centre(self) -> None:
+    return None
 
 
 @struct.dataclass
@@ -88,15 +121,20 @@ class NormalPrior:
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
   loc: float = struct.field(pytree_node=False, default=0.0)
   scale: float = struct.field(pytree_node=False, default=1.0)
+  clip = None
 
   def sample(self, key: Array, n: int) -> Array:
     return self.loc + self.scale * jax.random.normal(key, (n, *self.event_shape))
+
+  def centre(self) -> Array:
+    return jnp.full(self.event_shape, self.loc, jnp.float32)
 
 
 @struct.dataclass
 class EmpiricalPrior:
   """Draws rows of ``data`` uniformly with replacement (the source domain in translation, Sec. 6.5)."""
   data: Array                      # (N, *event_shape)
+  clip = None
 
   @property
   def event_shape(self) -> tuple[int, ...]:
@@ -105,6 +143,9 @@ class EmpiricalPrior:
   def sample(self, key: Array, n: int) -> Array:
     idx = jax.random.randint(key, (n,), 0, self.data.shape[0])
     return self.data[idx]
+
+  def centre(self) -> None:
+    return None
 
 
 # Why a run's empirical prior cannot be drawn from, and what to do (also ``run_lib``'s refusal).
@@ -120,9 +161,13 @@ class SourcelessPrior:
   checkpoint imported without them, ``fdrl_jax.import_reference``): no arrays, so its checkpoint
   holds none. The translate sampler moves given images and never draws from it; drawing raises."""
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
+  clip = None
 
   def sample(self, key: Array, n: int) -> Array:
     raise ValueError(f"This run's empirical prior {NO_SOURCE}.")
+
+  def centre(self) -> None:
+    return None
 
 
 def _available_memory_bytes() -> int | None:
@@ -339,7 +384,7 @@ def _empirical_prior(p, data, event_shape):
 # name → (prior config group, data or None, event shape) → prior. "data" is what the prior is
 # fitted to (the training images) or, for "empirical", the source domain it draws from (no rows:
 # a ``SourcelessPrior``).
-PRIORS: dict[str, Callable] = {
+PRIORS: dict[str, Callable[..., Prior]] = {
     "gaussian": _gaussian_prior,
     "low_rank": _low_rank_prior,
     "uniform": lambda p, data, event_shape: UniformPrior(event_shape=event_shape),
@@ -350,10 +395,8 @@ PRIORS: dict[str, Callable] = {
 
 
 def build_prior(config: ml_collections.ConfigDict, data: np.ndarray | None,
-                event_shape: tuple[int, ...]):
+                event_shape: tuple[int, ...]) -> Prior:
   """The prior q' named by ``config.prior.name`` (a key of PRIORS), fitted to ``data``; ``data``
   None gives a same-shaped template, to restore a checkpoint without refitting."""
-  if config.prior.name not in PRIORS:
-    raise ValueError(f"Unknown prior {config.prior.name!r}. Available priors are: "
-                     f"{', '.join(sorted(PRIORS))}.")
-  return PRIORS[config.prior.name](config.prior, data, event_shape)
+  build = registry.lookup(PRIORS, config.prior.name, "--config.prior.name")
+  return build(config.prior, data, event_shape)

@@ -9,37 +9,30 @@ latest checkpoint to sampling, evaluation and figures.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import re
 import shlex
 import signal
 import sys
 import threading
 import time
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from fdrl_jax import (bundled, datasets, images, methods, metrics_log, parallel, priors, readers,
+from fdrl_jax import (bundled, checkpoints, datasets, files, images, methods, metrics_log,
+                      parallel, priors, readers,
                       sampling, workdir as workdirs)
 
 
 class TrainingDiverged(ValueError):
   """The loss became NaN or infinite."""
-
-
-# State fields added after checkpoints were written without them; a checkpoint that lacks one is
-# still read when the run's value of it is empty (``GANState.disc_stats``: a discriminator without
-# batch norm).
-LATER_EMPTY_FIELDS = ("disc_stats",)
 
 
 class Run:
@@ -86,20 +79,8 @@ class Run:
 
   def restore(self, mngr: ocp.CheckpointManager, step: int, abstract=None):
     """The state saved at ``step``; ``abstract`` is ``abstract_state()`` where the caller has it."""
-    abstract = self.abstract_state() if abstract is None else abstract
-    restore = lambda template: mngr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state
-    try:
-      return restore(abstract)
-    except ValueError as e:
-      later = [name for name in LATER_EMPTY_FIELDS if hasattr(abstract, name)
-               and not jax.tree.leaves(getattr(abstract, name))]
-      if "tree structures do not match" not in str(e) or not later:
-        raise
-    # Written before those (empty) fields were added to the state: restore the rest.
-    fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
-              if f.name not in later}
-    return abstract.replace(**restore(fields))
+    return checkpoints.restore_state(mngr, step,
+                                     self.abstract_state() if abstract is None else abstract)
 
   def train_step(self):
     """The jitted, data-parallel ``step(state, batch, key)`` of the method."""
@@ -203,16 +184,47 @@ def _state_bytes(state) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None
-                       ):
+class Hook:
+  """Work the training loop does at its fixed points, so that an experiment extends the one loop
+  instead of copying it (as flax's periodic actions do). Override what is needed; a plain callable
+  ``hook(step, state, metrics)`` passed to ``train_and_evaluate`` is an ``after_step``. Hooks run
+  on every process.
+
+  The state a hook gets is donated to the next step: read it within the call, never keep it."""
+
+  def begin(self, run: Run, state, step: int) -> None:
+    """Before the first step of this call; ``step`` is the restored (or fresh) state's."""
+
+  def after_step(self, step: int, state, metrics: dict) -> None:
+    """After each step, once its log, checkpoint and sample grid (if due) are written: ``step``
+    steps are done, ``metrics`` are that step's (device arrays, not yet checked finite)."""
+
+  def end(self, run: Run, state) -> None:
+    """After the last step, once every checkpoint is written (not after an interruption)."""
+
+
+@dataclasses.dataclass
+class _AfterStep(Hook):
+  """A callable ``hook(step, state, metrics)`` as a ``Hook``."""
+  fn: Callable[[int, object, dict], None]
+
+  def after_step(self, step: int, state, metrics: dict) -> None:
+    self.fn(step, state, metrics)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
+                       hooks: Sequence[Hook | Callable] = ()):
   """Trains ``config.method`` per ``config`` in ``workdir``, resuming from its latest readable
   checkpoint if any; returns the final state.
 
   The config is committed to the workdir (``config.json``) only once the first step has run, so a
   first run that fails leaves a workdir the corrected command can use. SIGINT / SIGTERM save a
-  checkpoint of the current step and raise ``TrainingInterrupted``.
+  checkpoint of the current step and raise ``TrainingInterrupted``. ``hooks`` (``Hook``s or
+  callables ``hook(step, state, metrics)``) run at the loop's fixed points, in order.
   """
-  workdir = workdirs.check_workdir(workdir, config, create=True)
+  hooks = [h if isinstance(h, Hook) else _AfterStep(h) for h in hooks]
+  workdir = workdirs.check_workdir(
+      workdir, config, create=True, unrelated_sections=methods.unrelated_sections(config.method))
   committed = workdirs.has_config(workdir)
   run = Run(config, mesh)
   cfg = config.training
@@ -220,17 +232,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   reference = grid_reference(run)
   draws_grids = run.method.sampler_parts is not None
 
-  with workdirs.training_lock(workdir), _trainer_manager(workdir, cfg.keep_checkpoints) as mngr, \
-      StopRequests() as stop:
-    state, latest = restore_readable(run, mngr, workdir, set_aside=True)
+  with workdirs.training_lock(workdir), \
+      checkpoints.trainer_manager(workdir, cfg.keep_checkpoints) as mngr, StopRequests() as stop:
+    state, latest = checkpoints.restore_readable(run, mngr, workdir, set_aside=True)
     if state is None:
       state = run.new_state(fit=True)
     start = int(state.step)
     if start < cfg.num_steps:
       # the workdir writable, with room for a checkpoint (and its temporary copy) of this state
-      workdirs.check_writable(workdirs.join(workdir, "metrics.jsonl"), 2 * _state_bytes(state))
+      files.check_writable(workdirs.join(workdir, "metrics.jsonl"), 2 * _state_bytes(state))
     if latest is not None:
       print(f"Resuming from the checkpoint of step {latest} in {workdir}", flush=True)
+    for hook in hooks:
+      hook.begin(run, state, start)
     log = metrics_log.MetricsLog(workdir, start)
     pending: list[tuple[int, dict]] = []
     last_good = latest
@@ -272,8 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     def save(done: int) -> None:
       nonlocal last_good
       flush(done)
-      with checkpoint_write(workdir, done, last_good):
-        save_state(mngr, done, state)
+      with checkpoints.checkpoint_write(workdir, done, last_good):
+        checkpoints.save_state(mngr, done, state)
       last_good = done
       log.plot()
 
@@ -299,10 +313,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         if draws_grids and (done % cfg.sample_every == 0 or last):
           flush(done)
           x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
-          workdirs.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
+          files.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
                               lambda path: images.save_samples(x, path, reference))
+        for hook in hooks:
+          hook.after_step(done, state, metrics)
         if stopping:
-          with checkpoint_write(workdir, done, last_good):
+          with checkpoints.checkpoint_write(workdir, done, last_good):
             mngr.wait_until_finished()
           raise TrainingInterrupted(
               f"Interrupted ({signal.Signals(stop.signal).name}) at step {done}: its checkpoint "
@@ -312,8 +328,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       batches.close()
       bar.close()
       log.close()
-    with checkpoint_write(workdir, cfg.num_steps, last_good):
+    with checkpoints.checkpoint_write(workdir, cfg.num_steps, last_good):
       mngr.wait_until_finished()
+    for hook in hooks:
+      hook.end(run, state)
   if start >= cfg.num_steps:
     print(f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
           "--config.training.num_steps to train longer.", flush=True)
@@ -323,169 +341,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   return state
 
 
-def _reason(error: Exception) -> str:
-  """A short reason for a failed checkpoint read or write: the operating system's words where
-  TensorStore quotes them ("File too large"), else the first line of the message, cut."""
-  text = readers.first_line(error)
-  found = re.search(r":\s*([^:\[\]]+?)\s*\[os_error_code", text)
-  return found.group(1) if found else text[:160]
-
-
-@contextlib.contextmanager
-def _trainer_manager(workdir: str, keep: int):
-  """The trainer's checkpoint manager, closed with the standard error kept off the terminal: after
-  a failed write, TensorStore's leftover callbacks report a closed event loop at the close."""
-  mngr = workdirs.checkpoint_manager(workdir, keep)
-  try:
-    yield mngr
-  finally:
-    with workdirs.stderr_to_log(workdir):
-      mngr.close()
-
-
-class CheckpointWriteError(ValueError):
-  """A checkpoint could not be written; the earlier ones are intact."""
-
-
-@contextlib.contextmanager
-def checkpoint_write(workdir: str, step: int, last_good: int | None):
-  """Turns a failed checkpoint write (a full disk, a file-size limit, a vanished folder) into one
-  line; the full trace goes to ``WORKDIR/errors.log``. Orbax writes a step into a temporary folder
-  and renames it when complete, so the checkpoints before it are untouched."""
-  error, where = None, ""
-  with workdirs.stderr_to_log(workdir):
-    try:
-      yield
-    except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a failed write
-      error, where = e, workdirs.log_error(workdir, e)  # the trace first, while there is room
-      time.sleep(1.0)  # TensorStore's callbacks of the failed write report here, not later
-  if error is not None:
-    kept = (f"the checkpoint of step {last_good} is intact" if last_good is not None
-            else "no checkpoint was saved before")
-    raise CheckpointWriteError(
-        f"Could not write the checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')}"
-        f" ({_reason(error)}); {kept}. Free space (or fix the folder) and resume with the same "
-        f"command{where}.")
-
-
-def save_state(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Saves ``state`` as the checkpoint of ``step`` (the one layout ``Run.restore`` reads)."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-
-
-def save_checkpoint(workdir: str, config: ml_collections.ConfigDict, state) -> None:
-  """Writes ``state`` as the checkpoint of its own step into ``workdir`` and waits for it (a
-  state made outside the training loop: ``fdrl_jax.import_reference``)."""
-  with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints) as mngr:
-    save_state(mngr, int(state.step), state)
-    mngr.wait_until_finished()
-
-
-def restore_readable(run: Run, mngr: ocp.CheckpointManager, workdir: str, *, set_aside: bool
-                     ) -> tuple[object | None, int | None]:
-  """The state and step of the newest checkpoint that can be read, or (None, None) for a workdir
-  that never had one.
-
-  A checkpoint whose files read but whose arrays do not fit this config is not damage: a one-line
-  ValueError names the differing config keys (or arrays), and nothing is moved. An unreadable one
-  (a truncated or missing file) is skipped with a warning and, with ``set_aside`` (training, which
-  will save that step again), moved to ``WORKDIR/unreadable_checkpoints/`` — kept, never deleted —
-  but only once an older one has been read: where none can be read, a ValueError names the folder
-  and nothing is moved. A workdir whose checkpoints were all set aside before is refused too: it
-  never silently starts again from step 0."""
-  steps = sorted(mngr.all_steps(), reverse=True)
-  abstract = run.abstract_state()
-  unreadable: list[tuple[int, str]] = []
-  for step in steps:
-    mismatch = checkpoint_mismatch(abstract, mngr, workdir, step)
-    if mismatch and run.missing_data and run.dataset.source is not None:
-      raise ValueError(run.missing_data)  # a translation run whose prior holds its source images
-    if mismatch and all(m.startswith("prior.data: saved absent") for m in mismatch):
-      raise ValueError(f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} "
-                       f"{priors.NO_SOURCE}.")
-    if mismatch:
-      raise ValueError(
-          f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} was trained "
-          f"with another config ({describe_mismatch(run.config, workdir, mismatch)}); nothing was "
-          "moved. Use that run's config (its config.json) or a new --workdir.")
-    try:
-      with workdirs.stderr_to_log(workdir):
-        state = run.restore(mngr, step, abstract)
-    except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a bad file
-      workdirs.log_error(workdir, e)
-      unreadable.append((step, _reason(e)))
-      continue
-    for bad, reason in unreadable:
-      moved = workdirs.set_aside_checkpoint(workdir, bad) if set_aside else None
-      print(f"warning: the checkpoint of step {bad} in {workdir} cannot be read ({reason}); "
-            + (f"moved to {moved}; " if moved else "") + f"using step {step}.",
-            file=sys.stderr, flush=True)
-    if unreadable and set_aside:
-      mngr.reload()
-    return state, step
-  folder = workdirs.join(workdir, "checkpoints")
-  if steps:
-    raise ValueError(
-        f"No checkpoint in {folder} can be read (steps {', '.join(map(str, steps))}: "
-        f"{unreadable[0][1]}); nothing was moved. Train in a new --workdir, or move them away to "
-        "start this one again.")
-  aside = workdirs.set_aside_steps(workdir)
-  if aside:
-    raise ValueError(
-        f"--workdir {workdir} has no readable checkpoint, only set-aside ones in "
-        f"{workdirs.join(workdir, 'unreadable_checkpoints')} (steps {', '.join(aside)}); it will "
-        "not start again from step 0. Train in a new --workdir.")
-  return None, None
-
-
-def _leaf_name(path) -> str:
-  return ".".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
-
-
-def checkpoint_mismatch(abstract, mngr: ocp.CheckpointManager, workdir: str, step: int
-                        ) -> list[str]:
-  """How the arrays saved at ``step`` differ from the state ``abstract`` (``"name: saved (…),
-  expected (…)"``); empty when they fit or when the checkpoint's metadata cannot be read (then the
-  restore finds out what is wrong)."""
-  path = epath.Path(mngr.directory) / str(step) / "state"
-  try:
-    with workdirs.stderr_to_log(workdir):
-      saved_tree = ocp.StandardCheckpointer().metadata(path).item_metadata
-  except Exception:  # noqa: BLE001 — unreadable metadata: an unreadable checkpoint
-    return []
-  saved = {_leaf_name(p): tuple(m.shape)
-           for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0] if hasattr(m, "shape")}
-  expected = {_leaf_name(p): tuple(a.shape)
-              for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-  if not saved:
-    return []
-  return [f"{name}: saved {saved.get(name, 'absent')}, expected {expected.get(name, 'absent')}"
-          for name in sorted(set(saved) | set(expected)) if saved.get(name) != expected.get(name)]
-
-
-def describe_mismatch(config: ml_collections.ConfigDict, workdir: str, arrays: list[str]) -> str:
-  """The config keys that differ from the workdir's ``config.json`` with both values, or, where
-  none does (the data changed shape), the first differing arrays."""
-  try:
-    differences = workdirs.config_differences(workdirs.config_dict(workdirs.read_config(workdir)),
-                                              workdirs.config_dict(config))
-  except ValueError:
-    differences = []
-  if differences:
-    return "; ".join(differences)
-  more = f"; and {len(arrays) - 3} more arrays" if len(arrays) > 3 else ""
-  return "; ".join(arrays[:3]) + more
-
-
 def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_optional=False
                    ) -> tuple[Run, object, int]:
   """The run and the state of the latest readable checkpoint of an existing ``workdir``
   (``data_optional``: see ``Run``; for modes that only sample or translate)."""
-  workdir = workdirs.check_workdir(workdir, config, create=False)
+  workdir = workdirs.check_workdir(
+      workdir, config, create=False, unrelated_sections=methods.unrelated_sections(config.method))
   run = Run(config, data_optional=data_optional)
   with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,
                                    read_only=True) as mngr:
-    state, step = restore_readable(run, mngr, workdir, set_aside=False)
+    state, step = checkpoints.restore_readable(run, mngr, workdir, set_aside=False)
     if state is None:
       raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")
     return run, state, step
@@ -507,14 +372,14 @@ def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``ResultNotWritten`` with the result, so that nothing computed is lost."""
   methods.get_method(config.method).check_eval(config)
   run, state, step = restore_latest(config, workdir)
-  workdir = os.fspath(workdirs.as_path(workdir))
+  workdir = os.fspath(files.as_path(workdir))
   # Named before the evaluation's collectives, so every process names the same file.
-  path = workdirs.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
-  workdirs.check_writable(path)
+  path = files.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
+  files.check_writable(path)
   parallel.sync("eval_path")
   result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
   try:
-    workdirs.write_json(path, result)
+    files.write_json(path, result)
   except ValueError as e:
     raise ResultNotWritten(f"{str(e).rstrip('.')}; the results above are not saved.",
                            result) from None

@@ -366,18 +366,18 @@ def sample_to_file(config: ml_collections.ConfigDict, workdir_path: str, num_sam
   """Draws ``num_samples`` with ``config.sampling`` (default Algorithm 2: the EMA estimator's K + κ
   flow from the prior) from the latest checkpoint and writes them to ``output`` (.npz, key ``x``;
   images in [-1, 1])."""
-  from fdrl_jax import run_lib, workdir
-  workdir.refuse_existing(output)  # before the sampling, not after it
-  workdir.check_writable(output)
+  from fdrl_jax import files, run_lib
+  files.refuse_existing(output)  # before the sampling, not after it
+  files.check_writable(output)
   if config.sampling.name == "translate":
     raise ValueError("--config.sampling.name=translate moves given images: use --mode=translate "
                      "--input=FILE.npz|DIR.")
   run, state, _ = run_lib.restore_latest(config, workdir_path,
                                          data_optional=config.sampling.name == "prior")
-  workdir.check_writable(output, 4 * num_samples * math.prod(run.dataset.event_shape))  # float32
+  files.check_writable(output, 4 * num_samples * math.prod(run.dataset.event_shape))  # float32
   x = draw(run.sampler(), state, run.sample_key_for(0), num_samples,
            batch_size or config.data.batch_size)
-  return workdir.write_new_file(output, _write_npz(x))
+  return files.write_new_file(output, _write_npz(x))
 
 
 def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple[int, ...]
@@ -418,27 +418,27 @@ def translate_to_file(config: ml_collections.ConfigDict, workdir_path: str, inpu
   """Unpaired translation (Sec. 6.5): flows the images of ``input_path`` K + κ steps with the EMA
   estimator of the latest checkpoint and writes them to ``output``: an .npz (key ``x``, in
   [-1, 1]) or a new folder of PNGs named after the inputs (written whole or not at all,
-  ``workdir.write_new_folder``). Nothing existing is overwritten. A translation run's folders
+  ``files.write_new_folder``). Nothing existing is overwritten. A translation run's folders
   are not needed where its prior holds no source images (a reference checkpoint imported without
   them, ``priors.SourcelessPrior``)."""
-  from fdrl_jax import images, run_lib, workdir
+  from fdrl_jax import files, images, run_lib
   to_folder = not output.endswith(".npz")
   if to_folder:
-    workdir.refuse_existing_folder(output)
+    files.refuse_existing_folder(output)
   else:
-    workdir.refuse_existing(output)
-  workdir.check_writable(output)
+    files.refuse_existing(output)
+  files.check_writable(output)
   run, state, _ = run_lib.restore_latest(config, workdir_path, data_optional=True)
   x, names = read_images(input_path, config, run.dataset.event_shape)
-  workdir.check_writable(output, x.nbytes)
+  files.check_writable(output, x.nbytes)
   y = draw(run.sampler("translate"), state, run.sample_key_for(0), x,
            batch_size or config.data.batch_size)
   if not to_folder:
-    return workdir.write_new_file(output, _write_npz(y))
+    return files.write_new_file(output, _write_npz(y))
 
   def write_pngs(folder: str) -> None:
     for name, image in zip(names, y):
       images.save_png(images.tile(image[None, None], pad=0, min_size=1),
                       os.path.join(folder, f"{name}.png"))
 
-  return workdir.write_new_folder(output, write_pngs)
+  return files.write_new_folder(output, write_pngs)

@@ -4,12 +4,16 @@ one XLA compilation cache for the whole run.
 The cache is shared by the pytest-xdist workers and every command-line subprocess a test starts
 (they inherit the environment), so the many runs of the same tiny configs (resumes, interrupts, the
 multi-process runs) compile each program once. It lives in a fresh temporary folder that the run
-removes at its end; a cache folder already set in the environment is used and kept.
+removes at its end; a cache folder already set in the environment is used and kept. The tests'
+shared helpers (``helpers.py``) are importable as ``helpers`` whatever pytest's import mode.
 """
 
 import os
 import shutil
+import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

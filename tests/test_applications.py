@@ -10,7 +10,7 @@ from PIL import Image
 
 from configs import digits_bold, digits_classifier
 from fdrl_jax import bundled, figures, images, run_lib, sampling
-from test_train import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
+from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 CLASSIFIER_FLAGS = ["--config.training.num_steps=30", "--config.training.checkpoint_every=30",
                     "--config.data.batch_size=64", "--config.classifier.num_steps=2",

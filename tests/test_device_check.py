@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_device_check_dry_run_writes_its_table(tmp_path):
   done = subprocess.run(
-      [sys.executable, "experiments/device_check.py", "--configs", "mnist", "--batch", "2",
+      [sys.executable, "-m", "experiments.device_check", "--configs", "mnist", "--batch", "2",
        "--flow_steps", "1", "--refine_steps", "0", "--sample_batch", "2", "--repeats", "1",
        "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
       env={**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT})
@@ -43,11 +43,7 @@ def test_training_step_memory_is_flat_in_the_flow_length():
 
 
 def test_compile_only_reports_compile_time_and_memory(tmp_path, monkeypatch):
-  sys.path.insert(0, os.path.join(ROOT, "experiments"))
-  try:
-    import device_check
-  finally:
-    sys.path.pop(0)
+  from experiments import device_check
   monkeypatch.setattr(sys, "argv", ["device_check.py", "--configs", "mnist", "--dtypes",
                                     "float32", "--batch", "2", "--flow_steps", "1",
                                     "--compile_only", "--out", str(tmp_path)])

@@ -26,8 +26,9 @@ import pytest
 from PIL import Image
 
 from configs import default, toy2d
-from fdrl_jax import config_checks, figures, images, readers, run_lib, sampling, workdir
-from test_train import ROOT, cli
+from fdrl_jax import (config_checks, figures, files, images, readers, run_lib, sampling,
+                      workdir)
+from helpers import ROOT, cli
 
 _TOY = ["--config=toy2d:8gaussians", "--config.training.num_steps=2",
         "--config.training.num_grid_samples=16"]
@@ -71,9 +72,9 @@ def _grey16(folder, values: np.ndarray) -> None:
 
 
 def _killed_writer(code: str) -> subprocess.CompletedProcess:
-  """Runs ``code`` (with ``workdir`` and ``kill`` defined) in a fresh interpreter; ``kill()``
+  """Runs ``code`` (with ``files`` and ``kill`` defined) in a fresh interpreter; ``kill()``
   SIGKILLs it where it stands, as the OOM killer or a lost node would."""
-  prelude = ("import os, signal\nfrom fdrl_jax import workdir\n"
+  prelude = ("import os, signal\nfrom fdrl_jax import files\n"
              "kill = lambda: os.kill(os.getpid(), signal.SIGKILL)\n")
   return subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -144,7 +145,7 @@ def test_row06_unwritable_or_full_output_is_refused_before_the_work(toy_run, tmp
     assert "\n" not in str(e.value)
   with pytest.raises(ValueError, match="Cannot write .*: Not a directory"):
     figures.make_figure("grid", config, toy_run, str(blocker / "sub" / "grid.png"))
-  monkeypatch.setattr(workdir.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=1000))
+  monkeypatch.setattr(files.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=1000))
   with pytest.raises(ValueError, match=r"needs 0\.008 MB but only 0\.001 MB are free") as e:
     sampling.sample_to_file(config, toy_run, 1000, str(tmp_path / "x.npz"))  # 8 kB of samples
   assert "\n" not in str(e.value) and os.listdir(tmp_path) == ["file"]
@@ -172,7 +173,7 @@ def test_row08_a_killed_translation_leaves_no_partial_folder_and_the_rerun_works
       "  for i in range(3):\n"
       "    open(os.path.join(folder, f'{i}.png'), 'w').write('half')\n"
       "  kill()\n"
-      f"workdir.write_new_folder({str(output)!r}, write)\n")
+      f"files.write_new_folder({str(output)!r}, write)\n")
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   assert not output.exists() and len(_temporaries(tmp_path)) == 1  # the final name is never partial
   config, run, source = image_run["config"], image_run["workdir"], image_run["root"] / "source"
@@ -234,8 +235,8 @@ def _bad_npz_files(folder) -> dict[str, str]:
 
 
 def test_row11_a_bad_data_file_is_one_line_naming_it(image_run, tmp_path):
-  files = _bad_npz_files(tmp_path / "bad")
-  for name, message in files.items():
+  bad = _bad_npz_files(tmp_path / "bad")
+  for name, message in bad.items():
     path = str(tmp_path / "bad" / name)
     with pytest.raises(ValueError) as e:
       readers.npz_dataset(path)
@@ -305,10 +306,10 @@ def test_row13_temporary_files_of_killed_runs_are_removed_by_the_next_run(toy_ru
   killed = _killed_writer("def write(path):\n"
                           "  open(path, 'w').write('half')\n"
                           "  kill()\n"
-                          f"workdir.write_new_file({str(output)!r}, write)\n")
+                          f"files.write_new_file({str(output)!r}, write)\n")
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   [stale] = _temporaries(tmp_path)
-  host = re.sub(r"[^\w.]", "_", socket.gethostname())
+  host = re.sub(r"[^\w.]", "_", files.host_name())
   live = f".new-{host}-{os.getpid()}-live.npz"  # a concurrent writer's: never touched
   other = f".new-elsewhere-{stale.split('-')[2]}-x.npz"  # another host's: its pid means nothing
   for name in (live, other):
@@ -394,7 +395,7 @@ def _hashes(folder) -> dict[str, str]:
   import hashlib
   return {os.path.relpath(os.path.join(d, f), folder):
           hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
-          for d, _, files in os.walk(folder) for f in files}
+          for d, _, names in os.walk(folder) for f in names}
 
 
 def _params(workdir, steps: int):
@@ -444,8 +445,8 @@ def test_row01_no_readable_checkpoint_refuses_and_moves_nothing(tmp_path):
   work = tmp_path / "run"
   assert cli(*_train_flags(work, 4)).returncode == 0
   for step in ("2", "4"):  # every checkpoint's biggest file cut in half
-    files = [os.path.join(d, f) for d, _, fs in os.walk(work / "checkpoints" / step) for f in fs]
-    biggest = max(files, key=os.path.getsize)
+    paths = [os.path.join(d, f) for d, _, fs in os.walk(work / "checkpoints" / step) for f in fs]
+    biggest = max(paths, key=os.path.getsize)
     with open(biggest, "r+b") as f:
       f.truncate(os.path.getsize(biggest) // 2)
   before = _hashes(work / "checkpoints")

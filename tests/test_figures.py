@@ -16,7 +16,7 @@ from PIL import Image
 
 from configs import toy2d
 from fdrl_jax import evaluate, figures, images, priors, run_lib
-from test_train import TINY_FLAGS, cli, tiny_digits_config
+from helpers import TINY_FLAGS, cli, tiny_digits_config
 
 CELL = 33  # 8 pixels × 4 + a 1-pixel border
 

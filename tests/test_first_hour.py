@@ -13,7 +13,7 @@ import numpy as np
 
 from configs import toy2d
 from fdrl_jax import metrics_log, run_lib
-from test_train import ROOT, TINY_FLAGS, cli
+from helpers import ROOT, TINY_FLAGS, cli
 
 TOY = "--config=configs/toy2d.py:8gaussians"
 

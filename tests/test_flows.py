@@ -174,9 +174,9 @@ def test_cpu_strategy_unrolls_conv_potentials_only():
   conv, mlp = TinyConv(), TinyMLP()
   x_img, x_2d = jnp.ones((2, 8, 8, 3)), jnp.ones((4, 2))
   p_conv, p_mlp = conv.init(jax.random.key(0), x_img), mlp.init(jax.random.key(0), x_2d)
-  assert flows._auto_unroll(lambda x: conv.apply(p_conv, x), x_img, 3) is True
-  assert flows._auto_unroll(lambda x: conv.apply(p_conv, x), x_img, 1000) == 1  # compile time
-  assert flows._auto_unroll(lambda x: mlp.apply(p_mlp, x), x_2d, 3) == 1
+  assert flows.auto_unroll(lambda x: conv.apply(p_conv, x), x_img, 3) is True
+  assert flows.auto_unroll(lambda x: conv.apply(p_conv, x), x_img, 1000) == 1  # compile time
+  assert flows.auto_unroll(lambda x: mlp.apply(p_mlp, x), x_2d, 3) == 1
   # Both strategies compute the same flow.
   run = lambda unroll: flow(lambda x: conv.apply(p_conv, x), x_img, jax.random.key(1),
                             num_steps=3, step_size=0.1, noise_scale=0.1, unroll=unroll)

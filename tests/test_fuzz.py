@@ -14,7 +14,7 @@ from PIL import Image
 
 from configs import toy2d
 from fdrl_jax import config_checks, readers, run_lib
-from test_train import cli
+from helpers import cli
 
 FUZZ = settings(max_examples=12, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

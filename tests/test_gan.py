@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from configs import monoflow_digits, monoflow_mnist
 from fdrl_jax import (evaluate, gan, generators, models, monoflow, parallel, run_lib,
                       workdir as workdirs)
-from tests.test_train import cli, straight_and_resumed, tiny_digits_config
+from helpers import cli, straight_and_resumed, tiny_digits_config
 
 
 def tiny_gan_config(num_steps=4):

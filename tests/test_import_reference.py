@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fdrl_jax import fdrl, import_reference, reference_weights, torch_files
+from helpers import conv_nchw
 from tests import torch_format
 
 SLOPE = 0.2
@@ -36,20 +37,6 @@ def _sn_weight(state, name):
 
 def _weight(state, name, sn):
   return _sn_weight(state, name) if sn else state[name + ".weight"].astype(np.float64)
-
-
-def _conv(x, w, stride=1, pad=0, bias=None):
-  """NCHW convolution of x (B, C, H, W) with OIHW w, as torch.nn.functional.conv2d."""
-  x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-  o, _, kh, kw = w.shape
-  h = (x.shape[2] - kh) // stride + 1
-  wd = (x.shape[3] - kw) // stride + 1
-  out = np.zeros((x.shape[0], o, h, wd))
-  for i in range(kh):
-    for j in range(kw):
-      patch = x[:, :, i:i + stride * h:stride, j:j + stride * wd:stride]
-      out += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j])
-  return out if bias is None else out + bias[None, :, None, None]
 
 
 # The reference's ResNet32x32 at width 1/16: stem 8, stages (8, 3, 1), (16, 3, 2) x 3.
@@ -102,27 +89,27 @@ def _resnet32_state(rng, sn, attention, converged=False):
 
 def _resnet32_forward(state, x, sn, attention):
   """The reference ResNet32x32's forward pass in NumPy (NCHW)."""
-  out = _lrelu(_conv(x, _weight(state, "conv1", sn), pad=1))
+  out = _lrelu(conv_nchw(x, _weight(state, "conv1", sn), pad=1))
   for s, (planes, blocks, stride) in enumerate(STAGES):
     for b in range(blocks):
       p = f"layer{s + 1}.{b}."
       st = stride if b == 0 else 1
-      h = _lrelu(_conv(out, _weight(state, p + "conv1", sn), st, 1))
-      h = _conv(h, _weight(state, p + "conv2", sn), 1, 1)
+      h = _lrelu(conv_nchw(out, _weight(state, p + "conv1", sn), st, 1))
+      h = conv_nchw(h, _weight(state, p + "conv2", sn), 1, 1)
       short = out
       if p + "shortcut_conv.weight" in state or p + "shortcut_conv.weight_orig" in state:
-        short = _conv(out, _weight(state, p + "shortcut_conv", sn), st)
+        short = conv_nchw(out, _weight(state, p + "shortcut_conv", sn), st)
       out = _lrelu(h + short)
     if attention and s == 0:
       a = "self_attn_module."
       bsz, c, hh, ww = out.shape
-      f, g, v = (_conv(out, _weight(state, a + n, sn), bias=state[a + n + ".bias"]).reshape(
+      f, g, v = (conv_nchw(out, _weight(state, a + n, sn), bias=state[a + n + ".bias"]).reshape(
           bsz, -1, hh * ww) for n in ("key", "query", "value"))
       scores = np.einsum("bci,bcj->bij", f, g)
       beta = np.exp(scores - scores.max(axis=1, keepdims=True))
       beta /= beta.sum(axis=1, keepdims=True)  # softmax over dim 1 (keys)
       att = np.einsum("bci,bij->bcj", v, beta).reshape(bsz, -1, hh, ww)
-      o = _conv(att, _weight(state, a + "self_att", sn), bias=state[a + "self_att.bias"])
+      o = conv_nchw(att, _weight(state, a + "self_att", sn), bias=state[a + "self_att.bias"])
       out = state[a + "gamma"] * o + out
   pooled = out.mean(axis=(2, 3))
   return pooled @ _weight(state, "linear", sn).T[:, 0] + state["linear.bias"][0]

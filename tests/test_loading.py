@@ -8,7 +8,7 @@ import pytest
 import fdrl_jax
 from configs import digits, digits_classifier, monoflow_digits
 from fdrl_jax import run_lib
-from tests.test_train import tiny_digits_config
+from helpers import tiny_digits_config
 
 
 def _trained(config, workdir):

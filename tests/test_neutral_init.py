@@ -7,7 +7,7 @@ import pytest
 
 from configs import cifar10, digits, toy2d
 from fdrl_jax import fdrl, models, run_lib
-from test_train import tiny_digits_config
+from helpers import tiny_digits_config
 
 
 def _outputs(config, n=64):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fdrl_jax import classifier, import_reference, robust_resnet, torch_files
+from helpers import conv_nchw
 from tests import torch_format
-from tests.test_import_reference import _conv
 
 CIFAR_MEAN, CIFAR_STD = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2023, 0.1994, 0.2010])
 WIDTH = 1 / 16
@@ -61,21 +61,21 @@ def _forward(sd, x01, bottleneck, blocks):
   """robustness's AttackerModel forward (inference) in NumPy: normalise, ResNet, logits."""
   relu = lambda a: np.maximum(a, 0)
   x = (np.clip(x01, 0, 1) - CIFAR_MEAN[None, :, None, None]) / CIFAR_STD[None, :, None, None]
-  out = relu(_bn(sd, "bn1", _conv(x, sd["conv1.weight"], 1, 1)))
+  out = relu(_bn(sd, "bn1", conv_nchw(x, sd["conv1.weight"], 1, 1)))
   for s, n in enumerate(blocks):
     for b in range(n):
       p = f"layer{s + 1}.{b}."
       stride = (1 if s == 0 else 2) if b == 0 else 1
       if bottleneck:
-        h = relu(_bn(sd, p + "bn1", _conv(out, sd[p + "conv1.weight"])))
-        h = relu(_bn(sd, p + "bn2", _conv(h, sd[p + "conv2.weight"], stride, 1)))
-        h = _bn(sd, p + "bn3", _conv(h, sd[p + "conv3.weight"]))
+        h = relu(_bn(sd, p + "bn1", conv_nchw(out, sd[p + "conv1.weight"])))
+        h = relu(_bn(sd, p + "bn2", conv_nchw(h, sd[p + "conv2.weight"], stride, 1)))
+        h = _bn(sd, p + "bn3", conv_nchw(h, sd[p + "conv3.weight"]))
       else:
-        h = relu(_bn(sd, p + "bn1", _conv(out, sd[p + "conv1.weight"], stride, 1)))
-        h = _bn(sd, p + "bn2", _conv(h, sd[p + "conv2.weight"], 1, 1))
+        h = relu(_bn(sd, p + "bn1", conv_nchw(out, sd[p + "conv1.weight"], stride, 1)))
+        h = _bn(sd, p + "bn2", conv_nchw(h, sd[p + "conv2.weight"], 1, 1))
       short = out
       if p + "shortcut.0.weight" in sd:
-        short = _bn(sd, p + "shortcut.1", _conv(out, sd[p + "shortcut.0.weight"], stride))
+        short = _bn(sd, p + "shortcut.1", conv_nchw(out, sd[p + "shortcut.0.weight"], stride))
       out = relu(h + short)
   pooled = out.mean(axis=(2, 3))  # avg_pool2d(out, 4) on the 4×4 map
   return pooled @ sd["linear.weight"].T + sd["linear.bias"]

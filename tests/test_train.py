@@ -4,32 +4,14 @@ import json
 import re
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from configs import digits, toy2d
-from fdrl_jax import datasets, parallel, priors, run_lib, sampling, workdir as workdirs
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_digits_config(num_steps=4, config=None):
-  """``config`` (default: the digits config) with a batch of 8, K = 2, κ = 1 and ``num_steps``
-  training steps that log and checkpoint every 2 steps."""
-  config = digits.get_config() if config is None else config
-  config.data.batch_size = 8
-  config.flow.num_steps = 2
-  config.flow.num_refine_steps = 1
-  config.training.num_steps = num_steps
-  config.training.log_every = 2
-  config.training.checkpoint_every = 2
-  config.training.sample_every = num_steps
-  config.training.num_grid_samples = 4
-  return config
+from fdrl_jax import datasets, files, parallel, priors, run_lib, sampling
+from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 
 def one_step(config, devices):
@@ -58,18 +40,28 @@ def test_step_moves_every_parameter_and_keeps_them_finite():
                           "grad_norm"}
 
 
-def straight_and_resumed(config, tmp_path, stop: int, between=None):
-  """The final states of ``config`` trained straight through and trained to ``stop``, then
-  resumed to ``config.training.num_steps`` in a new process's way (a fresh ``train_and_evaluate``).
-  ``between(workdir)``, if given, runs on the stopped run's workdir before the resume."""
-  total = config.training.num_steps
-  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-  config.training.num_steps = stop
-  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
-  if between is not None:
-    between(str(tmp_path / "resumed"))
-  config.training.num_steps = total
-  return straight, run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+def test_hooks_run_at_the_loops_points_and_resume_where_it_does(tmp_path):
+  config = toy2d.get_config("8gaussians")
+  config.training.num_steps = 4
+  config.training.checkpoint_every = config.training.log_every = 2
+  config.training.sample_every = 4
+  calls = []
+
+  class Recorder(run_lib.Hook):
+    def begin(self, run, state, step):
+      calls.append(("begin", step, int(state.step)))
+
+    def end(self, run, state):
+      calls.append(("end", int(state.step)))
+
+  after = lambda step, state, metrics: calls.append((step, int(state.step), "loss" in metrics))
+  run_lib.train_and_evaluate(config, str(tmp_path / "w"), hooks=[Recorder(), after])
+  assert calls == [("begin", 0, 0), (1, 1, True), (2, 2, True), (3, 3, True), (4, 4, True),
+                   ("end", 4)]
+  calls.clear()
+  config.training.num_steps = 6
+  run_lib.train_and_evaluate(config, str(tmp_path / "w"), hooks=[Recorder(), after])
+  assert calls == [("begin", 4, 4), (5, 5, True), (6, 6, True), ("end", 6)]
 
 
 def test_resume_replays_exactly(tmp_path):
@@ -101,18 +93,6 @@ def test_interrupted_save_is_not_taken_as_latest(tmp_path):
   state = run_lib.train_and_evaluate(config, str(workdir))
   assert int(state.step) == 4  # resumed from step 2, not from the half-written step 4
   assert (ckpts / "4").is_dir()
-
-
-def cli(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, "-m", "fdrl_jax.main", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-
-TINY_FLAGS = ["--config.data.batch_size=8", "--config.flow.num_steps=2",
-              "--config.flow.num_refine_steps=1", "--config.training.log_every=2",
-              "--config.training.checkpoint_every=2", "--config.training.sample_every=3",
-              "--config.training.num_grid_samples=4"]
 
 
 def test_digits_end_to_end_through_main(tmp_path):
@@ -240,16 +220,16 @@ def test_prior_restore_template_matches_the_fitted_prior(prior):
 
 def test_write_new_file_never_replaces_a_file(tmp_path):
   out = tmp_path / "sub" / "x.npz"
-  assert workdirs.write_new_file(str(out), lambda p: open(p, "w").write("new")) == str(out)
+  assert files.write_new_file(str(out), lambda p: open(p, "w").write("new")) == str(out)
   assert out.read_text() == "new"
   with pytest.raises(ValueError, match="exists; choose a new file"):
-    workdirs.write_new_file(str(out), lambda p: open(p, "w").write("newer"))
+    files.write_new_file(str(out), lambda p: open(p, "w").write("newer"))
 
   racer = tmp_path / "race.png"
   def write_while_someone_creates_the_output(path):  # the name appears after the first check
     open(path, "w").write("mine")
     racer.write_text("theirs")
   with pytest.raises(ValueError, match="exists"):
-    workdirs.write_new_file(str(racer), write_while_someone_creates_the_output)
+    files.write_new_file(str(racer), write_while_someone_creates_the_output)
   assert racer.read_text() == "theirs"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["race.png", "sub"]  # no temporary left

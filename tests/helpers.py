@@ -1,0 +1,68 @@
+"""What several test files share: the tiny configs, the command line, and a straight-vs-resumed
+training pair."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from configs import digits
+from fdrl_jax import run_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_digits_config(num_steps=4, config=None):
+  """``config`` (default: the digits config) with a batch of 8, K = 2, κ = 1 and ``num_steps``
+  training steps that log and checkpoint every 2 steps."""
+  config = digits.get_config() if config is None else config
+  config.data.batch_size = 8
+  config.flow.num_steps = 2
+  config.flow.num_refine_steps = 1
+  config.training.num_steps = num_steps
+  config.training.log_every = 2
+  config.training.checkpoint_every = 2
+  config.training.sample_every = num_steps
+  config.training.num_grid_samples = 4
+  return config
+
+
+def straight_and_resumed(config, tmp_path, stop: int, between=None):
+  """The final states of ``config`` trained straight through and trained to ``stop``, then
+  resumed to ``config.training.num_steps`` in a new process's way (a fresh ``train_and_evaluate``).
+  ``between(workdir)``, if given, runs on the stopped run's workdir before the resume."""
+  total = config.training.num_steps
+  straight = run_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  config.training.num_steps = stop
+  run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  if between is not None:
+    between(str(tmp_path / "resumed"))
+  config.training.num_steps = total
+  return straight, run_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+
+def cli(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, "-m", "fdrl_jax.main", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+TINY_FLAGS = ["--config.data.batch_size=8", "--config.flow.num_steps=2",
+              "--config.flow.num_refine_steps=1", "--config.training.log_every=2",
+              "--config.training.checkpoint_every=2", "--config.training.sample_every=3",
+              "--config.training.num_grid_samples=4"]
+
+
+def conv_nchw(x, w, stride=1, pad=0, bias=None):
+  """NCHW convolution of x (B, C, H, W) with OIHW w, as torch.nn.functional.conv2d."""
+  x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+  o, _, kh, kw = w.shape
+  h = (x.shape[2] - kh) // stride + 1
+  wd = (x.shape[3] - kw) // stride + 1
+  out = np.zeros((x.shape[0], o, h, wd))
+  for i in range(kh):
+    for j in range(kw):
+      patch = x[:, :, i:i + stride * h:stride, j:j + stride * wd:stride]
+      out += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j])
+  return out if bias is None else out + bias[None, :, None, None]
