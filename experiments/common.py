@@ -16,7 +16,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from configs import digits, mnist
+from fdrl_jax.configs import digits, mnist
 from fdrl_jax import datasets, evaluate, files, images, run_lib, sampling
 
 # Where every experiment writes by default (--out).

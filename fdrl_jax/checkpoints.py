@@ -18,13 +18,13 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from fdrl_jax import image_data, priors, workdir as workdirs
+from fdrl_jax import priors, readers, workdir as workdirs
 
 
 def _reason(error: Exception) -> str:
   """A short reason for a failed checkpoint read or write: the operating system's words where
   TensorStore quotes them ("File too large"), else the first line of the message, cut."""
-  text = image_data.first_line(error)
+  text = readers.first_line(error)
   found = re.search(r":\s*([^:\[\]]+?)\s*\[os_error_code", text)
   return found.group(1) if found else text[:160]
 

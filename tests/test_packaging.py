@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from test_train import ROOT, TINY_FLAGS
+from helpers import ROOT, TINY_FLAGS
 
 with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
   VERSION = tomllib.load(f)["project"]["version"]
