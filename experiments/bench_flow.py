@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 
 from fdrl_jax import flow
-from fdrl_jax.flows import _auto_unroll
+from fdrl_jax.flows import auto_unroll
 from fdrl_jax.conv import conv_general_dilated
 from fdrl_jax.models import MLP
 
@@ -165,7 +165,7 @@ def bench_strategy(case: Case, strategy: str, num_steps: int, params, x0: jax.Ar
   call_s = median_call_s(call, args.repeats, args.budget)
   memory = compiled.memory_analysis()
   if unroll is None:
-    unroll = _auto_unroll(lambda x: case.model.apply(params, x), x0, 1 if loop else num_steps)
+    unroll = auto_unroll(lambda x: case.model.apply(params, x), x0, 1 if loop else num_steps)
   return Result(case.name, x0.shape[0], num_steps, strategy, unroll, compile_s, call_s,
                 memory.temp_size_in_bytes / MiB,
                 None if flops is None else flops * num_steps / call_s / 1e9, gpu_peak_mib())

@@ -93,7 +93,7 @@ def check_robustness(torch, checkout: str, out: str) -> None:
     sd.update({"attacker." + k: v for k, v in list(sd.items())})
     path = os.path.join(out, f"robustness_{name}.pt")
     torch.save({"model": {"module." + k: v for k, v in sd.items()}, "epoch": 1}, path)
-    config, state = robust_resnet.classifier_run(torch_files.load(path), path)
+    config, state = classifier.robustness_run(torch_files.load(path), path)
     x = np.random.default_rng(2).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
       x01 = ((torch.from_numpy(x) + 1) / 2).clamp(0, 1)  # as InputNormalize

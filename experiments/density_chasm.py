@@ -93,7 +93,7 @@ def chasm_setup(steps: int, seed: int, name: str = "chasm") -> Setup:
   loss, potential = fdrl.build_potential(config)
   prior = priors.build_prior(config, data.fit_samples(dataset, 10_000, seed), dataset.event_shape)
   return Setup(config=config, dataset=dataset, model=fdrl.create_estimator(config), loss=loss,
-               potential=potential, flow_spec=sampling.build_flow_spec(config), prior=prior)
+               potential=potential, flow_spec=flows.build_flow_spec(config), prior=prior)
 
 
 def run_keys(seed: int) -> jax.Array:
@@ -243,7 +243,7 @@ def main() -> None:
   stale = run_stale(args.steps, args.seed)
   fdrl = run_fdrl(args.steps, args.seed)
   near = run_stale(args.steps, args.seed, name="chasm_near")
-  spec = sampling.build_flow_spec(toy2d.get_config("chasm"))
+  spec = flows.build_flow_spec(toy2d.get_config("chasm"))
   print(markdown_table(stale, fdrl, args.steps, spec.num_steps + spec.num_refine_steps))
   print("\n" + near_line(near))
   path = save_plot(stale, fdrl, os.path.join(args.out, "density_chasm.png"), args.seed, near)

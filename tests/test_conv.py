@@ -78,8 +78,8 @@ def test_flow_keeps_the_loop_only_for_the_loop_friendly_conv():
   params = Net(False).init(jax.random.key(0), x)
   plain = lambda y: Net(False).apply(params, y)
   ours = lambda y: Net(True).apply(params, y)
-  assert flows._auto_unroll(plain, x, 5) is True
-  assert flows._auto_unroll(ours, x, 5) == 1
+  assert flows.auto_unroll(plain, x, 5) is True
+  assert flows.auto_unroll(ours, x, 5) == 1
   run = lambda potential: flows.flow(potential, x, jax.random.key(1), num_steps=5,
                                      step_size=0.1, noise_scale=0.1)
   np.testing.assert_allclose(run(ours), run(plain), rtol=1e-5, atol=1e-6)

@@ -101,7 +101,7 @@ def test_bad_gan_config_is_one_line_through_main(tmp_path):
     ("refine.h", "tanh", "Unknown monotone map 'tanh'"),
     ("generator.name", "vae", "Unknown generator 'vae'"),
     ("method", "vae", "Unknown --config.method='vae'"),
-    ("refine.space", "pixels", "refinement space 'pixels'"),
+    ("refine.space", "pixels", "refine.space='pixels'"),
 ])
 def test_bad_gan_config_is_refused(key, value, message):
   config = tiny_gan_config()
