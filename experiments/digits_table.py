@@ -28,7 +28,7 @@ import time
 import jax
 
 from configs import digits
-from fdrl_jax import evaluate, figures, run_lib, sampling, workdir as workdirs
+from fdrl_jax import features, figures, modes, run_lib, sampling, workdir as workdirs
 
 # (label, loss, divergence, prior, κ): the rows of the paper's Table 2.
 VARIANTS = [
@@ -67,9 +67,9 @@ def flow_length_curve(config, workdir: str, lengths: list[int], score=None
   """``score(samples)`` (default FD-digits) of the trained model sampled with K + κ = each of
   ``lengths`` (Fig. 8)."""
   if score is None:
-    classifier = evaluate.digits_classifier(config.seed)
+    classifier = features.digits_classifier(config.seed)
     run = run_lib.Run(config)
-    score = lambda x: evaluate.fd_digits(x, run.dataset.test, classifier)
+    score = lambda x: features.fd_digits(x, run.dataset.test, classifier)
   run, state, _ = run_lib.restore_latest(config, workdir)
   rows = []
   for total in lengths:
@@ -92,7 +92,7 @@ def train_variant(variant, steps: int, samples: int, base=None, evaluate_run: bo
   start = time.perf_counter()
   run_lib.train_and_evaluate(config, workdir)
   seconds = time.perf_counter() - start
-  result = run_lib.evaluate_to_file(config, workdir) if evaluate_run else None
+  result = modes.evaluate_to_file(config, workdir) if evaluate_run else None
   return config, workdir, result, seconds
 
 

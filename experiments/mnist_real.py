@@ -17,7 +17,7 @@ the folder run's at that step. A second estimator is trained the same way with t
 (the digits default's), because mnist.py's LSIF-χ² at η = 3 starts slowly (issue 13).
 
 Scores (FD-MNIST here: the Fréchet distance of the penultimate features of the in-project digit
-classifier, ``evaluate.train_classifier``, trained on the training part only), all against the
+classifier, ``features.train_classifier``, trained on the training part only), all against the
 held-out part: --samples samples of the EMA estimator (K + κ steps), as many of the prior's own
 draws, and the real floor (as many training digits); with the classifier's held-out accuracy and
 the share of confidently classified samples. Writes ``mnist_real.md`` and ``mnist_real.png``
@@ -35,8 +35,8 @@ import jax
 import numpy as np
 
 from configs import mnist
-from fdrl_jax import (datasets, evaluate, images, metrics_log, run_lib, sampling, tfds_build,
-                      workdir as workdirs)
+from fdrl_jax import (datasets, evaluate, features, images, metrics_log, run_lib, sampling,
+                      tfds_build, workdir as workdirs)
 
 TFDS_NAME, TFDS_VERSION = "mnist_real", "1.0.0"
 
@@ -74,9 +74,9 @@ def split_and_scorer(root: str, num_train: int, config, classifier_steps: int):
   train_y, test_y = write_folders(root, num_train, config.seed)
   folder_set = datasets.build_dataset(config)
   train_x, test_x = folder_set.train, folder_set.test
-  classifier = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
+  classifier = features.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
                                          steps=classifier_steps)
-  return train_x, test_x, classifier, lambda x: evaluate.fd_digits(x, test_x, classifier)
+  return train_x, test_x, classifier, lambda x: features.fd_digits(x, test_x, classifier)
 
 
 def scaled_config(root: str, steps: int, flow_steps: int, refine_steps: int,
@@ -187,7 +187,7 @@ def main() -> None:
   # FD-MNIST here: the classifier on the training part, distances against the held-out part.
   start = time.perf_counter()
   train_x, test_x = folder_set.train, folder_set.test
-  classifier = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
+  classifier = features.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
                                          steps=args.classifier_steps)
   classifier_seconds = time.perf_counter() - start
   start = time.perf_counter()
@@ -200,12 +200,12 @@ def main() -> None:
   prior = np.concatenate(list(evaluate.prior_batches(run, state, run.sampler_parts(),
                                                      args.samples, batch)))
   sample_seconds = time.perf_counter() - start
-  scores = {name: (evaluate.fd_digits(x, test_x, classifier),
-                   evaluate.confident_share(x, classifier)) for name, x in drawn.items()}
-  fd_prior = evaluate.fd_digits(prior, test_x, classifier)
-  fd_floor = evaluate.fd_digits(train_x[:len(test_x)], test_x, classifier)
-  share_prior = evaluate.confident_share(prior, classifier)
-  share_real = evaluate.confident_share(test_x, classifier)
+  scores = {name: (features.fd_digits(x, test_x, classifier),
+                   features.confident_share(x, classifier)) for name, x in drawn.items()}
+  fd_prior = features.fd_digits(prior, test_x, classifier)
+  fd_floor = features.fd_digits(train_x[:len(test_x)], test_x, classifier)
+  share_prior = features.confident_share(prior, classifier)
+  share_real = features.confident_share(test_x, classifier)
 
   k, kappa = config.flow.num_steps, config.flow.num_refine_steps
   lines = [

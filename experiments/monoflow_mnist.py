@@ -25,7 +25,7 @@ import time
 import jax
 
 from configs import monoflow_mnist
-from fdrl_jax import evaluate, images, run_lib, workdir as workdirs
+from fdrl_jax import features, images, run_lib, workdir as workdirs
 from mnist_real import add_split_arguments, side_by_side, split_and_scorer
 
 
@@ -64,7 +64,7 @@ def main() -> None:
       seconds = time.perf_counter() - start
       run, state, _ = run_lib.restore_latest(config, workdir)
       x = run.draw(state, run.sample_key_for(0), args.samples)
-      rows.append((variant, h, score(x), evaluate.confident_share(x, classifier), seconds))
+      rows.append((variant, h, score(x), features.confident_share(x, classifier), seconds))
       grids.append(images.grid(x[:64]))
       print(f"{variant} {h}: FD-MNIST {rows[-1][2]:.1f}, {seconds:.0f} s", flush=True)
   floor = score(train_x[:len(test_x)])
@@ -78,7 +78,7 @@ def main() -> None:
       *(f"| {variant} | {h} | {fd:.1f} | {share:.2f} | {seconds:.0f} s |"
         for variant, h, fd, share, seconds in rows),
       "", f"Real floor ({len(test_x)} training digits): {floor:.1f}; confident share of held-out "
-      f"digits {evaluate.confident_share(test_x, classifier):.2f}.", "",
+      f"digits {features.confident_share(test_x, classifier):.2f}.", "",
       f"Whole command: {time.perf_counter() - began:.0f} s."]
   path = workdirs.experiment_report(args.out, "monoflow_mnist", "\n".join(lines) + "\n")
   images.save_png(side_by_side(grids + [images.grid(test_x[:64])]), path)

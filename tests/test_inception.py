@@ -335,14 +335,14 @@ def test_fid_eval_end_to_end(weights_file, tmp_path):
   config.eval.metric, config.eval.inception_weights = "fid", str(weights_file)
   config.eval.num_samples, config.eval.num_reference = 6, 6
   run_lib.train_and_evaluate(config, str(tmp_path))
-  first = run_lib.evaluate_to_file(config, str(tmp_path))
+  first = modes.evaluate_to_file(config, str(tmp_path))
   assert np.isfinite(first["fid"]) and first["fid"] >= 0
   assert (tmp_path / "fid_stats_digits_6.npz").exists()
-  second = run_lib.evaluate_to_file(config, str(tmp_path))  # reuses the cached statistics
+  second = modes.evaluate_to_file(config, str(tmp_path))  # reuses the cached statistics
   assert second["path"] != first["path"]
   config.eval.num_reference = 2000  # the digits' training split has 1 500
   with pytest.raises(ValueError, match="FID statistics of 'digits' cannot be computed.*at most"):
-    run_lib.evaluate_to_file(config, str(tmp_path))
+    modes.evaluate_to_file(config, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -353,7 +353,7 @@ def test_cat2dog_translation_fid_eval_on_generated_folders(weights_file, tmp_pat
   config = tiny_cat2dog_config(cat2dog_folders(tmp_path))
   config.eval.inception_weights = str(weights_file)
   run_lib.train_and_evaluate(config, str(tmp_path / "run"))
-  result = run_lib.evaluate_to_file(config, str(tmp_path / "run"))
+  result = modes.evaluate_to_file(config, str(tmp_path / "run"))
   assert result["num_samples"] == 4 and result["num_reference"] == 4
   assert np.isfinite(result["fid"]) and np.isfinite(result["fid_untranslated"])
   assert "held-out target images" in result["fid_variant"]
