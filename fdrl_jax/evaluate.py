@@ -1,4 +1,4 @@
-"""``--mode=eval`` of a generative run (FDRL or a GAN): draw samples, score them with ``eval.metric``.
+"""``--mode=eval`` of a generative run (FDRL or a GAN): samples, scored by ``eval.metric``.
 
 ``METRICS``: ``fd_digits`` (FD-digits on the bundled digits, ``fdrl_jax.features``), ``fd_mnist``
 (the same with an MNIST classifier), ``fid`` (the FID Inception's Fréchet distance) and ``mmd``
@@ -94,8 +94,8 @@ def split_size(dataset: data.Dataset) -> int | None:
   return len(dataset.train) if dataset.train is not None else dataset.num_train
 
 
-def _reference_batches(config: ml_collections.ConfigDict, dataset: data.Dataset, n: int, chunk: int = 1000
-                       ) -> Iterator[np.ndarray]:
+def _reference_batches(config: ml_collections.ConfigDict, dataset: data.Dataset, n: int,
+                       chunk: int = 1000) -> Iterator[np.ndarray]:
   """``n`` distinct training images drawn with the config's seed, decoded ``chunk`` at a time."""
   for start in range(0, n, chunk):
     yield dataset.sample(np.random.default_rng(config.seed), n, slice(start, start + chunk))
@@ -146,7 +146,8 @@ def _mmd(s: Scoring) -> dict:
 
 
 # name → Scoring → scores.
-METRICS: dict[str, Callable[[Scoring], dict]] = {"fd_digits": _fd_digits, "fd_mnist": _fd_mnist, "fid": _fid, "mmd": _mmd}
+METRICS: dict[str, Callable[[Scoring], dict]] = {
+    "fd_digits": _fd_digits, "fd_mnist": _fd_mnist, "fid": _fid, "mmd": _mmd}
 # The data sets each classifier metric applies to, and how to say so.
 METRIC_DATA = {"fd_digits": (("digits", "digits_bold"), "FD-digits needs the bundled digits"),
                "fd_mnist": (("mnist",), "FD-MNIST needs tfds MNIST"),

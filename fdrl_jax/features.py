@@ -1,4 +1,4 @@
-"""Feature extractors for sample quality: a small digit classifier's features, and the FID Inception's.
+"""Feature extractors for sample quality: a small digit classifier's, and the FID Inception's.
 
 FD-digits: the Fréchet distance (``scores.frechet_distance``) of the penultimate features of a small
 classifier trained here on the bundled 8×8 digits' training split (``digits_classifier``); it is

@@ -348,8 +348,8 @@ def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: s
 def translation(config: ml_collections.ConfigDict, workdir_path: str, output_path: str,
                 num_samples: int = 8, inputs: str | None = None) -> str:
   """Unpaired translation (FDRL Sec. 6.5): ``num_samples`` pairs in columns, the source above its
-  translation, the sources from ``inputs`` (an .npz or folder, as ``--mode=translate`` reads it) or else the run's
-  held-out source images."""
+  translation, the sources from ``inputs`` (an .npz or folder, as ``--mode=translate`` reads it)
+  or else the run's held-out source images."""
   _check_count("translation rows", num_samples)
   _prepare(config, output_path, "translation")
   run, state, step = run_lib.restore_latest(config, workdir_path)

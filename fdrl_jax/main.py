@@ -9,8 +9,9 @@ or rows, ``--space=pixel|feature`` the neighbours' distance; the figure defaults
 ``--output``, sample and figure write a new file in the workdir (``samples.npz``,
 ``figure_grid.png``, ...; ``-2``, ``-3`` ... appended rather than overwrite) and
 ``--mode=translate --input=FILE.npz|DIR --output=FILE.npz|DIR`` (flows given source images with a
-translation run's estimator). The modes are ``fdrl_jax.modes.MODES``. ``--config.sampling.*`` picks the sampler
-(Algorithm 2, GAN refinement, class-conditional). Override any config key with
+translation run's estimator). The modes are ``fdrl_jax.modes.MODES``, the figures
+``fdrl_jax.figures.FIGURES``. ``--config.sampling.*`` picks the sampler (Algorithm 2, GAN
+refinement, class-conditional). Override any config key with
 ``--config.a.b=value``. For multi-process runs (one per host or per GPU) pass ``--distributed``:
 ``jax.distributed.initialize`` then finds SLURM / Cloud TPU pod settings itself, or takes
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (the README's "Clusters").

@@ -151,7 +151,7 @@ def latent_potential(logit_fn: Callable[[Array], Array], generator_fn: Callable[
 
 
 # ----------------------------------------------------------------------------------------------
-# Refinement with MonoFlow (DGflow): a trained discriminator's flow applied to a generator's samples.
+# Refinement with MonoFlow (DGflow): a trained discriminator's flow moves a generator's samples.
 
 REFINE_SPACES = ("latent", "data")
 

@@ -99,8 +99,9 @@ class Guide(NamedTuple):
 
 
 # Where conditional sampling finds its classifier.
-NEEDS_CLASSIFIER = ("--config.sampling.name=conditional needs --config.sampling.classifier_workdir"
-                    "=DIR, a run of --config.method=classifier (e.g. configs/digits_classifier.py).")
+NEEDS_CLASSIFIER = ("--config.sampling.name=conditional needs "
+                    "--config.sampling.classifier_workdir=DIR, a run of --config.method=classifier "
+                    "(e.g. configs/digits_classifier.py).")
 
 
 class Sampler(NamedTuple):
