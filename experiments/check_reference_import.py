@@ -78,7 +78,7 @@ def check_robustness(torch, checkout: str, out: str) -> None:
   sys.path.insert(0, os.path.abspath(checkout))
   from robustness.cifar_models import resnet
   import jax.numpy as jnp
-  from fdrl_jax import classifier, robust_resnet, torch_files
+  from fdrl_jax import classifier, torch_files
   mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2023, 0.1994, 0.2010])
   for name in ("resnet18", "resnet50"):
     torch.manual_seed(0)
@@ -93,7 +93,7 @@ def check_robustness(torch, checkout: str, out: str) -> None:
     sd.update({"attacker." + k: v for k, v in list(sd.items())})
     path = os.path.join(out, f"robustness_{name}.pt")
     torch.save({"model": {"module." + k: v for k, v in sd.items()}, "epoch": 1}, path)
-    config, state = robust_resnet.classifier_run(torch_files.load(path), path)
+    config, state = classifier.robustness_run(torch_files.load(path), path)
     x = np.random.default_rng(2).uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
       x01 = ((torch.from_numpy(x) + 1) / 2).clamp(0, 1)  # as InputNormalize

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from fdrl_jax.configs import digits, mnist
-from fdrl_jax import datasets, evaluate, files, images, run_lib, sampling
+from fdrl_jax import datasets, features, files, images, modes, run_lib, sampling
 
 # Where every experiment writes by default (--out).
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
@@ -108,9 +108,9 @@ def flow_length_curve(config, workdir: str, lengths: list[int], score=None
   """``score(samples)`` (default FD-digits) of the trained model sampled with K + κ = each of
   ``lengths`` (Fig. 8)."""
   if score is None:
-    classifier = evaluate.digits_classifier(config.seed)
+    classifier = features.digits_classifier(config.seed)
     run = run_lib.Run(config)
-    score = lambda x: evaluate.fd_digits(x, run.dataset.test, classifier)
+    score = lambda x: features.fd_digits(x, run.dataset.test, classifier)
   run, state, _ = run_lib.restore_latest(config, workdir)
   rows = []
   for total in lengths:
@@ -133,7 +133,7 @@ def train_variant(variant, steps: int, samples: int, base=None, evaluate_run: bo
   start = time.perf_counter()
   run_lib.train_and_evaluate(config, workdir)
   seconds = time.perf_counter() - start
-  result = run_lib.evaluate_to_file(config, workdir) if evaluate_run else None
+  result = modes.evaluate_to_file(config, workdir) if evaluate_run else None
   return config, workdir, result, seconds
 
 
@@ -172,9 +172,9 @@ def split_and_scorer(root: str, num_train: int, config, classifier_steps: int):
   train_y, test_y = write_folders(root, num_train, config.seed)
   folder_set = datasets.build_dataset(config)
   train_x, test_x = folder_set.train, folder_set.test
-  classifier = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
+  classifier = features.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
                                          steps=classifier_steps)
-  return train_x, test_x, classifier, lambda x: evaluate.fd_digits(x, test_x, classifier)
+  return train_x, test_x, classifier, lambda x: features.fd_digits(x, test_x, classifier)
 
 
 def scaled_config(root: str, steps: int, flow_steps: int, refine_steps: int,

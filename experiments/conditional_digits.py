@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments.common import argument_parser, experiment_report
 from fdrl_jax.configs import digits, digits_classifier
-from fdrl_jax import bundled, evaluate, images, run_lib, sampling
+from fdrl_jax import bundled, features, images, loading, modes, run_lib, sampling
 
 WEIGHTS = (0.0, 0.03, 0.1, 0.2, 0.3, 1.0)
 
@@ -38,16 +38,16 @@ def main() -> None:
   plain.classifier.epsilon = plain.classifier.noise = 0.0
   for name, config in (("fdrl", fdrl_config), ("robust", robust), ("plain", plain)):
     run_lib.train_and_evaluate(config, os.path.join(work, name))  # or reuse a finished run
-  clean = {name: run_lib.evaluate_to_file(config, os.path.join(work, name))
+  clean = {name: modes.evaluate_to_file(config, os.path.join(work, name))
            for name, config in (("robust", robust), ("plain", plain))}
 
   train_x, train_y, test_x, test_y = bundled.digits_split(fdrl_config.seed)
-  judge = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=1234, steps=600)
-  features = evaluate.digits_classifier(fdrl_config.seed)
+  judge = features.train_classifier(train_x, train_y, test_x, test_y, seed=1234, steps=600)
+  digit_features = features.digits_classifier(fdrl_config.seed)
   run, state, _ = run_lib.restore_latest(fdrl_config, os.path.join(work, "fdrl"))
   n, num = args.samples, 10 * args.samples
   unconditional = sampling.draw(run.sampler("prior"), state, run.sample_key_for(0), num, 500)
-  fd_unconditional = evaluate.fd_digits(unconditional, test_x, features)
+  fd_unconditional = features.fd_digits(unconditional, test_x, digit_features)
 
   lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}. {n} samples per class and "
            "setting; FDRL-DDP LR-KL (configs/digits.py, "
@@ -65,15 +65,17 @@ def main() -> None:
   for name, config in (("robust", robust), ("plain", plain)):
     guided = fdrl_config.copy_and_resolve_references()
     guided.sampling.classifier_workdir = os.path.join(work, name)
-    for_class, num_classes = sampling.conditional_sampler(guided, run.sampler_parts())
+    guide = loading.load_classifier(guided.sampling.classifier_workdir,
+                                    event_shape=run.dataset.event_shape)
+    for_class, num_classes = sampling.conditional_sampler(run.sampler_parts(), guide)
     for weight in WEIGHTS:
       shares, fds, everything = [], [], []
       for label in range(num_classes):
         x = for_class(label, weight).sample(state, run.sample_key_for(label), n)
         shares.append(float(np.mean(judge.probabilities(x).argmax(-1) == label)))
-        fds.append(evaluate.fd_digits(x, test_x[test_y == label], features))
+        fds.append(features.fd_digits(x, test_x[test_y == label], digit_features))
         everything.append(x)
-      fd_all = evaluate.fd_digits(np.concatenate(everything), test_x, features)
+      fd_all = features.fd_digits(np.concatenate(everything), test_x, digit_features)
       lines.append(f"| {name} | {weight:g} | {np.mean(shares):.2f} | {min(shares):.2f} "
                    f"(digit {int(np.argmin(shares))}) | {np.mean(fds):.1f} | {fd_all:.1f} | "
                    f"{fd_all / fd_unconditional:.2f} |")

@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw
 
 from experiments.common import argument_parser
 from fdrl_jax.configs import toy2d
-from fdrl_jax import bundled, flows, images, priors, run_lib, sampling
+from fdrl_jax import bundled, flows, images, priors, run_lib
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set
 NEAR_TARGET = np.array([1.0, 1.0])         # "chasm_near" (Fig. 2a): p close to q'
@@ -124,7 +124,7 @@ def run_stale(steps: int, seed: int = 0, num_samples: int = 1000,
   """Trains the estimator once on q' against p (no flow), then flows prior particles with it."""
   start = time.perf_counter()
   config = chasm_config(steps, seed, name)
-  spec = sampling.build_flow_spec(config)
+  spec = flows.build_flow_spec(config)
   config.flow.num_steps, config.flow.step_size, config.flow.noise_scale = (
       1, STALE_TRAINING_STEP_SIZE, 0.0)
 
@@ -234,7 +234,7 @@ def main() -> None:
   stale = run_stale(args.steps, args.seed)
   fdrl = run_fdrl(args.steps, args.seed)
   near = run_stale(args.steps, args.seed, name="chasm_near")
-  spec = sampling.build_flow_spec(toy2d.get_config("chasm"))
+  spec = flows.build_flow_spec(toy2d.get_config("chasm"))
   print(markdown_table(stale, fdrl, args.steps, spec.num_steps + spec.num_refine_steps))
   print("\n" + near_line(near))
   path = save_plot(stale, fdrl, os.path.join(args.out, "density_chasm.png"), args.seed, near)

@@ -17,7 +17,7 @@ the folder run's at that step. A second estimator is trained the same way with t
 (the digits default's), because mnist.py's LSIF-χ² at η = 3 starts slowly (issue 13).
 
 Scores (FD-MNIST here: the Fréchet distance of the penultimate features of the in-project digit
-classifier, ``evaluate.train_classifier``, trained on the training part only), all against the
+classifier, ``features.train_classifier``, trained on the training part only), all against the
 held-out part: --samples samples of the EMA estimator (K + κ steps), as many of the prior's own
 draws, and the real floor (as many training digits); with the classifier's held-out accuracy and
 the share of confidently classified samples. Writes ``mnist_real.md`` and ``mnist_real.png``
@@ -36,8 +36,7 @@ import numpy as np
 
 from experiments.common import (add_split_arguments, experiment_report, scaled_config,
                                 side_by_side, write_folders)
-from fdrl_jax.configs import mnist
-from fdrl_jax import datasets, evaluate, images, metrics_log, run_lib, sampling, tfds_build
+from fdrl_jax import datasets, evaluate, features, images, metrics_log, run_lib, sampling, tfds_build
 
 TFDS_NAME, TFDS_VERSION = "mnist_real", "1.0.0"
 
@@ -122,7 +121,7 @@ def main() -> None:
   # FD-MNIST here: the classifier on the training part, distances against the held-out part.
   start = time.perf_counter()
   train_x, test_x = folder_set.train, folder_set.test
-  classifier = evaluate.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
+  classifier = features.train_classifier(train_x, train_y, test_x, test_y, seed=config.seed,
                                          steps=args.classifier_steps)
   classifier_seconds = time.perf_counter() - start
   start = time.perf_counter()
@@ -135,12 +134,12 @@ def main() -> None:
   prior = np.concatenate(list(evaluate.prior_batches(run, state, run.sampler_parts(),
                                                      args.samples, batch)))
   sample_seconds = time.perf_counter() - start
-  scores = {name: (evaluate.fd_digits(x, test_x, classifier),
-                   evaluate.confident_share(x, classifier)) for name, x in drawn.items()}
-  fd_prior = evaluate.fd_digits(prior, test_x, classifier)
-  fd_floor = evaluate.fd_digits(train_x[:len(test_x)], test_x, classifier)
-  share_prior = evaluate.confident_share(prior, classifier)
-  share_real = evaluate.confident_share(test_x, classifier)
+  scores = {name: (features.fd_digits(x, test_x, classifier),
+                   features.confident_share(x, classifier)) for name, x in drawn.items()}
+  fd_prior = features.fd_digits(prior, test_x, classifier)
+  fd_floor = features.fd_digits(train_x[:len(test_x)], test_x, classifier)
+  share_prior = features.confident_share(prior, classifier)
+  share_real = features.confident_share(test_x, classifier)
 
   k, kappa = config.flow.num_steps, config.flow.num_refine_steps
   lines = [

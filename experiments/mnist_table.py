@@ -28,7 +28,7 @@ import numpy as np
 from experiments.common import (experiment_report, VARIANTS, CURVE_VARIANTS, flow_lengths,
                                 flow_length_curve, train_variant, add_split_arguments,
                                 split_and_scorer, scaled_config, side_by_side)
-from fdrl_jax import evaluate, images, run_lib, sampling
+from fdrl_jax import evaluate, features, images, run_lib, sampling
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     x = sampling.draw(run.sampler(), state, run.sample_key_for(0), args.samples, batch)
     prior = np.concatenate(list(evaluate.prior_batches(run, state, run.sampler_parts(),
                                                        args.samples, batch)))
-    rows.append((variant[0], score(x), score(prior), evaluate.confident_share(x, classifier),
+    rows.append((variant[0], score(x), score(prior), features.confident_share(x, classifier),
                  seconds))
     grids.append(images.grid(x[:64]))
     print(f"{variant[0]}: FD-MNIST {rows[-1][1]:.1f}, prior {rows[-1][2]:.1f}, "
@@ -76,7 +76,7 @@ def main() -> None:
       *(f"| {label} | {fd:.1f} | {fd_prior:.1f} | {share:.2f} | {seconds:.0f} s |"
         for label, fd, fd_prior, share, seconds in rows),
       "", f"Real floor ({len(test_x)} training digits): {floor:.1f}; confident share of held-out "
-      f"digits {evaluate.confident_share(test_x, classifier):.2f}.", ""]
+      f"digits {features.confident_share(test_x, classifier):.2f}.", ""]
   for label, curve in curves.items():
     lines += [f"Flow length (Fig. 8), {label}:", "", "| K + κ | FD-MNIST |", "|---|---|",
               *(f"| {total} | {fd:.1f} |" for total, fd in curve), ""]

@@ -26,7 +26,7 @@ import numpy as np
 
 from experiments.common import argument_parser
 from fdrl_jax.configs import monoflow_digits
-from fdrl_jax import images, run_lib
+from fdrl_jax import images, modes, run_lib
 
 # (label, h, shift): MonoFlow's Section 5.2 losses.
 LOSSES = [("vanilla, C = 0", "vanilla", 0.0), ("vanilla, C = 5", "vanilla", 5.0),
@@ -74,7 +74,7 @@ def main() -> None:
     start = time.perf_counter()
     run_lib.train_and_evaluate(config, workdir)
     seconds = time.perf_counter() - start
-    result = run_lib.evaluate_to_file(config, workdir)
+    result = modes.evaluate_to_file(config, workdir)
     late = late_average(workdir, ("d_fake", "h_slope"))
     lines.append(f"| {label} | {result['fd_digits']:.1f} | {result['confident_share']:.2f} | "
                  f"{late['d_fake']:.3f} | {late['h_slope']:.3g} | {seconds:.0f} s |")

@@ -27,7 +27,7 @@ import jax
 from experiments.common import (experiment_report, add_split_arguments, split_and_scorer,
                                 side_by_side)
 from fdrl_jax.configs import monoflow_mnist
-from fdrl_jax import evaluate, images, run_lib
+from fdrl_jax import features, images, run_lib
 
 
 def row_config(variant: str, h: str, root: str, steps: int):
@@ -65,7 +65,7 @@ def main() -> None:
       seconds = time.perf_counter() - start
       run, state, _ = run_lib.restore_latest(config, workdir)
       x = run.draw(state, run.sample_key_for(0), args.samples)
-      rows.append((variant, h, score(x), evaluate.confident_share(x, classifier), seconds))
+      rows.append((variant, h, score(x), features.confident_share(x, classifier), seconds))
       grids.append(images.grid(x[:64]))
       print(f"{variant} {h}: FD-MNIST {rows[-1][2]:.1f}, {seconds:.0f} s", flush=True)
   floor = score(train_x[:len(test_x)])
@@ -79,7 +79,7 @@ def main() -> None:
       *(f"| {variant} | {h} | {fd:.1f} | {share:.2f} | {seconds:.0f} s |"
         for variant, h, fd, share, seconds in rows),
       "", f"Real floor ({len(test_x)} training digits): {floor:.1f}; confident share of held-out "
-      f"digits {evaluate.confident_share(test_x, classifier):.2f}.", "",
+      f"digits {features.confident_share(test_x, classifier):.2f}.", "",
       f"Whole command: {time.perf_counter() - began:.0f} s."]
   path = experiment_report(args.out, "monoflow_mnist", "\n".join(lines) + "\n")
   images.save_png(side_by_side(grids + [images.grid(test_x[:64])]), path)

@@ -23,18 +23,18 @@ import numpy as np
 
 from experiments.common import argument_parser, experiment_report
 from fdrl_jax.configs import digits_bold
-from fdrl_jax import bundled, evaluate, figures, run_lib, sampling
+from fdrl_jax import bundled, features, figures, modes, run_lib, sampling
 
 
-def judges(seed: int) -> tuple[evaluate.Classifier, evaluate.Classifier]:
+def judges(seed: int) -> tuple[features.Classifier, features.Classifier]:
   """A plain (0) vs bold (1) judge and a digit-class judge, trained on the training digits in
   both styles and scored on the held-out digits in both styles."""
   train_x, train_y, test_x, test_y = bundled.digits_split(seed)
   both = lambda x: np.concatenate([x, bundled.bold(x)])
   style = lambda x: np.repeat([0, 1], len(x))
-  bold_judge = evaluate.train_classifier(both(train_x), style(train_x), both(test_x),
+  bold_judge = features.train_classifier(both(train_x), style(train_x), both(test_x),
                                          style(test_x), seed=1234, steps=600)
-  class_judge = evaluate.train_classifier(both(train_x), np.tile(train_y, 2), both(test_x),
+  class_judge = features.train_classifier(both(train_x), np.tile(train_y, 2), both(test_x),
                                           np.tile(test_y, 2), seed=4321, steps=600)
   return bold_judge, class_judge
 
@@ -47,12 +47,12 @@ def main() -> None:
   start = time.perf_counter()
   run_lib.train_and_evaluate(config, workdir)
   seconds = time.perf_counter() - start
-  table3 = run_lib.evaluate_to_file(config, workdir)
+  table3 = modes.evaluate_to_file(config, workdir)
 
   split = bundled.digits_bold_split(config.seed)
   sources, labels = split["test_plain"], split["test_labels"]
   bold_judge, class_judge = judges(config.seed)
-  features = evaluate.digits_classifier(config.seed)
+  digit_features = features.digits_classifier(config.seed)
   run, state, _ = run_lib.restore_latest(config, workdir)
   default_length = config.flow.num_steps + config.flow.num_refine_steps
   lines = [f"CPU: {os.cpu_count()} cores, jax {jax.__version__}. configs/digits_bold.py, "
@@ -78,7 +78,7 @@ def main() -> None:
       moved = sampling.draw(sampler, state, run.sample_key_for(0), sources, 500)
     bold_share = float(np.mean(bold_judge.probabilities(moved).argmax(-1) == 1))
     kept = float(np.mean(class_judge.probabilities(moved).argmax(-1) == labels))
-    fd = evaluate.fd_digits(moved, split["test_bold"], features)
+    fd = features.fd_digits(moved, split["test_bold"], digit_features)
     mark = " (default)" if total == default_length else ""
     lines.append(f"| {total}{mark} | {bold_share:.2f} | {kept:.2f} | {fd:.1f} |")
     print(lines[-1], flush=True)

@@ -8,7 +8,7 @@ from importlib import metadata as _metadata
 
 from fdrl_jax import divergences, losses, monoflow, priors
 from fdrl_jax.divergences import DIVERGENCES, flow_potential
-from fdrl_jax.flows import flow, potential_gradient, two_stage_flow
+from fdrl_jax.flows import flow, potential_gradient
 from fdrl_jax.losses import LOSSES, bregman_loss
 from fdrl_jax.priors import fit_gaussian, fit_low_rank_gaussian
 
@@ -29,7 +29,5 @@ def load(workdir):
 __all__ = [
     "DIVERGENCES", "LOSSES", "bregman_loss", "divergences", "fit_gaussian",
     "fit_low_rank_gaussian", "flow", "flow_potential", "load", "losses", "monoflow",
-    "potential_gradient",
-    "priors",
-    "two_stage_flow",
+    "potential_gradient", "priors",
 ]

@@ -26,7 +26,8 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax import optim
+from fdrl_jax.configs import cifar10_classifier
+from fdrl_jax import optim, registry, robust_resnet, torch_files
 from fdrl_jax.conv import conv_general_dilated
 
 Array = jax.Array
@@ -37,19 +38,21 @@ class ClassifierNet(nn.Module):
   stride 2 while the image side exceeds 4), Dense(hidden), ReLU, Dense(num_classes) logits.
 
   Convolutions use ``conv.conv_general_dilated``: its input gradient drives a ``lax.scan`` flow
-  in conditional sampling, where the plain convolution's gradient is slow on CPU."""
+  in conditional sampling, where the plain convolution's gradient is slow on CPU. With
+  ``features=True`` the call returns the ``hidden``-d penultimate activations instead of the
+  logits (the FD-digits features, ``fdrl_jax.features``)."""
   channels: Sequence[int] = (32, 64, 64)
   num_classes: int = 10
   hidden: int = 128
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, features: bool = False) -> Array:
     for i, c in enumerate(self.channels):
       stride = 2 if i > 0 and x.shape[1] > 4 else 1
       x = nn.relu(nn.Conv(c, (3, 3), strides=stride,
                           conv_general_dilated=conv_general_dilated)(x))
     x = nn.relu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
-    return nn.Dense(self.num_classes)(x)
+    return x if features else nn.Dense(self.num_classes)(x)
 
 
 @struct.dataclass
@@ -211,15 +214,16 @@ def accuracy(apply_fn: Callable, params, images: np.ndarray, labels: np.ndarray,
 # ----------------------------------------------------------------------------------------------
 # The method's hooks (``fdrl_jax.methods``, ``--config.method=classifier``).
 
+# The networks ``classifier.name`` picks: the conv net, or one of robustness's ResNets.
+NETWORKS = ("conv", *robust_resnet.RESNETS)
+
+
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   """The classifier of ``config.classifier``: the conv net, or a ``robust_resnet.RobustResNet``."""
   c = config.classifier
   name = c.get("name", "conv")
+  registry.lookup(dict.fromkeys(NETWORKS), name, "--config.classifier.name")
   if name != "conv":
-    from fdrl_jax import robust_resnet
-    if name not in robust_resnet.RESNETS:
-      raise ValueError(f"Unknown --config.classifier.name={name!r}; available: conv, "
-                       f"{', '.join(robust_resnet.RESNETS)}.")
     return robust_resnet.RobustResNet(arch=name, num_classes=c.num_classes,
                                       width=c.resnet_width, input_mean=tuple(c.input_mean),
                                       input_std=tuple(c.input_std))
@@ -262,3 +266,28 @@ def evaluate_accuracy(config: ml_collections.ConfigDict, run, state, workdir: st
           "adversarial_accuracy": accuracy(apply, params, x, y, **attack),
           "attack": f"PGD-L2, epsilon {attack['epsilon']:g}, {attack['num_steps']} steps of "
                     f"{attack['step_size']:g}", "num_test": int(len(x))}
+
+
+def robustness_run(ckpt: dict, source: str) -> tuple[ml_collections.ConfigDict, ClassifierState]:
+  """(config, state) of a robustness checkpoint (``robust_resnet.is_checkpoint``):
+  ``configs/cifar10_classifier.py`` with its ResNet and input normalisation, fresh Adam, step 0."""
+  raw = ckpt.get("model", ckpt.get("state_dict"))
+  state = torch_files.strip_prefix(torch_files.state_dict(raw, source, "its model state_dict"))
+  model_sd = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+  arch, width, num_classes = robust_resnet.detect(model_sd, source)
+  mean, std = (np.asarray(state.get(f"normalizer.new_{k}"), np.float64).ravel()
+               for k in ("mean", "std"))
+  if mean.shape != (3,) or std.shape != (3,):
+    raise ValueError(f"{source}: its normalizer holds {mean.shape} / {std.shape} values, not one "
+                     "per RGB channel")
+  config = cifar10_classifier.get_config()
+  c = config.classifier
+  c.name, c.resnet_width, c.num_classes = arch, width, int(num_classes)
+  c.input_mean, c.input_std = tuple(map(float, mean)), tuple(map(float, std))
+  model = build_model(config)
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  params = jax.tree.map(jnp.asarray, robust_resnet.convert(model_sd, arch, template["params"],
+                                                           source))
+  tx = optim.build_optimizer(config)
+  return config, ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
+                                 opt_state=tx.init(params))

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding
 from fdrl_jax import bundled, datasets, models, optim, priors, sampling
 from fdrl_jax.models import training_apply, variables
 from fdrl_jax.divergences import flow_potential
-from fdrl_jax.flows import FlowSpec, flow
+from fdrl_jax.flows import FlowSpec, build_flow_spec, flow
 from fdrl_jax.losses import BregmanLoss, get_loss
 
 Array = jax.Array
@@ -216,7 +216,7 @@ def build_train_step(config: ml_collections.ConfigDict, dataset: bundled.Dataset
   is_image = dataset.is_image
   return make_train_step(
       create_estimator(config).apply, optim.build_optimizer(config), loss, potential,
-      sampling.build_flow_spec(config), dequantization=config.data.dequantization if is_image else 0.0,
+      build_flow_spec(config), dequantization=config.data.dequantization if is_image else 0.0,
       random_flip=config.data.random_flip and is_image, ema_decay=config.optim.ema_decay,
       augment_prior=_augments_prior(config, dataset),
       particle_sharding=particle_sharding, sn_every_call=config.model.sn_every_call)
@@ -233,7 +233,7 @@ def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
       start=lambda state, key, n: state.prior.sample(key, n),
       potential=lambda state: estimator_potential(model.apply, potential,
                                                   state.ema_variables()),
-      spec=sampling.build_flow_spec(config), event_shape=tuple(dataset.event_shape),
+      spec=build_flow_spec(config), event_shape=tuple(dataset.event_shape),
       input_noise=config.data.dequantization if _augments_prior(config, dataset) else 0.0,
       estimator=sampling.Estimator(apply=apply, output=loss.output,
                                    divergence=config.loss.divergence))

@@ -12,18 +12,13 @@
 * ``translation`` (Sec. 6.5): source | translated pairs of a translation run.
 
 Every function takes ``(config, workdir, output_path, ...)``, restores the workdir's latest
-checkpoint and flows with what ``--mode=sample`` uses: the EMA estimator, the run's prior, its
-flow settings (``run.flow_spec``: K + κ steps, η, ν, clipping) and its potential. The arrays
-behind each picture come from pure helpers (``flow_snapshots``, ``interpolants``,
-``flow_interpolation``, ``evaluate.nearest_neighbours``), so that tests check numbers rather than pixels.
-Rows × columns pictures are tiled by ``images.tile`` (an integer enlargement up to 32 pixels,
-1-pixel white borders): R rows and C columns of H×W images make R·(sH + 1) + 1 by C·(sW + 1) + 1
-pixels, s = max(1, ⌈32 / max(H, W)⌉) (33 pixels a cell for the 8×8 digits).
-
-An existing output file is never overwritten: it is refused up front (as is an output that cannot
-be written, ``files.check_writable``), and the PNG is created by
-``files.write_new_file`` (a temporary file hard-linked to the output name, which fails if the
-name appeared meanwhile), as ``--mode=sample`` writes its .npz.
+checkpoint and flows with what ``--mode=sample`` uses: the run's sampler parts
+(``run.sampler_parts()``: prior draws, the EMA estimator's potential, the flow's ``spec`` of
+K + κ steps, η, ν, clipping). The arrays behind each picture come from pure helpers
+(``flow_snapshots``, ``interpolants``, ``flow_interpolation``, ``scores.nearest_neighbours``), so
+that tests check numbers rather than pixels.
+Rows × columns pictures are tiled by ``images.tile``. An existing output is never overwritten: it
+is refused up front, and the PNG created by ``files.write_new_file``.
 """
 
 from __future__ import annotations
@@ -35,7 +30,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fdrl_jax import bundled, evaluate, files, flows, images, priors, run_lib, sampling
+from fdrl_jax import (bundled, datasets, features, files, flows, images, loading, priors, registry,
+                      run_lib, sampling, scores)
 
 Array = jax.Array
 
@@ -74,8 +70,8 @@ def snapshot_plan(total_steps: int, num_columns: int = 10) -> tuple[int, list[in
 
 
 class Snapshots(NamedTuple):
-  """A strip's arrays: ``frames`` (R, C, ...) at flow ``steps`` (C,); ``frames[:, 0]`` is the
-  prior draw ``prior_draw`` and ``frames[:, -1]`` the final sample ``final`` (R, ...)."""
+  """A strip's arrays: ``frames`` (R, C, ...) at flow ``steps`` (C,), from ``prior_draw`` to
+  ``final`` (R, ...)."""
   frames: np.ndarray
   steps: list[int]
   prior_draw: np.ndarray
@@ -216,34 +212,29 @@ def _check_count(what: str, n: int, minimum: int = 1) -> None:
     raise ValueError(f"The number of {what} must be an integer >= {minimum}, got {n!r}.")
 
 
-def _check_output(output_path: str) -> None:
+def _prepare(config: ml_collections.ConfigDict, output_path: str, figure: str, *,
+             flow: bool = True) -> None:
+  """One-line ValueErrors before restoring: an output that is not a new, writable .png, 2-D toy
+  data, and (``flow``) a run without FDRL's flow from a prior (a GAN)."""
   if not output_path.lower().endswith(".png"):
     raise ValueError(f"--output {output_path} must name a .png file.")
   files.refuse_existing(output_path)
   files.check_writable(output_path)
+  name = config.data.name
+  if (figure != "grid" and name in bundled.DATASETS
+      and not bundled.create_dataset(name, seed=config.seed).is_image):
+    raise ValueError(f"The {figure} figure needs image data; {name!r} is 2-D points "
+                     "(use --figure=grid for a scatter plot).")
+  if flow and config.method != "fdrl":
+    raise ValueError(f"The {figure} figure shows FDRL's flow from the prior; a "
+                     f"--config.method={config.method} run has none (use --figure=grid or "
+                     "neighbours).")
 
 
 def _write(picture: np.ndarray, output_path: str, title: str, step: int) -> str:
-  """Writes ``picture`` under its title and the checkpoint's step as a new PNG file
-  (``files.write_new_file``: never overwrites)."""
+  """Writes ``picture`` under its title and the checkpoint's step as a new PNG file."""
   picture = images.titled(picture, f"{title} - step {step}")
   return files.write_new_file(output_path, lambda path: images.save_png(picture, path))
-
-
-def _require_images(config: ml_collections.ConfigDict, figure: str) -> None:
-  """A one-line ValueError for 2-D toy data (checked from the config, before restoring)."""
-  name = config.data.name
-  if name in bundled.DATASETS and not bundled.create_dataset(name, seed=config.seed).is_image:
-    raise ValueError(f"The {figure} figure needs image data; {name!r} is 2-D points "
-                     "(use --figure=grid for a scatter plot).")
-
-
-def _require_flow(config: ml_collections.ConfigDict, figure: str) -> None:
-  """A one-line ValueError for runs that do not sample by FDRL's flow from a prior (a GAN)."""
-  method = config.method
-  if method != "fdrl":
-    raise ValueError(f"The {figure} figure shows FDRL's flow from the prior; a "
-                     f"--config.method={method} run has none (use --figure=grid or neighbours).")
 
 
 def _key(run: run_lib.Run, figure: int) -> Array:
@@ -259,8 +250,8 @@ def grid(config: ml_collections.ConfigDict, workdir: str, output_path: str,
   scatter plot (red) over 2 000 training points (grey), like the training grids.
   """
   _check_count("samples", num_samples)
-  _check_output(output_path)
-  run, state, step = run_lib.restore_latest(config, workdir)
+  _prepare(config, output_path, "grid", flow=False)
+  run, state, step = loading.restore_for_sampling(config, workdir)
   samples = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
                          config.data.batch_size)
   return _write(images.samples_picture(samples, run_lib.grid_reference(run)), output_path,
@@ -273,9 +264,7 @@ def strip(config: ml_collections.ConfigDict, workdir: str, output_path: str,
   the K + κ flow steps to the final sample (last column); ``snapshot_plan`` picks the steps
   shown (8–11 columns by default). Image data only."""
   _check_count("strip rows", num_samples)
-  _check_output(output_path)
-  _require_images(config, "strip")
-  _require_flow(config, "strip")
+  _prepare(config, output_path, "strip")
   run, state, step = run_lib.restore_latest(config, workdir)
   snaps = flow_snapshots(run, state, _key(run, 1), num_samples, num_columns)
   return _write(images.tile(snaps.frames), output_path,
@@ -293,9 +282,7 @@ def interpolation(config: ml_collections.ConfigDict, workdir: str, output_path: 
   row is flowed K + κ steps with the same noise (``flow_interpolation``). Image data only.
   """
   _check_count("interpolation rows", num_samples)
-  _check_output(output_path)
-  _require_images(config, "interpolation")
-  _require_flow(config, "interpolation")
+  _prepare(config, output_path, "interpolation")
   run, state, step = run_lib.restore_latest(config, workdir)
   result = flow_interpolation(run, state, _key(run, 2), num_samples, num_columns)
   return _write(images.tile(result.flowed), output_path, "flowed interpolants, row by row", step)
@@ -315,27 +302,25 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str
   images (next columns, nearest first).
 
   ``space="pixel"``: Euclidean distance between pixel values; ``space="feature"``: between
-  features (``evaluate.feature_extractor``: the digits classifier, or Inception pool3). Samples are the
-  first ones ``--mode=sample`` draws; training images are ``training_images(run)``. Image data
-  only.
+  features (``features.feature_extractor``: the digits classifier, or Inception pool3). Samples
+  are the first ones ``--mode=sample`` draws; training images are ``training_images(run)``. Image
+  data only.
   """
   _check_count("samples", num_samples)
   _check_count("neighbours", k)
-  if space not in SPACES:
-    raise ValueError(f"Unknown --space {space!r}; choose pixel or feature.")
-  _check_output(output_path)
-  _require_images(config, "neighbours")
+  registry.lookup(dict.fromkeys(SPACES), space, "--space")
+  _prepare(config, output_path, "neighbours", flow=False)
   if space == "feature":
-    evaluate.check_feature_space(config)  # before the (possibly long) restore
-  run, state, step = run_lib.restore_latest(config, workdir)
+    features.check_feature_space(config)  # before the (possibly long) restore
+  run, state, step = loading.restore_for_sampling(config, workdir)
   samples = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
                           config.data.batch_size)
   train_images = training_images(run)
   if space == "pixel":
-    index, _ = evaluate.nearest_neighbours(samples, train_images, k)
+    index, _ = scores.nearest_neighbours(samples, train_images, k)
   else:
-    features = evaluate.feature_extractor(config)
-    index, _ = evaluate.nearest_neighbours(features(samples), features(train_images), k)
+    extract = features.feature_extractor(config)
+    index, _ = scores.nearest_neighbours(extract(samples), extract(train_images), k)
   rows = np.concatenate([samples[:, None], train_images[index]], axis=1)
   return _write(images.tile(rows), output_path, f"sample | nearest training images ({space})",
                 step)
@@ -345,13 +330,14 @@ def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: s
             num_samples: int = 10) -> str:
   """Class-conditional samples (FDRL Sec. 6.4): one row of ``num_samples`` per class of the
   classifier in ``sampling.classifier_workdir``, guided with weight ``sampling.classifier_weight``
-  (``sampling.conditional_sampler``; every row is drawn with the same key)."""
+  (``sampling.conditional_sampler``, the classifier read by ``loading.load_classifier``; every
+  row is drawn with the same key)."""
   _check_count("samples per class", num_samples)
-  _check_output(output_path)
-  _require_images(config, "classes")
-  _require_flow(config, "classes")
+  _prepare(config, output_path, "classes")
   run, state, step = run_lib.restore_latest(config, workdir_path)
-  for_class, num_classes = sampling.conditional_sampler(config, _flow_parts(run), run.mesh)
+  guide = loading.load_classifier(config.sampling.classifier_workdir,
+                                  event_shape=run.dataset.event_shape)
+  for_class, num_classes = sampling.conditional_sampler(_flow_parts(run), guide, run.mesh)
   weight = config.sampling.classifier_weight
   rows = [for_class(label, weight).sample(state, _key(run, 3), num_samples)
           for label in range(num_classes)]
@@ -362,16 +348,13 @@ def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: s
 def translation(config: ml_collections.ConfigDict, workdir_path: str, output_path: str,
                 num_samples: int = 8, inputs: str | None = None) -> str:
   """Unpaired translation (FDRL Sec. 6.5): ``num_samples`` pairs in columns, the source above its
-  translation, the sources from ``inputs`` (an .npz or folder, as ``--mode=translate`` reads it) or else the run's
-  held-out source images."""
-  from fdrl_jax import datasets
+  translation, the sources from ``inputs`` (an .npz or folder, as ``--mode=translate`` reads it)
+  or else the run's held-out source images."""
   _check_count("translation rows", num_samples)
-  _check_output(output_path)
-  _require_images(config, "translation")
-  _require_flow(config, "translation")
+  _prepare(config, output_path, "translation")
   run, state, step = run_lib.restore_latest(config, workdir_path)
   if inputs:
-    sources, _ = sampling.read_images(inputs, config, run.dataset.event_shape)
+    sources, _ = loading.read_images(inputs, config, run.dataset.event_shape)
   else:
     sources = datasets.source_domain(config, run.dataset)[1]
     if sources is None:
@@ -394,8 +377,7 @@ def make_figure(name: str, config: ml_collections.ConfigDict, workdir: str, outp
                 inputs: str | None = None) -> str:
   """The figure ``name`` (a key of FIGURES), as ``--mode=figure`` calls it; ``None`` arguments take
   the figure's defaults. ``space`` applies to ``neighbours`` only, ``inputs`` to ``translation``."""
-  if name not in FIGURES:
-    raise ValueError(f"Unknown --figure {name!r}; choose one of {', '.join(FIGURES)}.")
+  figure = registry.lookup(FIGURES, name, "--figure")
   kwargs: dict[str, Any] = {}
   if num_samples is not None:
     kwargs["num_samples"] = num_samples
@@ -407,4 +389,4 @@ def make_figure(name: str, config: ml_collections.ConfigDict, workdir: str, outp
     if name != "translation":
       raise ValueError(f"--input applies to --figure=translation only, not {name}.")
     kwargs["inputs"] = inputs
-  return FIGURES[name](config, workdir, output_path, **kwargs)
+  return figure(config, workdir, output_path, **kwargs)

@@ -29,6 +29,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import struct
+import ml_collections
 from jax.extend import core as jax_core
 
 Array = jax.Array
@@ -57,7 +58,15 @@ CPU_UNROLL_MAX_STEPS = 20
 
 
 def auto_unroll(potential_fn: PotentialFn, x0: Array, num_steps: int) -> int | bool:
-  """``potential_fn`` here maps particles to values only (a stateful one with its state bound)."""
+  """The ``unroll`` that ``flow`` picks by default (see the module docstring): ``True``
+  (straight-line code) for a CPU flow of at most ``CPU_UNROLL_MAX_STEPS`` steps whose potential's
+  gradient convolves with a reversed kernel, else 1 (a plain scan).
+
+  Args:
+    potential_fn: particles (B, ...) → values (B,) (a stateful potential with its state bound).
+    x0: the starting particles; only their shape and dtype are used.
+    num_steps: the number of flow steps.
+  """
   if jax.default_backend() != "cpu" or num_steps > CPU_UNROLL_MAX_STEPS:
     return 1
   spec = jax.ShapeDtypeStruct(x0.shape, x0.dtype)
@@ -202,30 +211,6 @@ def flow(
   return result(carry, jnp.concatenate([x0[None], traj]))
 
 
-def two_stage_flow(
-    potential_fn: PotentialFn,
-    x0: Array,
-    key: Array,
-    *,
-    num_steps: int,
-    num_refine_steps: int,
-    step_size: float | Array,
-    noise_scale: float | Array,
-    clip: tuple[float, float] | None = None,
-    unroll: int | bool | None = None,
-) -> Array:
-  """Two-stage sampling of FDRL (Algorithm 2, Sec. 4.1): K bridging steps, then κ refinement steps.
-
-  Both stages are the same flow with the same estimator; the split only matters because a model
-  trained with K steps keeps improving samples for a few more (Fig. 8: best at K + κ = 120 for
-  K = 100). κ = 20 for the data-dependent prior and 10 for the uniform prior in the paper.
-  """
-  num_steps = _check_int("num_steps", num_steps) + _check_int(
-      "num_refine_steps", num_refine_steps, minimum=0)
-  return flow(potential_fn, x0, key, num_steps=num_steps, step_size=step_size,
-              noise_scale=noise_scale, clip=clip, unroll=unroll)
-
-
 class FlowSpec(struct.PyTreeNode):
   """A flow's static hyper-parameters: K, κ, η, ν and clipping (a hashable jit constant)."""
   num_steps: int = struct.field(pytree_node=False)
@@ -246,3 +231,14 @@ class FlowSpec(struct.PyTreeNode):
     only final samples are clipped (the reference never clips its training particles)."""
     return self.clip if self.clip_every_step else None
 
+
+# The range of the data (images in [-1, 1]) that a clipped flow keeps its particles in.
+DATA_RANGE = (-1.0, 1.0)
+
+
+def build_flow_spec(config: ml_collections.ConfigDict) -> FlowSpec:
+  """The run's flow (``config.flow``): K, κ, η, ν, and clipping to the data range."""
+  f = config.flow
+  return FlowSpec(num_steps=f.num_steps, num_refine_steps=f.num_refine_steps,
+                  step_size=f.step_size, noise_scale=f.noise_scale,
+                  clip=DATA_RANGE if f.clip else None, clip_every_step=f.clip_every_step)

@@ -12,7 +12,7 @@ the MonoFlow velocity h'(d)∇d (``fdrl_jax.monoflow``), and the choice of h is 
 (vanilla with shift C, non-saturating, logit, arcsinh, ...). The step's randomness is
 ``fold_in(key, state.step)`` so a resumed run replays exactly; over several devices the batch and the
 latent draws are sharded over the "data" axis as in ``fdrl_jax.fdrl``. Sampling G(z), refined or
-not, is ``fdrl_jax.sampling`` composing ``sampler_parts``. Only ``build_*`` and the method hooks
+not (``monoflow.refine``), is ``fdrl_jax.sampling`` composing ``sampler_parts``. Only ``build_*`` and the method hooks
 read a config.
 """
 
@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding
 
 from fdrl_jax import bundled, generators, models, monoflow, sampling
 from fdrl_jax.models import training_apply, variables
-from fdrl_jax.flows import flow
+from fdrl_jax.flows import build_flow_spec
 from fdrl_jax.losses import LOSSES
 
 Array = jax.Array
@@ -205,34 +205,6 @@ def make_gan_step(
   return step
 
 
-REFINE_SPACES = ("latent", "data")
-
-
-def check_refine_space(space: str) -> None:
-  if space not in REFINE_SPACES:
-    raise ValueError(f"Unknown refinement space {space!r}; expected one of "
-                     f"{', '.join(REFINE_SPACES)}.")
-
-
-def refine(
-    generator_fn: Callable[[Array], Array], logit_fn: Callable[[Array], Array],
-    hmap: monoflow.MonotoneMap, z: Array, key: Array, *, space: str, num_steps: int,
-    step_size: float, noise_scale: float, clip: tuple[float, float] | None = None,
-) -> Array:
-  """DGflow-style refinement of generated samples along the MonoFlow of a trained discriminator.
-
-  ``space="latent"``: z ← z + η h'(d(G(z)))∇_z d(G(z)) + ν ξ, then x = G(z) (DGflow's latent
-  refinement; with h = logit this is its KL flow). ``space="data"``: x = G(z), then x ← x +
-  η h'(d(x))∇ₓ d(x) + ν ξ (clipped to ``clip``). Both are ``fdrl_jax.flow`` runs.
-  """
-  check_refine_space(space)
-  kwargs = dict(num_steps=num_steps, step_size=step_size, noise_scale=noise_scale)
-  if space == "latent":
-    z = flow(monoflow.latent_potential(logit_fn, generator_fn, hmap), z, key, **kwargs)
-    return generator_fn(z)
-  return flow(monoflow.potential(logit_fn, hmap), generator_fn(z), key, clip=clip, **kwargs)
-
-
 # ----------------------------------------------------------------------------------------------
 # The method's hooks (``fdrl_jax.methods``).
 
@@ -270,5 +242,5 @@ def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
                                             state.disc_stats)
   return sampling.SamplerParts(
       start=lambda state, key, n: generate(state)(jax.random.normal(key, (n, latent_dim))),
-      potential=None, spec=sampling.build_flow_spec(config), event_shape=tuple(dataset.event_shape),
+      potential=None, spec=build_flow_spec(config), event_shape=tuple(dataset.event_shape),
       generator=sampling.Generator(latent_dim=latent_dim, generate=generate, logit=logit))

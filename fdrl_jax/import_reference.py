@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fdrl_jax import (datasets, fdrl, models, optim, priors, readers, reference_weights,
+from fdrl_jax import (classifier, datasets, fdrl, models, optim, priors, readers, reference_weights,
                       robust_resnet, torch_files)
 from fdrl_jax import checkpoints, files, methods, workdir as workdirs
 
@@ -306,7 +306,7 @@ def import_checkpoint(path: str, workdir: str, prior_path: str | None = None,
   if robust_resnet.is_checkpoint(ckpt):
     if prior_path:
       raise ValueError(f"{path} is a robustness classifier; --prior is for FDRL checkpoints")
-    config, state = robust_resnet.classifier_run(ckpt, path)
+    config, state = classifier.robustness_run(ckpt, path)
     apply_overrides(config, list(overrides))
   else:
     ckpt = check_checkpoint(ckpt, path)

@@ -59,7 +59,7 @@ Several devices. With a ``mesh`` (``parallel.data_mesh``), :func:`features` spli
 its "data" axis, so that each device computes its own rows; :func:`feature_moments` reduces a batch
 of features on the devices to its count, sum and sum of outer products, so that only D + D^2
 numbers per batch reach the host, and :func:`moments_statistics` turns them into the mean and
-covariance of ``evaluate.feature_statistics`` (:func:`image_statistics` does all three).
+covariance of ``scores.feature_statistics`` (:func:`image_statistics` does all three).
 """
 
 from __future__ import annotations
@@ -560,7 +560,7 @@ def moments_statistics(moments: Moments, shift: Any) -> tuple[np.ndarray, np.nda
   """Mean and covariance (float64, on the host) of a feature set from its accumulated moments.
 
   With m = s / n: mu = c + m and sigma = (S - n m m^T) / (n - 1), which is
-  ``evaluate.feature_statistics`` of the same rows when c is its shift (the first batch's mean).
+  ``scores.feature_statistics`` of the same rows when c is its shift (the first batch's mean).
 
   Args:
     moments: the sum (:func:`add_moments`) of the batches' :func:`feature_moments`.
@@ -593,7 +593,7 @@ def image_statistics(variables: Variables, batches: Iterable[np.ndarray], batch_
                      resize_input: bool = True, *, mesh: Mesh | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
   """Mean and covariance (float64) of the pool3 features of streamed images, as
-  ``evaluate.feature_statistics(features(...) for each batch)``, with only the moments of each
+  ``scores.feature_statistics(features(...) for each batch)``, with only the moments of each
   forward pass leaving the devices.
 
   Args:

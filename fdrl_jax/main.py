@@ -10,8 +10,9 @@ or rows, ``--space=pixel|feature`` the neighbours' distance; the figure defaults
 ``--output``, sample and figure write a new file in the workdir (``samples.npz``,
 ``figure_grid.png``, ...; ``-2``, ``-3`` ... appended rather than overwrite) and
 ``--mode=translate --input=FILE.npz|DIR --output=FILE.npz|DIR`` (flows given source images with a
-translation run's estimator, ``fdrl_jax.sampling``). ``--config.sampling.*`` picks the sampler
-(Algorithm 2, GAN refinement, class-conditional). Override any config key with
+translation run's estimator). The modes are ``fdrl_jax.modes.MODES``, the figures
+``fdrl_jax.figures.FIGURES``. ``--config.sampling.*`` picks the sampler (Algorithm 2, GAN
+refinement, class-conditional). Override any config key with
 ``--config.a.b=value``. For multi-process runs (one per host or per GPU) pass ``--distributed``:
 ``jax.distributed.initialize`` then finds SLURM / Cloud TPU pod settings itself, or takes
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (the README's "Clusters").
@@ -38,22 +39,20 @@ _CONFIG = config_flags.DEFINE_config_file(
     "toy2d:chasm) or a workdir's config.json.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
-_MODE = flags.DEFINE_enum("mode", "train",
-                          ["train", "sample", "eval", "figure", "translate", "config"],
-                          "What to do (config: print the resolved config and exit).")
+_MODE = flags.DEFINE_string("mode", "train", "What to do: train, sample, eval, figure, translate "
+                            "or config (print the resolved config and exit); fdrl_jax/modes.py.")
 _NUM_SAMPLES = flags.DEFINE_integer(
-    "num_samples", 1000, "sample mode: number of samples; figure mode: samples (grid) or rows "
-    "(strip, interpolation, neighbours), default per figure.")
+    "num_samples", None, "sample mode: number of samples (default 1000); figure mode: samples "
+    "(grid) or rows (strip, interpolation, neighbours), default per figure.")
 _OUTPUT = flags.DEFINE_string("output", None, "sample mode: output .npz file (key 'x'); figure "
                               "mode: output .png file; translate mode: .npz file or new folder of "
                               "PNGs. Never overwritten.")
 _INPUT = flags.DEFINE_string("input", None, "translate mode: source images, an .npz (key 'x', "
                              "NHWC in [-1, 1]) or a folder of PNG/JPEG files.")
-_FIGURE = flags.DEFINE_enum("figure", None, ["grid", "strip", "interpolation", "neighbours",
-                                             "classes", "translation"],
-                            "figure mode: which picture (see fdrl_jax/figures.py).")
-_SPACE = flags.DEFINE_enum("space", None, ["pixel", "feature"],
-                           "figure mode, neighbours: distance of pixels (default) or features.")
+_FIGURE = flags.DEFINE_string("figure", None, "figure mode: which picture, a name of "
+                              "fdrl_jax/figures.py's FIGURES (default grid).")
+_SPACE = flags.DEFINE_string("space", None, "figure mode, neighbours: distance of pixels "
+                             "(default) or features, figures.SPACES.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run: call "
                                   "jax.distributed.initialize() (auto-detects SLURM / TPU pods).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "with --distributed: HOST:PORT "
@@ -157,42 +156,20 @@ def _new_output(name: str) -> str:
 
 def main(argv: list[str]) -> None:
   del argv
-  if _MODE.value == "config":
-    print(_CONFIG.value.to_json_best_effort(indent=2))
-    return
-  if _MODE.value == "translate" and not (_INPUT.value and _OUTPUT.value):
-    _fail("--mode=translate needs --input=FILE.npz|DIR (source images) and "
-          "--output=FILE.npz|DIR (a new file or folder).")
   cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in cluster) and not _DISTRIBUTED.value:
     _fail("--coordinator_address, --num_processes and --process_id need --distributed.")
-  from fdrl_jax import parallel, run_lib, sampling  # flag errors are reported before JAX starts
+  from fdrl_jax import modes, parallel, registry, run_lib  # flag errors are reported before JAX
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
+  options = modes.Options(num_samples=_NUM_SAMPLES.value, output=_OUTPUT.value,
+                          input=_INPUT.value, figure=_FIGURE.value, space=_SPACE.value,
+                          new_output=_new_output)
   try:
+    mode = registry.lookup(modes.MODES, _MODE.value, "--mode")
     if _DISTRIBUTED.value:
       parallel.initialize_distributed(*cluster)
-    if _MODE.value == "train":
-      run_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    elif _MODE.value == "eval":
-      result = run_lib.evaluate_to_file(_CONFIG.value, _WORKDIR.value)
-      print(json.dumps(result, indent=2))
-    elif _MODE.value == "figure":
-      from fdrl_jax import figures
-      num_samples = _NUM_SAMPLES.value if flags.FLAGS["num_samples"].present else None
-      name = _FIGURE.value or "grid"
-      path = figures.make_figure(name, _CONFIG.value, _WORKDIR.value,
-                                 _OUTPUT.value or _new_output(f"figure_{name}.png"),
-                                 num_samples=num_samples, space=_SPACE.value, inputs=_INPUT.value)
-      print(f"wrote the {name} figure to {path}")
-    elif _MODE.value == "translate":
-      path = sampling.translate_to_file(_CONFIG.value, _WORKDIR.value, _INPUT.value,
-                                        _OUTPUT.value)
-      print(f"wrote the translated images to {path}")
-    else:
-      path = sampling.sample_to_file(_CONFIG.value, _WORKDIR.value, _NUM_SAMPLES.value,
-                                     _OUTPUT.value or _new_output("samples.npz"))
-      print(f"wrote {_NUM_SAMPLES.value} samples to {path}")
-  except run_lib.ResultNotWritten as e:
+    mode(_CONFIG.value, _WORKDIR.value, options)
+  except modes.ResultNotWritten as e:
     print(json.dumps(e.result, indent=2))  # the evaluation's numbers, then why they are not saved
     _fail(str(e))
   except ValueError as e:

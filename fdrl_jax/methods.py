@@ -25,7 +25,7 @@ class Method(NamedTuple):
   """A training method's hooks.
 
   Attributes:
-    dataset: config → its training data (a ``data.Dataset``).
+    dataset: config → its training data (a ``bundled.Dataset``).
     init_state: (config, dataset, key, *, fit) → a fresh state; ``fit=False`` a same-shaped
       template (nothing fitted) to restore a checkpoint into.
     train_step: (config, dataset, particle_sharding) → the pure ``step(state, batch, key) →

@@ -1,5 +1,6 @@
 """The CIFAR ResNets of MadryLab's ``robustness`` library (ResNet18/34/50), for inference, and the
-import of its robust classifiers' checkpoints as ``--config.method=classifier`` workdirs.
+conversion of its robust classifiers' checkpoints (``classifier.robustness_run`` makes them
+``--config.method=classifier`` runs).
 
 The paper guides class-conditional FDRL with robustness's L2-robust CIFAR10 ResNet-50 (ε = 1).
 Its checkpoints (``torch.save(..., pickle_module=dill)``) hold ``{"model": state_dict, "optimizer",
@@ -171,30 +172,3 @@ def is_checkpoint(ckpt: object) -> bool:
   state = ckpt.get("model", ckpt.get("state_dict"))
   return isinstance(state, dict) and any(
       str(name).replace("module.", "", 1).startswith("normalizer.") for name in state)
-
-
-def classifier_run(ckpt: dict, source: str):
-  """(config, ``classifier.ClassifierState``) of a robustness checkpoint: ``configs/
-  cifar10_classifier.py`` with this ResNet, its input normalisation, fresh Adam, step 0."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from fdrl_jax.configs import cifar10_classifier
-  from fdrl_jax import classifier, optim, torch_files
-  raw = ckpt.get("model", ckpt.get("state_dict"))
-  state = torch_files.strip_prefix(torch_files.state_dict(raw, source, "its model state_dict"))
-  model_sd = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-  arch, width, num_classes = detect(model_sd, source)
-  mean, std = (np.asarray(state.get(f"normalizer.new_{k}"), np.float64).ravel()
-               for k in ("mean", "std"))
-  if mean.shape != (3,) or std.shape != (3,):
-    raise ValueError(f"{source}: its normalizer holds {mean.shape} / {std.shape} values, not one "
-                     "per RGB channel")
-  config = cifar10_classifier.get_config()
-  c = config.classifier
-  c.name, c.resnet_width, c.num_classes = arch, width, int(num_classes)
-  c.input_mean, c.input_std = tuple(map(float, mean)), tuple(map(float, std))
-  model = classifier.build_model(config)
-  template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  params = jax.tree.map(jnp.asarray, convert(model_sd, arch, template["params"], source))
-  tx = optim.build_optimizer(config)
-  return config, classifier.ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
-                                            opt_state=tx.init(params))

@@ -10,7 +10,6 @@ latest checkpoint to sampling, evaluation and figures.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 import signal
 import sys
@@ -27,8 +26,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from fdrl_jax import (bundled, checkpoints, datasets, files, images, methods, metrics_log,
-                      parallel, priors, readers,
-                      sampling, workdir as workdirs)
+                      parallel, sampling, workdir as workdirs)
 
 
 class TrainingDiverged(ValueError):
@@ -58,6 +56,9 @@ class Run:
     self.init_key, self.step_key, self.sample_key = jax.random.split(
         jax.random.key(config.seed), 3)
     self._samplers: dict[str, sampling.Sampler] = {}
+    # The classifier of the ``conditional`` sampler, set by whoever restores the run to sample
+    # (``loading.restore_for_sampling``); the run itself never reads another workdir.
+    self.guide: sampling.Guide | None = None
 
   def new_state(self, fit: bool):
     """A fresh state; ``fit=False`` skips fitting the prior (a template to restore into). In a
@@ -104,7 +105,7 @@ class Run:
     name = name or self.config.sampling.name
     if name not in self._samplers:
       self._samplers[name] = sampling.build_sampler(self.config, self.sampler_parts(), name,
-                                                     self.mesh)
+                                                     self.mesh, self.guide)
     return self._samplers[name]
 
   def draw(self, state, key: jax.Array, n: int, name: str | None = None) -> np.ndarray:
@@ -354,33 +355,3 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_opti
     if state is None:
       raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")
     return run, state, step
-
-
-class ResultNotWritten(ValueError):
-  """An evaluation's result (``result``) that could not be written: the caller shows it."""
-
-  def __init__(self, message: str, result: dict):
-    super().__init__(message)
-    self.result = result
-
-
-def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """``--mode=eval``: the method's evaluation of the latest checkpoint (``Method.evaluate``:
-  sample scores of a generative run, accuracies of a classifier), written to
-  ``workdir/eval_step_<step>.json`` (a new name if that exists) and returned with its path. The
-  workdir is checked writable first; a write that fails after the evaluation raises
-  ``ResultNotWritten`` with the result, so that nothing computed is lost."""
-  methods.get_method(config.method).check_eval(config)
-  run, state, step = restore_latest(config, workdir)
-  workdir = os.fspath(files.as_path(workdir))
-  # Named before the evaluation's collectives, so every process names the same file.
-  path = files.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
-  files.check_writable(path)
-  parallel.sync("eval_path")
-  result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
-  try:
-    files.write_json(path, result)
-  except ValueError as e:
-    raise ResultNotWritten(f"{str(e).rstrip('.')}; the results above are not saved.",
-                           result) from None
-  return {**result, "path": path}

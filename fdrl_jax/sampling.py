@@ -8,10 +8,11 @@ by ``config.sampling.name`` from ``SAMPLERS``, composes those pieces:
 * ``prior``: Algorithm 2 — x₀ from the start, K + κ flow steps along the method's potential (a GAN:
   G(z), no flow).
 * ``refine``: DGflow-style refinement of a GAN's G(z) along its discriminator's MonoFlow
-  (``config.refine``, latent or data space; ``gan.refine``).
+  (``config.refine``, latent or data space; ``monoflow.refine``).
 * ``conditional``: class-conditional FDRL (Eq. 12, 29–31): the prior flowed along
   f'(r_θ(x | y = n)) with r(x | y = n) = r_θ(x) / (N p(y = n | x))^ϕ, p(y | x) from a classifier
-  trained with ``--config.method=classifier`` (``conditional_potential``).
+  trained with ``--config.method=classifier`` (``conditional_potential``), handed in as a
+  ``Guide`` (``loading.load_classifier`` reads it from ``sampling.classifier_workdir``).
 * ``translate``: unpaired image-to-image translation (Sec. 6.5): given source images flowed K + κ
   steps along the method's potential (the estimator was trained with the source domain as prior).
 
@@ -23,9 +24,7 @@ differ from the training run's.
 
 from __future__ import annotations
 
-import collections
 import math
-import os
 import sys
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -35,7 +34,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from fdrl_jax import flows, parallel, priors
+from fdrl_jax import flows, monoflow, parallel, registry
 from fdrl_jax.divergences import flow_potential
 from fdrl_jax.flows import FlowSpec
 
@@ -86,6 +85,25 @@ class SamplerParts(NamedTuple):
   generator: Generator | None = None
 
 
+class Guide(NamedTuple):
+  """The classifier that guides conditional sampling.
+
+  Attributes:
+    log_probs: params → (x (B, ...) ↦ log p(y | x), (B, N)).
+    params: its parameters, a jit argument of the sampler (not a compiled-in constant).
+    num_classes: N.
+  """
+  log_probs: Callable[[Any], Callable[[Array], Array]]
+  params: Any
+  num_classes: int
+
+
+# Where conditional sampling finds its classifier.
+NEEDS_CLASSIFIER = ("--config.sampling.name=conditional needs "
+                    "--config.sampling.classifier_workdir=DIR, a run of --config.method=classifier "
+                    "(e.g. configs/digits_classifier.py).")
+
+
 class Sampler(NamedTuple):
   """A built sampler, its particles split over the devices of the run's "data" mesh.
 
@@ -102,15 +120,6 @@ class Sampler(NamedTuple):
   sample: Callable[..., np.ndarray]
   device_sample: Callable[..., Array]
   takes_inputs: bool = False
-
-
-def build_flow_spec(config: ml_collections.ConfigDict) -> FlowSpec:
-  """The run's flow (``config.flow``): K, κ, η, ν, and clipping to the data range."""
-  f = config.flow
-  return FlowSpec(num_steps=f.num_steps, num_refine_steps=f.num_refine_steps,
-                  step_size=f.step_size, noise_scale=f.noise_scale,
-                  clip=priors.DATA_RANGE if f.clip else None,
-                  clip_every_step=f.clip_every_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,28 +213,29 @@ def prior_sample_fn(parts: SamplerParts, mesh=None) -> Callable[[State, Array, i
   return _flow_fn(parts, mesh, lambda state, _: parts.potential(state))
 
 
-def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
+def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None
+           ) -> Sampler:
   return _split_sampler(prior_sample_fn(parts, mesh), mesh)
 
 
-def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
-  from fdrl_jax import gan
+def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None
+            ) -> Sampler:
   g = parts.generator
   if g is None:
     raise ValueError("--config.sampling.name=refine refines a generator's samples "
                      "(--config.method=gan); FDRL's own refinement is flow.num_refine_steps.")
   r = config.refine
-  hmap = gan.build_monotone_map(config, r.h)
-  gan.check_refine_space(r.space)
+  hmap = monoflow.get_map(r.h, shift=config.gan.shift, scale=config.gan.scale)  # the GAN's h
+  monoflow.check_refine_space(r.space)
 
   def sample(state, key, n):
     k_z, k_flow = jax.random.split(key)
     z = _shard(jax.random.normal(k_z, (n, g.latent_dim)), mesh)
     if r.num_steps == 0:
       return g.generate(state)(z)
-    return gan.refine(g.generate(state), g.logit(state), hmap, z, k_flow, space=r.space,
-                      num_steps=r.num_steps, step_size=r.step_size, noise_scale=r.noise_scale,
-                      clip=parts.spec.clip if parts.spec else None)
+    return monoflow.refine(g.generate(state), g.logit(state), hmap, z, k_flow, space=r.space,
+                           num_steps=r.num_steps, step_size=r.step_size,
+                           noise_scale=r.noise_scale, clip=parts.spec.clip if parts.spec else None)
 
   return _split_sampler(sample, mesh)
 
@@ -236,17 +246,17 @@ def _require_estimator(parts: SamplerParts, name: str) -> None:
                      "(--config.method=fdrl).")
 
 
-def conditional_sampler(config: ml_collections.ConfigDict, parts: SamplerParts, mesh=None
+def conditional_sampler(parts: SamplerParts, guide: Guide | None, mesh=None
                         ) -> tuple[Callable[[int, float], Sampler], int]:
-  """Class-conditional FDRL with the classifier of ``sampling.classifier_workdir``:
-  ``(for_class, num_classes)``, ``for_class(label, weight)`` the ``Sampler`` of class ``label``
-  with ϕ = ``weight``, particles split over ``mesh`` (default all devices). Label and ϕ are
-  traced arguments, so one compilation serves every class and weight."""
+  """Class-conditional FDRL guided by the classifier ``guide``: ``(for_class, num_classes)``,
+  ``for_class(label, weight)`` the ``Sampler`` of class ``label`` with ϕ = ``weight``, particles
+  split over ``mesh`` (default all devices). Label and ϕ are traced arguments, so one
+  compilation serves every class and weight."""
   _require_estimator(parts, "conditional")
+  if guide is None:
+    raise ValueError(NEEDS_CLASSIFIER)
   mesh = parallel.data_mesh() if mesh is None else mesh
-  s, est = config.sampling, parts.estimator
-  log_probs, params, num_classes = load_classifier(s.classifier_workdir,
-                                                   event_shape=parts.event_shape)
+  est, log_probs = parts.estimator, guide.log_probs
 
   def potential_of(state, extra):
     classifier_params, label, weight = extra
@@ -256,15 +266,16 @@ def conditional_sampler(config: ml_collections.ConfigDict, parts: SamplerParts, 
   split = _split_sampler(_flow_fn(parts, mesh, potential_of), mesh)
 
   def for_class(label: int, weight: float) -> Sampler:
-    extra = (params, jnp.asarray(label, jnp.int32), jnp.asarray(weight, jnp.float32))
+    extra = (guide.params, jnp.asarray(label, jnp.int32), jnp.asarray(weight, jnp.float32))
     return Sampler(lambda state, key, n: split.sample(state, key, n, extra),
                    lambda state, key, n: split.device_sample(state, key, n, extra))
 
-  return for_class, num_classes
+  return for_class, guide.num_classes
 
 
-def _conditional(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
-  for_class, num_classes = conditional_sampler(config, parts, mesh)
+def _conditional(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
+                 guide: Guide | None) -> Sampler:
+  for_class, num_classes = conditional_sampler(parts, guide, mesh)
   label, weight = config.sampling.label, config.sampling.classifier_weight
   if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
     raise ValueError(f"--config.sampling.label={label!r} is not a class of the classifier in "
@@ -272,7 +283,8 @@ def _conditional(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -
   return for_class(label, weight)
 
 
-def _translate(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> Sampler:
+def _translate(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
+               guide: Guide | None) -> Sampler:
   _require_estimator(parts, "translate")
   kwargs, sigma = parts.spec.sampling_kwargs(), parts.input_noise
 
@@ -285,50 +297,26 @@ def _translate(config: ml_collections.ConfigDict, parts: SamplerParts, mesh) -> 
   return _split_sampler(sample, mesh, takes_inputs=True)
 
 
-# name → (config, parts, mesh) → Sampler.
-SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict, SamplerParts, Any], Sampler]] = {
+# name → (config, parts, mesh, guide) → Sampler; ``guide``: the classifier of ``conditional``.
+SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict, SamplerParts, Any, Guide | None],
+                             Sampler]] = {
     "prior": _prior, "refine": _refine, "conditional": _conditional, "translate": _translate}
 
 
 def build_sampler(config: ml_collections.ConfigDict, parts: SamplerParts | None,
-                  name: str | None = None, mesh=None) -> Sampler:
+                  name: str | None = None, mesh=None, guide: Guide | None = None) -> Sampler:
   """The sampler ``name`` (default ``config.sampling.name``) composed from a method's parts, its
-  particles split over ``mesh`` (default: a "data" mesh of all devices)."""
+  particles split over ``mesh`` (default: a "data" mesh of all devices); ``guide`` is the
+  classifier of the ``conditional`` sampler."""
   name = name or config.sampling.name
-  if name not in SAMPLERS:
-    raise ValueError(f"Unknown --config.sampling.name={name!r}; available: "
-                     f"{', '.join(SAMPLERS)}.")
+  builder = registry.lookup(SAMPLERS, name, "--config.sampling.name")
   if parts is None:
     raise ValueError(f"A --config.method={config.method} run does not sample.")
-  return SAMPLERS[name](config, parts, parallel.data_mesh() if mesh is None else mesh)
-
-
-def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]
-                    ) -> tuple[Callable[[Any], Callable[[Array], Array]], Any, int]:
-  """The guiding classifier of ``--config.sampling.classifier_workdir``: ``(log_probs, params,
-  num_classes)`` with ``log_probs(params)`` x ↦ log p(y | x) (B, N), checked against the sampled
-  images' shape (one-line ValueErrors)."""
-  from fdrl_jax import classifier, run_lib, workdir  # the classifier is restored like any run
-  if not classifier_workdir:
-    raise ValueError("--config.sampling.name=conditional needs --config.sampling.classifier_workdir"
-                     "=DIR, a run of --config.method=classifier (e.g. configs/digits_classifier.py).")
-  config = workdir.read_config(classifier_workdir)
-  if config.get("method") != "classifier":
-    raise ValueError(f"--config.sampling.classifier_workdir {classifier_workdir} holds a "
-                     f"{config.get('method', 'fdrl')!r} run, not a classifier; train one with "
-                     "--config=configs/digits_classifier.py (or another classifier config).")
-  run, state, _ = run_lib.restore_latest(config, classifier_workdir)
-  if tuple(run.dataset.event_shape) != tuple(event_shape):
-    raise ValueError(f"The classifier in {classifier_workdir} was trained on images of shape "
-                     f"{tuple(run.dataset.event_shape)}, but this run samples "
-                     f"{tuple(event_shape)}; train a classifier on this data set.")
-  model = classifier.build_model(config)
-  return ((lambda params: classifier.log_probabilities(model.apply, params)), state.params,
-          model.num_classes)
+  return builder(config, parts, parallel.data_mesh() if mesh is None else mesh, guide)
 
 
 # ----------------------------------------------------------------------------------------------
-# Drawing many samples, and the sample / translate modes.
+# Drawing many samples.
 
 def draw_batches(sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray,
                  batch_size: int) -> Iterator[np.ndarray]:
@@ -352,93 +340,3 @@ def draw(sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray,
          batch_size: int) -> np.ndarray:
   """All of ``draw_batches`` in one array."""
   return np.concatenate(list(draw_batches(sampler, state, key, num_or_inputs, batch_size)))
-
-
-def _write_npz(x: np.ndarray) -> Callable[[str], None]:
-  def write(path: str) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
-      np.savez(f, x=x)
-  return write
-
-
-def sample_to_file(config: ml_collections.ConfigDict, workdir_path: str, num_samples: int,
-                   output: str, batch_size: int | None = None) -> str:
-  """Draws ``num_samples`` with ``config.sampling`` (default Algorithm 2: the EMA estimator's K + κ
-  flow from the prior) from the latest checkpoint and writes them to ``output`` (.npz, key ``x``;
-  images in [-1, 1])."""
-  from fdrl_jax import files, run_lib
-  files.refuse_existing(output)  # before the sampling, not after it
-  files.check_writable(output)
-  if config.sampling.name == "translate":
-    raise ValueError("--config.sampling.name=translate moves given images: use --mode=translate "
-                     "--input=FILE.npz|DIR.")
-  run, state, _ = run_lib.restore_latest(config, workdir_path,
-                                         data_optional=config.sampling.name == "prior")
-  files.check_writable(output, 4 * num_samples * math.prod(run.dataset.event_shape))  # float32
-  x = draw(run.sampler(), state, run.sample_key_for(0), num_samples,
-           batch_size or config.data.batch_size)
-  return files.write_new_file(output, _write_npz(x))
-
-
-def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple[int, ...]
-                ) -> tuple[np.ndarray, list[str]]:
-  """Images to translate, in [-1, 1], and a name for each: an .npz (key ``x``, NHWC, float in
-  [-1, 1] or uint8) or a folder of PNG/JPEG files preprocessed as the training folder is
-  (``data.image_size``, ``resize_first``, ``center_crop``, ``stretch``; grey when the run's
-  images are)."""
-  from fdrl_jax import readers
-  if os.path.isdir(path):
-    files = readers.image_files(path)
-    names = [os.path.splitext(os.path.relpath(f, path))[0].replace(os.sep, "_") for f in files]
-    shared = [name for name, count in collections.Counter(names).items() if count > 1]
-    if shared:
-      raise ValueError(f"--input {path} holds several images named {shared[0]} (other extensions "
-                       f"or folders), which would all be written as {shared[0]}.png; rename them.")
-    d = config.data
-    load = readers.folder_loader(files, event_shape[-1], folder=path,
-                                    image_size=event_shape[0], center_crop=d.center_crop or None,
-                                    resize_first=d.resize_first or None, stretch=d.stretch)
-    x = readers.load_all(len(files), load)
-  elif os.path.isfile(path) and path.endswith(".npz"):
-    with readers.open_npz(path) as arrays:
-      x = readers.npz_images(arrays, "x", path)
-    names = [f"{i:06d}" for i in range(len(x))]
-  else:
-    raise ValueError(f"--input {path} is neither an .npz file nor a folder of images.")
-  if tuple(x.shape[1:]) != tuple(event_shape):
-    raise ValueError(f"--input {path} holds images of shape {tuple(x.shape[1:])}; this run's "
-                     f"images have shape {tuple(event_shape)}.")
-  if not len(x):
-    raise ValueError(f"--input {path} holds no images.")
-  return x, names
-
-
-def translate_to_file(config: ml_collections.ConfigDict, workdir_path: str, input_path: str,
-                      output: str, batch_size: int | None = None) -> str:
-  """Unpaired translation (Sec. 6.5): flows the images of ``input_path`` K + κ steps with the EMA
-  estimator of the latest checkpoint and writes them to ``output``: an .npz (key ``x``, in
-  [-1, 1]) or a new folder of PNGs named after the inputs (written whole or not at all,
-  ``files.write_new_folder``). Nothing existing is overwritten. A translation run's folders
-  are not needed where its prior holds no source images (a reference checkpoint imported without
-  them, ``priors.SourcelessPrior``)."""
-  from fdrl_jax import files, images, run_lib
-  to_folder = not output.endswith(".npz")
-  if to_folder:
-    files.refuse_existing_folder(output)
-  else:
-    files.refuse_existing(output)
-  files.check_writable(output)
-  run, state, _ = run_lib.restore_latest(config, workdir_path, data_optional=True)
-  x, names = read_images(input_path, config, run.dataset.event_shape)
-  files.check_writable(output, x.nbytes)
-  y = draw(run.sampler("translate"), state, run.sample_key_for(0), x,
-           batch_size or config.data.batch_size)
-  if not to_folder:
-    return files.write_new_file(output, _write_npz(y))
-
-  def write_pngs(folder: str) -> None:
-    for name, image in zip(names, y):
-      images.save_png(images.tile(image[None, None], pad=0, min_size=1),
-                      os.path.join(folder, f"{name}.png"))
-
-  return files.write_new_folder(output, write_pngs)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import digits_bold, digits_classifier
-from fdrl_jax import bundled, figures, images, run_lib, sampling
+from fdrl_jax import bundled, figures, images, modes, run_lib, sampling
 from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 CLASSIFIER_FLAGS = ["--config.training.num_steps=30", "--config.training.checkpoint_every=30",
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
 
 
 def test_classifier_run_evaluates_clean_and_adversarial_accuracy(trained):
-  result = run_lib.evaluate_to_file(tiny_classifier_config(), trained["clf"])
+  result = modes.evaluate_to_file(tiny_classifier_config(), trained["clf"])
   assert 0.5 < result["clean_accuracy"] <= 1  # 30 steps of a small net already beat chance
   assert 0 <= result["adversarial_accuracy"] <= result["clean_accuracy"]
   assert result["attack"].startswith("PGD-L2, epsilon 1")
@@ -91,7 +91,7 @@ def test_a_workdir_without_a_classifier_is_refused(trained, classifier_workdir, 
   config.sampling.name = "conditional"
   config.sampling.classifier_workdir = classifier_workdir.format(**trained)
   with pytest.raises(ValueError, match=message) as info:
-    sampling.sample_to_file(config, trained["fdrl"], 4, str(trained["root"] / "never.npz"))
+    modes.sample_to_file(config, trained["fdrl"], 4, str(trained["root"] / "never.npz"))
   assert "\n" not in str(info.value)
   assert not os.path.exists(trained["root"] / "never.npz")
 
@@ -104,7 +104,7 @@ def test_classifier_of_other_image_shapes_is_refused(trained, tmp_path):
   run_lib.train_and_evaluate(config, str(tmp_path / "small"))
   config.sampling.name, config.sampling.classifier_workdir = "conditional", trained["clf"]
   with pytest.raises(ValueError, match=r"trained on images of shape \(8, 8, 1\)"):
-    sampling.sample_to_file(config, str(tmp_path / "small"), 4, str(tmp_path / "x.npz"))
+    modes.sample_to_file(config, str(tmp_path / "small"), 4, str(tmp_path / "x.npz"))
 
 
 def test_translate_through_main_npz_and_folders(trained, tmp_path):
@@ -149,7 +149,7 @@ def test_bad_translate_input_is_refused(trained, tmp_path, images, message):
   np.savez(tmp_path / "in.npz", x=images.astype(np.float32))
   config = tiny_digits_config(6, digits_bold.get_config())
   with pytest.raises(ValueError) as info:
-    sampling.translate_to_file(config, trained["bold"], str(tmp_path / "in.npz"),
+    modes.translate_to_file(config, trained["bold"], str(tmp_path / "in.npz"),
                                str(tmp_path / "out.npz"))
   assert message in str(info.value) and "\n" not in str(info.value)
   assert not os.path.exists(tmp_path / "out.npz")
@@ -157,7 +157,7 @@ def test_bad_translate_input_is_refused(trained, tmp_path, images, message):
 
 def test_translation_eval_and_figures(trained, tmp_path):
   config = tiny_digits_config(6, digits_bold.get_config())
-  result = run_lib.evaluate_to_file(config, trained["bold"])
+  result = modes.evaluate_to_file(config, trained["bold"])
   assert result["num_samples"] == 297  # every held-out digit, translated
   assert 0 < result["fd_digits_floor"] < result["fd_digits_untranslated"]
   assert np.isfinite(result["fd_digits"])
@@ -198,7 +198,7 @@ def test_cat2dog_translation_on_generated_folders(tmp_path):
   root = cat2dog_folders(tmp_path)
   config = tiny_cat2dog_config(root)
   run_lib.train_and_evaluate(config, str(tmp_path / "run"))
-  out = sampling.translate_to_file(config, str(tmp_path / "run"), str(root / "testA"),
+  out = modes.translate_to_file(config, str(tmp_path / "run"), str(root / "testA"),
                                    str(tmp_path / "dogs"))
   names = sorted(os.listdir(out))
   assert names == [f"testA_{i}.png" for i in range(4)]
@@ -208,5 +208,5 @@ def test_cat2dog_translation_on_generated_folders(tmp_path):
   width, height = Image.open(path).size
   assert height == 2 * 65 + 1 + images.TITLE_LINE and width >= 2 * 65 + 1
   with pytest.raises(ValueError, match="FID needs --config.eval.inception_weights"):
-    run_lib.evaluate_to_file(config, str(tmp_path / "run"))
+    modes.evaluate_to_file(config, str(tmp_path / "run"))
 

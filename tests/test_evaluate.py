@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from fdrl_jax import bundled, evaluate, priors
+from fdrl_jax import bundled, features, priors, scores
 
 
 def psd_sqrt(m):
@@ -27,7 +27,7 @@ def test_matches_closed_form_for_general_gaussians():
   rng = np.random.default_rng(0)
   mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
   s1, s2 = random_cov(rng, 5), random_cov(rng, 5)
-  np.testing.assert_allclose(evaluate.frechet_distance(mu1, s1, mu2, s2),
+  np.testing.assert_allclose(scores.frechet_distance(mu1, s1, mu2, s2),
                              closed_form(mu1, s1, mu2, s2), rtol=1e-6)
 
 
@@ -35,11 +35,11 @@ def test_diagonal_and_rank_deficient_cases():
   a, b = np.array([1.0, 4.0, 0.0]), np.array([4.0, 1.0, 0.0])  # singular covariances
   mu1, mu2 = np.zeros(3), np.array([1.0, 0.0, 2.0])
   expected = 5.0 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)  # ‖Δμ‖² + Σ(√a − √b)²
-  np.testing.assert_allclose(evaluate.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)), expected,
+  np.testing.assert_allclose(scores.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)), expected,
                              rtol=1e-6)
   rng = np.random.default_rng(1)
   s1, s2 = random_cov(rng, 6, rank=2), random_cov(rng, 6, rank=3)
-  np.testing.assert_allclose(evaluate.frechet_distance(mu1[:1].repeat(6), s1, mu1[:1].repeat(6),
+  np.testing.assert_allclose(scores.frechet_distance(mu1[:1].repeat(6), s1, mu1[:1].repeat(6),
                                                        s2), closed_form(np.zeros(6), s1,
                                                                         np.zeros(6), s2),
                              rtol=1e-4, atol=1e-6)
@@ -47,47 +47,47 @@ def test_diagonal_and_rank_deficient_cases():
 
 def test_a_set_against_itself_is_zero():
   features = np.random.default_rng(0).standard_normal((500, 16))
-  stats = evaluate.feature_statistics(features)
-  assert abs(evaluate.frechet_distance(*stats, *stats)) < 1e-8
+  stats = scores.feature_statistics(features)
+  assert abs(scores.frechet_distance(*stats, *stats)) < 1e-8
 
 
 def test_bad_statistics():
   with pytest.raises(ValueError, match="Mismatched statistics"):
-    evaluate.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    scores.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
   with pytest.raises(ValueError, match="N >= 2"):
-    evaluate.feature_statistics(np.zeros((1, 3)))
+    scores.feature_statistics(np.zeros((1, 3)))
 
 
 def test_fd_digits_separates_real_from_prior_samples():
-  classifier = evaluate.digits_classifier(seed=0)
+  classifier = features.digits_classifier(seed=0)
   assert classifier.test_accuracy > 0.9
   train_x, _, test_x, _ = bundled.digits_split(0)
-  floor = evaluate.fd_digits(train_x, test_x, classifier)
+  floor = features.fd_digits(train_x, test_x, classifier)
   prior = priors.fit_gaussian(train_x)
   fake = np.asarray(prior.sample(jax.random.key(0), len(test_x)))
-  assert evaluate.fd_digits(fake, test_x, classifier) > 3 * floor
-  assert evaluate.confident_share(test_x, classifier) > 0.8
+  assert features.fd_digits(fake, test_x, classifier) > 3 * floor
+  assert features.confident_share(test_x, classifier) > 0.8
   noise = np.random.default_rng(0).uniform(-1, 1, test_x.shape).astype(np.float32)
-  assert evaluate.confident_share(noise, classifier) < evaluate.confident_share(test_x, classifier)
+  assert features.confident_share(noise, classifier) < features.confident_share(test_x, classifier)
 
 
 def test_streamed_statistics_equal_the_whole_sets():
   features = 5.0 + np.random.default_rng(2).standard_normal((301, 7)) * [1, 2, 3, 4, 5, 6, 7]
-  mu, sigma = evaluate.feature_statistics(features)
+  mu, sigma = scores.feature_statistics(features)
   np.testing.assert_allclose(mu, features.mean(0), rtol=1e-12)
   np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-10, atol=1e-12)
-  streamed = evaluate.feature_statistics(iter(np.array_split(features, [1, 50, 50, 200])))
+  streamed = scores.feature_statistics(iter(np.array_split(features, [1, 50, 50, 200])))
   np.testing.assert_allclose(streamed[0], mu, rtol=1e-12)
   np.testing.assert_allclose(streamed[1], sigma, rtol=1e-10, atol=1e-12)
 
 
 def test_mmd_against_closed_forms():
   x = np.random.default_rng(0).standard_normal((400, 2))
-  assert evaluate.mmd(x, x) < 1e-6
+  assert scores.mmd(x, x) < 1e-6
   # One point each: MMD² = 2 − 2 k(a, b), k = exp(−d² / (2 h²)).
-  d, h = 0.3, evaluate.MMD_BANDWIDTH
-  np.testing.assert_allclose(evaluate.mmd(np.zeros((1, 2)), np.array([[d, 0.0]])),
+  d, h = 0.3, scores.MMD_BANDWIDTH
+  np.testing.assert_allclose(scores.mmd(np.zeros((1, 2)), np.array([[d, 0.0]])),
                              np.sqrt(2 - 2 * np.exp(-d ** 2 / (2 * h ** 2))), rtol=1e-12)
   y = 0.2 * np.random.default_rng(1).standard_normal((1000, 2))  # the kernel's own scale
-  same, shifted = evaluate.mmd(y[:500], y[500:]), evaluate.mmd(y[:500], y[500:] + [0.2, 0.0])
+  same, shifted = scores.mmd(y[:500], y[500:]), scores.mmd(y[:500], y[500:] + [0.2, 0.0])
   assert same < 0.1 < 0.3 < shifted

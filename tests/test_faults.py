@@ -11,7 +11,6 @@ import importlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -26,8 +25,8 @@ import pytest
 from PIL import Image
 
 from configs import default, toy2d
-from fdrl_jax import (config_checks, figures, files, images, readers, run_lib, sampling,
-                      workdir)
+from fdrl_jax import (config_checks, figures, files, images, loading, modes, readers, run_lib,
+                      sampling, workdir)
 from helpers import ROOT, cli
 
 _TOY = ["--config=toy2d:8gaussians", "--config.training.num_steps=2",
@@ -141,19 +140,19 @@ def test_row06_unwritable_or_full_output_is_refused_before_the_work(toy_run, tmp
   config = _toy_config()
   for output in (blocker / "sub" / "x.npz", blocker / "x.npz"):  # a folder that is a file
     with pytest.raises(ValueError, match="Cannot write .*; choose a writable location") as e:
-      sampling.sample_to_file(config, toy_run, 1000, str(output))
+      modes.sample_to_file(config, toy_run, 1000, str(output))
     assert "\n" not in str(e.value)
   with pytest.raises(ValueError, match="Cannot write .*: Not a directory"):
     figures.make_figure("grid", config, toy_run, str(blocker / "sub" / "grid.png"))
   monkeypatch.setattr(files.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=1000))
   with pytest.raises(ValueError, match=r"needs 0\.008 MB but only 0\.001 MB are free") as e:
-    sampling.sample_to_file(config, toy_run, 1000, str(tmp_path / "x.npz"))  # 8 kB of samples
+    modes.sample_to_file(config, toy_run, 1000, str(tmp_path / "x.npz"))  # 8 kB of samples
   assert "\n" not in str(e.value) and os.listdir(tmp_path) == ["file"]
 
 
 def test_row07_a_dangling_symlink_as_output_is_refused(toy_run, tmp_path):
   config = _toy_config()
-  for name, make in (("x.npz", lambda out: sampling.sample_to_file(config, toy_run, 5, out)),
+  for name, make in (("x.npz", lambda out: modes.sample_to_file(config, toy_run, 5, out)),
                      ("grid.png", lambda out: figures.make_figure("grid", config, toy_run, out))):
     link = tmp_path / name
     link.symlink_to(tmp_path / "gone" / name)
@@ -188,11 +187,11 @@ def test_row08_a_killed_translation_leaves_no_partial_folder_and_the_rerun_works
 
   monkeypatch.setattr(images, "save_png", interrupted_save)
   with pytest.raises(KeyboardInterrupt):
-    sampling.translate_to_file(config, run, str(source), str(output))
+    modes.translate_to_file(config, run, str(source), str(output))
   # The kill's temporary folder was removed by this run; its own, interrupted, by itself.
   assert not output.exists() and not _temporaries(tmp_path)
   monkeypatch.setattr(images, "save_png", saved)
-  assert sampling.translate_to_file(config, run, str(source), str(output)) == str(output)
+  assert modes.translate_to_file(config, run, str(source), str(output)) == str(output)
   assert sorted(os.listdir(output)) == sorted(os.listdir(source))
   assert not _temporaries(tmp_path)
 
@@ -206,7 +205,7 @@ def test_row09_16_bit_pngs_are_read_at_their_true_scale(image_run, tmp_path):
   data = readers.folder_dataset(tmp_path / "grey16", image_size=4)
   np.testing.assert_allclose(data.train, expected, atol=1e-6)
   assert (data.train == 1).mean() < 0.1  # Pillow's clipping had put almost all at the maximum
-  translated_input, _ = sampling.read_images(str(tmp_path / "grey16"), image_run["config"],
+  translated_input, _ = loading.read_images(str(tmp_path / "grey16"), image_run["config"],
                                              (4, 4, 1))
   np.testing.assert_allclose(translated_input, expected, atol=1e-6)
 
@@ -243,7 +242,7 @@ def test_row11_a_bad_data_file_is_one_line_naming_it(image_run, tmp_path):
     assert path in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
     if name.endswith(".npz"):  # translate's --input
       with pytest.raises(ValueError, match=re.escape(path)) as e:
-        sampling.read_images(path, image_run["config"], (4, 4, 1))
+        loading.read_images(path, image_run["config"], (4, 4, 1))
       assert message in str(e.value) and "pickled" not in str(e.value)
   text = str(tmp_path / "bad" / "text.npz")
   result = cli(*_image_flags(text, str(image_run["root"] / "source")),
@@ -314,7 +313,7 @@ def test_row13_temporary_files_of_killed_runs_are_removed_by_the_next_run(toy_ru
   other = f".new-elsewhere-{stale.split('-')[2]}-x.npz"  # another host's: its pid means nothing
   for name in (live, other):
     (tmp_path / name).write_text("in progress")
-  sampling.sample_to_file(_toy_config(), toy_run, 5, str(output))
+  modes.sample_to_file(_toy_config(), toy_run, 5, str(output))
   assert np.load(output)["x"].shape == (5, 2)
   assert sorted(_temporaries(tmp_path)) == sorted([live, other])
 
@@ -361,7 +360,7 @@ def test_row16_mixed_sizes_and_alpha_in_a_folder_are_said_once(image_run, tmp_pa
   assert "have different sizes" in notes[0] and str(folder) in notes[0]
   assert "have an alpha channel" in notes[1] and "dropped" in notes[1]
   config = image_run["config"]
-  sampling.read_images(str(folder), config, (4, 4, 1))  # translate's --input: said there too
+  loading.read_images(str(folder), config, (4, 4, 1))  # translate's --input: said there too
   assert len(capsys.readouterr().err.strip().splitlines()) == 2
 
 

@@ -15,7 +15,7 @@ import scipy.linalg
 from PIL import Image
 
 from configs import toy2d
-from fdrl_jax import evaluate, figures, images, priors, run_lib
+from fdrl_jax import features, figures, images, priors, run_lib, scores
 from helpers import TINY_FLAGS, cli, tiny_digits_config
 
 CELL = 33  # 8 pixels × 4 + a 1-pixel border
@@ -128,13 +128,13 @@ def test_nearest_neighbours_match_brute_force():
   rng = np.random.default_rng(0)
   reference = rng.uniform(-1, 1, (300, 8, 8, 1)).astype(np.float32)
   queries = rng.uniform(-1, 1, (5, 8, 8, 1)).astype(np.float32)
-  index, dist = evaluate.nearest_neighbours(queries, reference, 4, chunk_size=37)
+  index, dist = scores.nearest_neighbours(queries, reference, 4, chunk_size=37)
   brute = np.linalg.norm(queries.reshape(5, 1, -1).astype(np.float64)
                          - reference.reshape(1, 300, -1), axis=-1)
   np.testing.assert_array_equal(index, np.argsort(brute, axis=1)[:, :4])
   np.testing.assert_allclose(dist, np.sort(brute, axis=1)[:, :4], rtol=1e-12)
   with pytest.raises(ValueError, match="301 nearest neighbours among 300"):
-    evaluate.nearest_neighbours(queries, reference, 301)
+    scores.nearest_neighbours(queries, reference, 301)
 
 
 def test_feature_neighbours_png_layout(trained, tmp_path, monkeypatch):
@@ -150,12 +150,12 @@ def test_feature_neighbours_png_layout(trained, tmp_path, monkeypatch):
       return np.asarray(x).reshape(len(x), -1) @ projection
     return features
 
-  monkeypatch.setattr(evaluate, "feature_extractor", extractor)
+  monkeypatch.setattr(features, "feature_extractor", extractor)
   path = figures.neighbours(config, workdir, str(tmp_path / "feature.png"), num_samples=3, k=4,
                             space="feature")
   assert_layout(path, 3, 5)  # sample + 4 neighbours per row
   assert seen == [3, 1500]  # the samples, then the whole training split
-  with pytest.raises(ValueError, match="choose pixel or feature"):
+  with pytest.raises(ValueError, match="Unknown --space='colour'.*available: feature, pixel"):
     figures.neighbours(config, workdir, str(tmp_path / "x.png"), space="colour")
 
 
@@ -164,12 +164,12 @@ def test_feature_extractor_choice(monkeypatch):
     def features(self, x):
       return "digits features"
 
-  monkeypatch.setattr(evaluate, "digits_classifier", lambda seed: Classifier())
+  monkeypatch.setattr(features, "digits_classifier", lambda seed: Classifier())
   config = tiny_digits_config()
-  assert evaluate.feature_extractor(config)(None) == "digits features"
+  assert features.feature_extractor(config)(None) == "digits features"
   config.data.name = "cifar10"
   with pytest.raises(ValueError, match="--config.eval.inception_weights=FILE.npz"):
-    evaluate.feature_extractor(config)
+    features.feature_extractor(config)
   with pytest.raises(ValueError, match="--config.eval.inception_weights=FILE.npz"):
     figures.neighbours(config, "/nonexistent", "/nonexistent/x.png", space="feature")
 
@@ -192,7 +192,7 @@ def test_points_and_unknown_figures_are_refused(tmp_path):
   for name in ("strip", "interpolation", "neighbours"):
     with pytest.raises(ValueError, match=f"The {name} figure needs image data"):
       figures.make_figure(name, toy, str(tmp_path), str(tmp_path / "x.png"))
-  with pytest.raises(ValueError, match="Unknown --figure 'bogus'"):
+  with pytest.raises(ValueError, match="Unknown --figure='bogus'"):
     figures.make_figure("bogus", toy, str(tmp_path), str(tmp_path / "x.png"))
   with pytest.raises(ValueError, match="--space applies to --figure=neighbours only"):
     figures.make_figure("grid", toy, str(tmp_path), str(tmp_path / "x.png"), space="pixel")
@@ -209,7 +209,7 @@ def test_figure_through_main(trained, tmp_path):
   assert_layout(out, 2, 9)  # pixel space, 8 neighbours by default
   bad = cli(*args, "--figure=bogus", f"--output={out}")
   assert bad.returncode == 2 and bad.stderr.count("\n") == 1
-  assert bad.stderr.startswith("error: ") and "value should be one of <grid|" in bad.stderr
+  assert bad.stderr.startswith("error: ") and "Unknown --figure='bogus'" in bad.stderr
   # Neither --figure nor --output: a grid, in a new file of the workdir (never overwritten).
   before = set(os.listdir(workdir))
   made = cli(*args, "--num_samples=4")

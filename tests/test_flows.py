@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fdrl_jax import flows
-from fdrl_jax.flows import flow, two_stage_flow
+from fdrl_jax.flows import FlowSpec, flow
 
 A = jnp.array([[2.0, 0.5], [0.5, 1.0]])  # symmetric positive definite
 
@@ -158,7 +158,8 @@ def test_clip_at_the_end_only_is_the_reference_clamp():
 def test_two_stage_is_k_plus_kappa_steps():
   x0 = jax.random.normal(jax.random.key(0), (5, 2))
   kw = dict(step_size=0.1, noise_scale=0.1)
-  two = two_stage_flow(quadratic, x0, jax.random.key(1), num_steps=4, num_refine_steps=3, **kw)
+  spec = FlowSpec(num_steps=4, num_refine_steps=3, clip=None, **kw)
+  two = flow(quadratic, x0, jax.random.key(1), **spec.sampling_kwargs())
   one = flow(quadratic, x0, jax.random.key(1), num_steps=7, **kw)
   np.testing.assert_array_equal(two, one)
 

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import monoflow_digits, monoflow_mnist
-from fdrl_jax import (evaluate, gan, generators, models, monoflow, parallel, run_lib,
+from fdrl_jax import (evaluate, gan, generators, models, modes, monoflow, parallel, run_lib,
                       workdir as workdirs)
 from helpers import cli, straight_and_resumed, tiny_digits_config
 
@@ -102,7 +102,7 @@ def test_bad_gan_config_is_one_line_through_main(tmp_path):
     ("refine.h", "tanh", "Unknown --config.refine.h='tanh'"),
     ("generator.name", "vae", "Unknown --config.generator.name='vae'"),
     ("method", "vae", "Unknown --config.method='vae'"),
-    ("refine.space", "pixels", "refinement space 'pixels'"),
+    ("refine.space", "pixels", "refine.space='pixels'"),
 ])
 def test_bad_gan_config_is_refused(key, value, message):
   config = tiny_gan_config()
@@ -181,14 +181,14 @@ def test_fd_mnist_eval_of_a_mnist_gan_on_mock_data(tmp_path, monkeypatch):
   config.eval.num_samples = 8
   with tfds.testing.mock_data(num_examples=40):
     run_lib.train_and_evaluate(config, str(tmp_path))
-    result = run_lib.evaluate_to_file(config, str(tmp_path))
+    result = modes.evaluate_to_file(config, str(tmp_path))
   assert result["metric"] == "fd_mnist" and result["num_samples"] == 8
   assert np.isfinite(result["fd_mnist"]) and np.isfinite(result["fd_mnist_floor"])
   assert "fd_mnist_prior" not in result  # a GAN has no prior
   assert 0 <= result["classifier_test_accuracy"] <= 1
   config.data.name = "cifar10"
   with pytest.raises(ValueError, match="FD-MNIST needs tfds MNIST"):
-    run_lib.evaluate_to_file(config, str(tmp_path))
+    modes.evaluate_to_file(config, str(tmp_path))
 
 
 def _conv(cin, cout, k):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import fdrl, import_reference, reference_weights, torch_files
+from fdrl_jax import fdrl, import_reference, modes, reference_weights, torch_files
 from helpers import conv_nchw
 from tests import torch_format
 
@@ -287,7 +287,7 @@ def _reference_resnet_state(config, rng):
 
 def test_cat2dog_imports_without_its_data_and_translates_given_images(tmp_path):
   from PIL import Image
-  from fdrl_jax import priors, run_lib, sampling, workdir as workdirs
+  from fdrl_jax import priors, run_lib, workdir as workdirs
   ref = _reference_config(dataset="cat2dog", img_size=64, model="resnetshallow", n_flow_steps=2)
   config = import_reference.reference_config({"config": ref}, "cat2dog.pt")
   config.model.resnet_width = 8 / 64  # 8 channels in the stem
@@ -299,13 +299,13 @@ def test_cat2dog_imports_without_its_data_and_translates_given_images(tmp_path):
   assert (config.prior.name, config.data.path, config.prior.source_path) == ("empirical", "", "")
   cats = np.random.default_rng(8).uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
   np.savez(tmp_path / "cats.npz", x=cats)
-  out = sampling.translate_to_file(config, workdir, str(tmp_path / "cats.npz"),
+  out = modes.translate_to_file(config, workdir, str(tmp_path / "cats.npz"),
                                    str(tmp_path / "dogs.npz"))
   with np.load(out) as f:
     dogs = f["x"]
   assert dogs.shape == cats.shape and np.all(np.isfinite(dogs)) and not np.allclose(dogs, cats)
   # The prior's draws need the source images: one line, for sampling and for training.
-  _one_line_error(sampling.sample_to_file, config, workdir, 2, str(tmp_path / "s.npz"),
+  _one_line_error(modes.sample_to_file, config, workdir, 2, str(tmp_path / "s.npz"),
                   match="empirical prior holds no source images")
   for folder in ("cats", "dogs"):
     (tmp_path / folder).mkdir()
@@ -322,9 +322,9 @@ def test_cat2dog_imports_without_its_data_and_translates_given_images(tmp_path):
   config = workdirs.read_config(with_data)
   _, state, _ = run_lib.restore_latest(config, with_data)
   assert isinstance(state.prior, priors.EmpiricalPrior) and state.prior.data.shape[0] == 2
-  sampling.sample_to_file(config, with_data, 2, str(tmp_path / "s.npz"))
+  modes.sample_to_file(config, with_data, 2, str(tmp_path / "s.npz"))
   (tmp_path / "dogs").rename(tmp_path / "gone")
-  _one_line_error(sampling.translate_to_file, config, with_data, str(tmp_path / "cats.npz"),
+  _one_line_error(modes.translate_to_file, config, with_data, str(tmp_path / "cats.npz"),
                   str(tmp_path / "d2.npz"), match="dogs")
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import convert_inception, evaluate, inception, parallel
+from fdrl_jax import convert_inception, evaluate, inception, modes, parallel, scores
 from tests import torch_format
 from tests.torch_format import FakeStorage, View
 
@@ -189,7 +189,6 @@ def test_foreign_weight_files_are_named_in_one_line(tmp_path):
 
 def test_check_metric_tells_unset_missing_and_foreign_weights_apart(weights_file, tmp_path):
   from configs import digits
-  from fdrl_jax import evaluate
   config = digits.get_config()
   config.eval.metric, config.eval.inception_weights = "fid", ""
   _one_line_error(evaluate.check_metric, config,
@@ -261,7 +260,7 @@ def test_sharded_features_equal_unsharded(variables, small_images, plain_feature
   np.testing.assert_allclose(logits, plain_logits, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
   mu, sigma = inception.image_statistics(variables, [small_images[:4], small_images[4:]], 3,
                                          resize_input=False, mesh=mesh)
-  want_mu, want_sigma = evaluate.feature_statistics(plain_features)
+  want_mu, want_sigma = scores.feature_statistics(plain_features)
   np.testing.assert_allclose(mu, want_mu, rtol=1e-6, atol=1e-6 * np.abs(want_mu).max())
   np.testing.assert_allclose(sigma, want_sigma, rtol=1e-6, atol=1e-6 * np.abs(want_sigma).max())
 
@@ -269,7 +268,7 @@ def test_sharded_features_equal_unsharded(variables, small_images, plain_feature
 def test_moments_give_feature_statistics():
   rng = np.random.default_rng(4)
   batches = [rng.normal(5.0, 1.0, (n, 6)) * rng.uniform(0.5, 2.0, 6) for n in (7, 5, 8)]
-  want_mu, want_sigma = evaluate.feature_statistics(iter(batches))
+  want_mu, want_sigma = scores.feature_statistics(iter(batches))
   # The host side: float64 moments about the first batch's mean, summed, are exact.
   shift, total = batches[0].mean(0), inception.Moments(0, 0.0, 0.0)
   for b in batches:
@@ -474,14 +473,14 @@ def test_fid_eval_end_to_end(weights_file, tmp_path):
   config.eval.metric, config.eval.inception_weights = "fid", str(weights_file)
   config.eval.num_samples, config.eval.num_reference = 6, 6
   run_lib.train_and_evaluate(config, str(tmp_path))
-  first = run_lib.evaluate_to_file(config, str(tmp_path))
+  first = modes.evaluate_to_file(config, str(tmp_path))
   assert np.isfinite(first["fid"]) and first["fid"] >= 0
   assert (tmp_path / "fid_stats_digits_6.npz").exists()
-  second = run_lib.evaluate_to_file(config, str(tmp_path))  # reuses the cached statistics
+  second = modes.evaluate_to_file(config, str(tmp_path))  # reuses the cached statistics
   assert second["path"] != first["path"]
   config.eval.num_reference = 2000  # the digits' training split has 1 500
   with pytest.raises(ValueError, match="FID statistics of 'digits' cannot be computed.*at most"):
-    run_lib.evaluate_to_file(config, str(tmp_path))
+    modes.evaluate_to_file(config, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -492,7 +491,7 @@ def test_cat2dog_translation_fid_eval_on_generated_folders(weights_file, tmp_pat
   config = tiny_cat2dog_config(cat2dog_folders(tmp_path))
   config.eval.inception_weights = str(weights_file)
   run_lib.train_and_evaluate(config, str(tmp_path / "run"))
-  result = run_lib.evaluate_to_file(config, str(tmp_path / "run"))
+  result = modes.evaluate_to_file(config, str(tmp_path / "run"))
   assert result["num_samples"] == 4 and result["num_reference"] == 4
   assert np.isfinite(result["fid"]) and np.isfinite(result["fid_untranslated"])
   assert "held-out target images" in result["fid_variant"]

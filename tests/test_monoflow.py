@@ -140,10 +140,10 @@ def test_refinement_in_latent_and_data_space_raises_the_logit():
   before = logit(gen.apply(gen_vars, z)).mean()
   generator = lambda z: gen.apply(gen_vars, z)
   for space in ("latent", "data"):
-    x = gan.refine(generator, logit, monoflow.get_map("logit"), z, jax.random.key(3), space=space,
-                   num_steps=5, step_size=0.05, noise_scale=0.0)
+    x = monoflow.refine(generator, logit, monoflow.get_map("logit"), z, jax.random.key(3),
+                        space=space, num_steps=5, step_size=0.05, noise_scale=0.0)
     assert x.shape == (128, 2)
     assert float(logit(x).mean()) > float(before) + 1e-3
-  with pytest.raises(ValueError, match="refinement space 'pixels'"):
-    gan.refine(generator, logit, monoflow.get_map("logit"), z, jax.random.key(3), space="pixels",
-               num_steps=1, step_size=0.1, noise_scale=0.0)
+  with pytest.raises(ValueError, match="refine.space='pixels'"):
+    monoflow.refine(generator, logit, monoflow.get_map("logit"), z, jax.random.key(3),
+                    space="pixels", num_steps=1, step_size=0.1, noise_scale=0.0)

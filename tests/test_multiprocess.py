@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from configs import digits_bold, monoflow_toy2d
-from fdrl_jax import bundled, run_lib, sampling, workdir as workdirs
+from fdrl_jax import bundled, modes, run_lib, workdir as workdirs
 from test_applications import CLASSIFIER_FLAGS, tiny_classifier_config
 from helpers import TINY_FLAGS, tiny_digits_config
 
@@ -260,7 +260,7 @@ def test_conditional_sampling_writes_once_as_one_process(apps):
                  f"--config.sampling.classifier_workdir={apps['clf']}"]
   out, reference = str(apps["root"] / "three.npz"), str(apps["root"] / "three_single.npz")
   two_processes(*conditional, f"--output={out}")
-  sampling.sample_to_file(tiny_conditional(apps["clf"]), apps["fdrl"], 10, reference)
+  modes.sample_to_file(tiny_conditional(apps["clf"]), apps["fdrl"], 10, reference)
   with np.load(out) as a, np.load(reference) as b:
     assert a["x"].shape == (10, 8, 8, 1)
     np.testing.assert_allclose(a["x"], b["x"], rtol=1e-4, atol=1e-4)
@@ -278,7 +278,7 @@ def test_translate_writes_npz_and_pngs_once_as_one_process(apps, tmp_path):
   translate = [*BOLD, f"--workdir={apps['bold']}", "--mode=translate", f"--input={sources}"]
   two_processes(*translate, f"--output={tmp_path / 'out.npz'}")
   two_processes(*translate, f"--output={tmp_path / 'out'}")
-  sampling.translate_to_file(tiny_digits_config(2, digits_bold.get_config()), apps["bold"],
+  modes.translate_to_file(tiny_digits_config(2, digits_bold.get_config()), apps["bold"],
                              str(sources), str(tmp_path / "single.npz"))
   with np.load(tmp_path / "out.npz") as a, np.load(tmp_path / "single.npz") as b:
     y, reference = a["x"], b["x"]

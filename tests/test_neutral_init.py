@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import cifar10, digits, toy2d
-from fdrl_jax import fdrl, models, run_lib
+from fdrl_jax import fdrl, models, modes, run_lib
 from helpers import tiny_digits_config
 
 
@@ -55,5 +55,5 @@ def test_lsif_chi2_beats_its_prior_on_digits_in_400_steps(tmp_path):
   config.training.num_grid_samples = 16
   config.eval.num_samples = 500
   run_lib.train_and_evaluate(config, str(tmp_path))
-  result = run_lib.evaluate_to_file(config, str(tmp_path))
+  result = modes.evaluate_to_file(config, str(tmp_path))
   assert result["fd_digits"] < 0.75 * result["fd_digits_prior"]

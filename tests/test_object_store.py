@@ -14,7 +14,7 @@ import pytest
 from etils.epath import testing as epath_testing
 
 from configs import toy2d
-from fdrl_jax import run_lib, sampling, workdir as workdirs
+from fdrl_jax import modes, run_lib, workdir as workdirs
 
 
 @pytest.fixture
@@ -44,11 +44,11 @@ def test_a_run_in_a_gs_workdir(bucket):
   workdir = "gs://bucket/run"
   run_lib.train_and_evaluate(config, workdir)
   run_lib.train_and_evaluate(config, workdir)  # the config check reads config.json back
-  result = run_lib.evaluate_to_file(config, workdir)
+  result = modes.evaluate_to_file(config, workdir)
   assert result["path"] == "gs://bucket/run/eval_step_0000004.json"
-  sampling.sample_to_file(config, workdir, 5, "gs://bucket/out/x.npz")
+  modes.sample_to_file(config, workdir, 5, "gs://bucket/out/x.npz")
   with pytest.raises(ValueError, match="exists; choose a new file"):
-    sampling.sample_to_file(config, workdir, 5, "gs://bucket/out/x.npz")
+    modes.sample_to_file(config, workdir, 5, "gs://bucket/out/x.npz")
 
   run = bucket / "run"
   assert json.loads((run / "config.json").read_text())["data"]["name"] == "8gaussians"

@@ -102,7 +102,7 @@ def test_robustness_resnet_matches_numpy_forward(tmp_path, arch):
   rng = np.random.default_rng(0)
   sd = _state(rng, bottleneck, blocks)
   source = torch_format.torch_save(tmp_path / "cifar_l2_1_0.pt", _robustness_checkpoint(sd))
-  config, state = robust_resnet.classifier_run(torch_files.load(source), source)
+  config, state = classifier.robustness_run(torch_files.load(source), source)
   assert (config.method, config.classifier.name) == ("classifier", arch)
   assert config.classifier.resnet_width == WIDTH
   x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)

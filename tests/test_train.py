@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import digits, toy2d
-from fdrl_jax import datasets, files, parallel, priors, run_lib, sampling
+from fdrl_jax import datasets, files, modes, parallel, priors, run_lib
 from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 
@@ -156,20 +156,20 @@ def test_bad_workdirs(tmp_path):
   with pytest.raises(ValueError, match="different config.*loss"):
     run_lib.train_and_evaluate(config, str(tmp_path))
   with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
-    sampling.sample_to_file(config, str(tmp_path / "empty"), 4, str(tmp_path / "s.npz"))
+    modes.sample_to_file(config, str(tmp_path / "empty"), 4, str(tmp_path / "s.npz"))
   with pytest.raises(ValueError, match="has no checkpoint yet|holds no run"):
-    run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
+    modes.evaluate_to_file(config, str(tmp_path / "empty"))
   toy = toy2d.get_config("8gaussians")
   toy.eval.metric = "fd_digits"
   with pytest.raises(ValueError, match="FD-digits needs the bundled digits"):
-    run_lib.evaluate_to_file(toy, str(tmp_path / "empty"))
+    modes.evaluate_to_file(toy, str(tmp_path / "empty"))
   config.eval.num_samples = 1
   with pytest.raises(ValueError, match="eval.num_samples=1: a Fréchet distance needs"):
-    run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
+    modes.evaluate_to_file(config, str(tmp_path / "empty"))
   config.eval.num_samples = 100
   config.eval.metric = "fid"
   with pytest.raises(ValueError, match="FID needs --config.eval.inception_weights=FILE.npz"):
-    run_lib.evaluate_to_file(config, str(tmp_path / "empty"))
+    modes.evaluate_to_file(config, str(tmp_path / "empty"))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):

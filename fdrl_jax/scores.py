@@ -1,0 +1,127 @@
+"""Scores of samples against reference sets, as pure NumPy/SciPy functions (no config, no JAX).
+
+``frechet_distance`` is the distance between two Gaussians fitted to feature sets
+(``feature_statistics``),
+
+    FD = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2}),
+
+computed in float64 on the host, with the standard FID code's safeguards: if the matrix square root
+is not finite (a singular product), ε·I is added to both covariances; an imaginary part left by
+``scipy.linalg.sqrtm`` is dropped only when it is negligible.
+
+MMD (the 2-D toy sets): the kernel two-sample distance with a Gaussian kernel of bandwidth
+``MMD_BANDWIDTH`` (``mmd``). ``nearest_neighbours``: the neighbours figure's (FDRL Fig. 10–11)
+exact nearest training rows of samples.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable
+
+import numpy as np
+import scipy.linalg
+
+
+def feature_statistics(features: np.ndarray | Iterable[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and covariance (float64, rows are samples) of a feature set (N, D), N ≥ 2, given whole
+  or as an iterable of (n, D) batches (streamed: memory D², not N·D). Sums are taken about the
+  first batch's mean, so a large common offset costs no precision."""
+  batches = [features] if isinstance(features, np.ndarray) else features
+  count, shift, total, outer = 0, None, 0.0, 0.0
+  for batch in batches:
+    batch = np.asarray(batch, np.float64)
+    if batch.ndim != 2:
+      raise ValueError(f"Feature statistics need (N, D) arrays, got {batch.shape}.")
+    if not len(batch):
+      continue
+    shift = batch.mean(axis=0) if shift is None else shift
+    centred = batch - shift
+    count, total, outer = count + len(batch), total + centred.sum(0), outer + centred.T @ centred
+  if count < 2:
+    raise ValueError(f"Feature statistics need (N, D) features with N >= 2, got N = {count}.")
+  mean = total / count
+  return shift + mean, (outer - count * np.outer(mean, mean)) / (count - 1)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = 1e-6) -> float:
+  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (see the module docstring).
+
+  Raises:
+    ValueError: for mismatched shapes, or when the square root keeps a non-negligible imaginary
+      part (the covariances are then not valid).
+  """
+  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+  sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+  sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+    raise ValueError(f"Mismatched statistics: means {mu1.shape} and {mu2.shape}, covariances "
+                     f"{sigma1.shape} and {sigma2.shape}.")
+  with warnings.catch_warnings():  # singular products are handled here, not warned about
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.all(np.isfinite(covmean)):
+      offset = eps * np.eye(sigma1.shape[0])
+      covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f"The covariance square root has an imaginary part of "
+                       f"{np.max(np.abs(covmean.imag)):.3g}; the statistics are not valid.")
+    covmean = covmean.real
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+MMD_BANDWIDTH = 0.2
+
+
+def mmd(x: np.ndarray, y: np.ndarray, bandwidth: float = MMD_BANDWIDTH) -> float:
+  """The maximum mean discrepancy between the samples x (N, D) and y (M, D): the square root of
+  the biased (V-statistic) estimate of MMD² with k(a, b) = exp(−‖a − b‖² / (2 h²)), in float64."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+
+  def mean_kernel(a, b):
+    d2 = np.sum(a * a, 1)[:, None] - 2.0 * a @ b.T + np.sum(b * b, 1)[None]
+    return float(np.mean(np.exp(-np.maximum(d2, 0.0) / (2.0 * bandwidth ** 2))))
+
+  return float(np.sqrt(max(mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y), 0.0)))
+
+
+def nearest_neighbours(queries: np.ndarray, reference: np.ndarray, k: int, *,
+                       chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """The ``k`` nearest rows of ``reference`` (M, ...) to each query (N, ...) in Euclidean distance.
+
+  Candidates come from ‖q‖² − 2 q·x + ‖x‖² in float32 over chunks of ``chunk_size`` reference rows
+  (memory N × chunk, never N × M × D); a few more candidates than ``k`` are kept and their exact
+  distances recomputed in float64, so float32 cancellation cannot reorder close neighbours.
+
+  Returns:
+    indices (N, k) into ``reference``, nearest first, and their distances (N, k).
+  """
+  queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
+  m = len(reference)
+  if not 1 <= k <= m:
+    raise ValueError(f"Asked for {k} nearest neighbours among {m} training examples.")
+  flat_ref = np.asarray(reference).reshape(m, -1)
+  if flat_ref.shape[1] != queries.shape[1]:
+    raise ValueError(f"Queries of {queries.shape[1]} values cannot be compared with training "
+                     f"examples of {flat_ref.shape[1]}.")
+  keep = min(m, k + max(k, 16))
+  q_sq = np.sum(queries * queries, axis=1)
+  best_d = np.zeros((len(queries), 0), np.float32)
+  best_i = np.zeros((len(queries), 0), np.int64)
+  for start in range(0, m, chunk_size):
+    chunk = flat_ref[start:start + chunk_size].astype(np.float32)
+    d = q_sq[:, None] - 2.0 * (queries @ chunk.T) + np.sum(chunk * chunk, axis=1)[None]
+    all_d = np.concatenate([best_d, d], axis=1)
+    all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(chunk)),
+                                                    d.shape)], axis=1)
+    if all_d.shape[1] > keep:
+      part = np.argpartition(all_d, keep - 1, axis=1)[:, :keep]
+      all_d, all_i = np.take_along_axis(all_d, part, 1), np.take_along_axis(all_i, part, 1)
+    best_d, best_i = all_d, all_i
+  exact = np.sum((queries[:, None].astype(np.float64) - flat_ref[best_i].astype(np.float64)) ** 2,
+                 axis=-1)
+  order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(best_i, order, 1), np.sqrt(np.take_along_axis(exact, order, 1))
