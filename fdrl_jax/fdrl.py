@@ -197,7 +197,7 @@ def init_state(config: ml_collections.ConfigDict, dataset: bundled.Dataset, key:
                fit: bool) -> TrainState:
   """A fresh state with the prior fitted to the data; ``fit=False`` makes a same-shaped template
   (no fit) to restore a checkpoint into."""
-  needs_data = fit or config.prior.name == "empirical"  # its shape is the data's
+  needs_data = fit or datasets.is_translation(config)  # the prior holds source images
   prior_data = datasets.prior_data(config, dataset) if needs_data else None
   prior = priors.build_prior(config, prior_data, dataset.event_shape)
   return create_train_state(create_estimator(config), optim.build_optimizer(config), prior,
@@ -206,7 +206,7 @@ def init_state(config: ml_collections.ConfigDict, dataset: bundled.Dataset, key:
 
 def _augments_prior(config: ml_collections.ConfigDict, dataset: bundled.Dataset) -> bool:
   """Whether the prior draws are dequantised (and flipped) as the data: a source image domain."""
-  return dataset.is_image and config.prior.name == "empirical"
+  return dataset.is_image and datasets.is_translation(config)
 
 
 def build_train_step(config: ml_collections.ConfigDict, dataset: bundled.Dataset,

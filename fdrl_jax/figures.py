@@ -112,23 +112,10 @@ def flow_snapshots(run: run_lib.Run, state, key: Array, num_samples: int,
   return Snapshots(frames=np.swapaxes(frames, 0, 1), steps=steps, prior_draw=x0, final=final)
 
 
-def prior_mean(prior) -> Array | None:
-  """The mean of a Gaussian-type prior in its event shape, or None for other priors.
-
-  ``GaussianPrior`` and ``LowRankGaussianPrior`` keep a flat ``mean``; ``NormalPrior`` a scalar
-  ``loc``. Uniform and empirical priors have no such centre.
-  """
-  if hasattr(prior, "mean"):
-    return jnp.reshape(prior.mean, prior.event_shape)
-  if isinstance(prior, priors.NormalPrior):
-    return jnp.full(prior.event_shape, prior.loc, jnp.float32)
-  return None
-
-
 def interpolants(prior, a: Array, b: Array, num_columns: int) -> Array:
   """Rows of ``num_columns`` points from a (R, ...) to b (R, ...) at t = 0, 1/(C−1), ..., 1.
 
-  Gaussian-type priors (with a mean μ, see ``prior_mean``): spherical interpolation around μ,
+  Gaussian-type priors (with a centre μ, ``Prior.centre``): spherical interpolation around μ,
 
       x(t) = μ + cos(tπ/2)(a − μ) + sin(tπ/2)(b − μ).
 
@@ -146,7 +133,7 @@ def interpolants(prior, a: Array, b: Array, num_columns: int) -> Array:
   t = np.linspace(0.0, 1.0, num_columns)
   a, b = jnp.asarray(a)[:, None], jnp.asarray(b)[:, None]
   shape = (1, num_columns) + (1,) * (a.ndim - 2)
-  mean = prior_mean(prior)
+  mean = prior.centre()
   if mean is None:
     w_a, w_b = 1.0 - t, t
   else:  # sin(π/2 (1 − t)) = cos(tπ/2), but exactly 0 and 1 at the ends in float64
@@ -201,7 +188,7 @@ def flow_interpolation(run: run_lib.Run, state, key: Array, num_rows: int,
   starts, flowed = flow_rows(state, a, b, jax.random.split(k_flow, num_rows))
   starts, flowed, a, b = jax.device_get((starts, flowed, a, b))
   return Interpolation(starts=starts, flowed=flowed, a=a, b=b,
-                       spherical=prior_mean(state.prior) is not None)
+                       spherical=state.prior.centre() is not None)
 
 
 # ----------------------------------------------------------------------------------------------

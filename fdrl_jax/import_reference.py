@@ -217,7 +217,7 @@ def build_prior(config: ml_collections.ConfigDict, prior_path: str | None,
     return read_prior(prior_path, shape)
   if config.prior.name in ("uniform", "normal"):
     return priors.build_prior(config, None, shape)
-  if config.prior.name == "empirical" and not config.prior.source_path:
+  if datasets.is_translation(config) and not config.prior.source_path:
     return priors.build_prior(config, np.zeros((0, *shape), np.float32), shape)
   try:
     dataset = datasets.build_dataset(config)

@@ -14,7 +14,8 @@ Adding a method is one record here; no method runs another's builders.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import types
+from typing import Any, Callable, Mapping, NamedTuple
 
 import ml_collections
 
@@ -39,6 +40,9 @@ class Method(NamedTuple):
     evaluate: (config, run, state, workdir) → the results ``--mode=eval`` writes.
     sections: the config sections only this method reads (a run of another method is not tied to
       them on its workdir).
+    samplers: the method's own samplers, name → ``(config, parts, mesh, guide) → Sampler``, found
+      by ``config.sampling.name`` beside ``sampling.SAMPLERS`` (a sampler that is not "start +
+      potential → flow" lives with its method).
   """
   dataset: Callable[[ml_collections.ConfigDict], Any]
   init_state: Callable[..., Any]
@@ -48,6 +52,7 @@ class Method(NamedTuple):
   check_eval: Callable[[ml_collections.ConfigDict], None]
   evaluate: Callable[..., dict]
   sections: tuple[str, ...] = ()
+  samplers: Mapping[str, Callable[..., Any]] = types.MappingProxyType({})
 
 
 METHODS: dict[str, Method] = {

@@ -30,22 +30,17 @@ DATA_RANGE = (-1.0, 1.0)
 
 
 class Prior(Protocol):
-  """What every prior offers (the flow's starting distribution q')."""
+  """What every prior offers (the flow's starting distribution q'): ``event_shape``, the shape of
+  one particle; ``clip``, the range its samples are clipped to (None: not clipped);
+  ``sample(key, n)``, n particles of shape (n, *event_shape); ``centre()``, the mean of a
+  Gaussian-type prior in its event shape (the centre of spherical interpolation), or None where
+  there is no such centre (uniform, empirical)."""
+  event_shape: tuple[int, ...]
+  clip: tuple[float, float] | None
 
-  @property
-  def event_shape(self) -> tuple[int, ...]:
-    """The shape of one particle."""
+  def sample(self, key: Array, n: int) -> Array: ...
 
-  @property
-  def clip(self) -> tuple[float, float] | None:
-    """The range its samples are clipped to (None: not clipped)."""
-
-  def sample(self, key: Array, n: int) -> Array:
-    """n particles, shape (n, *event_shape)."""
-
-  def centre(self) -> Array | None:
-    """The mean of a Gaussian-type prior in its event shape (the centre of spherical
-    interpolation), or None where there is no such centre (uniform, empirical)."""
+  def centre(self) -> Array | None: ...
 
 
 def _to_events(x: Array, event_shape: tuple[int, ...],

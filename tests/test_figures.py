@@ -112,7 +112,7 @@ def test_interpolation_rows_share_their_noise(trained, tmp_path):
   np.testing.assert_array_equal(result.starts[:, -1], result.b)
   # Both ends at the prior mean: every start is μ, so with the row's one noise draw every column
   # flows to the same point, while the two rows (two noise draws) differ.
-  mean = np.broadcast_to(figures.prior_mean(state.prior), result.a.shape)
+  mean = np.broadcast_to(state.prior.centre(), result.a.shape)
   same = figures.flow_interpolation(run, state, jax.random.key(5), 2, 4, a=mean, b=mean)
   np.testing.assert_allclose(same.starts, np.broadcast_to(mean[:, None], same.starts.shape),
                              atol=1e-6)
