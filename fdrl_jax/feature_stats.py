@@ -2,9 +2,10 @@
 ``--config.eval.reference_stats``).
 
 The reference of an evaluation (``reference_set``) is, for Table 3's translation protocol, the
-held-out target images; else, by ``eval.metric``'s family: the FID Inception's, ``eval.num_reference``
-training images drawn with the config's seed (0: the whole split); the digit classifiers', the
-held-out images; MMD's, ``eval.num_reference`` fresh draws of the toy distribution. The Inception's
+held-out target images; else, by ``eval.metric``'s family: the FID Inception's,
+``eval.num_reference`` training images drawn with the config's seed (0: the whole split); the
+digit classifiers', the held-out images; MMD's, ``eval.num_reference`` fresh draws of the toy
+distribution. The Inception's
 statistics are cached in the workdir (``fid_stats_<data>_<n|test>[_uint8].npz``), computed once.
 
 A statistics file (``save_stats``) is an ``.npz`` with pytorch-fid's keys ``mu`` and ``sigma``
@@ -147,8 +148,8 @@ def check_stats(path: str, feature_set: FeatureSet, meta: dict, *, extractor: st
   setting = "--config.eval.reference_stats"
   found = meta["extractor"] or "inception"
   if found != extractor:
-    raise ValueError(f"{setting}={path} holds {found} features; this evaluation's are {extractor}'s "
-                     "(compute them with --mode=stats).")
+    raise ValueError(f"{setting}={path} holds {found} features; this evaluation's are "
+                     f"{extractor}'s (compute them with --mode=stats).")
   if meta["quantize"] is not None and bool(meta["quantize"]) != quantize:
     raise ValueError(f"{setting}={path} was computed with quantize={bool(meta['quantize'])}; set "
                      f"--config.eval.quantize={bool(meta['quantize'])} or compute it again.")

@@ -325,7 +325,8 @@ def features(variables: Variables, images: np.ndarray, batch_size: int = 50,
   The last batch is zero-padded to ``batch_size`` so that the network compiles once per image size.
 
   Args:
-    variables: as returned by ``inception_weights.load_weights`` (or ``InceptionV3(logits=True).init``).
+    variables: as returned by ``inception_weights.load_weights`` (or
+      ``InceptionV3(logits=True).init``).
     images: array of shape (N, H, W, 3) with values in [-1, 1]; with several processes, every
       process holds all of them.
     batch_size: images per forward pass.

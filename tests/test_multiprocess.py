@@ -361,6 +361,7 @@ def test_sigterm_to_one_process_saves_one_agreed_step(runs, tmp_path, target):
 # ----------------------------------------------------------------------------------------------
 # Feature statistics: every device of both processes computes its rows.
 
+@pytest.mark.slow  # ~2 min on 2 shared cores: each process trains the FD-digits classifier
 def test_two_processes_compute_the_stats_of_one_process(tmp_path):
   from fdrl_jax import scores
   flags = ["--config=configs/digits.py", f"--workdir={tmp_path / 'w'}", "--mode=stats"]
