@@ -2,11 +2,10 @@
 8-bit quantisation, stats files round-trip (and pytorch-fid's load), the reference from a file
 equals the one computed on the fly, folder and translation references."""
 
-import jax
 import numpy as np
 import pytest
 
-from fdrl_jax import (bundled, datasets, feature_stats, features, inception, parallel, scores)
+from fdrl_jax import bundled, datasets, feature_stats, features, inception, parallel, scores
 from helpers import tiny_digits_config
 from test_applications import cat2dog_folders, tiny_cat2dog_config
 
