@@ -356,3 +356,23 @@ def test_sigterm_to_one_process_saves_one_agreed_step(runs, tmp_path, target):
   resumed = two_processes(CONFIG, f"--workdir={workdir}", *FLAGS, *resume_to(to))
   assert all(f"Resuming from the checkpoint of step {step}" in d.stdout for d in resumed)
   assert_states_close(_restore(workdir, to), _restore(straight, to), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature statistics: every device of both processes computes its rows.
+
+@pytest.mark.slow  # ~2 min on 2 shared cores: each process trains the FD-digits classifier
+def test_two_processes_compute_the_stats_of_one_process(tmp_path):
+  from fdrl_jax import scores
+  flags = ["--config=configs/digits.py", f"--workdir={tmp_path / 'w'}", "--mode=stats"]
+  two_processes(*flags, f"--output={tmp_path / 'two.npz'}")
+  one_process(*flags, f"--output={tmp_path / 'one.npz'}")
+  with np.load(tmp_path / "two.npz") as a, np.load(tmp_path / "one.npz") as b:
+    assert int(a["count"]) == int(b["count"]) == len(bundled.digits_split(0)[2])
+    assert str(a["extractor"]) == "digits"
+    np.testing.assert_allclose(a["features"], b["features"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a["mu"], b["mu"], rtol=1e-5, atol=1e-6)
+    fd = [scores.frechet_distance(s["mu"], s["sigma"], *scores.feature_statistics(
+        b["features"][::2])) for s in (a, b)]
+  np.testing.assert_allclose(fd[0], fd[1], rtol=1e-5)
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".new-")]
