@@ -163,6 +163,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.keep_checkpoints = 3
   config.training.sample_every = 1000  # PNG sample grid (EMA parameters, K + κ steps)
   config.training.num_grid_samples = 64
+  config.training.eval_every = 0      # the method's --mode=eval every N steps, into eval.jsonl,
+                                      # TensorBoard (eval/*) and metrics.png (0: never)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.metric = "fd_digits"    # --mode=eval: fd_digits (bundled digits) | fd_mnist | fid |
@@ -173,4 +175,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.fast = False            # True: 1 000 samples against 10 000 training images (quick,
                                       # biased FID of a run in progress)
   config.eval.batch_size = 0          # particles per sampling call (0: data.batch_size)
+  config.eval.checkpoints = "latest"  # checkpoints --mode=eval scores: latest | all | every:N (the
+                                      # steps divisible by N) | S1,S2 (those steps)
   return config
