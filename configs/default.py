@@ -163,6 +163,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.keep_checkpoints = 3
   config.training.sample_every = 1000  # PNG sample grid (EMA parameters, K + κ steps)
   config.training.num_grid_samples = 64
+  config.training.eval_every = 0      # the method's --mode=eval every N steps, into eval.jsonl,
+                                      # TensorBoard (eval/*) and metrics.png (0: never)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.metric = "fd_digits"    # --mode=eval: fd_digits (bundled digits) | fd_mnist | fid |
@@ -175,4 +177,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 0          # particles per sampling call (0: data.batch_size)
   config.eval.reference_stats = ""    # .npz of the reference's statistics (--mode=stats, or
                                       # pytorch-fid's / clean-fid's): used instead of the data's
+  config.eval.checkpoints = "latest"  # checkpoints --mode=eval scores: latest | all | every:N (the
+                                      # steps divisible by N) | S1,S2 (those steps)
   return config

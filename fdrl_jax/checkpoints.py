@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import re
 import sys
+from typing import Iterator, Sequence
 
 import jax
 import ml_collections
@@ -157,6 +158,44 @@ def restore_readable(run, mngr: ocp.CheckpointManager, workdir: str, *, set_asid
         f"{workdirs.join(workdir, 'unreadable_checkpoints')} (steps {', '.join(aside)}); it will "
         "not start again from step 0. Train in a new --workdir.")
   return None, None
+
+
+def restore_step(run, mngr: ocp.CheckpointManager, workdir: str, step: int):
+  """The state of the checkpoint of ``step`` (a series of ``--mode=eval``); a step the workdir
+  does not hold, one of another config, or an unreadable one is a one-line ValueError."""
+  folder = workdirs.join(workdir, "checkpoints")
+  steps = sorted(mngr.all_steps())
+  if step not in steps:
+    raise ValueError(f"{folder} holds no checkpoint of step {step}; steps there: "
+                     f"{', '.join(map(str, steps)) or 'none'}.")
+  abstract = run.abstract_state()
+  mismatch = checkpoint_mismatch(abstract, mngr, workdir, step)
+  if mismatch:
+    raise ValueError(f"The checkpoint of step {step} in {folder} was trained with another config "
+                     f"({describe_mismatch(run.config, workdir, mismatch)}).")
+  try:
+    with workdirs.stderr_to_log(workdir):
+      return run.restore(mngr, step, abstract)
+  except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a bad file
+    where = workdirs.log_error(workdir, e)
+    raise ValueError(f"The checkpoint of step {step} in {folder} cannot be read "
+                     f"({_reason(e)}){where}.") from None
+
+
+def checkpoint_steps(config: ml_collections.ConfigDict, workdir: str) -> list[int]:
+  """The steps of the checkpoints in ``workdir``, oldest first."""
+  with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,
+                                   read_only=True) as mngr:
+    return sorted(mngr.all_steps())
+
+
+def restore_steps(run, workdir: str, steps: Sequence[int]) -> Iterator[tuple[int, object]]:
+  """The state of each checkpoint of ``steps`` in ``workdir``, restored in turn into ``run``'s
+  (a ``run_lib.Run``) shapes (``restore_step``: a missing step is a one-line error)."""
+  with workdirs.checkpoint_manager(workdir, run.config.training.keep_checkpoints,
+                                   read_only=True) as mngr:
+    for step in steps:
+      yield step, restore_step(run, mngr, workdir, step)
 
 
 def _leaf_name(path) -> str:

@@ -56,6 +56,7 @@ RULES: dict[str, Rule] = {
     "training.num_steps": POSITIVE_INT, "training.log_every": POSITIVE_INT,
     "training.checkpoint_every": POSITIVE_INT, "training.keep_checkpoints": POSITIVE_INT,
     "training.sample_every": POSITIVE_INT, "training.num_grid_samples": POSITIVE_INT,
+    "training.eval_every": COUNT,
     "eval.num_samples": POSITIVE_INT, "eval.num_reference": COUNT, "eval.batch_size": COUNT,
 }
 

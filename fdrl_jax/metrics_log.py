@@ -7,6 +7,10 @@ writer purges the same steps from the event files (``purge_step``). ``metrics.pn
 the ratio terms and the gradient norm against the step. TensorBoard events are written with
 tensorboardX (no TensorFlow) into ``WORKDIR/tensorboard``: ``tensorboard --logdir WORKDIR``. Only
 the writing process of a multi-process run writes.
+
+Evaluations during training (``training.eval_every``) go beside it: their rows, one JSON object a
+line, in ``eval.jsonl`` (replayed steps dropped the same way), TensorBoard scalars ``eval/<key>``
+and panels of ``metrics.png``; the training's sample grids go to TensorBoard as images.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import json
 import os
 import sys
 import threading
+from typing import Sequence
 
+import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -27,26 +33,47 @@ PLOTTED = ("loss", "data_term", "flowed_term", "ratio_data", "ratio_flowed", "gr
            "disc_loss", "gen_loss", "gen_grad_norm", "accuracy")
 
 
+def header(method: str, workdir: str, devices, start: int, end: int, *, samples: bool) -> str:
+  """The line a training run starts with: its method and config (``--config`` of the command
+  line), workdir, devices (count and kind) and processes, steps, and where its files go."""
+  argv = sys.argv[1:]
+  config = ([a[len("--config="):] for a in argv if a.startswith("--config=")]
+            + [b for a, b in zip(argv, argv[1:]) if a == "--config"] + ["given in Python"])[0]
+  devices = list(devices)
+  kinds = "/".join(sorted({d.device_kind for d in devices}))
+  grids = f"samples to {workdirs.join(workdir, 'samples')}, " if samples else ""
+  return (f"Training {method} (config {config}) in {workdir} on {len(devices)} {kinds} device"
+          f"{'s' * (len(devices) > 1)} in {jax.process_count()} process(es): steps {start} to "
+          f"{end}; {grids}checkpoints to {workdirs.join(workdir, 'checkpoints')}")
+
+
 class MetricsLog:
-  """Appends window means to ``metrics.jsonl``, mirrors them to TensorBoard, and plots them."""
+  """Appends window means to ``metrics.jsonl`` and evaluation rows to ``eval.jsonl``, mirrors both
+  to TensorBoard, and plots them."""
 
   def __init__(self, workdir: str, start_step: int):
     self.workdir = workdir
     self.path = workdirs.join(workdir, "metrics.jsonl")
+    self.eval_path = workdirs.join(workdir, EVAL_LOG)
     self.plot_path = workdirs.join(workdir, "metrics.png")
     self.writer = parallel.is_writer()
-    logged = read_records(self.path)
-    self.records = [r for r in logged if r["step"] <= start_step]
+    self.records = _keep_until(self.path, start_step)
+    self.eval_rows = _keep_until(self.eval_path, start_step)
     self.tensorboard = None
     # tensorboardX writes local event files, opened with the first record (a finished run that is
     # merely asked to resume writes nothing).
     self.tensorboard_dir = None if files.is_uri(workdir) else os.path.join(workdir,
                                                                                "tensorboard")
     self.start_step = start_step
-    kept = "".join(json.dumps(r) + "\n" for r in self.records)
-    p = files.as_path(self.path)
-    if p.exists() and p.read_bytes().decode(errors="replace") != kept:
-      files.write_text(self.path, kept)  # steps to be replayed, or a torn line: dropped
+
+  def _board(self):
+    """The TensorBoard writer (None on other processes and for a ``gs://`` workdir)."""
+    if self.writer and self.tensorboard is None and self.tensorboard_dir is not None:
+      from tensorboardX import SummaryWriter
+      _quiet_tensorboard_thread()
+      self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=self.start_step + 1,
+                                       flush_secs=30)
+    return self.tensorboard
 
   def write(self, step: int, window: list[dict], steps_per_s: float) -> dict:
     """Records the mean of ``window`` (one dict of floats per step) at ``step``."""
@@ -54,23 +81,43 @@ class MetricsLog:
               "window": len(window), "steps_per_s": steps_per_s}
     self.records.append(record)
     files.append_line(self.path, json.dumps(record))
-    if self.writer:
-      if self.tensorboard is None and self.tensorboard_dir is not None:
-        from tensorboardX import SummaryWriter
-        _quiet_tensorboard_thread()
-        self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=self.start_step + 1,
-                                         flush_secs=30)
-      if self.tensorboard is not None:
-        for key, value in record.items():
-          if key not in ("step", "window"):
-            self.tensorboard.add_scalar(f"train/{key}", value, step)
+    if self._board() is not None:
+      for key, value in record.items():
+        if key not in ("step", "window"):
+          self.tensorboard.add_scalar(f"train/{key}", value, step)
     return record
+
+  def write_eval(self, step: int, rows: list[dict]) -> None:
+    """Records the rows of the evaluation at ``step`` (``eval_rows``) and redraws the plot."""
+    self.eval_rows += rows
+    for row in rows:
+      files.append_line(self.eval_path, json.dumps(row))
+    if self._board() is not None:
+      for tag, value in eval_scalars(rows).items():
+        self.tensorboard.add_scalar(tag, value, step)
+    self.plot()
+
+  def write_image(self, tag: str, png_path: str, step: int) -> None:
+    """Mirrors a PNG the run wrote (a sample grid) to TensorBoard."""
+    if self._board() is not None:
+      with Image.open(png_path) as image:
+        self.tensorboard.add_image(tag, np.asarray(image.convert("RGB")), step,
+                                   dataformats="HWC")
 
   def plot(self) -> None:
     """Writes ``metrics.png`` (each plotted metric against the step) from the records so far."""
-    if self.writer and self.records:
-      picture = plot_records(self.records)
-      files.write_file(self.plot_path, lambda tmp: Image.fromarray(picture).save(tmp))
+    if not (self.writer and (self.records or self.eval_rows)):
+      return
+    panels = [plot_records(self.records)] if self.records else []
+    if self.eval_rows:
+      by_step: dict[int, list[dict]] = {}
+      for row in self.eval_rows:
+        by_step.setdefault(row["step"], []).append(row)
+      series = [{"step": step, **eval_scalars(rows)} for step, rows in by_step.items()]
+      keys = list(dict.fromkeys(k for r in series for k in r if k != "step"))
+      panels.append(plot_records(series, keys=keys))
+    picture = np.concatenate(panels, axis=0)
+    files.write_file(self.plot_path, lambda tmp: Image.fromarray(picture).save(tmp))
 
   def close(self) -> None:
     if self.tensorboard is not None:
@@ -101,6 +148,42 @@ def _quiet_tensorboard_thread() -> None:
   threading.excepthook = hook
 
 
+# Evaluation rows during training, one JSON object a line.
+EVAL_LOG = "eval.jsonl"
+# Row keys that say which row it is (and what it counts), not how good it is: no scalars of them.
+ROW_LABELS = ("step", "flow_length", "class", "num_samples")
+
+
+def eval_rows(result: dict, step: int) -> list[dict]:
+  """The rows of a method's evaluation ``result`` (its ``rows``), each with ``step`` first; a
+  result without rows is one row of its own entries."""
+  rows = result["rows"] if "rows" in result else [result]
+  return [{"step": step, **{k: v for k, v in row.items() if k != "step"}} for row in rows]
+
+
+def eval_scalars(rows: list[dict]) -> dict[str, float]:
+  """The TensorBoard scalars of one evaluation's rows: ``eval/<key>`` for each numeric key; where
+  there are several rows, each tag names its row (``eval/fid/flow_length=25``)."""
+  scalars = {}
+  for row in rows:
+    label = "".join(f"/{k}={row[k]}" for k in ROW_LABELS[1:3] if k in row) if len(rows) > 1 else ""
+    for key, value in row.items():
+      if key not in ROW_LABELS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        scalars[f"eval/{key}{label}"] = float(value)
+  return scalars
+
+
+def _keep_until(path: str, step: int) -> list[dict]:
+  """The records of ``path`` up to ``step``; the file is rewritten without the others (steps a
+  resumed run replays) and without a torn line."""
+  records = [r for r in read_records(path) if r["step"] <= step]
+  kept = "".join(json.dumps(r) + "\n" for r in records)
+  p = files.as_path(path)
+  if p.exists() and p.read_bytes().decode(errors="replace") != kept:
+    files.write_text(path, kept)
+  return records
+
+
 def read_records(path: str) -> list[dict]:
   """The records of a ``metrics.jsonl`` (none if it does not exist). A line that is not a whole
   record — the torn last line of a run that a full disk or a kill stopped mid-write — is dropped
@@ -122,10 +205,12 @@ def read_records(path: str) -> list[dict]:
   return records
 
 
-def plot_records(records: list[dict], *, width: int = 360, height: int = 150) -> np.ndarray:
-  """One panel per logged metric of ``PLOTTED``: its window means against the step, titled with
-  its name and its last value; the step axis is labelled at both ends. An RGB array."""
-  keys = [k for k in PLOTTED if k in records[-1]]
+def plot_records(records: list[dict], *, keys: Sequence[str] | None = None, width: int = 360,
+                 height: int = 150) -> np.ndarray:
+  """One panel per key (default: each logged metric of ``PLOTTED``): its values against the step,
+  titled with its name and its last value; the step axis is labelled at both ends. An RGB
+  array."""
+  keys = [k for k in PLOTTED if k in records[-1]] if keys is None else list(keys)
   steps = np.array([r["step"] for r in records], np.float64)
   canvas = Image.new("RGB", (width, height * len(keys)), "white")
   draw = ImageDraw.Draw(canvas)

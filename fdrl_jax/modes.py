@@ -2,7 +2,8 @@
 
 * ``train``: ``run_lib.train_and_evaluate`` (resumes from the workdir's latest checkpoint).
 * ``sample``: ``sample_to_file``, samples of ``config.sampling`` in an .npz.
-* ``eval``: ``evaluate_to_file``, the method's evaluation in ``eval_step_*.json``.
+* ``eval``: ``evaluate_to_file``, the method's evaluation of one checkpoint or a series
+  (``eval.checkpoints``) in ``eval_step_*.json`` / ``eval_steps_*.json``.
 * ``figure``: ``figures.make_figure``, one picture of the latest checkpoint.
 * ``translate``: ``translate_to_file``, given source images flowed by a translation run.
 * ``stats``: ``feature_stats.stats_to_file``, the data's reference feature statistics in an .npz.
@@ -22,8 +23,8 @@ from typing import Callable, NamedTuple
 import ml_collections
 import numpy as np
 
-from fdrl_jax import (feature_stats, files, figures, images, loading, methods, parallel, run_lib,
-                      sampling)
+from fdrl_jax import (checkpoints, feature_stats, files, figures, images, loading, methods,
+                      metrics_log, parallel, registry, run_lib, sampling)
 from fdrl_jax import workdir as workdirs
 
 
@@ -90,20 +91,69 @@ def translate_to_file(config: ml_collections.ConfigDict, workdir_path: str, inpu
   return files.write_new_folder(output, write_pngs)
 
 
+# --config.eval.checkpoints's forms, as its error lists them.
+CHECKPOINT_CHOICES = ("latest", "all", "every:N", "S1,S2")
+
+
+def select_steps(spec: str, steps: list[int], latest: int) -> list[int]:
+  """The checkpoint steps ``--config.eval.checkpoints=spec`` picks among ``steps`` (the
+  workdir's, oldest first): ``latest`` (the newest readable, ``latest``), ``all``, ``every:N``
+  (those divisible by N) or a list ``S1,S2`` of steps; a one-line ValueError otherwise."""
+  setting = "--config.eval.checkpoints"
+  spec = spec.strip()
+  there = f"steps there: {', '.join(map(str, steps)) or 'none'}"
+  if spec == "latest":
+    return [latest]
+  if spec == "all":
+    return list(steps)
+  if spec.startswith("every:"):
+    every = spec[len("every:"):]
+    if not every.isdigit() or int(every) < 1:
+      raise ValueError(f"{setting}={spec!r}: every:N needs a whole number N >= 1.")
+    chosen = [s for s in steps if s % int(every) == 0]
+    if not chosen:
+      raise ValueError(f"{setting}={spec!r}: no checkpoint step is a multiple of {every}; {there}.")
+    return chosen
+  parts = [p.strip() for p in spec.split(",")]
+  if not all(p.isdigit() for p in parts):
+    raise registry.unknown_name(spec, CHECKPOINT_CHOICES, setting)
+  chosen = sorted({int(p) for p in parts})
+  missing = [s for s in chosen if s not in steps]
+  if missing:
+    raise ValueError(f"{setting}={spec!r}: no checkpoint of step "
+                     f"{', '.join(map(str, missing))}; {there}.")
+  return chosen
+
+
 def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """``--mode=eval``: the method's evaluation of the latest checkpoint (``Method.evaluate``:
-  sample scores of a generative run, accuracies of a classifier), written to
-  ``workdir/eval_step_<step>.json`` (a new name if that exists) and returned with its path. The
-  workdir is checked writable first; a write that fails after the evaluation raises
-  ``ResultNotWritten`` with the result, so that nothing computed is lost."""
+  """``--mode=eval``: the method's evaluation (``Method.evaluate``: sample scores of a generative
+  run, accuracies of a classifier) of each checkpoint ``eval.checkpoints`` picks (``select_steps``;
+  default the latest), returned with the path it is written to: one checkpoint's to
+  ``workdir/eval_step_<step>.json``, a series' to ``workdir/eval_steps_<first>-<last>.json``
+  (``steps``, each step's ``results`` and all their ``rows``); a new name if that exists. Every
+  row has its ``step`` (``metrics_log.eval_rows``). The workdir is checked writable first; a write
+  that fails after the evaluation raises ``ResultNotWritten`` with the result, so that nothing
+  computed is lost."""
   methods.get_method(config.method).check_eval(config)
-  run, state, step = loading.restore_for_sampling(config, workdir)
+  run, state, latest = loading.restore_for_sampling(config, workdir)
   workdir = os.fspath(files.as_path(workdir))
+  steps = select_steps(config.eval.checkpoints, checkpoints.checkpoint_steps(config, workdir),
+                       latest)
+  name = (f"eval_step_{steps[0]:07d}.json" if len(steps) == 1
+          else f"eval_steps_{steps[0]:07d}-{steps[-1]:07d}.json")
   # Named before the evaluation's collectives, so every process names the same file.
-  path = files.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
+  path = files.free_path(workdirs.join(workdir, name))
   files.check_writable(path)
   parallel.sync("eval_path")
-  result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
+  results = []
+  restored = ((latest, state),) if steps == [latest] else checkpoints.restore_steps(run, workdir,
+                                                                                     steps)
+  for step, state in restored:
+    result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
+    results.append({**result, "rows": metrics_log.eval_rows(result, step)})
+  result = results[0] if len(results) == 1 else {
+      "steps": steps, "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],
+      "rows": [row for r in results for row in r["rows"]]}
   try:
     files.write_json(path, result)
   except ValueError as e:

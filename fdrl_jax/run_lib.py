@@ -213,6 +213,33 @@ class _AfterStep(Hook):
     self.fn(step, state, metrics)
 
 
+class Evaluations(Hook):
+  """``training.eval_every``: the method's evaluation (``--mode=eval``'s, of the EMA state) every
+  ``every`` steps, after that step's checkpoint, into ``log`` (``MetricsLog.write_eval``). Its keys
+  are the sampling modes' (``Run.sample_key_for``), never the training's: training is the same
+  with or without it."""
+
+  def __init__(self, log: metrics_log.MetricsLog, every: int, workdir: str):
+    self.log, self.every, self.workdir, self.run = log, every, workdir, None
+
+  def begin(self, run: Run, state, step: int) -> None:
+    if run.config.sampling.name == "conditional":
+      raise ValueError("--config.training.eval_every cannot score conditional samples (their "
+                       "judge is a --mode=eval setting); set it to 0, or --config.sampling.name.")
+    run.method.check_eval(run.config)
+    self.run = run
+
+  def after_step(self, step: int, state, metrics: dict) -> None:
+    if step % self.every:
+      return
+    rows = metrics_log.eval_rows(
+        self.run.method.evaluate(self.run.config, self.run, state, self.workdir), step)
+    self.log.write_eval(step, rows)
+    if parallel.is_writer():
+      print(f"eval at step {step}  " + "  ".join(
+          f"{k[5:]} {v:.4g}" for k, v in metrics_log.eval_scalars(rows).items()), flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
                        hooks: Sequence[Hook | Callable] = ()):
   """Trains ``config.method`` per ``config`` in ``workdir``, resuming from its latest readable
@@ -223,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   checkpoint of the current step and raise ``TrainingInterrupted``. ``hooks`` (``Hook``s or
   callables ``hook(step, state, metrics)``) run at the loop's fixed points, in order.
   """
-  hooks = [h if isinstance(h, Hook) else _AfterStep(h) for h in hooks]
+  hooks = [h if isinstance(h, Hook) else _AfterStep(h) for h in hooks]  # + Evaluations, below
   workdir = workdirs.check_workdir(
       workdir, config, create=True, unrelated_sections=methods.unrelated_sections(config.method))
   committed = workdirs.has_config(workdir)
@@ -244,9 +271,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       files.check_writable(workdirs.join(workdir, "metrics.jsonl"), 2 * _state_bytes(state))
     if latest is not None:
       print(f"Resuming from the checkpoint of step {latest} in {workdir}", flush=True)
+    if start < cfg.num_steps and parallel.is_writer():
+      print(metrics_log.header(config.method, workdir, run.mesh.devices.flat, start,
+                               cfg.num_steps, samples=draws_grids), flush=True)
+    log = metrics_log.MetricsLog(workdir, start)
+    if cfg.eval_every:
+      hooks.append(Evaluations(log, cfg.eval_every, workdir))
     for hook in hooks:
       hook.begin(run, state, start)
-    log = metrics_log.MetricsLog(workdir, start)
     pending: list[tuple[int, dict]] = []
     last_good = latest
     tty = sys.stderr.isatty()
@@ -314,8 +346,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         if draws_grids and (done % cfg.sample_every == 0 or last):
           flush(done)
           x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
-          files.write_file(workdirs.join(workdir, "samples", f"step_{done:07d}.png"),
-                              lambda path: images.save_samples(x, path, reference))
+          grid = workdirs.join(workdir, "samples", f"step_{done:07d}.png")
+          files.write_file(grid, lambda path: images.save_samples(x, path, reference))
+          log.write_image("samples", grid, done)
         for hook in hooks:
           hook.after_step(done, state, metrics)
         if stopping:
@@ -355,3 +388,4 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_opti
     if state is None:
       raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")
     return run, state, step
+

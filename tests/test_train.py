@@ -78,6 +78,21 @@ def test_resume_replays_exactly(tmp_path):
                jax.device_get(resumed.opt_state))
 
 
+def test_training_starts_with_one_header_line(tmp_path, capsys):
+  config = toy2d.get_config("8gaussians")
+  config.training.num_steps = 4
+  config.training.checkpoint_every = config.training.log_every = config.training.sample_every = 2
+  workdir = str(tmp_path / "w")
+  run_lib.train_and_evaluate(config, workdir)
+  config.training.num_steps = 6
+  run_lib.train_and_evaluate(config, workdir)
+  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Training ")]
+  assert lines == [
+      f"Training fdrl (config given in Python) in {workdir} on 4 cpu devices in 1 process(es): "
+      f"steps {a} to {b}; samples to {os.path.join(workdir, 'samples')}, checkpoints to "
+      f"{os.path.join(workdir, 'checkpoints')}" for a, b in ((0, 4), (4, 6))]
+
+
 def test_interrupted_save_is_not_taken_as_latest(tmp_path):
   config = toy2d.get_config("8gaussians")
   config.training.num_steps = 2
@@ -100,6 +115,9 @@ def test_digits_end_to_end_through_main(tmp_path):
   first = cli("--config=configs/digits.py", f"--workdir={workdir}",
               "--config.training.num_steps=3", *TINY_FLAGS)
   assert first.returncode == 0, first.stderr
+  header = [line for line in first.stdout.splitlines() if line.startswith("Training ")]
+  assert len(header) == 1 and "(config configs/digits.py)" in header[0], first.stdout
+  assert f"in {workdir} on " in header[0] and "steps 0 to 3;" in header[0]
   second = cli("--config=configs/digits.py", f"--workdir={workdir}",
                "--config.training.num_steps=5", *TINY_FLAGS)
   assert second.returncode == 0, second.stderr
