@@ -19,7 +19,7 @@ import re
 import shutil
 import socket
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from etils import epath
 
