@@ -15,7 +15,7 @@ translation run's estimator). The modes are ``fdrl_jax.modes.MODES``, the figure
 refinement, class-conditional). Override any config key with
 ``--config.a.b=value``. For multi-process runs (one per host or per GPU) pass ``--distributed``:
 ``jax.distributed.initialize`` then finds SLURM / Cloud TPU pod settings itself, or takes
-``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (the README's "Clusters").
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (docs/guide/clusters.md).
 Every mode then splits its work over all devices of all processes, and process 0 writes the files.
 
 ``--config`` takes a config file (``configs/digits.py``, ``configs/toy2d.py:chasm``, any path), a
