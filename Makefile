@@ -1,9 +1,10 @@
-# Two targets do everything on a fresh machine: `make run` and `make test` (see README.md).
-# Both install the package and its test tools at the exact versions CI ran (requirements.lock pins
-# every extra; each install takes the versions of what it needs from it). The package's own bounds,
-# for users who install it into their environment, are in pyproject.toml.
+# `make run` and `make test` do everything on a fresh machine (README.md, Quick start); `make lint`
+# and `make docs` are the other two checks CI runs (.ci/run). Each installs what it needs at the
+# exact versions CI ran (requirements.lock pins every extra; each install takes the versions of
+# what it needs from it). The package's own bounds, for users who install it into their
+# environment, are in pyproject.toml. VENV=DIR puts the virtual environment elsewhere (.venv).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 UV_VERSION := 0.13.9
@@ -14,7 +15,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PIP) install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
-.PHONY: install run test bench lock lint
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PIP) install --quiet -c requirements.lock -e '.[docs]'
+	touch $@
+
+.PHONY: install run test bench lock lint docs
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -35,8 +40,13 @@ lock: $(VENV)/.installed
 	$(VENV)/bin/uv pip compile pyproject.toml --universal --extra test --extra docs --extra lint \
 	    --extra experiments --extra tensorboard --python-version 3.11 -o requirements.lock $(UPGRADE)
 
+# ruff's rules and mypy's settings are in pyproject.toml.
 lint: $(VENV)/.installed
 	$(PIP) install --quiet -c requirements.lock ruff mypy
 	$(VENV)/bin/ruff check fdrl_jax
 	$(VENV)/bin/ruff format --check fdrl_jax
 	$(VENV)/bin/mypy fdrl_jax
+
+# The site, into site/, with warnings as errors; the two tutorials run during the build (minutes).
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/mkdocs build --strict

@@ -2,8 +2,8 @@
 
 Run (CPU, 2 cores: about 3 minutes for the 2 000 steps):
   python -m fdrl_jax.main --config=configs/digits.py --workdir=runs/digits
-Samples: runs/digits/samples/step_*.png. Class-conditional samples: README, "Class-conditional
-generation".
+Samples: runs/digits/samples/step_*.png. Class-conditional samples: docs/guide/applications.md,
+"Class-conditional generation".
 """
 
 from fdrl_jax.configs import default

@@ -24,7 +24,7 @@ def get_config():
   config.optim.learning_rate = 1e-4
   config.optim.decay_steps = (80_000, 90_000)
   config.optim.ema_decay = 0.998
-  config.eval.metric = "fid"            # with --config.eval.inception_weights (README)
+  config.eval.metric = "fid"            # --config.eval.inception_weights: docs/guide/evaluation.md
   config.eval.num_samples = 50_000      # the paper's protocol (App. E.1, the reference's
   config.eval.num_reference = 0         # eval_ddp.py): 50 000 samples, the whole training split;
                                         # --config.eval.fast=True for a quick, biased FID

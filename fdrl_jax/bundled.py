@@ -25,7 +25,8 @@ a process of a multi-process run draws the same indices and decodes only its own
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -35,8 +36,14 @@ from fdrl_jax import registry
 
 # (rng, n) → n fresh points of an infinite toy distribution.
 PointSource = Callable[[np.random.Generator, int], np.ndarray]
-# (rng, n, rows) → the rows ``rows`` (a slice) of a training batch of n examples drawn with rng.
-BatchFn = Callable[[np.random.Generator, int, slice], np.ndarray]
+
+
+class BatchFn(Protocol):
+  """(rng, n, rows) → the rows ``rows`` (a slice; default all) of a training batch of n examples
+  drawn with rng."""
+
+  def __call__(self, rng: np.random.Generator, n: int, rows: slice = ..., /) -> np.ndarray: ...
+
 
 CHASM_VARIANCE = 0.1
 EIGHT_GAUSSIANS_RADIUS = 2.0

@@ -15,7 +15,8 @@ Only ``build_*`` and the method hooks read a config.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,8 +27,8 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax.configs import cifar10_classifier
 from fdrl_jax import optim, registry, robust_resnet, torch_files
+from fdrl_jax.configs import cifar10_classifier
 from fdrl_jax.conv import conv_general_dilated
 
 Array = jax.Array
@@ -55,8 +56,7 @@ class ClassifierNet(nn.Module):
     return x if features else nn.Dense(self.num_classes)(x)
 
 
-@struct.dataclass
-class ClassifierState:
+class ClassifierState(struct.PyTreeNode):
   """A classifier's training state; saved whole by the checkpoints."""
   step: Array
   params: Any
@@ -233,8 +233,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
 def _attack(config: ml_collections.ConfigDict) -> dict:
   """The PGD-L2 settings of ``config.classifier`` (step 0: ``default_step_size``)."""
   c = config.classifier
-  return dict(epsilon=c.epsilon, num_steps=c.num_steps,
-              step_size=c.step_size or default_step_size(c.epsilon, c.num_steps))
+  return {"epsilon": c.epsilon, "num_steps": c.num_steps,
+          "step_size": c.step_size or default_step_size(c.epsilon, c.num_steps)}
 
 
 def init_state(config: ml_collections.ConfigDict, dataset, key: jax.Array, *,
@@ -260,12 +260,12 @@ def evaluate_accuracy(config: ml_collections.ConfigDict, run, state, workdir: st
   x, y = run.dataset.test, run.dataset.test_labels
   attack = _attack(config)
   if attack["epsilon"] == 0:
-    attack = dict(epsilon=1.0, num_steps=config.classifier.num_steps or 7,
-                  step_size=default_step_size(1.0, config.classifier.num_steps or 7))
+    attack = {"epsilon": 1.0, "num_steps": config.classifier.num_steps or 7,
+              "step_size": default_step_size(1.0, config.classifier.num_steps or 7)}
   return {"clean_accuracy": accuracy(apply, params, x, y),
           "adversarial_accuracy": accuracy(apply, params, x, y, **attack),
           "attack": f"PGD-L2, epsilon {attack['epsilon']:g}, {attack['num_steps']} steps of "
-                    f"{attack['step_size']:g}", "num_test": int(len(x))}
+                    f"{attack['step_size']:g}", "num_test": len(x)}
 
 
 def robustness_run(ckpt: dict, source: str) -> tuple[ml_collections.ConfigDict, ClassifierState]:

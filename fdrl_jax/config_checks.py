@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 

@@ -27,7 +27,7 @@ on the ResNet32 estimator's layers (experiments/README.md, "The ResNet32 estimat
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +111,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
   Grouped convolutions fall back to the plain operation.
   """
-  kwargs = dict(precision=precision, preferred_element_type=preferred_element_type)
+  kwargs = {"precision": precision, "preferred_element_type": preferred_element_type}
   plain = lambda x, k: jax.lax.conv_general_dilated(
       x, k, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count, batch_group_count, **kwargs)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -182,14 +183,23 @@ def image_batch(config: ml_collections.ConfigDict, dataset: bundled.Dataset, ste
 def labelled_batch(config: ml_collections.ConfigDict, dataset: bundled.Dataset, step: int,
                    rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
   """The rows ``rows`` of the global (images, labels) batch of step ``step``, a pure function of
-  (seed, step)."""
+  (seed, step).
+
+  Raises:
+    ValueError: one line, if the batch is larger than the training split or the data set has no
+      labelled training split in memory (one of ``labelled_images``' has).
+  """
+  train, labels = dataset.train, dataset.train_labels
+  if train is None or labels is None:
+    raise ValueError(f"The data set {dataset.name!r} has no labelled training split in memory; a "
+                     "classifier trains on labelled images (datasets.labelled_images).")
   rng = np.random.default_rng([config.seed, step])
   n = config.data.batch_size
-  if n > len(dataset.train):
-    raise ValueError(f"--config.data.batch_size={n} is larger than the {len(dataset.train)} "
+  if n > len(train):
+    raise ValueError(f"--config.data.batch_size={n} is larger than the {len(train)} "
                      "training images.")
-  idx = rng.choice(len(dataset.train), size=n, replace=False)[rows]
-  return dataset.train[idx], dataset.train_labels[idx]
+  idx = rng.choice(len(train), size=n, replace=False)[rows]
+  return train[idx], labels[idx]
 
 
 def prefetch(make: Callable[[int], Any], steps: range, depth: int = 2) -> Iterator[Any]:

@@ -11,7 +11,8 @@ that output without overflow: from l, Eq. (22)–(24) use ``log_sigmoid``; from 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -19,7 +19,7 @@ import re
 import shutil
 import socket
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from etils import epath
 
@@ -79,7 +79,7 @@ def check_writable(path: str, needed_bytes: int = 0) -> None:
   parallel.check_on_writer(check)
 
 
-def write_file(path: str, write: Callable[[str], None]) -> str:
+def write_file(path: str, write: Callable[[str], object]) -> str:
   """(Re)writes ``path`` — a run's own file (config, sample grid, statistics cache) — with
   ``write(local_temporary_path)``, whole or not at all; only on the writing process."""
   if not parallel.is_writer():
@@ -157,7 +157,7 @@ def _readable(path: str) -> None:
   os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
-def _via_temporary(path: str, write: Callable[[str], None], commit: Callable[[str], None]
+def _via_temporary(path: str, write: Callable[[str], object], commit: Callable[[str], None]
                    ) -> None:
   """``write`` a temporary file beside ``path`` (readable like any output), then ``commit`` it
   under its name; the temporary file never outlives the call. A failed write (a full disk, a
@@ -201,7 +201,7 @@ def append_line(path: str, line: str) -> None:
       raise OSError(e.errno, e.strerror, path) from None
 
 
-def write_new_file(output: str, write: Callable[[str], None]) -> str:
+def write_new_file(output: str, write: Callable[[str], object]) -> str:
   """Creates ``output`` with ``write(temporary_path)``, never replacing an existing file; only on
   the writing process of a multi-process run (the others return at once).
 
@@ -230,7 +230,7 @@ def write_new_file(output: str, write: Callable[[str], None]) -> str:
   return output
 
 
-def write_new_folder(output: str, write: Callable[[str], None]) -> str:
+def write_new_folder(output: str, write: Callable[[str], object]) -> str:
   """Creates the folder ``output`` (or fills an empty one) with ``write(temporary_folder)``: the
   files go to a temporary folder beside it, renamed to ``output`` once all are written, so a
   killed run leaves no half-filled ``output`` (its temporary folder is removed by the next run).

@@ -18,7 +18,8 @@ read a config.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -29,9 +30,9 @@ from flax import struct
 from jax.sharding import NamedSharding
 
 from fdrl_jax import bundled, generators, models, monoflow, sampling
-from fdrl_jax.models import training_apply, variables
 from fdrl_jax.flows import build_flow_spec
 from fdrl_jax.losses import LOSSES
+from fdrl_jax.models import training_apply, variables
 
 Array = jax.Array
 
@@ -39,8 +40,7 @@ Array = jax.Array
 DISCRIMINATOR_LOSS = LOSSES["lr"]
 
 
-@struct.dataclass
-class GANState:
+class GANState(struct.PyTreeNode):
   """Generator and discriminator parameters and optimizer states; saved whole by the checkpoints.
 
   ``gen_stats`` and ``disc_stats`` hold the networks' batch-norm statistics (empty for networks
@@ -208,7 +208,8 @@ def make_gan_step(
 # ----------------------------------------------------------------------------------------------
 # The method's hooks (``fdrl_jax.methods``).
 
-def _networks(config: ml_collections.ConfigDict, dataset: bundled.Dataset):
+def _networks(config: ml_collections.ConfigDict,
+              dataset: bundled.Dataset) -> tuple[nn.Module, nn.Module]:
   generator = generators.create_generator(config.generator, dataset.event_shape, dataset.is_image)
   return generator, models.create_model(config.model)
 
@@ -237,7 +238,12 @@ def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
   discriminator's logit for the ``refine`` sampler."""
   generator, discriminator = _networks(config, dataset)
   latent_dim = config.generator.latent_dim
-  generate = lambda state: (lambda z: generator.apply(state.generator_variables(), z))
+
+  def generate(state: GANState) -> Callable[[Array], Array]:
+    # flax types Module.apply's result as `out | (out, variables)` whatever `mutable` is; without
+    # `mutable` it is the samples.
+    return lambda z: generator.apply(state.generator_variables(), z)  # type: ignore[return-value]
+
   logit = lambda state: discriminator_logit(discriminator.apply, state.disc_params,
                                             state.disc_stats)
   return sampling.SamplerParts(

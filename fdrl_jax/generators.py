@@ -7,7 +7,7 @@ any data, the DCGAN generator, and MonoFlow's own DCGAN generator (``nets.py``).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -23,7 +23,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -64,6 +65,7 @@ def load(workdir: str | os.PathLike) -> LoadedRun:
   """
   workdir = os.fspath(workdir)
   config = workdirs.read_config(workdir)
+  state: Any  # the method's own state (FDRL's TrainState, GANState, ClassifierState)
   run, state, step = run_lib.restore_latest(config, workdir, data_optional=True)
   method = config.get("method", "fdrl")
   if method == "classifier":
@@ -71,11 +73,16 @@ def load(workdir: str | os.PathLike) -> LoadedRun:
     return LoadedRun(config, step, state, state.params,
                      output=classifier.log_probabilities(model.apply, state.params))
   parts = run.sampler_parts()
+  if parts is None:
+    raise ValueError(f"{workdir} holds a {method!r} run, which has no sampler to load.")
   sampler = sampling.prior_sample_fn(parts)
   if parts.generator is not None:
     g = parts.generator
     return LoadedRun(config, step, state, state.gen_params, generator=g.generate(state),
                      discriminator=g.logit(state), sampler=sampler)
+  if parts.estimator is None or parts.potential is None:
+    raise ValueError(f"{workdir} holds a {method!r} run, which has neither a generator nor a "
+                     "density-ratio estimator to load.")
   return LoadedRun(config, step, state, state.ema_params, prior=state.prior,
                    output=parts.estimator.apply(state), potential=parts.potential(state),
                    sampler=sampler)
@@ -92,6 +99,7 @@ def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]) ->
     raise ValueError(f"--config.sampling.classifier_workdir {classifier_workdir} holds a "
                      f"{config.get('method', 'fdrl')!r} run, not a classifier; train one with "
                      "--config=configs/digits_classifier.py (or another classifier config).")
+  state: Any  # a ClassifierState
   run, state, _ = run_lib.restore_latest(config, classifier_workdir)
   if tuple(run.dataset.event_shape) != tuple(event_shape):
     raise ValueError(f"The classifier in {classifier_workdir} was trained on images of shape "

@@ -17,7 +17,8 @@ Terms are written in the network's own output (r, or l = log r) so that they sta
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

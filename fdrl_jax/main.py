@@ -15,7 +15,7 @@ translation run's estimator). The modes are ``fdrl_jax.modes.MODES``, the figure
 refinement, class-conditional). Override any config key with
 ``--config.a.b=value``. For multi-process runs (one per host or per GPU) pass ``--distributed``:
 ``jax.distributed.initialize`` then finds SLURM / Cloud TPU pod settings itself, or takes
-``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (the README's "Clusters").
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (docs/guide/clusters.md).
 Every mode then splits its work over all devices of all processes, and process 0 writes the files.
 
 ``--config`` takes a config file (``configs/digits.py``, ``configs/toy2d.py:chasm``, any path), a
@@ -120,10 +120,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    while e.args and isinstance(e.args[0], Exception):  # ml_collections wraps a KeyError
-      e = e.args[0]
-    text = str(e.args[0]) if e.args else str(e)
-    key = re.match(r"'?([\w.]*)", text).group(1)
+    err: Exception = e
+    while err.args and isinstance(err.args[0], Exception):  # ml_collections wraps a KeyError
+      err = err.args[0]
+    text = str(err.args[0]) if err.args else str(err)
+    match = re.match(r"'?([\w.]*)", text)  # matches any text (maybe empty)
+    key = match.group(1) if match else ""
     given = [a.split("=")[0][len("--config."):] for a in argv if a.startswith("--config.")]
     key = next((g for g in given if g == key or g.endswith("." + key)), key)
     guess = re.search(r'Did you mean "([\w.]+)"', text)
@@ -145,11 +147,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def _workdir() -> str:
+  """``--workdir``; "" only for ``--mode=config``, which needs none (``_parse_flags`` checks)."""
+  return _WORKDIR.value or ""
+
+
 def _new_output(name: str) -> str:
   """A new file ``name`` in the workdir (``-2``, ``-3`` ... before the extension if it exists),
   named the same by every process before any of them writes."""
   from fdrl_jax import files, parallel, workdir
-  path = files.free_path(workdir.join(_WORKDIR.value, name))
+  path = files.free_path(workdir.join(_workdir(), name))
   parallel.sync("output_name")
   return path
 
@@ -168,7 +175,7 @@ def main(argv: list[str]) -> None:
     mode = registry.lookup(modes.MODES, _MODE.value, "--mode")
     if _DISTRIBUTED.value:
       parallel.initialize_distributed(*cluster)
-    mode(_CONFIG.value, _WORKDIR.value, options)
+    mode(_CONFIG.value, _workdir(), options)
   except modes.ResultNotWritten as e:
     print(json.dumps(e.result, indent=2))  # the evaluation's numbers, then why they are not saved
     _fail(str(e))
@@ -176,7 +183,7 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   except OSError as e:  # a write that failed after the checks: a full disk, a file-size limit
     from fdrl_jax import workdir
-    where = workdir.log_error(_WORKDIR.value, e) if os.path.isdir(_WORKDIR.value) else ""
+    where = workdir.log_error(_workdir(), e) if os.path.isdir(_workdir()) else ""
     _fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}. Nothing written "
           f"before it is lost; free space (or fix the folder) and run the command again{where}.")
   except run_lib.TrainingInterrupted as e:

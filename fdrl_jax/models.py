@@ -15,7 +15,8 @@ call with ``update_stats=True`` and ``mutable=["batch_stats"]`` in a training st
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -193,9 +194,10 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
-    stem, stages, attention_after = RESNETS[self.arch]
+    stem_features, stage_specs, attention_after = RESNETS[self.arch]
     scaled = lambda channels: max(1, round(channels * self.width))
-    stem, stages = scaled(stem), [(scaled(f), blocks, stride) for f, blocks, stride in stages]
+    stem = scaled(stem_features)
+    stages = [(scaled(f), blocks, stride) for f, blocks, stride in stage_specs]
     x = _Layer(nn.Conv(stem, (3, 3), use_bias=False, padding=((1, 1), (1, 1)), dtype=self.dtype,
                        conv_general_dilated=conv_general_dilated, **_init(self.torch_init)),
                self.spectral_norm)(x, update_stats)
@@ -275,7 +277,16 @@ class MonoFlowDiscriminator(nn.Module):
     return x.reshape(x.shape[0], -1)[:, 0]
 
 
-MODELS = {
+def _resnet_builder(arch: str) -> Callable[[ml_collections.ConfigDict, float], nn.Module]:
+  """The ``MODELS`` entry of ResNet ``arch`` (a key of RESNETS)."""
+  return lambda cfg, bias: ResNet(
+      arch=arch, spectral_norm=cfg.spectral_norm, self_attention=cfg.self_attention,
+      negative_slope=cfg.negative_slope, dtype=jnp.bfloat16 if cfg.bf16 else None,
+      output_bias=bias, torch_init=cfg.torch_init, width=cfg.resnet_width)
+
+
+# name → (the ``model`` config group, the output layer's initial bias) → the estimator.
+MODELS: dict[str, Callable[[ml_collections.ConfigDict, float], nn.Module]] = {
     "dcgan": lambda cfg, bias: DCGANDiscriminator(
         channels=tuple(cfg.channels), negative_slope=cfg.negative_slope, output_bias=bias,
         torch_init=cfg.torch_init),
@@ -287,11 +298,7 @@ MODELS = {
                                       torch_init=cfg.torch_init),
     "monoflow_dcgan": lambda cfg, bias: MonoFlowDiscriminator(
         channels=tuple(cfg.channels), negative_slope=cfg.negative_slope),
-    **{arch: (lambda cfg, bias, arch=arch: ResNet(
-        arch=arch, spectral_norm=cfg.spectral_norm, self_attention=cfg.self_attention,
-        negative_slope=cfg.negative_slope, dtype=jnp.bfloat16 if cfg.bf16 else None,
-        output_bias=bias, torch_init=cfg.torch_init, width=cfg.resnet_width))
-        for arch in RESNETS},
+    **{arch: _resnet_builder(arch) for arch in RESNETS},
 }
 
 

@@ -18,7 +18,8 @@ potential for ``fdrl_jax.flow`` (which moves down the gradient of φ) this is φ
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -171,8 +172,9 @@ def refine(
   η h'(d(x))∇ₓ d(x) + ν ξ (clipped to ``clip``). Both are ``fdrl_jax.flow`` runs.
   """
   check_refine_space(space)
-  kwargs = dict(num_steps=num_steps, step_size=step_size, noise_scale=noise_scale)
   if space == "latent":
-    z = flow(latent_potential(logit_fn, generator_fn, hmap), z, key, **kwargs)
+    z = flow(latent_potential(logit_fn, generator_fn, hmap), z, key, num_steps=num_steps,
+             step_size=step_size, noise_scale=noise_scale)
     return generator_fn(z)
-  return flow(potential(logit_fn, hmap), generator_fn(z), key, clip=clip, **kwargs)
+  return flow(potential(logit_fn, hmap), generator_fn(z), key, num_steps=num_steps,
+              step_size=step_size, noise_scale=noise_scale, clip=clip)

@@ -9,7 +9,8 @@ of a global batch (``process_rows``), and exactly one process writes files (``is
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np

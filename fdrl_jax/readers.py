@@ -25,8 +25,9 @@ import sys
 import threading
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageMode

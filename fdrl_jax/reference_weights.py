@@ -22,7 +22,8 @@ the same layout changes as the weights.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -110,14 +111,14 @@ def convert_params(lookup: Callable[[str], np.ndarray | None], layers: list[Laye
   if gamma:
     entries.append(("self_attn_module.gamma", ("SelfAttention_0", "gamma")))
   for name, path in entries:
-    value = lookup(name)
-    if value is None:
+    saved = lookup(name)
+    if saved is None:
       hint = " (spectral norm is on in its config)" if name.endswith("_orig") else ""
       raise ValueError(f"{source} lacks {name}{hint}")
-    value = _flax_value(name, value)
+    value = _flax_value(name, saved)
     expected = tuple(_get(template, path).shape)
     if value.shape != expected:
-      raise ValueError(f"{source}: {name} has shape {np.shape(lookup(name))}; this library's "
+      raise ValueError(f"{source}: {name} has shape {np.shape(saved)}; this library's "
                        f"estimator has {expected} in Flax's layout")
     _put(params, path, value)
   return params

@@ -9,7 +9,8 @@ setting was wrong, guesses the name meant, and lists the valid ones.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Mapping, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 T = TypeVar("T")
 

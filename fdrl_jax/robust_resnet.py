@@ -19,7 +19,7 @@ they are mapped to [0, 1], clipped (as robustness's ``InputNormalize``) and norm
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -91,7 +91,7 @@ def torch_layers(arch: str) -> list[tuple[str, str | None, tuple[str, ...]]]:
   """(conv or linear name, its batch norm's name or None, Flax path) of robustness's ResNet
   ``arch`` in the ``state_dict``'s names (without ``model.``)."""
   bottleneck, blocks = RESNETS[arch]
-  layers = [("conv1", "bn1", ("Conv_0",))]
+  layers: list[tuple[str, str | None, tuple[str, ...]]] = [("conv1", "bn1", ("Conv_0",))]
   index = 0
   for stage, n in enumerate(blocks):
     for b in range(n):

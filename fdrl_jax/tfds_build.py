@@ -21,8 +21,8 @@ import argparse
 import io
 import os
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -34,7 +34,9 @@ VERSION_PATTERN = r"\d+\.\d+\.\d+"
 SPLIT_PATTERN = r"[A-Za-z0-9_]+"
 
 
-class ImageFolders(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+# tfds has no annotations, so mypy checks skip_registration against object's __init_subclass__.
+class ImageFolders(  # type: ignore[call-arg]
+    tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A tfds builder with one split per folder of images and one feature, "image".
 
   Not registered: the built set is read back from its files (``tfds.data_source`` with the

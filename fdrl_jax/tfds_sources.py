@@ -9,17 +9,35 @@ does for folders.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from fdrl_jax.bundled import Dataset
-from fdrl_jax.readers import (DEFAULT_MAX_FIT_SAMPLES, IMAGE_MODES, Loader, first_line,
-                              indexed_dataset, load_all, preprocess)
+from fdrl_jax.readers import (
+  DEFAULT_MAX_FIT_SAMPLES,
+  IMAGE_MODES,
+  Loader,
+  first_line,
+  indexed_dataset,
+  load_all,
+  preprocess,
+)
 
 DEFAULT_MAX_TEST_SAMPLES = 10_000
 MISSING_TFDS_ERRORS = (NotImplementedError, KeyError, FileNotFoundError, AssertionError)
+
+
+class Source(Protocol):
+  """A tfds split opened for random access (what ``tfds.data_source`` returns): example i as a
+  dict of decoded features, and the set's ``tfds.core.DatasetInfo``."""
+
+  dataset_info: Any
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, i: int) -> dict: ...
 
 
 def tfds_root(data_dir: str | os.PathLike | None) -> str:
@@ -40,7 +58,7 @@ def missing_tfds_message(name: str, split: str, data_dir: str | os.PathLike | No
 
 
 def open_tfds(name: str, split: str, data_dir: str | os.PathLike | None,
-              split_key: str = "data.train_split") -> Sequence[dict]:
+              split_key: str = "data.train_split") -> Source:
   """Opens a prepared tfds split for random access, never downloading or preparing it.
 
   Args:
@@ -71,7 +89,7 @@ def open_tfds(name: str, split: str, data_dir: str | os.PathLike | None,
                      ) from None
 
 
-def check_tfds_image(source: Sequence[dict], name: str, image_key: str) -> None:
+def check_tfds_image(source: Source, name: str, image_key: str) -> None:
   """Checks that feature ``image_key`` of a tfds source is a uint8 image of 1 or 3 channels.
 
   Raises:
@@ -81,7 +99,7 @@ def check_tfds_image(source: Sequence[dict], name: str, image_key: str) -> None:
   images = [key for key, feature in features.items() if isinstance(feature, tfds.features.Image)]
   hint = (f"set data.image_key to one of its image features: {', '.join(images)}" if images
           else "it has no image feature")
-  if image_key not in features.keys():
+  if image_key not in features:
     raise ValueError(f"tfds dataset {name!r} has no feature {image_key!r}; {hint}")
   feature = features[image_key]
   if not isinstance(feature, tfds.features.Image):
@@ -93,15 +111,15 @@ def check_tfds_image(source: Sequence[dict], name: str, image_key: str) -> None:
                      "read: rebuild the set with those or set data.image_key to another feature")
 
 
-def tfds_loader(source: Sequence[dict], image_key: str = "image",
-                **preprocessing: int | None) -> Loader:
+def tfds_loader(source: Source, image_key: str = "image",
+                **preprocessing: Any) -> Loader:
   """Returns a function decoding and preprocessing the image of example i of a tfds source."""
   return lambda i: preprocess(source[i][image_key], **preprocessing)
 
 
 def tfds_test_images(name: str, test_split: str | None, data_dir: str | os.PathLike | None,
                      max_images: int, image_key: str = "image",
-                     **preprocessing: int | None) -> np.ndarray | None:
+                     **preprocessing: Any) -> np.ndarray | None:
   """Decodes the first ``max_images`` images of a tfds test split, or None without a split."""
   if test_split is None:
     return None
@@ -110,7 +128,7 @@ def tfds_test_images(name: str, test_split: str | None, data_dir: str | os.PathL
 
 
 def tfds_labelled(name: str, split: str, data_dir: str | os.PathLike | None, max_examples: int,
-                  **preprocessing: int | None) -> tuple[np.ndarray, np.ndarray]:
+                  **preprocessing: Any) -> tuple[np.ndarray, np.ndarray]:
   """The first ``max_examples`` images of a tfds split with their integer ``label`` (for the
   in-project classifier of an evaluation metric)."""
   source = open_tfds(name, split, data_dir)

@@ -29,7 +29,7 @@ import os
 import pickle
 import zipfile
 import zlib
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, Self
 
 import ml_dtypes
 import numpy as np
@@ -53,8 +53,14 @@ class Opaque:
   called or created with, its pickled state and any items or list entries pickled into it."""
   module: str = ""
   name: str = ""
+  # Set by __new__: pickle's NEWOBJ creates the object without calling __init__.
+  args: tuple[Any, ...]
+  kwargs: dict[str, Any]
+  state: Any
+  items: dict[Any, Any]
+  entries: list[Any]
 
-  def __new__(cls, *args: Any, **kwargs: Any) -> "Opaque":
+  def __new__(cls, *args: Any, **kwargs: Any) -> Self:
     obj = object.__new__(cls)
     obj.args, obj.kwargs, obj.state = args, kwargs, None
     obj.items, obj.entries = {}, []
@@ -72,7 +78,7 @@ class Opaque:
   def append(self, value: Any) -> None:  # APPENDS
     self.entries.append(value)
 
-  extend = lambda self, values: self.entries.extend(values)  # noqa: E731
+  extend = lambda self, values: self.entries.extend(values)
 
   qualname = property(lambda self: f"{self.module}.{self.name}")
 
@@ -196,7 +202,7 @@ def _unpickle(unpickler: _Unpickler) -> Any:
     return unpickler.load()
   except _Invalid:
     raise
-  except Exception as e:  # anything a damaged pickle can raise
+  except Exception as e:  # noqa: BLE001 (anything a damaged pickle can raise)
     raise _Invalid(f"its pickle is damaged ({type(e).__name__})") from None
 
 

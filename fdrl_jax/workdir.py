@@ -20,12 +20,12 @@ import os
 import sys
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import filelock
 import ml_collections
-from absl import logging as absl_logging
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 
 from fdrl_jax import config_checks, files, parallel
