@@ -1,23 +1,18 @@
 """Reads ``torch.save`` files with NumPy alone: no PyTorch, and nothing in the file is run.
 
 Both of PyTorch's formats are read: the zip archive (the default since PyTorch 1.6), whose
-``<archive>/data.pkl`` pickles the saved object with each tensor's storage named by a persistent
-id and stored raw in ``<archive>/data/<key>``; and the older single stream of pickles (a magic
-number, a protocol version, system information, the object, the list of storage keys), followed by
-each storage as an 8-byte element count and its raw bytes.
+``<archive>/data.pkl`` pickles the object with each tensor's storage stored raw in
+``<archive>/data/<key>``; and the older stream of pickles (magic number, protocol, system
+information, the object, the storage keys), each storage then as a count and its raw bytes.
 
 A tensor is pickled as ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``
 (an ``nn.Parameter`` wraps it in ``_rebuild_parameter``) and comes back as a NumPy array copied out
-of its storage with that offset and those strides. ``collections.OrderedDict``, ``torch.Size``
-(a tuple), NumPy scalars and dtypes, sets and protocol 2's ``bytes`` (``_codecs.encode`` of latin-1
-text) are rebuilt as themselves. Every other global name — an LR
-scheduler, a ``torch.distributions`` object, ``dill``'s ``_create_function`` and its other helpers,
-``os.system`` — unpickles to an inert :class:`Opaque` that only records its name, arguments and
-state: it is never looked up or called. So a checkpoint that pickles a whole scheduler or a lambda
-(as ``dill`` does) still reads, and its tensors are there.
-
-``multivariate_normal`` reads a pickled ``torch.distributions.MultivariateNormal`` (the
-reference's ``DATASET_ddp.pt``) into its mean and Cholesky factor.
+of its storage. ``collections.OrderedDict``, ``torch.Size``, NumPy scalars and dtypes, sets and
+protocol 2's ``bytes`` are rebuilt as themselves. Every other global — an LR scheduler, a
+``torch.distributions`` object, ``dill``'s helpers, ``os.system`` — unpickles to an inert
+:class:`Opaque` that records its name, arguments and state and is never looked up or called: a
+checkpoint that pickles a scheduler or a lambda still reads, with its tensors
+(``multivariate_normal`` reads the reference's pickled priors, ``DATASET_ddp.pt``).
 """
 
 from __future__ import annotations
