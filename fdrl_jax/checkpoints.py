@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import re
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import ml_collections

@@ -18,7 +18,8 @@ Sampling (Algorithm 2 and the rest) is ``fdrl_jax.sampling`` composing ``sampler
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -29,10 +30,10 @@ from flax import struct
 from jax.sharding import NamedSharding
 
 from fdrl_jax import bundled, datasets, models, optim, priors, sampling
-from fdrl_jax.models import training_apply, variables
 from fdrl_jax.divergences import flow_potential
 from fdrl_jax.flows import FlowSpec, build_flow_spec, flow
 from fdrl_jax.losses import BregmanLoss, get_loss
+from fdrl_jax.models import training_apply, variables
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -146,8 +147,8 @@ def make_train_step(
       x_0 = augment(x_0, *jax.random.split(jax.random.fold_in(k_prior, 1)))
     if particle_sharding is not None:
       x_0 = jax.lax.with_sharding_constraint(x_0, particle_sharding)
-    flow_kwargs = dict(num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
-                       noise_scale=flow_spec.noise_scale, clip=flow_spec.training_clip())
+    flow_kwargs = {"num_steps": flow_spec.num_steps, "step_size": flow_spec.step_size,
+                       "noise_scale": flow_spec.noise_scale, "clip": flow_spec.training_clip()}
     updating_pass = lambda params, stats, x: training_apply(apply_fn, params, stats, x,
                                                            update_stats=True)
     per_call = sn_every_call and bool(state.batch_stats)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import ml_collections
@@ -171,7 +171,7 @@ def reference_set(config: ml_collections.ConfigDict, dataset: bundled.Dataset, w
                 keep_features=keep_features)
     return feature_set
   batches, label = reference_images(config, dataset, extractor.name, translation=translation)
-  keep = dict(keep_features=keep_features, keep_logits=keep_logits, quantize=quantize)
+  keep = {"keep_features": keep_features, "keep_logits": keep_logits, "quantize": quantize}
   if extractor.name != "inception":
     return compute_set(extractor, batches, **keep)
   cache = files.as_path(workdirs.join(

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from fdrl_jax import (bundled, classifier, datasets, inception, inception_weights, parallel,
-                      registry, scores)
+from fdrl_jax import (
+  bundled,
+  classifier,
+  datasets,
+  inception,
+  inception_weights,
+  parallel,
+  registry,
+  scores,
+)
 
 # The feature classifier's training: Adam's step, the batch, and the σ of the mild input noise
 # that defines its features on slightly off-manifold samples too.

@@ -23,15 +23,27 @@ is refused up front, and the PNG created by ``files.write_new_file``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fdrl_jax import (bundled, datasets, features, files, flows, images, loading, priors, registry,
-                      run_lib, sampling, scores)
+from fdrl_jax import (
+  bundled,
+  datasets,
+  features,
+  files,
+  flows,
+  images,
+  loading,
+  registry,
+  run_lib,
+  sampling,
+  scores,
+)
 
 Array = jax.Array
 

@@ -53,9 +53,22 @@ import ml_collections
 import numpy as np
 import optax
 
-from fdrl_jax import (classifier, datasets, fdrl, models, optim, priors, readers, reference_weights,
-                      robust_resnet, torch_files)
-from fdrl_jax import checkpoints, files, methods, workdir as workdirs
+from fdrl_jax import (
+  checkpoints,
+  classifier,
+  datasets,
+  fdrl,
+  files,
+  methods,
+  models,
+  optim,
+  priors,
+  readers,
+  reference_weights,
+  robust_resnet,
+  torch_files,
+  workdir as workdirs,
+)
 
 # The reference's data set -> (this library's config module, its argument, image side).
 DATASETS = {"cifar10": ("cifar10", None, 32), "celeba": ("celeba64", None, 64),

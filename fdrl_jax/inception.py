@@ -46,7 +46,8 @@ features (``fdrl_jax.features`` sums their moments).
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -15,7 +15,8 @@ Adding a method is one record here; no method runs another's builders.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import ml_collections
 

@@ -15,11 +15,12 @@ and panels of ``metrics.png``; the training's sample grids go to TensorBoard as 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -38,7 +39,7 @@ def header(method: str, workdir: str, devices, start: int, end: int, *, samples:
   line), workdir, devices (count and kind) and processes, steps, and where its files go."""
   argv = sys.argv[1:]
   config = ([a[len("--config="):] for a in argv if a.startswith("--config=")]
-            + [b for a, b in zip(argv, argv[1:]) if a == "--config"] + ["given in Python"])[0]
+            + [b for a, b in itertools.pairwise(argv) if a == "--config"] + ["given in Python"])[0]
   devices = list(devices)
   kinds = "/".join(sorted({d.device_kind for d in devices}))
   grids = f"samples to {workdirs.join(workdir, 'samples')}, " if samples else ""
@@ -157,7 +158,7 @@ ROW_LABELS = ("step", "flow_length", "class", "num_samples")
 def eval_rows(result: dict, step: int) -> list[dict]:
   """The rows of a method's evaluation ``result`` (its ``rows``), each with ``step`` first; a
   result without rows is one row of its own entries."""
-  rows = result["rows"] if "rows" in result else [result]
+  rows = result.get("rows", [result])
   return [{"step": step, **{k: v for k, v in row.items() if k != "step"}} for row in rows]
 
 

@@ -18,14 +18,27 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import ml_collections
 import numpy as np
 
-from fdrl_jax import (checkpoints, feature_stats, files, figures, images, loading, methods,
-                      metrics_log, parallel, registry, run_lib, sampling)
-from fdrl_jax import workdir as workdirs
+from fdrl_jax import (
+  checkpoints,
+  feature_stats,
+  figures,
+  files,
+  images,
+  loading,
+  methods,
+  metrics_log,
+  parallel,
+  registry,
+  run_lib,
+  sampling,
+  workdir as workdirs,
+)
 
 
 class ResultNotWritten(ValueError):

@@ -15,7 +15,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Self
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,18 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from fdrl_jax import (bundled, checkpoints, datasets, files, images, methods, metrics_log,
-                      parallel, sampling, workdir as workdirs)
+from fdrl_jax import (
+  bundled,
+  checkpoints,
+  datasets,
+  files,
+  images,
+  methods,
+  metrics_log,
+  parallel,
+  sampling,
+  workdir as workdirs,
+)
 
 
 class TrainingDiverged(ValueError):
@@ -146,7 +157,7 @@ class StopRequests:
     self._previous: dict[int, object] = {}
     self._sync = jax.process_count() > 1
 
-  def __enter__(self) -> "StopRequests":
+  def __enter__(self) -> Self:
     if threading.current_thread() is threading.main_thread():
       for sig in ((signal.SIGINT,) if self._sync else (signal.SIGINT, signal.SIGTERM)):
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -347,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
           flush(done)
           x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
           grid = workdirs.join(workdir, "samples", f"step_{done:07d}.png")
-          files.write_file(grid, lambda path: images.save_samples(x, path, reference))
+          files.write_file(grid, lambda path, x=x: images.save_samples(x, path, reference))
           log.write_image("samples", grid, done)
         for hook in hooks:
           hook.after_step(done, state, metrics)

@@ -20,7 +20,8 @@ precision/recall (``precision_recall``) work on any extractor's features or clas
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
