@@ -168,9 +168,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.metric = "fd_digits"    # --mode=eval: fd_digits (bundled digits) | fd_mnist | fid |
                                       # mmd (2-D toy sets)
   config.eval.num_samples = 1000      # samples drawn with the EMA estimator, K + κ steps
-  config.eval.inception_weights = ""  # fid: .npz of the FID Inception (see fdrl_jax/inception.py)
+  config.eval.inception_weights = ""  # fid: .npz of the FID Inception (fdrl_jax/inception_weights.py)
   config.eval.num_reference = 10_000  # fid: training images behind the cached statistics (0: all)
   config.eval.fast = False            # True: 1 000 samples against 10 000 training images (quick,
                                       # biased FID of a run in progress)
   config.eval.batch_size = 0          # particles per sampling call (0: data.batch_size)
+  config.eval.reference_stats = ""    # .npz of the reference's statistics (--mode=stats, or
+                                      # pytorch-fid's / clean-fid's): used instead of the data's
   return config

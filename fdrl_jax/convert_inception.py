@@ -1,4 +1,4 @@
-"""Converts pytorch-fid's FID Inception weights into the ``.npz`` of ``fdrl_jax.inception``.
+"""Converts pytorch-fid's FID Inception weights into the ``.npz`` of ``fdrl_jax.inception_weights``.
 
 Usage (no PyTorch needed)::
 
@@ -7,13 +7,13 @@ Usage (no PyTorch needed)::
 The input is pytorch-fid's ``state_dict`` file from its GitHub release ``fid_weights``, read by
 ``fdrl_jax.torch_files`` (either ``torch.save`` format; nothing in the file runs).
 
-The names are mapped as the module docstring of ``fdrl_jax.inception`` says (``<layer>.conv.weight``
+The names are mapped as the module docstring of ``fdrl_jax.inception_weights`` says (``<layer>.conv.weight``
 transposed OIHW -> HWIO to ``<layer>/conv/kernel``, the BatchNorm's ``weight``, ``bias``,
 ``running_mean``, ``running_var`` to ``scale``, ``bias``, ``mean``, ``var``; the classifier's
 ``fc.weight`` transposed to ``fc/kernel`` and ``fc.bias`` to ``fc/bias``, kept when the source has
 them, for the Inception Score's logits; ``num_batches_tracked`` dropped). An existing output is
-never overwritten, and the written file is checked by ``inception.load_weights`` (and removed if
-that fails). Every error is one line.
+never overwritten, and the written file is checked by ``inception_weights.load_weights`` (and
+removed if that fails). Every error is one line.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from fdrl_jax import inception, torch_files
+from fdrl_jax import inception, inception_weights, torch_files
 
 # (module, leaf) of a state_dict name -> leaf of the .npz key.
 LEAVES = {("conv", "weight"): "kernel", ("bn", "weight"): "scale", ("bn", "bias"): "bias",
@@ -74,7 +74,7 @@ def torch_name(key: str) -> str:
 
 def to_npz_arrays(state: dict[str, np.ndarray], path: str = "the state_dict"
                   ) -> dict[str, np.ndarray]:
-  """Maps a pytorch-fid ``state_dict`` to the ``.npz`` arrays that ``inception.load_weights`` reads.
+  """Maps a pytorch-fid ``state_dict`` to the ``.npz`` arrays that ``inception_weights.load_weights`` reads.
 
   Args:
     state: ``{name: array}`` as read by :func:`read_state_dict`.
@@ -136,7 +136,7 @@ def convert(source: str, output: str) -> int:
   except OSError as e:
     raise ValueError(f"cannot write {output} ({e.strerror or e})") from None
   try:
-    inception.load_weights(output)
+    inception_weights.load_weights(output)
   except ValueError:
     os.remove(output)
     raise

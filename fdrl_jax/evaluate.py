@@ -19,8 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from fdrl_jax import (bundled, datasets, features, files, inception, parallel, registry, sampling,
-                      scores, workdir as workdirs)
+from fdrl_jax import (bundled, datasets, features, files, inception, inception_weights, parallel,
+                      registry, sampling, scores, workdir as workdirs)
 
 
 class Scoring(NamedTuple):
@@ -187,7 +187,7 @@ def check_metric(config: ml_collections.ConfigDict) -> None:
     raise ValueError("FID needs --config.eval.inception_weights=FILE.npz: pytorch-fid's Inception "
                      f"weights, converted once by `{inception.CONVERT_COMMAND} FILE.npz`.")
   try:  # reads the array headers only: a missing, unreadable or foreign file fails before sampling
-    inception.check_weights(weights)
+    inception_weights.check_weights(weights)
   except ValueError as e:
     raise ValueError(f"--config.eval.inception_weights: {e}") from None
 

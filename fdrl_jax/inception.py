@@ -29,45 +29,24 @@ resized bilinearly to 299 x 299 with half-pixel centres and no anti-aliasing, wh
 resizing is affine, resizing after the [0, 1] -> [-1, 1] map (pytorch-fid resizes before) gives
 the same result up to rounding.
 
-Weights. No weights ship with this package and nothing is downloaded. The expected source is
-pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (a PyTorch ``state_dict`` of the TF FID
-Inception graph, from the pytorch-fid GitHub release ``fid_weights``), converted once to an
-``.npz`` file that :func:`load_weights` reads. The ``.npz`` holds one array per leaf, with flat
-keys ``<layer>/<conv|bn>/<leaf>`` where ``<layer>`` is the PyTorch module path with ``.`` replaced
-by ``/`` (e.g. ``Conv2d_1a_3x3``, ``Mixed_5b/branch1x1``, ``Mixed_7c/branch3x3dbl_3a``):
-
-* ``<layer>/conv/kernel``: ``<layer>.conv.weight`` transposed OIHW -> HWIO, ``(kh, kw, in, out)``;
-* ``<layer>/bn/scale``, ``<layer>/bn/bias``: ``<layer>.bn.weight``, ``<layer>.bn.bias``;
-* ``<layer>/bn/mean``, ``<layer>/bn/var``: ``<layer>.bn.running_mean``, ``<layer>.bn.running_var``;
-* ``fc/kernel``: ``fc.weight`` transposed, ``(2048, 1008)``; ``fc/bias``: ``fc.bias``, ``(1008,)``.
-
-Any ``num_batches_tracked`` entries are dropped. ``fc`` is optional: a file converted before it was
-kept (without ``fc/*``) still gives pool3 features for FID, and asking it for logits is a one-line
-error that says to convert again. The conversion needs no PyTorch
-(``fdrl_jax/convert_inception.py`` reads the ``torch.save`` file itself); run once::
-
-  python -m fdrl_jax.convert_inception pt_inception-2015-12-05-6726825d.pth pt_inception.npz
-
-It never overwrites its output and checks the result with :func:`load_weights`, which, like
-:func:`check_weights`, reports a missing, unreadable or foreign file in one line.
+Weights. No weights ship with this package and nothing is downloaded: pytorch-fid's
+``pt_inception-2015-12-05-6726825d.pth``, converted once to an ``.npz`` (``convert_inception``),
+is read, checked and written by ``fdrl_jax.inception_weights``, whose docstring gives the file's
+keys. ``expected_shapes`` is the table of the network's variables that it checks against.
 
 Comparability. FID from this network is the standard TF-FID / pytorch-fid number. The FDRL
 paper's FID numbers were computed with torchvision's ImageNet InceptionV3 on float images, a
 different network with different weights, so they are not comparable with numbers from here.
 
 Several devices. With a ``mesh`` (``parallel.data_mesh``), :func:`features` splits each batch over
-its "data" axis, so that each device computes its own rows; :func:`feature_moments` reduces a batch
-of features on the devices to its count, sum and sum of outer products, so that only D + D^2
-numbers per batch reach the host, and :func:`moments_statistics` turns them into the mean and
-covariance of ``scores.feature_statistics`` (:func:`image_statistics` does all three).
+its "data" axis, so that each device computes its own rows, and gives every process all the
+features (``fdrl_jax.features`` sums their moments).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import zipfile
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable
 
 import flax.linen as nn
 import jax
@@ -263,7 +242,7 @@ class InceptionV3(nn.Module):
     return (pool3, Classifier(name="fc")(pool3)) if self.logits else pool3
 
 
-def _flatten(variables: Variables) -> dict[str, tuple[str, tuple[str, ...], Any]]:
+def flatten(variables: Variables) -> dict[str, tuple[str, tuple[str, ...], Any]]:
   """Maps each flat key ``layer/.../leaf`` to (collection, path, leaf), sorted by key."""
   flat = {}
   for collection, tree in variables.items():
@@ -278,154 +257,14 @@ def expected_shapes() -> dict[str, tuple[str, tuple[str, ...], jax.ShapeDtypeStr
   """Computes the flat key -> (collection, path, shape/dtype) table of the network's variables,
   the classifier's (``FC_KEYS``) included."""
   x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-  return _flatten(jax.eval_shape(InceptionV3(logits=True).init, jax.random.key(0), x))
+  return flatten(jax.eval_shape(InceptionV3(logits=True).init, jax.random.key(0), x))
 
 
-def save_weights(variables: Variables, path: str) -> None:
-  """Writes the network's variables to an ``.npz`` with the flat keys of the module docstring."""
-  arrays = {key: np.asarray(leaf) for key, (_, _, leaf) in _flatten(variables).items()}
-  np.savez(path, **arrays)
-
-
-def _not_weights(path: str, reason: str) -> ValueError:
-  """The one-line error for a readable file that is not an ``.npz`` of these weights."""
-  return ValueError(f"{path} is not an .npz of the FID Inception ({reason}); convert pytorch-fid's "
-                    f"weights with: {CONVERT_COMMAND} OUT.npz")
-
-
-def _torch_file(path: str) -> ValueError:
-  """The one-line error for a ``torch.save`` file (or other pickle) given as the weights."""
-  return ValueError(f"{path} is a PyTorch file or a pickle, not an .npz of the FID Inception; if "
-                    f"it is pytorch-fid's, convert it with: python -m fdrl_jax.convert_inception "
-                    f"{path} OUT.npz")
-
-
-def _open_npz(path: str) -> np.lib.npyio.NpzFile:
-  """Opens ``path`` by ``np.load``: one-line errors for a missing, unreadable or non-.npz file."""
-  if not os.path.exists(path):
-    raise ValueError(f"the file {path} does not exist; convert pytorch-fid's weights into it with: "
-                     f"{CONVERT_COMMAND} {path}")
-  try:
-    data = np.load(path)
-  except OSError as e:
-    raise ValueError(f"cannot read {path} ({e.strerror or e})") from None
-  except (ValueError, EOFError, zipfile.BadZipFile):
-    with open(path, "rb") as f:
-      if f.read(1) == b"\x80":  # pickle protocol 2+, as a torch.save file before PyTorch 1.6
-        raise _torch_file(path) from None
-    raise _not_weights(path, "not a zip archive of numpy arrays") from None
-  if not isinstance(data, np.lib.npyio.NpzFile):
-    raise _not_weights(path, "a single .npy array")
-  return data
-
-
-def _headers(path: str, data: np.lib.npyio.NpzFile) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  """Reads the shape and dtype of every member of an open ``.npz`` without reading its data."""
-  if any(name.rsplit("/", 1)[-1] == "data.pkl" for name in data.zip.namelist()):
-    raise _torch_file(path)
-  out = {}
-  for name in data.zip.namelist():
-    key = name.removesuffix(".npy")
-    try:
-      with data.zip.open(name) as f:
-        version = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read(f)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile):
-      raise _not_weights(path, f"its member {name} is not a numpy array") from None
-    if dtype.kind not in "biuf":
-      raise _not_weights(path, f"{key} holds {dtype} values, not numbers")
-    out[key] = shape, dtype
-  return out
-
-
-def _no_classifier(source: str) -> ValueError:
+def no_classifier(source: str) -> ValueError:
   """The one-line error for logits asked of weights converted before ``fc`` was kept."""
   return ValueError(f"{source} have no classifier fc (converted before it was kept), which the "
                     f"Inception Score's logits need; convert pytorch-fid's weights again with: "
                     f"{CONVERT_COMMAND} OUT.npz")
-
-
-def _check_shapes(path: str, found: dict[str, tuple[tuple[int, ...], Any]], logits: bool) -> None:
-  """One-line ValueErrors for the first missing or wrongly shaped layer, or an unexpected key;
-  ``fc`` may be missing as a whole unless ``logits``."""
-  table = expected_shapes()
-  if not found:
-    raise _not_weights(path, "it holds no arrays")
-  if not found.keys() & table.keys():
-    names = ", ".join(sorted(found)[:3]) + (", ..." if len(found) > 3 else "")
-    raise _not_weights(path, f"none of its arrays ({names}) is a layer of the network")
-  if not found.keys() & set(FC_KEYS):
-    if logits:
-      raise _no_classifier(f"the weights in {path}")
-    table = {key: value for key, value in table.items() if key not in FC_KEYS}
-  for key, (_, _, expected) in table.items():
-    layer = key.rsplit("/", 2)[0]
-    if key not in found:
-      raise _not_weights(path, f"layer {layer} is missing {key}, expected shape {expected.shape}")
-    if found[key][0] != expected.shape:
-      raise _not_weights(path, f"layer {layer} has {key} of shape {found[key][0]}, expected "
-                         f"{expected.shape}")
-  extra = sorted(found.keys() - table.keys())
-  if extra:
-    raise _not_weights(path, f"unexpected key {extra[0]}")
-
-
-def check_weights(path: str, *, logits: bool = False) -> None:
-  """Checks that ``path`` is an ``.npz`` of FID Inception weights from the array headers alone.
-
-  Reads no array data, so an evaluation can check its weights cheaply before it samples.
-
-  Args:
-    path: the ``.npz`` file.
-    logits: require the classifier ``fc`` (the Inception Score's logits); without it a file
-      converted before ``fc`` was kept passes (pool3 features, FID).
-
-  Raises:
-    ValueError: one line saying that the file does not exist (with the converter command), cannot
-      be read, or is not an ``.npz`` of these weights (naming the first missing or wrongly shaped
-      layer, or the first unexpected key, in sorted key order), or, with ``logits``, lacks ``fc``
-      (with the converter command).
-  """
-  with _open_npz(path) as data:
-    _check_shapes(path, _headers(path, data), logits)
-
-
-def load_weights(path: str, *, logits: bool = False) -> Variables:
-  """Reads and shape-checks an ``.npz`` of FID Inception weights into Flax variables.
-
-  Args:
-    path: ``.npz`` file with the flat keys described in the module docstring.
-    logits: require the classifier ``fc``, as :func:`check_weights`; it is read whenever the file
-      has it.
-
-  Returns:
-    ``{"params": ..., "batch_stats": ...}`` for ``InceptionV3().apply`` (``params["fc"]`` when the
-    file has the classifier).
-
-  Raises:
-    ValueError: as :func:`check_weights`, which it runs first: one line for a missing, unreadable
-      or foreign file, naming the first missing or wrongly shaped layer, with the expected and
-      found shapes, or the first unexpected key. "First" is in sorted key order, in which the
-      top-level layers (``Conv2d_1a_3x3`` ... ``Mixed_7c``, then ``fc``) follow the forward pass.
-  """
-  variables: Variables = {}
-  with _open_npz(path) as data:
-    headers = _headers(path, data)
-    _check_shapes(path, headers, logits)
-    for key, (collection, names, expected) in expected_shapes().items():
-      if key not in headers:  # the optional classifier
-        continue
-      try:
-        found = data[key]
-      except (ValueError, EOFError, OSError, zipfile.BadZipFile):
-        raise _not_weights(path, f"its array {key} is truncated or corrupt") from None
-      node = variables.setdefault(collection, {})
-      for name in names[:-1]:
-        node = node.setdefault(name, {})
-      node[names[-1]] = jnp.asarray(found, expected.dtype)
-  return variables
 
 
 def _network_variables(variables: Variables, logits: bool) -> Variables:
@@ -433,7 +272,7 @@ def _network_variables(variables: Variables, logits: bool) -> Variables:
   (so that weights with and without it share one compiled network for features alone)."""
   has_fc = "fc" in variables["params"]
   if logits and not has_fc:
-    raise _no_classifier("these FID Inception weights")
+    raise no_classifier("these FID Inception weights")
   if logits or not has_fc:
     return variables
   return {**variables, "params": {k: v for k, v in variables["params"].items() if k != "fc"}}
@@ -451,19 +290,18 @@ def _apply_fn(resize_input: bool, logits: bool, mesh: Mesh | None) -> Any:
 
 
 def _batches(images: np.ndarray, batch_size: int, mesh: Mesh | None
-             ) -> Iterable[tuple[Any, Any, int]]:
-  """Yields (images, valid rows, count) per batch of ``batch_size`` images, zero-padded to a fixed
-  size (``batch_size``, rounded up to a multiple of the mesh's devices) and, with a mesh, split
-  over "data" (every process holds all images and places its own devices' rows)."""
+             ) -> Iterable[tuple[Any, int]]:
+  """Yields (images, count) per batch of ``batch_size`` images, zero-padded to a fixed size
+  (``batch_size``, rounded up to a multiple of the mesh's devices) and, with a mesh, split over
+  "data" (every process holds all images and places its own devices' rows)."""
   size = batch_size if mesh is None else -(-batch_size // mesh.devices.size) * mesh.devices.size
   for start in range(0, len(images), batch_size):
     batch = np.asarray(images[start:start + batch_size], np.float32)
     count = len(batch)
     batch = np.pad(batch, ((0, size - count),) + ((0, 0),) * (batch.ndim - 1))
-    valid = np.arange(size) < count
     if mesh is not None:
-      batch, valid = parallel.put_particles(batch, mesh), parallel.put_particles(valid, mesh)
-    yield batch, valid, count
+      batch = parallel.put_particles(batch, mesh)
+    yield batch, count
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -487,7 +325,7 @@ def features(variables: Variables, images: np.ndarray, batch_size: int = 50,
   The last batch is zero-padded to ``batch_size`` so that the network compiles once per image size.
 
   Args:
-    variables: as returned by :func:`load_weights` (or ``InceptionV3(logits=True).init``).
+    variables: as returned by ``inception_weights.load_weights`` (or ``InceptionV3(logits=True).init``).
     images: array of shape (N, H, W, 3) with values in [-1, 1]; with several processes, every
       process holds all of them.
     batch_size: images per forward pass.
@@ -508,117 +346,10 @@ def features(variables: Variables, images: np.ndarray, batch_size: int = 50,
   variables, mesh = _placed(variables, logits, mesh)
   apply = _apply_fn(resize_input, logits, mesh)
   out = []
-  for batch, _, count in _batches(images, batch_size, mesh):
+  for batch, count in _batches(images, batch_size, mesh):
     result = apply(variables, batch)
     out.append(tuple(_numpy(r)[:count] for r in (result if logits else (result,))))
   if not out:
     out = [(np.zeros((0, FEATURE_DIM)), np.zeros((0, NUM_CLASSES)))[:1 + logits]]
   feats, *rest = (np.concatenate(parts) for parts in zip(*out))
   return (feats, rest[0]) if logits else feats
-
-
-class Moments(NamedTuple):
-  """Sums over the rows x of a feature set, about a fixed shift c: count, sum of (x - c), and sum
-  of the outer products (x - c)(x - c)^T."""
-  count: Any  # (), int32 on devices, an int on the host
-  total: Any  # (D,)
-  outer: Any  # (D, D)
-
-
-def feature_moments(feats: jax.Array, valid: jax.Array, shift: jax.Array) -> Moments:
-  """Computes the moments of the valid rows of a batch of features (N, D) about ``shift`` (D,).
-
-  Pure and jit-able: with ``feats`` and ``valid`` split over a mesh's "data" axis, XLA computes
-  each device's partial sums and all-reduces them, so the result (D + D^2 numbers) is the batch's
-  over all devices and processes (build the inputs with ``parallel.put_particles`` when every
-  process holds the whole batch, or ``parallel.global_batch`` when each holds its rows).
-
-  Args:
-    feats: features (N, D).
-    valid: booleans (N,): False for padding rows, which count for nothing.
-    shift: the centre c (D,); a value near the mean (the first batch's) keeps float32 sums
-      accurate.
-
-  Returns:
-    ``Moments`` of the batch, in the features' dtype (the count as int32).
-  """
-  centred = jnp.where(valid[:, None], feats - shift, 0.0)
-  # Full float32 products: TF32 (XLA's default on recent GPUs) keeps 10 mantissa bits.
-  outer = jnp.dot(centred.T, centred, precision=jax.lax.Precision.HIGHEST)
-  return Moments(jnp.sum(valid, dtype=jnp.int32), centred.sum(0), outer)
-
-
-def add_moments(a: Moments, b: Moments) -> Moments:
-  """The float64 host sum of two batches' moments (about the same shift); ``b`` may be on devices
-  (replicated, as :func:`feature_moments` jitted over a mesh leaves it). Start from
-  ``Moments(0, 0.0, 0.0)``."""
-  return Moments(int(a.count) + int(_numpy(b.count)), _numpy(a.total) + _numpy(b.total),
-                 _numpy(a.outer) + _numpy(b.outer))
-
-
-def moments_statistics(moments: Moments, shift: Any) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and covariance (float64, on the host) of a feature set from its accumulated moments.
-
-  With m = s / n: mu = c + m and sigma = (S - n m m^T) / (n - 1), which is
-  ``scores.feature_statistics`` of the same rows when c is its shift (the first batch's mean).
-
-  Args:
-    moments: the sum (:func:`add_moments`) of the batches' :func:`feature_moments`.
-    shift: the shift c that all of them used.
-
-  Returns:
-    (mu (D,), sigma (D, D)), float64.
-
-  Raises:
-    ValueError: one line for fewer than 2 rows.
-  """
-  count = int(moments.count)
-  if count < 2:
-    raise ValueError(f"Feature statistics need (N, D) features with N >= 2, got N = {count}.")
-  mean = _numpy(moments.total) / count
-  return _numpy(shift) + mean, (_numpy(moments.outer) - count * np.outer(mean, mean)) / (count - 1)
-
-
-@functools.cache
-def _moments_fn(mesh: Mesh | None) -> Any:
-  """Returns the jitted :func:`feature_moments`; with a mesh, its result replicated."""
-  if mesh is None:
-    return jax.jit(feature_moments)
-  rows, replicated = parallel.particles(mesh), parallel.replicated(mesh)
-  return jax.jit(feature_moments, in_shardings=(rows, rows, replicated),
-                 out_shardings=replicated)
-
-
-def image_statistics(variables: Variables, batches: Iterable[np.ndarray], batch_size: int = 50,
-                     resize_input: bool = True, *, mesh: Mesh | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and covariance (float64) of the pool3 features of streamed images, as
-  ``scores.feature_statistics(features(...) for each batch)``, with only the moments of each
-  forward pass leaving the devices.
-
-  Args:
-    variables: as for :func:`features`.
-    batches: an iterable of image arrays (n, H, W, 3) in [-1, 1]; with several processes, every
-      process holds each whole.
-    batch_size: images per forward pass.
-    resize_input: resize non-299x299 inputs bilinearly to 299x299 first.
-    mesh: as for :func:`features`.
-
-  Returns:
-    (mu (2048,), sigma (2048, 2048)), float64; moments are summed about the first forward pass's
-    mean in float32 on the devices, then in float64.
-
-  Raises:
-    ValueError: one line for fewer than 2 images.
-  """
-  variables, mesh = _placed(variables, False, mesh)
-  apply, reduce = _apply_fn(resize_input, False, mesh), _moments_fn(mesh)
-  shift, total = np.zeros(FEATURE_DIM, np.float32), Moments(0, 0.0, 0.0)
-  for images in batches:
-    for batch, valid, _ in _batches(images, batch_size, mesh):
-      feats = apply(variables, batch)
-      if not total.count:
-        first = reduce(feats, valid, jnp.zeros(FEATURE_DIM, feats.dtype))
-        shift = first.total / first.count
-      total = add_moments(total, reduce(feats, valid, shift))  # D + D^2 numbers to the host
-  return moments_statistics(total, shift)

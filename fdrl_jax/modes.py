@@ -5,6 +5,7 @@
 * ``eval``: ``evaluate_to_file``, the method's evaluation in ``eval_step_*.json``.
 * ``figure``: ``figures.make_figure``, one picture of the latest checkpoint.
 * ``translate``: ``translate_to_file``, given source images flowed by a translation run.
+* ``stats``: ``feature_stats.stats_to_file``, the data's reference feature statistics in an .npz.
 * ``config``: the resolved config, printed.
 
 Every mode is ``mode(config, workdir, options)``, ``options`` the command's other flags
@@ -21,7 +22,8 @@ from typing import Callable, NamedTuple
 import ml_collections
 import numpy as np
 
-from fdrl_jax import files, figures, images, loading, methods, parallel, run_lib, sampling
+from fdrl_jax import (feature_stats, files, figures, images, loading, methods, parallel, run_lib,
+                      sampling)
 from fdrl_jax import workdir as workdirs
 
 
@@ -169,6 +171,12 @@ def _translate(config: ml_collections.ConfigDict, workdir: str, options: Options
   print(f"wrote the translated images to {path}")
 
 
+def _stats(config: ml_collections.ConfigDict, workdir: str, options: Options) -> None:
+  del workdir
+  path = feature_stats.stats_to_file(config, options.output or options.new_output("stats.npz"))
+  print(f"wrote the reference statistics of {config.data.name} to {path}")
+
+
 def _config(config: ml_collections.ConfigDict, workdir: str, options: Options) -> None:
   del workdir, options
   print(config.to_json_best_effort(indent=2))
@@ -177,4 +185,4 @@ def _config(config: ml_collections.ConfigDict, workdir: str, options: Options) -
 # --mode → mode(config, workdir, options).
 MODES: dict[str, Callable[[ml_collections.ConfigDict, str, Options], None]] = {
     "train": _train, "sample": _sample, "eval": _eval, "figure": _figure,
-    "translate": _translate, "config": _config}
+    "translate": _translate, "stats": _stats, "config": _config}

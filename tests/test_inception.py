@@ -1,5 +1,5 @@
 """The FID InceptionV3: shapes, resizing, pooling semantics, weight files and their converter,
-the Inception Score's logits, and features and their moments over several devices."""
+the Inception Score's logits, and features and their statistics over several devices."""
 
 import collections
 import os
@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import convert_inception, evaluate, inception, modes, parallel, scores
+from fdrl_jax import (convert_inception, evaluate, features, inception, inception_weights, modes,
+                      parallel, scores)
 from tests import torch_format
 from tests.torch_format import FakeStorage, View
 
@@ -57,7 +58,7 @@ def test_init_structure_matches_expected_table():
 def weights_file(variables, tmp_path_factory):
   """An ``.npz`` written by ``save_weights``."""
   path = tmp_path_factory.mktemp("inception") / "weights.npz"
-  inception.save_weights(variables, str(path))
+  inception_weights.save_weights(variables, str(path))
   return path
 
 
@@ -115,7 +116,7 @@ def test_parameter_count_matches_pytorch_fid():
 
 
 def test_save_load_round_trip(variables, weights_file):
-  loaded = inception.load_weights(str(weights_file))
+  loaded = inception_weights.load_weights(str(weights_file))
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(variables)
   for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(variables)):
     np.testing.assert_array_equal(a, b)
@@ -127,7 +128,7 @@ def test_wrong_shape_names_layer(weights_file, tmp_path):
     arrays[key] = np.zeros((7, 1, 160, 160), np.float32)
   path = _rewrite(weights_file, tmp_path / "bad.npz", edit)
   with pytest.raises(ValueError, match=r"Mixed_6c/branch7x7_2 .*\(7, 1, 160, 160\).*\(1, 7, 160"):
-    inception.load_weights(path)
+    inception_weights.load_weights(path)
 
 
 def test_missing_layer_is_named(weights_file, tmp_path):
@@ -136,7 +137,7 @@ def test_missing_layer_is_named(weights_file, tmp_path):
       del arrays[key]
   path = _rewrite(weights_file, tmp_path / "missing.npz", edit)
   with pytest.raises(ValueError, match=r"Mixed_7a/branch3x3_2 is missing"):
-    inception.load_weights(path)
+    inception_weights.load_weights(path)
 
 
 def test_unexpected_key_is_rejected(weights_file, tmp_path):
@@ -144,13 +145,13 @@ def test_unexpected_key_is_rejected(weights_file, tmp_path):
     arrays["AuxLogits/fc/kernel"] = np.zeros((768, 1000), np.float32)
   path = _rewrite(weights_file, tmp_path / "extra.npz", edit)
   with pytest.raises(ValueError, match="unexpected key AuxLogits/fc/kernel"):
-    inception.load_weights(path)
+    inception_weights.load_weights(path)
 
 
 def test_half_a_classifier_is_named(weights_file, tmp_path):
   path = _rewrite(weights_file, tmp_path / "half.npz", lambda arrays: arrays.pop("fc/bias"))
   with pytest.raises(ValueError, match=r"layer fc is missing fc/bias, expected shape \(1008,\)"):
-    inception.check_weights(path)
+    inception_weights.check_weights(path)
 
 
 def _one_line_error(fn, *args, match):
@@ -164,27 +165,27 @@ def _one_line_error(fn, *args, match):
 def test_foreign_weight_files_are_named_in_one_line(tmp_path):
   junk = tmp_path / "junk.npz"
   junk.write_bytes(b"not numpy at all\n" * 8)
-  for fn in (inception.check_weights, inception.load_weights):
+  for fn in (inception_weights.check_weights, inception_weights.load_weights):
     message = _one_line_error(fn, str(junk), match=r"junk.npz is not an .npz of the FID Incep")
     assert "allow_pickle" not in message and "convert_inception" in message
   np.save(tmp_path / "one.npy", np.zeros(3))
-  _one_line_error(inception.load_weights, str(tmp_path / "one.npy"), match="a single .npy array")
+  _one_line_error(inception_weights.load_weights, str(tmp_path / "one.npy"), match="a single .npy array")
   np.savez(tmp_path / "stats.npz", mu=np.zeros(3), sigma=np.eye(3))
-  _one_line_error(inception.load_weights, str(tmp_path / "stats.npz"),
+  _one_line_error(inception_weights.load_weights, str(tmp_path / "stats.npz"),
                   match=r"none of its arrays \(mu, sigma\) is a layer")
   np.savez(tmp_path / "objects.npz", x=np.array([{}, None], dtype=object))
-  _one_line_error(inception.load_weights, str(tmp_path / "objects.npz"), match="x holds object")
+  _one_line_error(inception_weights.load_weights, str(tmp_path / "objects.npz"), match="x holds object")
   with zipfile.ZipFile(tmp_path / "model.pth", "w") as archive:
     archive.writestr("archive/data.pkl", b"")
-  _one_line_error(inception.load_weights, str(tmp_path / "model.pth"),
+  _one_line_error(inception_weights.load_weights, str(tmp_path / "model.pth"),
                   match=r"model.pth is a PyTorch file.*convert_inception .*model.pth OUT.npz")
   (tmp_path / "old.pth").write_bytes(pickle.dumps({"fc.bias": 0}, protocol=2))
-  _one_line_error(inception.check_weights, str(tmp_path / "old.pth"),
+  _one_line_error(inception_weights.check_weights, str(tmp_path / "old.pth"),
                   match=r"old.pth is a PyTorch file or a pickle.*convert_inception .*old.pth")
-  _one_line_error(inception.load_weights, str(tmp_path / "none.npz"),
+  _one_line_error(inception_weights.load_weights, str(tmp_path / "none.npz"),
                   match=r"the file .*none.npz does not exist; .*convert_inception "
                         r"pt_inception-2015-12-05-6726825d.pth .*none.npz")
-  _one_line_error(inception.check_weights, str(tmp_path), match="cannot read .*Is a directory")
+  _one_line_error(inception_weights.check_weights, str(tmp_path), match="cannot read .*Is a directory")
 
 
 def test_check_metric_tells_unset_missing_and_foreign_weights_apart(weights_file, tmp_path):
@@ -234,13 +235,13 @@ def test_weights_without_fc_give_the_same_features(variables, weights_file, tmp_
                                                    small_images, plain_features):
   old = _rewrite(weights_file, tmp_path / "old.npz",
                  lambda arrays: [arrays.pop(key) for key in inception.FC_KEYS])
-  inception.check_weights(old)
-  loaded = inception.load_weights(old)
+  inception_weights.check_weights(old)
+  loaded = inception_weights.load_weights(old)
   assert "fc" not in loaded["params"]
-  assert "fc" in inception.load_weights(str(weights_file))["params"]
+  assert "fc" in inception_weights.load_weights(str(weights_file))["params"]
   np.testing.assert_array_equal(inception.features(loaded, small_images, 3, resize_input=False),
                                 plain_features)
-  for fn in (inception.check_weights, inception.load_weights):
+  for fn in (inception_weights.check_weights, inception_weights.load_weights):
     _one_line_error(lambda path: fn(path, logits=True), old,
                     match=r"the weights in .*old.npz have no classifier fc .*convert pytorch-fid's "
                           r"weights again with: python -m fdrl_jax.convert_inception")
@@ -258,44 +259,14 @@ def test_sharded_features_equal_unsharded(variables, small_images, plain_feature
   assert feats.shape == plain_features.shape and feats.dtype == np.float64
   np.testing.assert_allclose(feats, plain_features, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(logits, plain_logits, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
-  mu, sigma = inception.image_statistics(variables, [small_images[:4], small_images[4:]], 3,
-                                         resize_input=False, mesh=mesh)
+  accumulator = features.FeatureAccumulator(
+      features.inception_extractor(variables, mesh=mesh, batch_size=3, resize_input=False))
+  for part in (small_images[:4], small_images[4:]):
+    accumulator.add(part)
+  mu, sigma = accumulator.result()[:2]
   want_mu, want_sigma = scores.feature_statistics(plain_features)
   np.testing.assert_allclose(mu, want_mu, rtol=1e-6, atol=1e-6 * np.abs(want_mu).max())
   np.testing.assert_allclose(sigma, want_sigma, rtol=1e-6, atol=1e-6 * np.abs(want_sigma).max())
-
-
-def test_moments_give_feature_statistics():
-  rng = np.random.default_rng(4)
-  batches = [rng.normal(5.0, 1.0, (n, 6)) * rng.uniform(0.5, 2.0, 6) for n in (7, 5, 8)]
-  want_mu, want_sigma = scores.feature_statistics(iter(batches))
-  # The host side: float64 moments about the first batch's mean, summed, are exact.
-  shift, total = batches[0].mean(0), inception.Moments(0, 0.0, 0.0)
-  for b in batches:
-    total = inception.add_moments(total, inception.Moments(len(b), (b - shift).sum(0),
-                                                           (b - shift).T @ (b - shift)))
-  mu, sigma = inception.moments_statistics(total, shift)
-  np.testing.assert_allclose(mu, want_mu, rtol=1e-10)
-  np.testing.assert_allclose(sigma, want_sigma, rtol=1e-10, atol=1e-10 * np.abs(want_sigma).max())
-  # The devices: each batch padded to 8 rows, split over "data" as each process's rows are, the
-  # sums taken in one jit (an all-reduce), only the moments on the host.
-  mesh = parallel.data_mesh()
-  moments = jax.jit(inception.feature_moments, out_shardings=parallel.replicated(mesh))
-  shift, total = jnp.asarray(shift, jnp.float32), inception.Moments(0, 0.0, 0.0)
-  for b in batches:
-    padded = np.concatenate([b, np.full((8 - len(b), 6), 1e3)]).astype(np.float32)
-    rows = parallel.process_rows(8, mesh)
-    x, valid = parallel.global_batch((padded[rows], (np.arange(8) < len(b))[rows]), 8, mesh)
-    assert len(x.sharding.device_set) == 4
-    m = moments(x, valid, shift)
-    assert m.outer.is_fully_replicated and m.count.dtype == jnp.int32
-    total = inception.add_moments(total, m)
-  assert total.count == 20
-  mu, sigma = inception.moments_statistics(total, shift)
-  np.testing.assert_allclose(mu, want_mu, rtol=1e-6)
-  np.testing.assert_allclose(sigma, want_sigma, rtol=1e-6, atol=1e-6 * np.abs(want_sigma).max())
-  _one_line_error(inception.moments_statistics, inception.Moments(1, np.zeros(6), np.zeros((6, 6))),
-                  np.zeros(6), match="N >= 2, got N = 1")
 
 
 # torch.save files, written here without torch (tests/torch_format.py).
@@ -360,7 +331,7 @@ def test_convert_keeps_fc_and_converts_a_source_without_it(weights_file, tmp_pat
     assert got["fc/kernel"].shape == (2048, 1008) and got["fc/bias"].shape == (1008,)
     np.testing.assert_array_equal(got["fc/kernel"], state["fc.weight"].T)
     np.testing.assert_array_equal(got["fc/bias"], want["fc/bias"])
-  inception.check_weights(out, logits=True)
+  inception_weights.check_weights(out, logits=True)
   no_fc = {k: v for k, v in state.items() if not k.startswith("fc.")}
   source = _torch_save(tmp_path / "no_fc.pth", _contiguous(no_fc))
   out = str(tmp_path / "without_fc.npz")
