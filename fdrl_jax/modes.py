@@ -103,7 +103,9 @@ def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
   path = files.free_path(workdirs.join(workdir, f"eval_step_{step:07d}.json"))
   files.check_writable(path)
   parallel.sync("eval_path")
-  result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
+  judge = {} if config.sampling.name != "conditional" else {"judge": loading.load_classifier(
+      config.eval.judge_workdir, event_shape=run.dataset.event_shape)}  # never the guide
+  result = {"step": step, **run.method.evaluate(config, run, state, workdir, **judge)}
   try:
     files.write_json(path, result)
   except ValueError as e:
