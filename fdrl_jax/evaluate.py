@@ -189,8 +189,13 @@ class _Scoring:
     self.keep = dict(keep_features=bool(NEEDS_ROWS & set(self.names)),
                      quantize=bool(config.eval.get("quantize", False)))
     self.logits = bool(NEEDS_LOGITS & set(self.names))
+    # FD-MNIST's reference and floor are labelled MNIST's held-out and training images (a tfds
+    # MNIST run reads no held-out split of its own).
+    self.data = run.dataset if self.extractor.name != "mnist" else datasets.labelled_images(
+        "mnist", seed=config.seed, data_dir=config.data.data_dir or None,
+        max_train=features.MNIST_CLASSIFIER_IMAGES)
     self.reference = feature_stats.reference_set(
-        config, run.dataset, workdir, extractor=self.extractor, translation=translation,
+        config, self.data, workdir, extractor=self.extractor, translation=translation,
         keep_logits=self.logits, **self.keep)
 
   def new(self) -> FeatureAccumulator:
@@ -208,13 +213,13 @@ class _Scoring:
     return {**row, "confident_share": confident_share(s)} if self.classifier else row
 
 
-def _floor(config: ml_collections.ConfigDict, run, scoring: _Scoring) -> dict:
+def _floor(config: ml_collections.ConfigDict, scoring: _Scoring) -> dict:
   """The floor's keys: the digit classifiers' training images against the held-out reference,
   and the Inception Score of the reference itself."""
   out = {}
   if scoring.classifier:
-    n = min(feature_stats.split_size(run.dataset) or FLOOR_IMAGES, FLOOR_IMAGES)
-    train = scoring.of(feature_stats._training_batches(config, run.dataset, n))
+    n = min(feature_stats.split_size(scoring.data) or FLOOR_IMAGES, FLOOR_IMAGES)
+    train = scoring.of(feature_stats._training_batches(config, scoring.data, n))
     out = score([m for m in scoring.names if m not in NEEDS_LOGITS], train, scoring.reference,
                 "_floor")
   if "is" in scoring.names and scoring.reference.logits is not None:
@@ -284,7 +289,7 @@ def evaluate_samples(config: ml_collections.ConfigDict, run, state, workdir: str
   # The baseline and the floor, once; in every row that is scored against the whole reference.
   common = {**({} if baseline is None else
                score(scoring.names, scoring.of(baseline), scoring.reference, "_prior")),
-            **_floor(config, run, scoring)}
+            **_floor(config, scoring)}
   rows = [{"step": step, "flow_length": length, **row,
            **(common if row.get("class", "all") == "all" else {})}
           for length, row in zip(row_lengths * (len(rows) // len(row_lengths)), rows)]

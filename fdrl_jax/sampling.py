@@ -258,7 +258,8 @@ def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide:
     raise ValueError("--config.sampling.name=refine refines a generator's samples "
                      "(--config.method=gan); FDRL's own refinement is flow.num_refine_steps.")
   r = config.refine
-  hmap = monoflow.get_map(r.h, shift=config.gan.shift, scale=config.gan.scale)  # the GAN's h
+  hmap = monoflow.get_map(r.h, setting="--config.refine.h", shift=config.gan.shift,
+                         scale=config.gan.scale)  # the GAN's h
   monoflow.check_refine_space(r.space)
 
   if lengths is not None and (not lengths or min(lengths) < 0):
