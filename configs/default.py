@@ -175,6 +175,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.fast = False            # True: 1 000 samples against 10 000 training images (quick,
                                       # biased FID of a run in progress)
   config.eval.batch_size = 0          # particles per sampling call (0: data.batch_size)
+  config.eval.metrics = ""            # comma-separated: eval.metric's family (fid | fd_digits |
+                                      # fd_mnist | mmd) and kid, is, pr ("": eval.metric alone)
+  config.eval.flow_lengths = ""       # comma-separated K + κ' scored from one flow ("": K + κ;
+                                      # sampling.name=refine: refinement steps, 0 = before)
+  config.eval.quantize = False        # True: samples rounded to 8 bits as saved PNGs (the field's
+                                      # protocol); False: float samples, the paper's protocol
+  config.eval.judge_workdir = ""      # conditional: the classifier run judging the on-class share
+                                      # (never sampling.classifier_workdir, the guiding one)
   config.eval.reference_stats = ""    # .npz of the reference's statistics (--mode=stats, or
                                       # pytorch-fid's / clean-fid's): used instead of the data's
   config.eval.checkpoints = "latest"  # checkpoints --mode=eval scores: latest | all | every:N (the

@@ -69,10 +69,12 @@ def main() -> None:
     for variant in chosen(VARIANTS, args.variants):
       config, workdir, result, seconds = train_variant(variant, args.steps, args.samples)
       trained[variant[0]] = (config, workdir, result)
-      lines.append(f"| {variant[0]} | {result['fd_digits']:.1f} | {result['fd_digits_prior']:.1f} "
-                   f"| {result['confident_share']:.2f} | {seconds:.0f} s |")
+      row = result["rows"][0]
+      lines.append(f"| {variant[0]} | {row['fd_digits']:.1f} | {row['fd_digits_prior']:.1f} "
+                   f"| {row['confident_share']:.2f} | {seconds:.0f} s |")
       print(lines[-1], flush=True)
-    lines += ["", f"Real floor (training vs held-out split): {result['fd_digits_floor']:.1f}. "
+    lines += ["", "Real floor (training vs held-out split): "
+              f"{result['rows'][0]['fd_digits_floor']:.1f}. "
               f"Classifier test accuracy: {result['classifier_test_accuracy']:.3f}."]
     experiment_report(args.out, f"digits_table{suffix}", "\n".join(lines) + "\n")
   if args.part in ("curve", "all"):
@@ -83,8 +85,9 @@ def main() -> None:
         config, workdir, result, _ = train_variant(label, args.steps, args.samples)
         trained[label[0]] = (config, workdir, result)
       config, workdir, result = trained[label[0]]
-      lines += [f"{label[0]}: prior's FD-digits {result['fd_digits_prior']:.1f}, real floor "
-                f"{result['fd_digits_floor']:.1f}.", "", "| K + κ | FD-digits |", "|---|---|"]
+      row = result["rows"][0]
+      lines += [f"{label[0]}: prior's FD-digits {row['fd_digits_prior']:.1f}, real floor "
+                f"{row['fd_digits_floor']:.1f}.", "", "| K + κ | FD-digits |", "|---|---|"]
       for total, fd in flow_length_curve(config, workdir, flow_lengths(config.flow.num_steps)):
         lines.append(f"| {total} | {fd:.1f} |")
       lines.append("")

@@ -107,8 +107,8 @@ def main() -> None:
     start = "r = 1" if neutral else "r ≈ 0"
     init = "PyTorch" if torch_init else "Flax"
     summary.append(
-        f"| {eta:g} | {lr:g} | {start} | {init} | {result['fd_digits']:.1f} | "
-        f"{result['fd_digits_prior']:.1f} | {rows[0][1]:.3g} → {rows[-1][1]:.3g} | "
+        f"| {eta:g} | {lr:g} | {start} | {init} | {result['rows'][0]['fd_digits']:.1f} | "
+        f"{result['rows'][0]['fd_digits_prior']:.1f} | {rows[0][1]:.3g} → {rows[-1][1]:.3g} | "
         f"{rows[0][2]:.2f} → {rows[-1][2]:.2f} ({data_share:.2f}) | {rows[0][3]:.2f} → "
         f"{rows[-1][3]:.2f} ({data_norm:.2f}) | {seconds:.0f} s |")
     print(summary[-1], flush=True)

@@ -103,6 +103,15 @@ def potential_gradient(potential_fn: PotentialFn, x: Array, *, has_aux: bool = F
   return (values, grad, *aux)
 
 
+def _check_save_at(save_at, num_steps: int) -> tuple[int, ...]:
+  """``save_at`` as a tuple of increasing Python ints in [0, num_steps], or a one-line error."""
+  steps = tuple(_check_int("save_at", s, minimum=0) for s in save_at)
+  if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] > num_steps:
+    raise ValueError(f"save_at={tuple(save_at)} must be increasing step counts from 0 to "
+                     f"num_steps={num_steps}.")
+  return steps
+
+
 def flow(
     potential_fn: PotentialFn,
     x0: Array,
@@ -114,6 +123,7 @@ def flow(
     clip: tuple[float, float] | None = None,
     clip_every_step: bool = True,
     save_every: int | None = None,
+    save_at: tuple[int, ...] | None = None,
     unroll: int | bool | None = None,
     state=None,
 ):
@@ -134,6 +144,10 @@ def flow(
     save_every: if given, also return the trajectory: x0 and the particles after every
       ``save_every`` steps, shape (num_steps // save_every + 1, B, ...). Must divide num_steps.
       Without it, memory does not grow with ``num_steps``.
+    save_at: if given (instead of ``save_every``), also return the particles after each of these
+      step counts (static, increasing, 0 = x0, at most ``num_steps``), shape (len(save_at), B,
+      ...): the snapshot after l steps is the output of a flow of l steps with the same key (the
+      same noise schedule), so one flow to the longest length serves every shorter one.
     unroll: scan unroll factor, or True for straight-line code; default: chosen per backend,
       potential and length (see the module docstring).
     state: optional pytree for a potential with internal state that every call advances (the
@@ -142,8 +156,9 @@ def flow(
       state is returned last. It is not differentiated.
 
   Returns:
-    The particles after ``num_steps`` steps, then the trajectory if ``save_every`` is given, then
-    the final state if ``state`` is given (a tuple when there is more than the particles).
+    The particles after ``num_steps`` steps, then the snapshots if ``save_every`` or ``save_at``
+    is given, then the final state if ``state`` is given (a tuple when there is more than the
+    particles).
   """
   num_steps = _check_int("num_steps", num_steps)
   x0 = jnp.asarray(x0)
@@ -151,6 +166,15 @@ def flow(
     raise ValueError(f"x0 must have a leading particle axis (B, ...), got shape {x0.shape}.")
   if not jnp.issubdtype(x0.dtype, jnp.floating):
     raise ValueError(f"x0 must be a floating-point array, got dtype {x0.dtype}.")
+  if save_every is not None:
+    if save_at is not None:
+      raise ValueError("Give flow save_every or save_at, not both.")
+    save_every = _check_int("save_every", save_every)
+    if num_steps % save_every:
+      raise ValueError(f"save_every={save_every} must divide num_steps={num_steps}.")
+    save_at = tuple(range(0, num_steps + 1, save_every))
+  if save_at is not None:
+    save_at = _check_save_at(save_at, num_steps)
   stateful = state is not None
   if unroll is None:
     unroll = auto_unroll(
@@ -161,8 +185,7 @@ def flow(
   # A literal zero noise scale skips drawing the noise (MonoFlow and the toy flows are deterministic).
   deterministic = isinstance(noise_scale, (int, float)) and noise_scale == 0
 
-  def step(carry, _):
-    x, k, s = carry  # the step counter rides in the carry: no per-step input array of length K
+  def step(x, k, s):
     if stateful:
       _, grad, s = potential_gradient(lambda x, s=s: potential_fn(x, s), x, has_aux=True)
     else:
@@ -172,43 +195,53 @@ def flow(
       x = x + noise_scale * jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype)
     if clip is not None and clip_every_step:
       x = jnp.clip(x, clip[0], clip[1])
-    return (x, k + 1, s), None
+    return x, s
 
   def out(x):
     return x if clip is None or clip_every_step else jnp.clip(x, clip[0], clip[1])
 
-  def run(carry, length):
-    if unroll is True:  # straight-line code (lax.scan turns a 1-step full unroll into a loop)
-      for _ in range(length):
-        carry, _ = step(carry, None)
-      return carry
-    return jax.lax.scan(step, carry, length=length, unroll=unroll)[0]
-
-  def result(carry, *trajectory):
-    parts = (out(carry[0]), *(out(t) for t in trajectory), *((carry[2],) if stateful else ()))
+  def result(x, s, *snapshots):
+    parts = (out(x), *(out(t) for t in snapshots), *((s,) if stateful else ()))
     return parts if len(parts) > 1 else parts[0]
 
-  start = (x0, jnp.zeros((), jnp.uint32), state)
-  if save_every is None:
-    return result(run(start, num_steps))
+  if unroll is True:  # straight-line code (lax.scan turns a 1-step full unroll into a loop)
+    x, s, saved = x0, state, [x0] if save_at and save_at[0] == 0 else []
+    for k in range(num_steps):
+      x, s = step(x, jnp.uint32(k), s)
+      if save_at and k + 1 in save_at:
+        saved.append(x)
+    return result(x, s, *((jnp.stack(saved),) if save_at else ()))
 
-  save_every = _check_int("save_every", save_every)
-  if num_steps % save_every:
-    raise ValueError(f"save_every={save_every} must divide num_steps={num_steps}.")
+  # The step counter rides in the carry: no per-step input array of length K.
+  if save_at is None:
+    def body(carry, _):
+      x, k, s = carry
+      x, s = step(x, k, s)
+      return (x, k + 1, s), None
 
-  saved, carry = [x0], start
-  if unroll is True:
-    for _ in range(num_steps // save_every):
-      carry = run(carry, save_every)
-      saved.append(carry[0])
-    return result(carry, jnp.stack(saved))
+    x, _, s = jax.lax.scan(body, (x0, jnp.zeros((), jnp.uint32), state), length=num_steps,
+                           unroll=unroll)[0]
+    return result(x, s)
 
-  def chunk(carry, _):
-    carry = run(carry, save_every)
-    return carry, carry[0]
+  # Snapshots go to their slot of a buffer carried along (slot len(save_at): steps not saved),
+  # written in place after each step: one scan, whatever the number of lengths.
+  slots = [len(save_at)] * (num_steps + 1)
+  for i, l in enumerate(save_at):
+    slots[l] = i
+  slot_of = jnp.asarray(slots, jnp.int32)
+  buffer = jnp.zeros((len(save_at) + 1, *x0.shape), x0.dtype)
+  buffer = jax.lax.dynamic_update_index_in_dim(buffer, x0, slot_of[0], 0)
 
-  carry, traj = jax.lax.scan(chunk, start, length=num_steps // save_every)
-  return result(carry, jnp.concatenate([x0[None], traj]))
+  def save_body(carry, _):
+    x, k, s, buf = carry
+    x, s = step(x, k, s)
+    k = k + 1
+    buf = jax.lax.dynamic_update_index_in_dim(buf, x, slot_of[k], 0)
+    return (x, k, s, buf), None
+
+  x, _, s, buffer = jax.lax.scan(save_body, (x0, jnp.zeros((), jnp.uint32), state, buffer),
+                                 length=num_steps, unroll=unroll)[0]
+  return result(x, s, buffer[:len(save_at)])
 
 
 class FlowSpec(struct.PyTreeNode):

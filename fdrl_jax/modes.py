@@ -158,11 +158,13 @@ def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
   path = files.free_path(workdirs.join(workdir, name))
   files.check_writable(path)
   parallel.sync("eval_path")
+  judge = {} if config.sampling.name != "conditional" else {"judge": loading.load_classifier(
+      config.eval.judge_workdir, event_shape=run.dataset.event_shape)}  # never the guide
   results = []
   restored = ((latest, state),) if steps == [latest] else checkpoints.restore_steps(run, workdir,
                                                                                      steps)
   for step, state in restored:
-    result = {"step": step, **run.method.evaluate(config, run, state, workdir)}
+    result = {"step": step, **run.method.evaluate(config, run, state, workdir, **judge)}
     results.append({**result, "rows": metrics_log.eval_rows(result, step)})
   result = results[0] if len(results) == 1 else {
       "steps": steps, "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],

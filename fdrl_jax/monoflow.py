@@ -164,17 +164,20 @@ def refine(
     generator_fn: Callable[[Array], Array], logit_fn: Callable[[Array], Array],
     hmap: MonotoneMap, z: Array, key: Array, *, space: str, num_steps: int,
     step_size: float, noise_scale: float, clip: tuple[float, float] | None = None,
+    save_at: tuple[int, ...] | None = None,
 ) -> Array:
   """DGflow-style refinement of generated samples along the MonoFlow of a trained discriminator.
 
   ``space="latent"``: z ← z + η h'(d(G(z)))∇_z d(G(z)) + ν ξ, then x = G(z) (DGflow's latent
   refinement; with h = logit this is its KL flow). ``space="data"``: x = G(z), then x ← x +
-  η h'(d(x))∇ₓ d(x) + ν ξ (clipped to ``clip``). Both are ``fdrl_jax.flow`` runs.
+  η h'(d(x))∇ₓ d(x) + ν ξ (clipped to ``clip``). Both are ``fdrl_jax.flow`` runs. With
+  ``save_at`` (``flow``'s), the samples after each of those step counts, stacked.
   """
   check_refine_space(space)
+  kwargs = dict(num_steps=num_steps, step_size=step_size, noise_scale=noise_scale,
+                save_at=save_at)
+  pick = (lambda out: out) if save_at is None else (lambda out: out[1])
   if space == "latent":
-    z = flow(latent_potential(logit_fn, generator_fn, hmap), z, key, num_steps=num_steps,
-             step_size=step_size, noise_scale=noise_scale)
-    return generator_fn(z)
-  return flow(potential(logit_fn, hmap), generator_fn(z), key, num_steps=num_steps,
-              step_size=step_size, noise_scale=noise_scale, clip=clip)
+    z = pick(flow(latent_potential(logit_fn, generator_fn, hmap), z, key, **kwargs))
+    return generator_fn(z) if save_at is None else jnp.stack([generator_fn(zi) for zi in z])
+  return pick(flow(potential(logit_fn, hmap), generator_fn(z), key, clip=clip, **kwargs))

@@ -116,10 +116,14 @@ class Sampler(NamedTuple):
       multiple of the device count; its output is split over "data" (each device holds its
       n / devices particles).
     takes_inputs: whether the sampler moves given particles rather than drawing a start.
+    lengths: None, or the flow lengths (step counts) of a sampler that returns the particles
+      after each of them from one flow: samples of shape (len(lengths), n, ...), the particle
+      axis second (``build_sampler``'s ``lengths``).
   """
   sample: Callable[..., np.ndarray]
   device_sample: Callable[..., Array]
   takes_inputs: bool = False
+  lengths: tuple[int, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,11 +165,15 @@ def conditional_potential(output_fn: PotentialFn, log_prob_fn: Callable[[Array],
 # ----------------------------------------------------------------------------------------------
 # Samplers: (config, parts) → Sampler.
 
-def _split_sampler(fn: Callable[..., Array], mesh, *, takes_inputs: bool = False) -> Sampler:
+def _split_sampler(fn: Callable[..., Array], mesh, *, takes_inputs: bool = False,
+                   lengths: tuple[int, ...] | None = None) -> Sampler:
   """Jits ``fn(state, key, n | x, *extra)`` with its particles split over "data" (``fn``
   constrains its start with ``_shard``) and wraps it to pad n to the devices and gather the
-  result to every process (``Sampler``). ``extra`` arguments are traced, not compiled in."""
-  sharding, n_dev = parallel.particles(mesh), mesh.devices.size
+  result to every process (``Sampler``). ``extra`` arguments are traced, not compiled in. With
+  ``lengths``, ``fn`` returns (len(lengths), n, ...): the particle axis is the second."""
+  n_dev = mesh.devices.size
+  sharding = (parallel.particles(mesh) if lengths is None else
+              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
   jitted = jax.jit(fn, static_argnums=() if takes_inputs else 2, out_shardings=sharding)
 
   def sample(state, key, arg, *extra):
@@ -177,9 +185,10 @@ def _split_sampler(fn: Callable[..., Array], mesh, *, takes_inputs: bool = False
     else:
       n = int(arg)
       out = jitted(state, key, n + (-n % n_dev), *extra)
-    return parallel.to_host(out)[:n]
+    out = parallel.to_host(out)
+    return out[:n] if lengths is None else out[:, :n]
 
-  return Sampler(sample, jitted, takes_inputs)
+  return Sampler(sample, jitted, takes_inputs, lengths)
 
 
 def _shard(x: Array, mesh) -> Array:
@@ -187,58 +196,89 @@ def _shard(x: Array, mesh) -> Array:
   return jax.lax.with_sharding_constraint(x, parallel.particles(mesh))
 
 
-def _flow_fn(parts: SamplerParts, mesh, potential_of: Callable[[State, Any], PotentialFn]
-             ) -> Callable[..., Array]:
+def _flow_kwargs(spec: FlowSpec, lengths: tuple[int, ...] | None) -> dict:
+  """``flows.flow``'s settings: K + κ steps, or one flow to the longest of ``lengths`` (step
+  counts ≥ 1) with the particles saved after each."""
+  kwargs = spec.sampling_kwargs()
+  if lengths is None:
+    return kwargs
+  if not lengths or min(lengths) < 1:
+    raise ValueError(f"Flow lengths must be step counts >= 1, got {lengths}.")
+  return {**kwargs, "num_steps": max(lengths), "save_at": tuple(sorted(lengths))}
+
+
+def _snapshots(flowed, lengths: tuple[int, ...] | None) -> Array:
+  """A flow's output: the final particles, or (with ``lengths``) the snapshots at each length."""
+  return flowed if lengths is None else flowed[1]
+
+
+def _flow_fn(parts: SamplerParts, mesh, potential_of: Callable[[State, Any], PotentialFn],
+             lengths: tuple[int, ...] | None = None) -> Callable[..., Array]:
   """``fn(state, key, n, extra)``: x₀ = parts.start, split over the devices (mesh None: left
-  where it is), then K + κ steps along ``potential_of(state, extra)``. ``extra`` (e.g. a
-  classifier's parameters) is a jit argument, not a constant baked into the compiled sampler."""
-  kwargs = parts.spec.sampling_kwargs()
+  where it is), then K + κ steps along ``potential_of(state, extra)`` (with ``lengths``: the
+  particles after each length, stacked). ``extra`` (e.g. a classifier's parameters) is a jit
+  argument, not a constant baked into the compiled sampler."""
+  kwargs = _flow_kwargs(parts.spec, lengths)
 
   def fn(state, key, n, extra=None):
     k_start, k_flow = jax.random.split(key)
     x0 = parts.start(state, k_start, n)
     x0 = x0 if mesh is None else _shard(x0, mesh)
-    return flows.flow(potential_of(state, extra), x0, k_flow, **kwargs)
+    return _snapshots(flows.flow(potential_of(state, extra), x0, k_flow, **kwargs), lengths)
 
   return fn
 
 
-def prior_sample_fn(parts: SamplerParts, mesh=None) -> Callable[[State, Array, int], Array]:
-  """The pure ``fn(state, key, n)`` of the ``prior`` sampler: K + κ flow steps from a prior draw,
-  or a generator's G(z) as is; split over ``mesh``'s devices, or (None) traced as plain code for
-  a caller's own ``jax.jit`` (``fdrl_jax.load``)."""
+def prior_sample_fn(parts: SamplerParts, mesh=None, lengths: tuple[int, ...] | None = None
+                    ) -> Callable[[State, Array, int], Array]:
+  """The pure ``fn(state, key, n)`` of the ``prior`` sampler: K + κ flow steps from a prior draw
+  (or the particles after each of ``lengths``), or a generator's G(z) as is; split over
+  ``mesh``'s devices, or (None) traced as plain code for a caller's own ``jax.jit``
+  (``fdrl_jax.load``)."""
   if parts.potential is None:  # a generator: its samples are the start itself
+    if lengths is not None:
+      raise ValueError("A generator's samples do not flow: flow lengths need "
+                       "--config.sampling.name=refine.")
     place = (lambda x: x) if mesh is None else (lambda x: _shard(x, mesh))
     return lambda state, key, n: place(parts.start(state, jax.random.split(key)[0], n))
-  return _flow_fn(parts, mesh, lambda state, _: parts.potential(state))
+  return _flow_fn(parts, mesh, lambda state, _: parts.potential(state), lengths)
 
 
-def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None
-           ) -> Sampler:
-  return _split_sampler(prior_sample_fn(parts, mesh), mesh)
+def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None,
+           lengths: tuple[int, ...] | None) -> Sampler:
+  return _split_sampler(prior_sample_fn(parts, mesh, lengths), mesh, lengths=lengths)
 
 
-def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None
-            ) -> Sampler:
+def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None,
+            lengths: tuple[int, ...] | None) -> Sampler:
+  """DGflow's refinement of G(z); with ``lengths`` (refinement step counts, 0 = G(z) before
+  refinement) the samples after each, from one refinement flow."""
   g = parts.generator
   if g is None:
     raise ValueError("--config.sampling.name=refine refines a generator's samples "
                      "(--config.method=gan); FDRL's own refinement is flow.num_refine_steps.")
   r = config.refine
   hmap = monoflow.get_map(r.h, setting="--config.refine.h", shift=config.gan.shift,
-                         scale=config.gan.scale)  # the GAN's shift and scale
+                         scale=config.gan.scale)  # the GAN's h
   monoflow.check_refine_space(r.space)
+
+  if lengths is not None and (not lengths or min(lengths) < 0):
+    raise ValueError(f"Refinement lengths must be step counts >= 0, got {lengths}.")
+  save_at = None if lengths is None else tuple(sorted(lengths))
+  num_steps = r.num_steps if lengths is None else max(lengths)
 
   def sample(state, key, n):
     k_z, k_flow = jax.random.split(key)
     z = _shard(jax.random.normal(k_z, (n, g.latent_dim)), mesh)
-    if r.num_steps == 0:
-      return g.generate(state)(z)
+    if num_steps == 0:
+      x = g.generate(state)(z)
+      return x if save_at is None else x[None]
     return monoflow.refine(g.generate(state), g.logit(state), hmap, z, k_flow, space=r.space,
-                           num_steps=r.num_steps, step_size=r.step_size,
-                           noise_scale=r.noise_scale, clip=parts.spec.clip if parts.spec else None)
+                           num_steps=num_steps, step_size=r.step_size,
+                           noise_scale=r.noise_scale, clip=parts.spec.clip if parts.spec else None,
+                           save_at=save_at)
 
-  return _split_sampler(sample, mesh)
+  return _split_sampler(sample, mesh, lengths=save_at)
 
 
 def _require_estimator(parts: SamplerParts, name: str) -> None:
@@ -247,12 +287,13 @@ def _require_estimator(parts: SamplerParts, name: str) -> None:
                      "(--config.method=fdrl).")
 
 
-def conditional_sampler(parts: SamplerParts, guide: Guide | None, mesh=None
+def conditional_sampler(parts: SamplerParts, guide: Guide | None, mesh=None,
+                        lengths: tuple[int, ...] | None = None
                         ) -> tuple[Callable[[int, float], Sampler], int]:
   """Class-conditional FDRL guided by the classifier ``guide``: ``(for_class, num_classes)``,
   ``for_class(label, weight)`` the ``Sampler`` of class ``label`` with ϕ = ``weight``, particles
-  split over ``mesh`` (default all devices). Label and ϕ are traced arguments, so one
-  compilation serves every class and weight."""
+  split over ``mesh`` (default all devices; with ``lengths``, the particles after each flow
+  length). Label and ϕ are traced arguments, so one compilation serves every class and weight."""
   _require_estimator(parts, "conditional")
   if guide is None:
     raise ValueError(NEEDS_CLASSIFIER)
@@ -264,19 +305,20 @@ def conditional_sampler(parts: SamplerParts, guide: Guide | None, mesh=None
     return conditional_potential(est.apply(state), log_probs(classifier_params), label=label,
                                  weight=weight, output=est.output, divergence=est.divergence)
 
-  split = _split_sampler(_flow_fn(parts, mesh, potential_of), mesh)
+  split = _split_sampler(_flow_fn(parts, mesh, potential_of, lengths), mesh, lengths=lengths)
 
   def for_class(label: int, weight: float) -> Sampler:
     extra = (guide.params, jnp.asarray(label, jnp.int32), jnp.asarray(weight, jnp.float32))
     return Sampler(lambda state, key, n: split.sample(state, key, n, extra),
-                   lambda state, key, n: split.device_sample(state, key, n, extra))
+                   lambda state, key, n: split.device_sample(state, key, n, extra),
+                   lengths=lengths)
 
   return for_class, guide.num_classes
 
 
 def _conditional(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
-                 guide: Guide | None) -> Sampler:
-  for_class, num_classes = conditional_sampler(parts, guide, mesh)
+                 guide: Guide | None, lengths: tuple[int, ...] | None) -> Sampler:
+  for_class, num_classes = conditional_sampler(parts, guide, mesh, lengths)
   label, weight = config.sampling.label, config.sampling.classifier_weight
   if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
     raise ValueError(f"--config.sampling.label={label!r} is not a class of the classifier in "
@@ -285,35 +327,41 @@ def _conditional(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
 
 
 def _translate(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
-               guide: Guide | None) -> Sampler:
+               guide: Guide | None, lengths: tuple[int, ...] | None) -> Sampler:
   _require_estimator(parts, "translate")
-  kwargs, sigma = parts.spec.sampling_kwargs(), parts.input_noise
+  kwargs, sigma = _flow_kwargs(parts.spec, lengths), parts.input_noise
 
   def sample(state, key, x):
     # Given images get the noise that training's starting particles got (source dequantisation).
     k_deq, k_flow = jax.random.split(key)
     x = x + sigma * jax.random.normal(k_deq, x.shape, x.dtype)
-    return flows.flow(parts.potential(state), x, k_flow, **kwargs)
+    return _snapshots(flows.flow(parts.potential(state), x, k_flow, **kwargs), lengths)
 
-  return _split_sampler(sample, mesh, takes_inputs=True)
+  return _split_sampler(sample, mesh, takes_inputs=True, lengths=lengths)
 
 
-# name → (config, parts, mesh, guide) → Sampler; ``guide``: the classifier of ``conditional``.
-SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict, SamplerParts, Any, Guide | None],
-                             Sampler]] = {
+# name → (config, parts, mesh, guide, lengths) → Sampler; ``guide``: the classifier of
+# ``conditional``; ``lengths``: None, or the flow lengths to return the samples after.
+SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict, SamplerParts, Any, Guide | None,
+                              tuple[int, ...] | None], Sampler]] = {
     "prior": _prior, "refine": _refine, "conditional": _conditional, "translate": _translate}
 
 
 def build_sampler(config: ml_collections.ConfigDict, parts: SamplerParts | None,
-                  name: str | None = None, mesh=None, guide: Guide | None = None) -> Sampler:
+                  name: str | None = None, mesh=None, guide: Guide | None = None,
+                  lengths: tuple[int, ...] | None = None) -> Sampler:
   """The sampler ``name`` (default ``config.sampling.name``) composed from a method's parts, its
   particles split over ``mesh`` (default: a "data" mesh of all devices); ``guide`` is the
-  classifier of the ``conditional`` sampler."""
+  classifier of the ``conditional`` sampler. With ``lengths`` (flow step counts; for ``refine``
+  refinement steps, 0 = before refinement) the sampler flows once to the longest and returns
+  the samples after each length, shape (len(lengths), n, ...) in increasing order: each equals
+  the sampler of that one length with the same key (``flows.flow``'s ``save_at``)."""
   name = name or config.sampling.name
   builder = registry.lookup(SAMPLERS, name, "--config.sampling.name")
   if parts is None:
     raise ValueError(f"A --config.method={config.method} run does not sample.")
-  return builder(config, parts, parallel.data_mesh() if mesh is None else mesh, guide)
+  lengths = None if lengths is None else tuple(sorted(set(lengths)))
+  return builder(config, parts, parallel.data_mesh() if mesh is None else mesh, guide, lengths)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,7 +371,8 @@ def draw_batches(sampler: Sampler, state, key: Array, num_or_inputs: int | np.nd
                  batch_size: int) -> Iterator[np.ndarray]:
   """``sampler`` in batches of ``batch_size``, one host array per batch: ``num`` samples, or the
   given inputs moved; batch i uses ``fold_in(key, i)``. A progress bar on a terminal (process 0).
-  Streaming keeps a paper-size evaluation (50 000 images) out of host memory."""
+  Streaming keeps a paper-size evaluation (50 000 images) out of host memory. A sampler with
+  ``lengths`` yields (len(lengths), n, ...) batches: the batch of every length at once."""
   inputs = None if isinstance(num_or_inputs, (int, np.integer)) else np.asarray(num_or_inputs)
   total = len(inputs) if inputs is not None else int(num_or_inputs)
   if total < 1:

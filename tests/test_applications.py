@@ -159,8 +159,9 @@ def test_translation_eval_and_figures(trained, tmp_path):
   config = tiny_digits_config(6, digits_bold.get_config())
   result = modes.evaluate_to_file(config, trained["bold"])
   assert result["num_samples"] == 297  # every held-out digit, translated
-  assert 0 < result["fd_digits_floor"] < result["fd_digits_untranslated"]
-  assert np.isfinite(result["fd_digits"])
+  (row,) = result["rows"]  # the untranslated sources are the empirical prior's draws
+  assert 0 < row["fd_digits_floor"] < row["fd_digits_prior"]
+  assert np.isfinite(row["fd_digits"])
   path = figures.translation(config, trained["bold"], str(tmp_path / "pairs.png"), num_samples=3)
   width, height = Image.open(path).size  # sources above their translations, under a title
   assert height == 2 * 33 + 1 + images.TITLE_LINE and width >= 3 * 33 + 1

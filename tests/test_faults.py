@@ -123,7 +123,7 @@ def test_row06_eval_on_a_full_disk_prints_its_numbers_then_one_line(toy_run):
   assert "Cannot write" in line and "eval_step_0000002.json" in line, line
   assert "the results above are not saved" in line
   numbers = json.loads(result.stdout)  # nothing lost: the numbers were printed
-  assert numbers["step"] == 2 and np.isfinite(numbers["mmd"])
+  assert numbers["step"] == 2 and np.isfinite(numbers["rows"][0]["mmd"])
   assert not [f for f in os.listdir(toy_run) if f.startswith("eval_step")]
   assert not _temporaries(toy_run)
 

@@ -132,6 +132,29 @@ def test_trajectory(unroll):
          save_every=4)
 
 
+@pytest.mark.parametrize("unroll", [1, True])
+@pytest.mark.parametrize("clip_every_step", [True, False])
+def test_save_at_equals_separate_flows(unroll, clip_every_step):
+  # Each snapshot is a flow of that many steps with the same key, clipped as its output would be.
+  x0 = 2 * jax.random.normal(jax.random.key(0), (6, 2))
+  kwargs = dict(step_size=0.1, noise_scale=0.3, clip=(-1.0, 1.0), clip_every_step=clip_every_step,
+                unroll=unroll)
+  lengths = (0, 2, 3, 7)
+  final, snaps = flow(quadratic, x0, jax.random.key(1), num_steps=9, save_at=lengths, **kwargs)
+  assert snaps.shape == (4, 6, 2)
+  np.testing.assert_allclose(final, flow(quadratic, x0, jax.random.key(1), num_steps=9, **kwargs),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(snaps[0], x0 if clip_every_step else jnp.clip(x0, -1, 1))
+  for snap, length in zip(snaps[1:], lengths[1:]):
+    alone = flow(quadratic, x0, jax.random.key(1), num_steps=length, **kwargs)
+    np.testing.assert_allclose(snap, alone, rtol=1e-6, atol=1e-7)
+  for bad in [(3, 2), (), (2, 10), (2, 2)]:
+    with pytest.raises(ValueError, match="save_at=.* must be increasing step counts"):
+      flow(quadratic, x0, jax.random.key(1), num_steps=9, save_at=bad, **kwargs)
+  with pytest.raises(ValueError, match="save_every or save_at, not both"):
+    flow(quadratic, x0, jax.random.key(1), num_steps=9, save_at=(1,), save_every=3, **kwargs)
+
+
 def test_clip_keeps_particles_in_range():
   x0 = jnp.zeros((100, 2))
   out = flow(lambda x: -10 * x.sum(axis=1), x0, jax.random.key(0), num_steps=5, step_size=1.0,

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import monoflow_digits, monoflow_mnist
-from fdrl_jax import (evaluate, gan, generators, models, modes, monoflow, parallel, run_lib,
+from fdrl_jax import (features, gan, generators, models, modes, monoflow, parallel, run_lib,
                       workdir as workdirs)
 from helpers import cli, straight_and_resumed, tiny_digits_config
 
@@ -171,8 +171,8 @@ def test_fdrl_workdir_written_before_newer_sections_and_keys_still_resumes(tmp_p
 def test_fd_mnist_eval_of_a_mnist_gan_on_mock_data(tmp_path, monkeypatch):
   """--mode=eval with fd_mnist: the classifier is trained on labelled tfds MNIST (mock data here,
   so the numbers mean nothing; the path through loading, training and scoring is what is tested)."""
-  monkeypatch.setattr(evaluate, "MNIST_CLASSIFIER_IMAGES", 40)
-  monkeypatch.setattr(evaluate, "MNIST_CLASSIFIER_STEPS", 3)
+  monkeypatch.setattr(features, "MNIST_CLASSIFIER_IMAGES", 40)
+  monkeypatch.setattr(features, "MNIST_CLASSIFIER_STEPS", 3)
   config = importlib.import_module("configs.monoflow_mnist").get_config()
   config.data.batch_size = 4
   config.generator.channels, config.model.channels = (8, 4), (4, 8)
@@ -182,9 +182,11 @@ def test_fd_mnist_eval_of_a_mnist_gan_on_mock_data(tmp_path, monkeypatch):
   with tfds.testing.mock_data(num_examples=40):
     run_lib.train_and_evaluate(config, str(tmp_path))
     result = modes.evaluate_to_file(config, str(tmp_path))
-  assert result["metric"] == "fd_mnist" and result["num_samples"] == 8
-  assert np.isfinite(result["fd_mnist"]) and np.isfinite(result["fd_mnist_floor"])
-  assert "fd_mnist_prior" not in result  # a GAN has no prior
+  assert result["metrics"] == ["fd_mnist"] and result["num_samples"] == 8
+  (row,) = result["rows"]
+  assert row["flow_length"] == 0  # a GAN's own samples
+  assert np.isfinite(row["fd_mnist"]) and np.isfinite(row["fd_mnist_floor"])
+  assert "fd_mnist_prior" not in row  # a GAN has no prior
   assert 0 <= result["classifier_test_accuracy"] <= 1
   config.data.name = "cifar10"
   with pytest.raises(ValueError, match="FD-MNIST needs tfds MNIST"):

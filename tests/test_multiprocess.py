@@ -176,7 +176,7 @@ def test_sample_eval_and_figure_write_once(runs):
   written = [f for f in os.listdir(multi) if f.startswith("eval_step_")]
   assert written == [f"eval_step_{LONG:07d}.json"]
   results = [json.loads(e.stdout[e.stdout.index("{"):]) for e in evals]
-  assert results[0] == results[1] and results[0]["mmd"] < results[0]["mmd_prior"]
+  assert results[0] == results[1] and results[0]["rows"][0]["mmd"] < results[0]["rows"][0]["mmd_prior"]
 
   two_processes(CONFIG, f"--workdir={multi}", *FLAGS, "--mode=figure")  # a grid by default
   made = [f for f in os.listdir(multi) if f.endswith((".png", ".npz"))]

@@ -56,4 +56,5 @@ def test_lsif_chi2_beats_its_prior_on_digits_in_400_steps(tmp_path):
   config.eval.num_samples = 500
   run_lib.train_and_evaluate(config, str(tmp_path))
   result = modes.evaluate_to_file(config, str(tmp_path))
-  assert result["fd_digits"] < 0.75 * result["fd_digits_prior"]
+  (row,) = result["rows"]
+  assert row["fd_digits"] < 0.75 * row["fd_digits_prior"]

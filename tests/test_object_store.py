@@ -55,7 +55,7 @@ def test_a_run_in_a_gs_workdir(bucket):
   assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [
       2, 4]
   assert sorted(os.listdir(run / "samples")) == ["step_0000002.png", "step_0000004.png"]
-  assert json.loads((run / "eval_step_0000004.json").read_text())["mmd"] == result["mmd"]
+  assert json.loads((run / "eval_step_0000004.json").read_text())["rows"] == result["rows"]
   with np.load(bucket / "out" / "x.npz") as f:
     assert f["x"].shape == (5, 2)
   assert not os.path.exists("gs:")  # nothing went to a local folder named after the URI

@@ -149,3 +149,28 @@ def test_sampler_particles_are_split_over_the_devices(name):
   assert seven.shape == (7, 8, 8, 1)
   np.testing.assert_allclose(seven, np.asarray(x)[:7], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(seven, alone, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["prior", "translate"])
+def test_a_sampler_of_several_lengths_equals_one_sampler_per_length(name):
+  # One flow to the longest length, split over 4 devices, gives each length's samples as the
+  # sampler of that length alone (the same keys); draw_batches yields every length's batch.
+  config = default.get_config()
+  config.flow.num_steps, config.flow.num_refine_steps = 2, 1
+  dataset = bundled.create_dataset("digits")
+  state = fdrl.init_state(config, dataset, jax.random.key(0), fit=True)
+  parts = fdrl.sampler_parts(config, dataset)
+  arg = 7 if name == "prior" else dataset.test[:7]
+  lengths = (4, 1, 2)
+  several = sampling.build_sampler(config, parts, name, lengths=lengths)
+  assert several.lengths == (1, 2, 4)
+  batches = list(sampling.draw_batches(several, state, jax.random.key(3), arg, 4))
+  assert [b.shape for b in batches] == [(3, 4, 8, 8, 1), (3, 3, 8, 8, 1)]
+  for i, length in enumerate(several.lengths):
+    config.flow.num_steps, config.flow.num_refine_steps = length, 0
+    alone = sampling.build_sampler(config, fdrl.sampler_parts(config, dataset), name)
+    expected = sampling.draw(alone, state, jax.random.key(3), arg, 4)
+    np.testing.assert_allclose(np.concatenate([b[i] for b in batches]), expected, rtol=1e-5,
+                               atol=1e-5)
+  with pytest.raises(ValueError, match="Flow lengths must be step counts >= 1"):
+    sampling.build_sampler(config, parts, name, lengths=(0, 2))

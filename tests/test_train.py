@@ -144,8 +144,10 @@ def test_digits_end_to_end_through_main(tmp_path):
   with open(os.path.join(workdir, "eval_step_0000005.json")) as f:
     result = json.load(f)
   assert result["step"] == 5 and result["num_samples"] == 40
-  assert 0 < result["fd_digits_floor"] < result["fd_digits_prior"]
-  assert np.isfinite(result["fd_digits"]) and 0 <= result["confident_share"] <= 1
+  (row,) = result["rows"]
+  assert row["step"] == 5 and row["flow_length"] == 3  # K + κ of TINY_FLAGS
+  assert 0 < row["fd_digits_floor"] < row["fd_digits_prior"]
+  assert np.isfinite(row["fd_digits"]) and 0 <= row["confident_share"] <= 1
 
 
 @pytest.mark.parametrize("args, message", [
