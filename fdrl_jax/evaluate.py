@@ -280,8 +280,7 @@ def evaluate_samples(config: ml_collections.ConfigDict, run, state, workdir: str
     rows = _conditional_rows(config, run, state, parts, judge, scoring, lengths, row_lengths,
                              num, batch_size)
   else:
-    sampler = (run.sampler(name) if lengths is None else sampling.build_sampler(
-        config, parts, name, run.mesh, run.guide, lengths=lengths))
+    sampler = run.sampler(name, lengths)
     accumulators = [scoring.new() for _ in row_lengths]
     _stream(sampling.draw_batches(sampler, state, key, arg, batch_size), accumulators,
             stacked=lengths is not None)

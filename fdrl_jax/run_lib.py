@@ -66,7 +66,7 @@ class Run:
     self.replicated = parallel.replicated(self.mesh)
     self.init_key, self.step_key, self.sample_key = jax.random.split(
         jax.random.key(config.seed), 3)
-    self._samplers: dict[str, sampling.Sampler] = {}
+    self._samplers: dict[tuple, sampling.Sampler] = {}
     # The classifier of the ``conditional`` sampler, set by whoever restores the run to sample
     # (``loading.restore_for_sampling``); the run itself never reads another workdir.
     self.guide: sampling.Guide | None = None
@@ -111,13 +111,16 @@ class Run:
     parts = self.method.sampler_parts
     return None if parts is None else parts(self.config, self.dataset)
 
-  def sampler(self, name: str | None = None) -> sampling.Sampler:
-    """The sampler ``name`` (default ``config.sampling.name``), built and compiled once a run."""
-    name = name or self.config.sampling.name
-    if name not in self._samplers:
-      self._samplers[name] = sampling.build_sampler(self.config, self.sampler_parts(), name,
-                                                     self.mesh, self.guide)
-    return self._samplers[name]
+  def sampler(self, name: str | None = None, lengths: tuple[int, ...] | None = None
+              ) -> sampling.Sampler:
+    """The sampler ``name`` (default ``config.sampling.name``; ``sampling.SAMPLERS`` or the
+    method's own ``samplers``) at flow ``lengths`` (``sampling.build_sampler``), compiled once."""
+    key = (name or self.config.sampling.name, lengths)
+    if key not in self._samplers:
+      self._samplers[key] = sampling.build_sampler(
+          self.config, self.sampler_parts(), key[0], self.mesh, self.guide, lengths=lengths,
+          samplers=self.method.samplers)
+    return self._samplers[key]
 
   def draw(self, state, key: jax.Array, n: int, name: str | None = None) -> np.ndarray:
     """``n`` samples of the model in ``state`` by the sampler ``name`` (a host array, the same on

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -165,11 +165,12 @@ def conditional_potential(output_fn: PotentialFn, log_prob_fn: Callable[[Array],
 # ----------------------------------------------------------------------------------------------
 # Samplers: (config, parts) → Sampler.
 
-def _split_sampler(fn: Callable[..., Array], mesh, *, takes_inputs: bool = False,
+def split_sampler(fn: Callable[..., Array], mesh, *, takes_inputs: bool = False,
                    lengths: tuple[int, ...] | None = None) -> Sampler:
-  """Jits ``fn(state, key, n | x, *extra)`` with its particles split over "data" (``fn``
-  constrains its start with ``_shard``) and wraps it to pad n to the devices and gather the
-  result to every process (``Sampler``). ``extra`` arguments are traced, not compiled in. With
+  """A ``Sampler`` from a pure ``fn``: the one way a sampler is made (a method's own samplers,
+  ``methods.Method.samplers``, use it too). Jits ``fn(state, key, n | x, *extra)`` with its
+  particles split over "data" (``fn`` constrains its start with ``shard``) and wraps it to pad n
+  to the devices and gather the result to every process (``Sampler``). ``extra`` arguments are traced, not compiled in. With
   ``lengths``, ``fn`` returns (len(lengths), n, ...): the particle axis is the second."""
   n_dev = mesh.devices.size
   sharding = (parallel.particles(mesh) if lengths is None else
@@ -191,7 +192,7 @@ def _split_sampler(fn: Callable[..., Array], mesh, *, takes_inputs: bool = False
   return Sampler(sample, jitted, takes_inputs, lengths)
 
 
-def _shard(x: Array, mesh) -> Array:
+def shard(x: Array, mesh) -> Array:
   """Particles inside a sampler's jit, split over "data": each device computes its own."""
   return jax.lax.with_sharding_constraint(x, parallel.particles(mesh))
 
@@ -223,7 +224,7 @@ def _flow_fn(parts: SamplerParts, mesh, potential_of: Callable[[State, Any], Pot
   def fn(state, key, n, extra=None):
     k_start, k_flow = jax.random.split(key)
     x0 = parts.start(state, k_start, n)
-    x0 = x0 if mesh is None else _shard(x0, mesh)
+    x0 = x0 if mesh is None else shard(x0, mesh)
     return _snapshots(flows.flow(potential_of(state, extra), x0, k_flow, **kwargs), lengths)
 
   return fn
@@ -239,14 +240,14 @@ def prior_sample_fn(parts: SamplerParts, mesh=None, lengths: tuple[int, ...] | N
     if lengths is not None:
       raise ValueError("A generator's samples do not flow: flow lengths need "
                        "--config.sampling.name=refine.")
-    place = (lambda x: x) if mesh is None else (lambda x: _shard(x, mesh))
+    place = (lambda x: x) if mesh is None else (lambda x: shard(x, mesh))
     return lambda state, key, n: place(parts.start(state, jax.random.split(key)[0], n))
   return _flow_fn(parts, mesh, lambda state, _: parts.potential(state), lengths)
 
 
 def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None,
            lengths: tuple[int, ...] | None) -> Sampler:
-  return _split_sampler(prior_sample_fn(parts, mesh, lengths), mesh, lengths=lengths)
+  return split_sampler(prior_sample_fn(parts, mesh, lengths), mesh, lengths=lengths)
 
 
 def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None,
@@ -269,7 +270,7 @@ def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide:
 
   def sample(state, key, n):
     k_z, k_flow = jax.random.split(key)
-    z = _shard(jax.random.normal(k_z, (n, g.latent_dim)), mesh)
+    z = shard(jax.random.normal(k_z, (n, g.latent_dim)), mesh)
     if num_steps == 0:
       x = g.generate(state)(z)
       return x if save_at is None else x[None]
@@ -278,7 +279,7 @@ def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide:
                            noise_scale=r.noise_scale, clip=parts.spec.clip if parts.spec else None,
                            save_at=save_at)
 
-  return _split_sampler(sample, mesh, lengths=save_at)
+  return split_sampler(sample, mesh, lengths=save_at)
 
 
 def _require_estimator(parts: SamplerParts, name: str) -> None:
@@ -305,7 +306,7 @@ def conditional_sampler(parts: SamplerParts, guide: Guide | None, mesh=None,
     return conditional_potential(est.apply(state), log_probs(classifier_params), label=label,
                                  weight=weight, output=est.output, divergence=est.divergence)
 
-  split = _split_sampler(_flow_fn(parts, mesh, potential_of, lengths), mesh, lengths=lengths)
+  split = split_sampler(_flow_fn(parts, mesh, potential_of, lengths), mesh, lengths=lengths)
 
   def for_class(label: int, weight: float) -> Sampler:
     extra = (guide.params, jnp.asarray(label, jnp.int32), jnp.asarray(weight, jnp.float32))
@@ -337,7 +338,7 @@ def _translate(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
     x = x + sigma * jax.random.normal(k_deq, x.shape, x.dtype)
     return _snapshots(flows.flow(parts.potential(state), x, k_flow, **kwargs), lengths)
 
-  return _split_sampler(sample, mesh, takes_inputs=True, lengths=lengths)
+  return split_sampler(sample, mesh, takes_inputs=True, lengths=lengths)
 
 
 # name → (config, parts, mesh, guide, lengths) → Sampler; ``guide``: the classifier of
@@ -349,15 +350,17 @@ SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict, SamplerParts, Any, Guid
 
 def build_sampler(config: ml_collections.ConfigDict, parts: SamplerParts | None,
                   name: str | None = None, mesh=None, guide: Guide | None = None,
-                  lengths: tuple[int, ...] | None = None) -> Sampler:
+                  lengths: tuple[int, ...] | None = None,
+                  samplers: Mapping[str, Callable[..., Sampler]] | None = None) -> Sampler:
   """The sampler ``name`` (default ``config.sampling.name``) composed from a method's parts, its
   particles split over ``mesh`` (default: a "data" mesh of all devices); ``guide`` is the
   classifier of the ``conditional`` sampler. With ``lengths`` (flow step counts; for ``refine``
   refinement steps, 0 = before refinement) the sampler flows once to the longest and returns
   the samples after each length, shape (len(lengths), n, ...) in increasing order: each equals
-  the sampler of that one length with the same key (``flows.flow``'s ``save_at``)."""
+  the sampler of that one length with the same key (``flows.flow``'s ``save_at``). ``samplers``: a
+  method's own builders (``methods.Method.samplers``), found beside ``SAMPLERS``."""
   name = name or config.sampling.name
-  builder = registry.lookup(SAMPLERS, name, "--config.sampling.name")
+  builder = registry.lookup({**SAMPLERS, **(samplers or {})}, name, "--config.sampling.name")
   if parts is None:
     raise ValueError(f"A --config.method={config.method} run does not sample.")
   lengths = None if lengths is None else tuple(sorted(set(lengths)))

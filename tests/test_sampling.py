@@ -174,3 +174,25 @@ def test_a_sampler_of_several_lengths_equals_one_sampler_per_length(name):
                                atol=1e-5)
   with pytest.raises(ValueError, match="Flow lengths must be step counts >= 1"):
     sampling.build_sampler(config, parts, name, lengths=(0, 2))
+
+
+def test_a_method_brings_its_own_sampler(monkeypatch):
+  # A sampler that is not "start + potential -> flow" lives with its method
+  # (Method.samplers): --config.sampling.name finds it beside sampling.SAMPLERS, through the
+  # run, with its particles split over the devices like every sampler.
+  from fdrl_jax import methods, run_lib
+
+  def uniform(config, parts, mesh, guide, lengths):
+    del config, parts, guide, lengths
+    draw = lambda state, key, n: sampling.shard(jax.random.uniform(key, (n, 8, 8, 1)), mesh)
+    return sampling.split_sampler(draw, mesh)
+
+  method = methods.METHODS["fdrl"]._replace(samplers={"uniform_noise": uniform})
+  monkeypatch.setitem(methods.METHODS, "fdrl", method)
+  config = default.get_config()
+  config.sampling.name = "uniform_noise"
+  run = run_lib.Run(config)
+  x = run.draw(None, jax.random.key(0), 6)
+  assert x.shape == (6, 8, 8, 1) and 0.0 <= x.min() and x.max() <= 1.0
+  with pytest.raises(ValueError, match="did you mean 'uniform_noise'"):
+    run.sampler("uniform_nois")
