@@ -166,7 +166,7 @@ def main(argv: list[str]) -> None:
   cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in cluster) and not _DISTRIBUTED.value:
     _fail("--coordinator_address, --num_processes and --process_id need --distributed.")
-  from fdrl_jax import modes, parallel, registry, run_lib  # flag errors are reported before JAX
+  from fdrl_jax import modes, parallel, registry, stops  # flag errors are reported before JAX
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
   options = modes.Options(num_samples=_NUM_SAMPLES.value, output=_OUTPUT.value,
                           input=_INPUT.value, figure=_FIGURE.value, space=_SPACE.value,
@@ -186,7 +186,7 @@ def main(argv: list[str]) -> None:
     where = workdir.log_error(_workdir(), e) if os.path.isdir(_workdir()) else ""
     _fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}. Nothing written "
           f"before it is lost; free space (or fix the folder) and run the command again{where}.")
-  except run_lib.TrainingInterrupted as e:
+  except stops.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:

@@ -13,17 +13,14 @@ import dataclasses
 import shlex
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Self
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from fdrl_jax import (
@@ -36,6 +33,7 @@ from fdrl_jax import (
   metrics_log,
   parallel,
   sampling,
+  stops,
   workdir as workdirs,
 )
 
@@ -138,56 +136,6 @@ def grid_reference(run: Run) -> np.ndarray | None:
   return None if run.dataset.is_image else bundled.fit_samples(run.dataset, 2000, run.config.seed)
 
 
-class TrainingInterrupted(Exception):
-  """SIGINT or SIGTERM stopped training after a checkpoint of the current step was saved."""
-
-  def __init__(self, message: str, signal_number: int):
-    super().__init__(message)
-    self.exit_code = 128 + signal_number
-
-
-class StopRequests:
-  """SIGINT and SIGTERM as a request to stop after the current step (``stop_now(step)``); a second
-  SIGINT interrupts at once. Only in the main thread.
-
-  One process: a Python handler records the signal. Several processes: SIGTERM is left to JAX's
-  preemption notifier and SIGINT is passed on to it as a SIGTERM, so a signal to any one process
-  reaches all of them, and ``multihost_utils.reached_preemption_sync_point`` gives every process
-  the same step to save at (the step after the furthest one any process had reached)."""
-
-  def __init__(self):
-    self.signal: int | None = None
-    self._previous: dict[int, object] = {}
-    self._sync = jax.process_count() > 1
-
-  def __enter__(self) -> Self:
-    if threading.current_thread() is threading.main_thread():
-      for sig in ((signal.SIGINT,) if self._sync else (signal.SIGINT, signal.SIGTERM)):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for sig, old in self._previous.items():
-      signal.signal(sig, old)
-
-  def _handle(self, signum, frame) -> None:
-    del frame
-    if self.signal is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # asked twice: stop now, without the checkpoint
-    self.signal = signum
-    if self._sync:
-      signal.raise_signal(signal.SIGTERM)  # to the preemption notifier, which tells every process
-
-  def stop_now(self, step: int) -> bool:
-    """Whether to save ``step`` and stop; called by every process after every step."""
-    if self._sync:
-      if multihost_utils.reached_preemption_sync_point(step):
-        self.signal = self.signal or signal.SIGTERM
-        return True
-      return False
-    return self.signal is not None
-
-
 @jax.jit
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
@@ -274,8 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   reference = grid_reference(run)
   draws_grids = run.method.sampler_parts is not None
 
-  with workdirs.training_lock(workdir), \
-      checkpoints.trainer_manager(workdir, cfg.keep_checkpoints) as mngr, StopRequests() as stop:
+  with workdirs.training_lock(workdir), stops.StopRequests() as stop, \
+      checkpoints.trainer_manager(workdir, cfg.keep_checkpoints) as mngr:
     state, latest = checkpoints.restore_readable(run, mngr, workdir, set_aside=True)
     if state is None:
       state = run.new_state(fit=True)
@@ -368,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
         if stopping:
           with checkpoints.checkpoint_write(workdir, done, last_good):
             mngr.wait_until_finished()
-          raise TrainingInterrupted(
+          raise stops.TrainingInterrupted(
               f"Interrupted ({signal.Signals(stop.signal).name}) at step {done}: its checkpoint "
               f"is saved in {workdirs.join(workdir, 'checkpoints')}. Resume with the same "
               f"command: python -m fdrl_jax.main {shlex.join(sys.argv[1:])}", stop.signal)

@@ -15,7 +15,7 @@ FLOORS = {
         "scores", "optim", "configs"],
     1: ["parallel", "files", "config_checks", "workdir", "metrics_log", "bundled", "readers",
         "tfds_sources", "datasets", "models", "generators", "priors", "inception",
-        "inception_weights", "robust_resnet", "reference_weights", "tfds_build"],
+        "inception_weights", "robust_resnet", "reference_weights", "tfds_build", "stops"],
     2: ["classifier", "sampling", "fdrl", "gan"],
     3: ["features", "feature_stats", "evaluate"],
     4: ["methods"],
@@ -101,3 +101,12 @@ def test_no_module_over_400_lines():
 ])
 def test_the_circle_finder_finds_circles(graph, expected):
   assert _cycle(graph) == expected
+
+
+def test_every_module_has_an_api_page_in_the_site():
+  root = os.path.dirname(PACKAGE)
+  nav = open(os.path.join(root, "mkdocs.yml")).read()
+  missing = [m for m in _modules() if m != "__init__"
+             and (not os.path.exists(os.path.join(root, "docs", "api", f"{m}.md"))
+                  or f"api/{m}.md" not in nav)]
+  assert not missing, f"add docs/api/<module>.md (::: fdrl_jax.<module>) and a nav line: {missing}"
