@@ -24,14 +24,24 @@ against that class's held-out images.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 
-from fdrl_jax import (bundled, datasets, feature_stats, features, inception, inception_weights,
-                      parallel, registry, sampling, scores)
+from fdrl_jax import (
+  bundled,
+  datasets,
+  feature_stats,
+  features,
+  inception,
+  inception_weights,
+  parallel,
+  registry,
+  sampling,
+  scores,
+)
 from fdrl_jax.features import FeatureAccumulator, FeatureSet
 
 Scores = Callable[[FeatureSet, FeatureSet], dict]
@@ -41,26 +51,37 @@ def _frechet(name: str) -> Scores:
   return lambda s, ref: {name: scores.frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)}
 
 
+def _kept(rows: np.ndarray | None, what: str) -> np.ndarray:
+  """The feature rows or logits a metric needs (kept by its ``FeatureAccumulator``)."""
+  if rows is None:
+    raise ValueError(f"These statistics hold no {what}: compute them with the metric asked "
+                     "(a --mode=stats file for KID / precision-recall needs its rows).")
+  return rows
+
+
 def _kid(s: FeatureSet, ref: FeatureSet) -> dict:
-  mean, std = scores.kernel_inception_distance(s.features, ref.features)
+  mean, std = scores.kernel_inception_distance(_kept(s.features, "feature rows"),
+                                               _kept(ref.features, "feature rows"))
   return {"kid": mean, "kid_std": std}
 
 
 def _inception_score(s: FeatureSet, ref: FeatureSet) -> dict:
   del ref
-  mean, std = scores.inception_score(s.logits)
+  mean, std = scores.inception_score(_kept(s.logits, "class logits"))
   return {"is": mean, "is_std": std}
 
 
 def _precision_recall(s: FeatureSet, ref: FeatureSet) -> dict:
-  precision, recall = scores.precision_recall(s.features, ref.features)
+  precision, recall = scores.precision_recall(_kept(s.features, "feature rows"),
+                                              _kept(ref.features, "feature rows"))
   return {"precision": precision, "recall": recall}
 
 
 # name → (samples' feature set, reference's) → the row's keys.
 METRICS: dict[str, Scores] = {
     "fd_digits": _frechet("fd_digits"), "fd_mnist": _frechet("fd_mnist"), "fid": _frechet("fid"),
-    "mmd": lambda s, ref: {"mmd": scores.mmd(s.features, ref.features)},
+    "mmd": lambda s, ref: {"mmd": scores.mmd(_kept(s.features, "points"),
+                                             _kept(ref.features, "points"))},
     "kid": _kid, "is": _inception_score, "pr": _precision_recall}
 # The families: eval.metric, whose extractor every metric of the list uses.
 FAMILIES = ("fd_digits", "fd_mnist", "fid", "mmd")
@@ -186,8 +207,8 @@ class _Scoring:
     self.names = metric_names(config)
     self.extractor = features.extractor(config, run.dataset, mesh=run.mesh)
     self.classifier = self.extractor.name in ("digits", "mnist")
-    self.keep = dict(keep_features=bool(NEEDS_ROWS & set(self.names)),
-                     quantize=bool(config.eval.get("quantize", False)))
+    self.keep = {"keep_features": bool(NEEDS_ROWS & set(self.names)),
+                     "quantize": bool(config.eval.get("quantize", False))}
     self.logits = bool(NEEDS_LOGITS & set(self.names))
     # FD-MNIST's reference and floor are labelled MNIST's held-out and training images (a tfds
     # MNIST run reads no held-out split of its own).
@@ -261,11 +282,13 @@ def evaluate_samples(config: ml_collections.ConfigDict, run, state, workdir: str
   key, step = run.sample_key_for(0), int(jax.device_get(state.step))
   parts = run.sampler_parts()
   lengths = flow_lengths(config, parts)
-  translation = config.prior.name == "empirical"
+  translation = datasets.is_translation(config)
   scoring = _Scoring(config, run, workdir, translation)
   default_length = (0 if parts.potential is None else
                     parts.spec.num_steps + parts.spec.num_refine_steps)
   row_lengths = lengths or (default_length,)
+  arg: int | np.ndarray
+  baseline: Iterable[np.ndarray] | None
   if translation:
     _, sources = datasets.source_domain(config, run.dataset)
     if sources is None or run.dataset.test is None:
@@ -323,6 +346,8 @@ def _conditional_rows(config, run, state, parts, judge: sampling.Guide | None, s
         pooled[i].add(batch[i])
         class_hits[i] += np.sum(np.argmax(np.asarray(judged(batch[i])), -1) == n)
     hits += class_hits
+    if labelled.test is None or labelled.test_labels is None:
+      raise ValueError(f"Per-class scores need held-out labelled {config.data.name} images.")
     reference = scoring.of([labelled.test[labelled.test_labels == n]])
     rows += [{"class": n, "on_class": float(h / per_class), **scoring.row(a.result(), reference)}
              for a, h in zip(accumulators, class_hits)]

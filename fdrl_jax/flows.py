@@ -23,13 +23,15 @@ run the loop. The figures are in ``experiments/README.md``. ``unroll`` overrides
 
 from __future__ import annotations
 
+import itertools
 import operator
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 import ml_collections
+from flax import struct
 from jax.extend import core as jax_core
 
 Array = jax.Array
@@ -57,7 +59,7 @@ def _has_slow_loop_convolution(jaxpr) -> bool:
 CPU_UNROLL_MAX_STEPS = 20
 
 
-def auto_unroll(potential_fn: PotentialFn, x0: Array, num_steps: int) -> int | bool:
+def auto_unroll(potential_fn: Callable[..., Any], x0: Array, num_steps: int) -> int | bool:
   """The ``unroll`` that ``flow`` picks by default (see the module docstring): ``True``
   (straight-line code) for a CPU flow of at most ``CPU_UNROLL_MAX_STEPS`` steps whose potential's
   gradient convolves with a reversed kernel, else 1 (a plain scan).
@@ -86,14 +88,17 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
   return number
 
 
-def potential_gradient(potential_fn: PotentialFn, x: Array, *, has_aux: bool = False):
+def potential_gradient(potential_fn: Callable[..., Any], x: Array, *, has_aux: bool = False):
   """Per-particle potential values φ(x) (B,) and ∇ₓ Σᵢ φ(x)ᵢ (same shape as x); with ``has_aux``,
   ``potential_fn`` returns (values, aux) and aux (not differentiated) comes third.
 
   Raises:
     ValueError: if ``potential_fn`` does not return exactly one value per particle.
   """
-  values, vjp, *aux = jax.vjp(potential_fn, x, has_aux=has_aux)
+  if has_aux:
+    values, vjp, *aux = jax.vjp(potential_fn, x, has_aux=True)
+  else:
+    (values, vjp), aux = jax.vjp(potential_fn, x), []
   if values.shape != x.shape[:1]:
     raise ValueError(
         f"potential_fn must return one value per particle, shape ({x.shape[0]},) for particles of "
@@ -106,14 +111,14 @@ def potential_gradient(potential_fn: PotentialFn, x: Array, *, has_aux: bool = F
 def _check_save_at(save_at, num_steps: int) -> tuple[int, ...]:
   """``save_at`` as a tuple of increasing Python ints in [0, num_steps], or a one-line error."""
   steps = tuple(_check_int("save_at", s, minimum=0) for s in save_at)
-  if not steps or any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] > num_steps:
+  if not steps or any(b <= a for a, b in itertools.pairwise(steps)) or steps[-1] > num_steps:
     raise ValueError(f"save_at={tuple(save_at)} must be increasing step counts from 0 to "
                      f"num_steps={num_steps}.")
   return steps
 
 
 def flow(
-    potential_fn: PotentialFn,
+    potential_fn: Callable[..., Any],
     x0: Array,
     key: Array,
     *,
@@ -255,9 +260,9 @@ class FlowSpec(struct.PyTreeNode):
 
   def sampling_kwargs(self) -> dict:
     """Algorithm 2's K + κ steps with this η, ν and clipping, as ``flow`` takes them."""
-    return dict(num_steps=self.num_steps + self.num_refine_steps, step_size=self.step_size,
-                noise_scale=self.noise_scale, clip=self.clip,
-                clip_every_step=self.clip_every_step)
+    return {"num_steps": self.num_steps + self.num_refine_steps, "step_size": self.step_size,
+                "noise_scale": self.noise_scale, "clip": self.clip,
+                "clip_every_step": self.clip_every_step}
 
   def training_clip(self) -> tuple[float, float] | None:
     """The clipping of Algorithm 1's training flow: the range after every step, or none when

@@ -19,7 +19,7 @@ potential for ``fdrl_jax.flow`` (which moves down the gradient of φ) this is φ
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -174,8 +174,8 @@ def refine(
   ``save_at`` (``flow``'s), the samples after each of those step counts, stacked.
   """
   check_refine_space(space)
-  kwargs = dict(num_steps=num_steps, step_size=step_size, noise_scale=noise_scale,
-                save_at=save_at)
+  kwargs: dict[str, Any] = {"num_steps": num_steps, "step_size": step_size,
+                            "noise_scale": noise_scale, "save_at": save_at}
   pick = (lambda out: out) if save_at is None else (lambda out: out[1])
   if space == "latent":
     z = pick(flow(latent_potential(logit_fn, generator_fn, hmap), z, key, **kwargs))

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -197,9 +198,11 @@ def shard(x: Array, mesh) -> Array:
   return jax.lax.with_sharding_constraint(x, parallel.particles(mesh))
 
 
-def _flow_kwargs(spec: FlowSpec, lengths: tuple[int, ...] | None) -> dict:
+def _flow_kwargs(spec: FlowSpec | None, lengths: tuple[int, ...] | None) -> dict[str, Any]:
   """``flows.flow``'s settings: K + κ steps, or one flow to the longest of ``lengths`` (step
   counts ≥ 1) with the particles saved after each."""
+  if spec is None:
+    raise ValueError("This run's samples do not flow (its method gives no flow settings).")
   kwargs = spec.sampling_kwargs()
   if lengths is None:
     return kwargs
@@ -242,7 +245,8 @@ def prior_sample_fn(parts: SamplerParts, mesh=None, lengths: tuple[int, ...] | N
                        "--config.sampling.name=refine.")
     place = (lambda x: x) if mesh is None else (lambda x: shard(x, mesh))
     return lambda state, key, n: place(parts.start(state, jax.random.split(key)[0], n))
-  return _flow_fn(parts, mesh, lambda state, _: parts.potential(state), lengths)
+  potential = parts.potential
+  return _flow_fn(parts, mesh, lambda state, _: potential(state), lengths)
 
 
 def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Self
+from typing import Any, Self
 
 import jax
 from jax.experimental import multihost_utils
@@ -32,7 +32,7 @@ class StopRequests:
 
   def __init__(self):
     self.signal: int | None = None
-    self._previous: dict[int, object] = {}
+    self._previous: dict[int, Any] = {}
     self._sync = jax.process_count() > 1
 
   def __enter__(self) -> Self:
