@@ -39,14 +39,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     "toy2d:chasm) or a workdir's config.json.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
-_MODE = flags.DEFINE_string("mode", "train", "What to do: train, sample, eval, figure, translate "
-                            "or config (print the resolved config and exit); fdrl_jax/modes.py.")
+_MODE = flags.DEFINE_string("mode", "train", "What to do: train, sample, eval, figure, translate, "
+                            "stats (the data's feature statistics, --output=S.npz) or config "
+                            "(print the resolved config and exit); fdrl_jax/modes.py.")
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", None, "sample mode: number of samples (default 1000); figure mode: samples "
     "(grid) or rows (strip, interpolation, neighbours), default per figure.")
 _OUTPUT = flags.DEFINE_string("output", None, "sample mode: output .npz file (key 'x'); figure "
                               "mode: output .png file; translate mode: .npz file or new folder of "
-                              "PNGs. Never overwritten.")
+                              "PNGs; stats mode: .npz file. Never overwritten.")
 _INPUT = flags.DEFINE_string("input", None, "translate mode: source images, an .npz (key 'x', "
                              "NHWC in [-1, 1]) or a folder of PNG/JPEG files.")
 _FIGURE = flags.DEFINE_string("figure", None, "figure mode: which picture, a name of "
