@@ -106,22 +106,19 @@ def flow_lengths(k: int) -> list[int]:
 def flow_length_curve(config, workdir: str, lengths: list[int], score=None
                       ) -> list[tuple[int, float]]:
   """``score(samples)`` (default FD-digits) of the trained model sampled with K + κ = each of
-  ``lengths`` (Fig. 8)."""
+  ``lengths`` (Fig. 8), all from one flow to the longest (``Run.sampler``'s lengths: each length's
+  samples equal a flow of that many steps with the same key)."""
   if score is None:
     classifier = features.digits_classifier(config.seed)
     run = run_lib.Run(config)
     score = lambda x: features.fd_digits(x, run.dataset.test, classifier)
   run, state, _ = run_lib.restore_latest(config, workdir)
-  rows = []
-  for total in lengths:
-    flow_config = config.copy_and_resolve_references()
-    flow_config.flow.num_steps, flow_config.flow.num_refine_steps = total, 0
-    sampler = sampling.build_sampler(flow_config, run.method.sampler_parts(flow_config,
-                                                                           run.dataset))
-    x = sampling.draw(sampler, state, run.sample_key_for(0), config.eval.num_samples,
-                      config.data.batch_size)
-    rows.append((total, score(x)))
-  return rows
+  lengths = sorted(lengths)
+  batches = list(sampling.draw_batches(run.sampler(None, tuple(lengths)), state,
+                                       run.sample_key_for(0), config.eval.num_samples,
+                                       config.data.batch_size))
+  return [(total, score(np.concatenate([b[i] for b in batches])))
+          for i, total in enumerate(lengths)]
 
 
 def train_variant(variant, steps: int, samples: int, base=None, evaluate_run: bool = True):
