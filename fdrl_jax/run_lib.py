@@ -145,7 +145,7 @@ class TrainingInterrupted(Exception):
     self.exit_code = 128 + signal_number
 
 
-# What ``signal.signal`` takes and returns: a handler, SIG_DFL / SIG_IGN, or None (not set by Python).
+# A signal handler as ``signal.signal`` takes and returns it (None: one set outside Python).
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
