@@ -13,6 +13,7 @@ import dataclasses
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -104,7 +105,7 @@ def save_checkpoint(workdir: str, config: ml_collections.ConfigDict, state) -> N
 
 
 def restore_readable(run, mngr: ocp.CheckpointManager, workdir: str, *, set_aside: bool
-                     ) -> tuple[object | None, int | None]:
+                     ) -> tuple[Any, int | None]:
   """The state and step of the newest checkpoint of ``run`` (a ``run_lib.Run``) that can be read,
   or (None, None) for a workdir that never had one.
 

@@ -26,9 +26,10 @@ import numpy as np
 from fdrl_jax import inception, inception_weights, torch_files
 
 # (module, leaf) of a state_dict name -> leaf of the .npz key.
-LEAVES = {("conv", "weight"): "kernel", ("bn", "weight"): "scale", ("bn", "bias"): "bias",
-          ("bn", "running_mean"): "mean", ("bn", "running_var"): "var",
-          ("fc", "weight"): "kernel", ("fc", "bias"): "bias"}
+LEAVES: dict[tuple[str, ...], str] = {
+    ("conv", "weight"): "kernel", ("bn", "weight"): "scale", ("bn", "bias"): "bias",
+    ("bn", "running_mean"): "mean", ("bn", "running_var"): "var",
+    ("fc", "weight"): "kernel", ("fc", "bias"): "bias"}
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -133,7 +134,7 @@ def convert(source: str, output: str) -> int:
   arrays = to_npz_arrays(read_state_dict(source), source)
   try:
     with open(output, "xb") as f:
-      np.savez(f, **arrays)
+      np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds vs allow_pickle
   except OSError as e:
     raise ValueError(f"cannot write {output} ({e.strerror or e})") from None
   try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import ml_collections
@@ -202,7 +202,8 @@ def labelled_batch(config: ml_collections.ConfigDict, dataset: bundled.Dataset, 
   return train[idx], labels[idx]
 
 
-def prefetch(make: Callable[[int], Any], steps: range, depth: int = 2) -> Iterator[Any]:
+def prefetch(make: Callable[[int], Any], steps: range, depth: int = 2
+             ) -> Generator[Any, None, None]:
   """Yields ``make(step)`` for each step, computed up to ``depth`` steps ahead in a thread.
 
   A thread rather than Grain or processes: batch making is PIL decoding, NumPy and the host→device

@@ -39,8 +39,7 @@ Array = jax.Array
 Metrics = dict[str, Array]
 
 
-@struct.dataclass
-class TrainState:
+class TrainState(struct.PyTreeNode):
   """Everything a run needs to resume: saved whole by the checkpoints.
 
   ``batch_stats`` holds mutable collections (the spectral-norm power-iteration state), updated by
@@ -147,8 +146,7 @@ def make_train_step(
       x_0 = augment(x_0, *jax.random.split(jax.random.fold_in(k_prior, 1)))
     if particle_sharding is not None:
       x_0 = jax.lax.with_sharding_constraint(x_0, particle_sharding)
-    flow_kwargs = {"num_steps": flow_spec.num_steps, "step_size": flow_spec.step_size,
-                       "noise_scale": flow_spec.noise_scale, "clip": flow_spec.training_clip()}
+    clip = flow_spec.training_clip()
     updating_pass = lambda params, stats, x: training_apply(apply_fn, params, stats, x,
                                                            update_stats=True)
     per_call = sn_every_call and bool(state.batch_stats)
@@ -156,11 +154,15 @@ def make_train_step(
       def stateful_potential(x, stats):
         out, stats = updating_pass(state.params, stats, x)
         return potential(out), stats
-      x_k, flow_stats = flow(stateful_potential, x_0, k_flow, state=state.batch_stats,
-                             **flow_kwargs)
+      # (the ignore: flow's PotentialFn annotation names only the stateless form x -> values)
+      x_k, flow_stats = flow(stateful_potential, x_0, k_flow,  # type: ignore[arg-type]
+                             num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
+                             noise_scale=flow_spec.noise_scale, clip=clip, state=state.batch_stats)
     else:
       current = variables(state.params, state.batch_stats)
-      x_k = flow(estimator_potential(apply_fn, potential, current), x_0, k_flow, **flow_kwargs)
+      x_k = flow(estimator_potential(apply_fn, potential, current), x_0, k_flow,
+                 num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
+                 noise_scale=flow_spec.noise_scale, clip=clip)
     x_k = jax.lax.stop_gradient(x_k)
 
     def objective(params):
@@ -229,7 +231,9 @@ def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
   flow (Algorithm 2), and the estimator itself (for conditional sampling)."""
   model = create_estimator(config)
   loss, potential = build_potential(config)
-  apply = lambda state: (lambda x: model.apply(state.ema_variables(), x))
+  # flax types apply's result as maybe (out, state): that is with ``mutable`` only
+  apply: Callable[[TrainState], Callable[[Array], Any]] = (
+      lambda state: (lambda x: model.apply(state.ema_variables(), x)))
   return sampling.SamplerParts(
       start=lambda state, key, n: state.prior.sample(key, n),
       potential=lambda state: estimator_potential(model.apply, potential,

@@ -69,10 +69,13 @@ def reference_images(config: ml_collections.ConfigDict, dataset: bundled.Dataset
   if translation or extractor in ("digits", "mnist"):
     return _held_out(dataset), "test"
   if extractor == "raw":
-    n = eval_sizes(config)[1]
-    return [dataset.sample(np.random.default_rng([config.seed, 1]), n)], str(n)
+    draws = eval_sizes(config)[1]
+    return [dataset.sample(np.random.default_rng([config.seed, 1]), draws)], str(draws)
   size = split_size(dataset)
   n = eval_sizes(config)[1] or size
+  if n is None:
+    raise ValueError(f"FID statistics of {config.data.name!r} need --config.eval.num_reference > "
+                     "0: the data set has no finite training split to use whole.")
   if size is not None and n > size:
     raise ValueError(f"FID statistics of {config.data.name!r} cannot be computed from {n} "
                      f"training images: the split has {size}; set --config.eval.num_reference to "

@@ -78,7 +78,8 @@ _apply_net = jax.jit(classifier.ClassifierNet().apply, static_argnums=2)
 
 def _outputs(variables: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The classifier's penultimate features and its logits, from one forward pass."""
-  hidden = classifier.ClassifierNet().apply(variables, x, True)
+  # flax types apply's result as maybe (out, state): that is with ``mutable`` only
+  hidden: Any = classifier.ClassifierNet().apply(variables, x, True)
   dense = variables["params"]["Dense_1"]  # the output layer of ``ClassifierNet``
   return hidden, jnp.dot(hidden, dense["kernel"], precision=jax.lax.Precision.HIGHEST) + dense[
       "bias"]
@@ -103,7 +104,8 @@ def classifier_outputs(judge: Classifier, x: np.ndarray, *, mesh: Mesh | None = 
   variables = {"params": judge.params}
   if mesh is not None:
     variables = jax.device_put(variables, parallel.replicated(mesh))
-  x, out = np.asarray(x, np.float32), [(np.zeros((0, 128)), np.zeros((0, 10)))]
+  x = np.asarray(x, np.float32)
+  out: list[tuple[np.ndarray, ...]] = [(np.zeros((0, 128)), np.zeros((0, 10)))]
   for start in range(0, len(x), chunk):
     part = x[start:start + chunk]
     count = len(part)
@@ -111,7 +113,8 @@ def classifier_outputs(judge: Classifier, x: np.ndarray, *, mesh: Mesh | None = 
     result = _outputs_fn(mesh)(variables, part if mesh is None else
                                parallel.put_particles(part, mesh))
     out.append(tuple(np.asarray(parallel.to_host(r), np.float64)[:count] for r in result))
-  return tuple(np.concatenate(parts) for parts in zip(*out))
+  hidden, logits = (np.concatenate(parts) for parts in zip(*out))
+  return hidden, logits
 
 
 def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -147,8 +150,11 @@ def mnist_classifier(seed: int = 0, data_dir: str | None = None) -> Classifier:
   """Trains the FD-MNIST classifier on 20 000 tfds MNIST training images (about a minute on a
   CPU); its accuracy is measured on the 10 000 test images."""
   mnist = datasets.labelled_images("mnist", data_dir=data_dir, max_train=MNIST_CLASSIFIER_IMAGES)
-  return train_classifier(mnist.train, mnist.train_labels, mnist.test, mnist.test_labels,
-                          seed=seed, steps=MNIST_CLASSIFIER_STEPS)
+  train_x, train_y, test_x, test_y = mnist.train, mnist.train_labels, mnist.test, mnist.test_labels
+  if train_x is None or train_y is None or test_x is None or test_y is None:
+    raise ValueError("The FD-MNIST classifier needs MNIST's labelled training and test images.")
+  return train_classifier(train_x, train_y, test_x, test_y, seed=seed,
+                          steps=MNIST_CLASSIFIER_STEPS)
 
 
 def fd_digits(samples: np.ndarray, reference: np.ndarray, judge: Classifier) -> float:
@@ -277,7 +283,7 @@ class FeatureSet(NamedTuple):
   A pytorch-fid / clean-fid statistics file has no count (0)."""
   mu: np.ndarray
   sigma: np.ndarray
-  count: int
+  count: int  # type: ignore[assignment]  # a field named count shadows tuple.count for mypy
   features: np.ndarray | None = None
   logits: np.ndarray | None = None
 
@@ -300,12 +306,14 @@ class FeatureAccumulator:
                        "needs the Inception's (weights with fc) or a digit classifier's.")
     self.extractor, self.quantize = extractor, quantize
     self.keep_features, self.keep_logits = keep_features, keep_logits
-    self._moments, self._rows, self._logits = scores.Moments(), [], []
+    self._moments = scores.Moments()
+    self._rows: list[np.ndarray] = []
+    self._logits: list[np.ndarray] = []
 
   def add(self, batch: np.ndarray) -> None:
     """Adds the images ``batch`` (n, H, W, C) in [-1, 1] (every process holds all of them)."""
     batch = quantize_images(batch) if self.quantize else np.asarray(batch, np.float32)
-    if self.keep_logits:
+    if self.keep_logits and self.extractor.both is not None:  # both is set, as __init__ checks
       feats, logits = self.extractor.both(batch)
       self._logits.append(np.asarray(logits, np.float32))
     else:

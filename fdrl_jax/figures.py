@@ -90,12 +90,13 @@ class Snapshots(NamedTuple):
   final: np.ndarray
 
 
-def _flow_parts(run: run_lib.Run) -> sampling.SamplerParts:
-  """The run's sampling pieces: its start (prior draws), potential and K + κ flow."""
+def _flow_parts(run: run_lib.Run) -> tuple[sampling.SamplerParts, dict]:
+  """The run's sampling pieces: its start (prior draws), potential and K + κ flow; and that flow's
+  ``flows.flow`` keywords (``FlowSpec.sampling_kwargs``)."""
   parts = run.sampler_parts()
-  if parts is None or parts.potential is None:
+  if parts is None or parts.potential is None or parts.spec is None:
     raise ValueError(f"A --config.method={run.config.method} run has no flow from a prior.")
-  return parts
+  return parts, parts.spec.sampling_kwargs()
 
 
 def flow_snapshots(run: run_lib.Run, state, key: Array, num_samples: int,
@@ -107,8 +108,7 @@ def flow_snapshots(run: run_lib.Run, state, key: Array, num_samples: int,
   Algorithm 2's own samples came about.
   """
   _check_count("strip rows", num_samples)
-  parts = _flow_parts(run)
-  kwargs = parts.spec.sampling_kwargs()
+  parts, kwargs = _flow_parts(run)
   save_every, steps = snapshot_plan(kwargs["num_steps"], num_columns)
   picks = np.asarray([s // save_every for s in steps])
 
@@ -187,8 +187,7 @@ def flow_interpolation(run: run_lib.Run, state, key: Array, num_rows: int,
     raise ValueError(f"Interpolation ends must both have shape ({num_rows}, ...), got {a.shape} "
                      f"and {b.shape}.")
   _check_count("interpolation columns", num_columns, minimum=2)
-  parts = _flow_parts(run)
-  kwargs = parts.spec.sampling_kwargs()
+  parts, kwargs = _flow_parts(run)
 
   @jax.jit
   def flow_rows(state, a, b, keys):
@@ -198,8 +197,8 @@ def flow_interpolation(run: run_lib.Run, state, key: Array, num_rows: int,
     return starts, jax.vmap(jax.vmap(one, in_axes=(0, None)))(starts, keys)
 
   starts, flowed = flow_rows(state, a, b, jax.random.split(k_flow, num_rows))
-  starts, flowed, a, b = jax.device_get((starts, flowed, a, b))
-  return Interpolation(starts=starts, flowed=flowed, a=a, b=b,
+  starts, flowed, ends_a, ends_b = jax.device_get((starts, flowed, a, b))
+  return Interpolation(starts=starts, flowed=flowed, a=ends_a, b=ends_b,
                        spherical=state.prior.centre() is not None)
 
 
@@ -336,7 +335,7 @@ def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: s
   run, state, step = run_lib.restore_latest(config, workdir_path)
   guide = loading.load_classifier(config.sampling.classifier_workdir,
                                   event_shape=run.dataset.event_shape)
-  for_class, num_classes = sampling.conditional_sampler(_flow_parts(run), guide, run.mesh)
+  for_class, num_classes = sampling.conditional_sampler(_flow_parts(run)[0], guide, run.mesh)
   weight = config.sampling.classifier_weight
   rows = [for_class(label, weight).sample(state, _key(run, 3), num_samples)
           for label in range(num_classes)]
@@ -355,10 +354,11 @@ def translation(config: ml_collections.ConfigDict, workdir_path: str, output_pat
   if inputs:
     sources, _ = loading.read_images(inputs, config, run.dataset.event_shape)
   else:
-    sources = datasets.source_domain(config, run.dataset)[1]
-    if sources is None:
+    held_out = datasets.source_domain(config, run.dataset)[1]
+    if held_out is None:
       raise ValueError("The translation figure needs source images: give --input=FILE.npz|DIR "
                        "or set --config.prior.source_test_path.")
+    sources = held_out
   sources = sources[:num_samples]
   translated = sampling.draw(run.sampler("translate"), state, _key(run, 4), sources,
                              config.data.batch_size)

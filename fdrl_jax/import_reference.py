@@ -45,6 +45,7 @@ import ast
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -310,12 +311,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 
 
 def import_checkpoint(path: str, workdir: str, prior_path: str | None = None,
-                      overrides: list[str] = ()) -> tuple[str, int]:
+                      overrides: Sequence[str] = ()) -> tuple[str, int]:
   """Writes the workdir of a reference checkpoint; returns its path and step."""
   target = files.as_path(workdir)
   if target.exists() and (not target.is_dir() or any(target.iterdir())):
     raise ValueError(f"--workdir {workdir} exists and is not empty; give a new one")
   ckpt = torch_files.load(path)
+  state: classifier.ClassifierState | fdrl.TrainState
   if robust_resnet.is_checkpoint(ckpt):
     if prior_path:
       raise ValueError(f"{path} is a robustness classifier; --prior is for FDRL checkpoints")

@@ -177,10 +177,12 @@ class InceptionE(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Concatenates the 1x1, split 3x3, split double 3x3 and pool branches (2048 channels)."""
     b1 = _conv(320, "branch1x1")(x)
-    b3 = _conv(384, "branch3x3_1")(x)
-    b3 = [_conv(384, "branch3x3_2a", 1, 3)(b3), _conv(384, "branch3x3_2b", 3, 1)(b3)]
-    bd = _conv(384, "branch3x3dbl_2", 3)(_conv(448, "branch3x3dbl_1")(x))
-    bd = [_conv(384, "branch3x3dbl_3a", 1, 3)(bd), _conv(384, "branch3x3dbl_3b", 3, 1)(bd)]
+    b3_stem = _conv(384, "branch3x3_1")(x)
+    b3 = [_conv(384, "branch3x3_2a", 1, 3)(b3_stem),
+          _conv(384, "branch3x3_2b", 3, 1)(b3_stem)]
+    bd_stem = _conv(384, "branch3x3dbl_2", 3)(_conv(448, "branch3x3dbl_1")(x))
+    bd = [_conv(384, "branch3x3dbl_3a", 1, 3)(bd_stem),
+          _conv(384, "branch3x3dbl_3b", 3, 1)(bd_stem)]
     pooled = _max_pool_3x3(x) if self.max_pool else _avg_pool_3x3(x)
     bp = _conv(192, "branch_pool")(pooled)
     return jnp.concatenate([b1, *b3, *bd, bp], axis=-1)
@@ -300,9 +302,7 @@ def _batches(images: np.ndarray, batch_size: int, mesh: Mesh | None
     batch = np.asarray(images[start:start + batch_size], np.float32)
     count = len(batch)
     batch = np.pad(batch, ((0, size - count),) + ((0, 0),) * (batch.ndim - 1))
-    if mesh is not None:
-      batch = parallel.put_particles(batch, mesh)
-    yield batch, count
+    yield (batch if mesh is None else parallel.put_particles(batch, mesh)), count
 
 
 def _numpy(x: Any) -> np.ndarray:

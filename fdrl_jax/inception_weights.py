@@ -43,7 +43,7 @@ from fdrl_jax.inception import Variables
 def save_weights(variables: Variables, path: str) -> None:
   """Writes the network's variables to an ``.npz`` with the flat keys of the module docstring."""
   arrays = {key: np.asarray(leaf) for key, (_, _, leaf) in inception.flatten(variables).items()}
-  np.savez(path, **arrays)
+  np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds vs allow_pickle
 
 
 def _not_weights(path: str, reason: str) -> ValueError:
@@ -80,13 +80,16 @@ def _open_npz(path: str) -> np.lib.npyio.NpzFile:
 
 def _headers(path: str, data: np.lib.npyio.NpzFile) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """Reads the shape and dtype of every member of an open ``.npz`` without reading its data."""
-  if any(name.rsplit("/", 1)[-1] == "data.pkl" for name in data.zip.namelist()):
+  archive = data.zip
+  if archive is None:  # only once closed
+    raise ValueError(f"{path} was closed before its arrays were read.")
+  if any(name.rsplit("/", 1)[-1] == "data.pkl" for name in archive.namelist()):
     raise _torch_file(path)
   out = {}
-  for name in data.zip.namelist():
+  for name in archive.namelist():
     key = name.removesuffix(".npy")
     try:
-      with data.zip.open(name) as f:
+      with archive.open(name) as f:
         version = np.lib.format.read_magic(f)
         read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0)

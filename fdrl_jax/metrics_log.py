@@ -20,7 +20,8 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -60,7 +61,7 @@ class MetricsLog:
     self.writer = parallel.is_writer()
     self.records = _keep_until(self.path, start_step)
     self.eval_rows = _keep_until(self.eval_path, start_step)
-    self.tensorboard = None
+    self.tensorboard: Any = None  # a tensorboardX SummaryWriter, once opened
     # tensorboardX writes local event files, opened with the first record (a finished run that is
     # merely asked to resume writes nothing).
     self.tensorboard_dir = None if files.is_uri(workdir) else os.path.join(workdir,
@@ -82,10 +83,11 @@ class MetricsLog:
               "window": len(window), "steps_per_s": steps_per_s}
     self.records.append(record)
     files.append_line(self.path, json.dumps(record))
-    if self._board() is not None:
+    board = self._board()
+    if board is not None:
       for key, value in record.items():
         if key not in ("step", "window"):
-          self.tensorboard.add_scalar(f"train/{key}", value, step)
+          board.add_scalar(f"train/{key}", value, step)
     return record
 
   def write_eval(self, step: int, rows: list[dict]) -> None:
@@ -93,17 +95,18 @@ class MetricsLog:
     self.eval_rows += rows
     for row in rows:
       files.append_line(self.eval_path, json.dumps(row))
-    if self._board() is not None:
+    board = self._board()
+    if board is not None:
       for tag, value in eval_scalars(rows).items():
-        self.tensorboard.add_scalar(tag, value, step)
+        board.add_scalar(tag, value, step)
     self.plot()
 
   def write_image(self, tag: str, png_path: str, step: int) -> None:
     """Mirrors a PNG the run wrote (a sample grid) to TensorBoard."""
-    if self._board() is not None:
+    board = self._board()
+    if board is not None:
       with Image.open(png_path) as image:
-        self.tensorboard.add_image(tag, np.asarray(image.convert("RGB")), step,
-                                   dataformats="HWC")
+        board.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
 
   def plot(self) -> None:
     """Writes ``metrics.png`` (each plotted metric against the step) from the records so far."""
@@ -130,23 +133,27 @@ class MetricsLog:
               f"{e.strerror or e}.", file=sys.stderr, flush=True)
 
 
-def _quiet_tensorboard_thread() -> None:
-  """A tensorboardX writer thread that dies of a failed write (a full disk) says so in one line
-  instead of a traceback; metrics.jsonl, the run's record, reports the disk itself."""
-  previous = threading.excepthook
-  if getattr(previous, "fdrl_jax", False):
-    return
+class _QuietTensorboardThread:
+  """A ``threading.excepthook``: a tensorboardX writer thread that dies of a failed write (a full
+  disk) says so in one line instead of a traceback; other threads' errors go to ``previous``."""
 
-  def hook(args) -> None:
+  def __init__(self, previous: Callable[[threading.ExceptHookArgs], object]):
+    self.previous = previous
+
+  def __call__(self, args: threading.ExceptHookArgs) -> None:
     if type(args.thread).__module__.startswith("tensorboardX") and issubclass(args.exc_type,
                                                                                  OSError):
       print(f"warning: TensorBoard events are no longer written: {args.exc_value}.",
             file=sys.stderr, flush=True)
     else:
-      previous(args)
+      self.previous(args)
 
-  hook.fdrl_jax = True
-  threading.excepthook = hook
+
+def _quiet_tensorboard_thread() -> None:
+  """Installs ``_QuietTensorboardThread`` once: metrics.jsonl, the run's record, reports the disk
+  itself."""
+  if not isinstance(threading.excepthook, _QuietTensorboardThread):
+    threading.excepthook = _QuietTensorboardThread(threading.excepthook)
 
 
 # Evaluation rows during training, one JSON object a line.

@@ -35,8 +35,12 @@ class Prior(Protocol):
   ``sample(key, n)``, n particles of shape (n, *event_shape); ``centre()``, the mean of a
   Gaussian-type prior in its event shape (the centre of spherical interpolation), or None where
   there is no such centre (uniform, empirical)."""
-  event_shape: tuple[int, ...]
-  clip: tuple[float, float] | None
+
+  @property
+  def event_shape(self) -> tuple[int, ...]: ...
+
+  @property
+  def clip(self) -> tuple[float, float] | None: ...
 
   def sample(self, key: Array, n: int) -> Array: ...
 
@@ -269,14 +273,14 @@ def _row_chunks(batches: Batches, chunk_size: int, event_shape: tuple[int, ...] 
 def _stream_moments(batches: Batches, chunk_size: int
                     ) -> tuple[np.ndarray, float, int, tuple[int, ...]]:
   """Computes the mean, the covariance's trace, N and the event shape in one pass (float64)."""
-  total, sum_sq, n, event_shape = 0.0, 0.0, 0, None
+  total, sum_sq, n, event_shape = np.zeros(()), 0.0, 0, None
   for event_shape, rows in _row_chunks(batches, chunk_size):
     _check_finite(rows, _LOW_RANK, offset=n)
     rows = rows.astype(np.float64)
     total = total + rows.sum(axis=0)
     sum_sq += np.vdot(rows, rows)
     n += rows.shape[0]
-  if n < 2:
+  if n < 2 or event_shape is None:  # an event shape comes with the first batch
     raise ValueError(f"{_LOW_RANK} needs N >= 2 samples, got {n}.")
   mean = total / n
   return mean, float(sum_sq - n * np.dot(mean, mean)) / (n - 1), n, event_shape

@@ -10,6 +10,7 @@ latest checkpoint to sampling, evaluation and figures.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 import signal
 import sys
@@ -182,7 +183,8 @@ class Evaluations(Hook):
   with or without it."""
 
   def __init__(self, log: metrics_log.MetricsLog, every: int, workdir: str):
-    self.log, self.every, self.workdir, self.run = log, every, workdir, None
+    self.log, self.every, self.workdir = log, every, workdir
+    self.run: Run | None = None
 
   def begin(self, run: Run, state, step: int) -> None:
     if run.config.sampling.name == "conditional":
@@ -194,8 +196,10 @@ class Evaluations(Hook):
   def after_step(self, step: int, state, metrics: dict) -> None:
     if step % self.every:
       return
-    rows = metrics_log.eval_rows(
-        self.run.method.evaluate(self.run.config, self.run, state, self.workdir), step)
+    run = self.run
+    if run is None:
+      raise ValueError("Evaluations.after_step was called before its begin.")
+    rows = metrics_log.eval_rows(run.method.evaluate(run.config, run, state, self.workdir), step)
     self.log.write_eval(step, rows)
     if parallel.is_writer():
       print(f"eval at step {step}  " + "  ".join(
@@ -212,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   checkpoint of the current step and raise ``TrainingInterrupted``. ``hooks`` (``Hook``s or
   callables ``hook(step, state, metrics)``) run at the loop's fixed points, in order.
   """
-  hooks = [h if isinstance(h, Hook) else _AfterStep(h) for h in hooks]  # + Evaluations, below
+  loop_hooks = [h if isinstance(h, Hook) else _AfterStep(h) for h in hooks]  # + Evaluations
   workdir = workdirs.check_workdir(
       workdir, config, create=True, unrelated_sections=methods.unrelated_sections(config.method))
   committed = workdirs.has_config(workdir)
@@ -238,8 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
                                cfg.num_steps, samples=draws_grids), flush=True)
     log = metrics_log.MetricsLog(workdir, start)
     if cfg.eval_every:
-      hooks.append(Evaluations(log, cfg.eval_every, workdir))
-    for hook in hooks:
+      loop_hooks.append(Evaluations(log, cfg.eval_every, workdir))
+    for hook in loop_hooks:
       hook.begin(run, state, start)
     pending: list[tuple[int, dict]] = []
     last_good = latest
@@ -309,24 +313,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
           flush(done)
           x = run.draw(state, run.sample_key_for(done), cfg.num_grid_samples, "prior")
           grid = workdirs.join(workdir, "samples", f"step_{done:07d}.png")
-          files.write_file(grid, lambda path, x=x: images.save_samples(x, path, reference))
+          files.write_file(grid, functools.partial(images.save_samples, x, reference=reference))
           log.write_image("samples", grid, done)
-        for hook in hooks:
+        for hook in loop_hooks:
           hook.after_step(done, state, metrics)
         if stopping:
           with checkpoints.checkpoint_write(workdir, done, last_good):
             mngr.wait_until_finished()
+          signum = stop.signal or signal.SIGTERM  # set whenever stop_now says to stop
           raise stops.TrainingInterrupted(
-              f"Interrupted ({signal.Signals(stop.signal).name}) at step {done}: its checkpoint "
+              f"Interrupted ({signal.Signals(signum).name}) at step {done}: its checkpoint "
               f"is saved in {workdirs.join(workdir, 'checkpoints')}. Resume with the same "
-              f"command: python -m fdrl_jax.main {shlex.join(sys.argv[1:])}", stop.signal)
+              f"command: python -m fdrl_jax.main {shlex.join(sys.argv[1:])}", signum)
     finally:
       batches.close()
       bar.close()
       log.close()
     with checkpoints.checkpoint_write(workdir, cfg.num_steps, last_good):
       mngr.wait_until_finished()
-    for hook in hooks:
+    for hook in loop_hooks:
       hook.end(run, state)
   if start >= cfg.num_steps:
     print(f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
@@ -347,7 +352,7 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_opti
   with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,
                                    read_only=True) as mngr:
     state, step = checkpoints.restore_readable(run, mngr, workdir, set_aside=False)
-    if state is None:
+    if state is None or step is None:  # both or neither
       raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")
     return run, state, step
 

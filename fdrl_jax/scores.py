@@ -32,7 +32,7 @@ class Moments(NamedTuple):
   """Streamed sums of a feature set's rows x (float64): the count, and the sums of (x − c) and of
   the outer products (x − c)(x − c)ᵀ about a shift c, the first batch's mean (so a large common
   offset costs no precision). ``Moments()`` is the empty set."""
-  count: int = 0
+  count: int = 0  # type: ignore[assignment]  # a field named count shadows tuple.count for mypy
   shift: np.ndarray | None = None
   total: np.ndarray | float = 0.0
   outer: np.ndarray | float = 0.0
@@ -54,11 +54,11 @@ def add_moments(moments: Moments, batch: np.ndarray) -> Moments:
 def moments_statistics(moments: Moments) -> tuple[np.ndarray, np.ndarray]:
   """Mean and covariance (float64) of the rows behind ``moments``: with m = total / n,
   μ = c + m and Σ = (outer − n m mᵀ) / (n − 1)."""
-  count = moments.count
-  if count < 2:
+  count, shift = moments.count, moments.shift
+  if count < 2 or shift is None:  # a shift is set by the first batch
     raise ValueError(f"Feature statistics need (N, D) features with N >= 2, got N = {count}.")
   mean = moments.total / count
-  return moments.shift + mean, (moments.outer - count * np.outer(mean, mean)) / (count - 1)
+  return shift + mean, (moments.outer - count * np.outer(mean, mean)) / (count - 1)
 
 
 def feature_statistics(features: np.ndarray | Iterable[np.ndarray]

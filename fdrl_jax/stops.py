@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
 from typing import Any, Self
 
 import jax
@@ -21,6 +23,10 @@ class TrainingInterrupted(Exception):
     self.exit_code = 128 + signal_number
 
 
+# A signal handler as ``signal.signal`` takes and returns it (None: one set outside Python).
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
 class StopRequests:
   """SIGINT and SIGTERM as a request to stop after the current step (``stop_now(step)``); a second
   SIGINT interrupts at once. Only in the main thread.
@@ -30,9 +36,9 @@ class StopRequests:
   reaches all of them, and ``multihost_utils.reached_preemption_sync_point`` gives every process
   the same step to save at (the step after the furthest one any process had reached)."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     self.signal: int | None = None
-    self._previous: dict[int, Any] = {}
+    self._previous: dict[int, _Handler] = {}
     self._sync = jax.process_count() > 1
 
   def __enter__(self) -> Self:
