@@ -25,8 +25,7 @@ from fdrl_jax import registry
 
 Array = jax.Array
 
-# Samples of the Gaussian priors are clipped to the data range, as the reference implementation does.
-DATA_RANGE = (-1.0, 1.0)
+DATA_RANGE = (-1.0, 1.0)  # Gaussian priors' samples are clipped to it, as the reference's are
 
 
 class Prior(Protocol):
@@ -47,8 +46,7 @@ class Prior(Protocol):
   def centre(self) -> Array | None: ...
 
 
-def _to_events(x: Array, event_shape: tuple[int, ...],
-               clip: tuple[float, float] | None) -> Array:
+def _to_events(x: Array, event_shape: tuple[int, ...], clip: tuple[float, float] | None) -> Array:
   """Reshapes flat samples (n, d) to (n, *event_shape), clipped to ``clip`` (None: no clipping)."""
   x = x.reshape((x.shape[0], *event_shape))
   return x if clip is None else jnp.clip(x, *clip)
