@@ -23,11 +23,22 @@ def load(workdir):
   ``.potential``, ``.sample``, ``.prior``, ``.params``...): ``fdrl_jax.loading.load``, imported
   on first use (it brings in the run machinery: Orbax, the data sets)."""
   from fdrl_jax import loading
+
   return loading.load(workdir)
 
 
 __all__ = [
-    "DIVERGENCES", "LOSSES", "bregman_loss", "divergences", "fit_gaussian",
-    "fit_low_rank_gaussian", "flow", "flow_potential", "load", "losses", "monoflow",
-    "potential_gradient", "priors",
+  "DIVERGENCES",
+  "LOSSES",
+  "bregman_loss",
+  "divergences",
+  "fit_gaussian",
+  "fit_low_rank_gaussian",
+  "flow",
+  "flow_potential",
+  "load",
+  "losses",
+  "monoflow",
+  "potential_gradient",
+  "priors",
 ]

@@ -72,6 +72,7 @@ class Dataset(NamedTuple):
     num_train: the training split's size when ``train`` is not kept in memory (a large image
       split decoded on demand); else None.
   """
+
   name: str
   event_shape: tuple[int, ...]
   is_image: bool
@@ -99,8 +100,9 @@ def gaussian_mixture_sampler(centres: np.ndarray, std: float) -> PointSource:
 
 def swissroll_sample(rng: np.random.Generator, n: int) -> np.ndarray:
   """Draws n points of the 2-D swiss roll: sklearn's (x, z) coordinates scaled by 1/5."""
-  x, _ = sk_datasets.make_swiss_roll(n_samples=n, noise=SWISSROLL_NOISE,
-                                     random_state=int(rng.integers(2**31)))
+  x, _ = sk_datasets.make_swiss_roll(
+    n_samples=n, noise=SWISSROLL_NOISE, random_state=int(rng.integers(2**31))
+  )
   return (x[:, [0, 2]] * SWISSROLL_SCALE).astype(np.float32)
 
 
@@ -117,8 +119,13 @@ def rows_batch_fn(rows: np.ndarray) -> BatchFn:
 
 def toy_dataset(name: str, points: PointSource) -> Dataset:
   """Wraps an infinite 2-D distribution as a Dataset (a batch's rows: all drawn, some kept)."""
-  return Dataset(name=name, event_shape=(2,), is_image=False, test=None,
-                 sample=lambda rng, n, part=slice(None): points(rng, n)[part])
+  return Dataset(
+    name=name,
+    event_shape=(2,),
+    is_image=False,
+    test=None,
+    sample=lambda rng, n, part=slice(None): points(rng, n)[part],
+  )
 
 
 def eight_gaussians_centres() -> np.ndarray:
@@ -150,8 +157,14 @@ def digits_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 def build_digits(seed: int) -> Dataset:
   """Builds the digits set with a seed-fixed split of 1 500 training and 297 test images."""
   train, _, test, _ = digits_split(seed)
-  return Dataset(name="digits", event_shape=(8, 8, 1), is_image=True,
-                 sample=rows_batch_fn(train), test=test, train=train)
+  return Dataset(
+    name="digits",
+    event_shape=(8, 8, 1),
+    is_image=True,
+    sample=rows_batch_fn(train),
+    test=test,
+    train=train,
+  )
 
 
 def bold(images: np.ndarray) -> np.ndarray:
@@ -182,20 +195,33 @@ def digits_bold_split(seed: int) -> dict[str, np.ndarray]:
   ``target``/``target_labels`` (bold other half), ``test_plain``, ``test_bold``, ``test_labels``."""
   train, labels, test, test_labels = digits_split(seed)
   perm = np.random.default_rng([seed, 1]).permutation(len(train))
-  src, tgt = perm[:DIGITS_BOLD_HALF], perm[DIGITS_BOLD_HALF:2 * DIGITS_BOLD_HALF]
-  return {"source": train[src], "source_labels": labels[src], "target": bold(train[tgt]),
-          "target_labels": labels[tgt], "test_plain": test, "test_bold": bold(test),
-          "test_labels": test_labels}
+  src, tgt = perm[:DIGITS_BOLD_HALF], perm[DIGITS_BOLD_HALF : 2 * DIGITS_BOLD_HALF]
+  return {
+    "source": train[src],
+    "source_labels": labels[src],
+    "target": bold(train[tgt]),
+    "target_labels": labels[tgt],
+    "test_plain": test,
+    "test_bold": bold(test),
+    "test_labels": test_labels,
+  }
 
 
 def build_digits_bold(seed: int) -> Dataset:
   """Builds the plain → bold translation set (see the module docstring)."""
   split = digits_bold_split(seed)
-  return Dataset(name="digits_bold", event_shape=(8, 8, 1), is_image=True,
-                 sample=rows_batch_fn(split["target"]), test=split["test_bold"],
-                 train=split["target"], source=split["source"],
-                 source_test=split["test_plain"], train_labels=split["target_labels"],
-                 test_labels=split["test_labels"])
+  return Dataset(
+    name="digits_bold",
+    event_shape=(8, 8, 1),
+    is_image=True,
+    sample=rows_batch_fn(split["target"]),
+    test=split["test_bold"],
+    train=split["target"],
+    source=split["source"],
+    source_test=split["test_plain"],
+    train_labels=split["target_labels"],
+    test_labels=split["test_labels"],
+  )
 
 
 def chasm_sampler(mean: tuple[float, float]) -> PointSource:
@@ -204,16 +230,18 @@ def chasm_sampler(mean: tuple[float, float]) -> PointSource:
 
 
 DATASETS: dict[str, Callable[[int], Dataset]] = {
-    "chasm": lambda seed: toy_dataset("chasm", chasm_sampler((6.0, 6.0))),
-    "chasm_near": lambda seed: toy_dataset("chasm_near", chasm_sampler((1.0, 1.0))),
-    "8gaussians": lambda seed: toy_dataset(
-        "8gaussians", gaussian_mixture_sampler(eight_gaussians_centres(), EIGHT_GAUSSIANS_STD)),
-    "25gaussians": lambda seed: toy_dataset(
-        "25gaussians",
-        gaussian_mixture_sampler(twenty_five_gaussians_centres(), TWENTY_FIVE_GAUSSIANS_STD)),
-    "swissroll": lambda seed: toy_dataset("swissroll", swissroll_sample),
-    "digits": build_digits,
-    "digits_bold": build_digits_bold,
+  "chasm": lambda seed: toy_dataset("chasm", chasm_sampler((6.0, 6.0))),
+  "chasm_near": lambda seed: toy_dataset("chasm_near", chasm_sampler((1.0, 1.0))),
+  "8gaussians": lambda seed: toy_dataset(
+    "8gaussians", gaussian_mixture_sampler(eight_gaussians_centres(), EIGHT_GAUSSIANS_STD)
+  ),
+  "25gaussians": lambda seed: toy_dataset(
+    "25gaussians",
+    gaussian_mixture_sampler(twenty_five_gaussians_centres(), TWENTY_FIVE_GAUSSIANS_STD),
+  ),
+  "swissroll": lambda seed: toy_dataset("swissroll", swissroll_sample),
+  "digits": build_digits,
+  "digits_bold": build_digits_bold,
 }
 
 
@@ -226,8 +254,9 @@ def create_dataset(name: str, *, seed: int = 0) -> Dataset:
   return registry.lookup(DATASETS, name, "--config.data.name")(seed)
 
 
-def get_batch(dataset: Dataset, seed: int, step: int, batch_size: int,
-              rows: slice = slice(None)) -> np.ndarray:
+def get_batch(
+  dataset: Dataset, seed: int, step: int, batch_size: int, rows: slice = slice(None)
+) -> np.ndarray:
   """The rows ``rows`` (default all) of the training batch of step ``step``, a pure function of
   (seed, step): each process of a multi-process run asks for its own rows of the same batch."""
   return dataset.sample(np.random.default_rng([seed, step]), batch_size, rows)

@@ -60,12 +60,16 @@ def checkpoint_write(workdir: str, step: int, last_good: int | None):
       error, where = e, workdirs.log_error(workdir, e)  # the trace first, while there is room
       workdirs.await_failed_callbacks()
   if error is not None:
-    kept = (f"the checkpoint of step {last_good} is intact" if last_good is not None
-            else "no checkpoint was saved before")
+    kept = (
+      f"the checkpoint of step {last_good} is intact"
+      if last_good is not None
+      else "no checkpoint was saved before"
+    )
     raise CheckpointWriteError(
-        f"Could not write the checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')}"
-        f" ({_reason(error)}); {kept}. Free space (or fix the folder) and resume with the same "
-        f"command{where}.")
+      f"Could not write the checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')}"
+      f" ({_reason(error)}); {kept}. Free space (or fix the folder) and resume with the same "
+      f"command{where}."
+    )
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state) -> None:
@@ -81,18 +85,23 @@ LATER_EMPTY_FIELDS = ("disc_stats",)
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, abstract):
   """The state saved at ``step`` (by ``save_state``) into the shapes of ``abstract``."""
-  restore = lambda template: mngr.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state
+  restore = lambda template: (
+    mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template))).state
+  )
   try:
     return restore(abstract)
   except ValueError as e:
-    later = [name for name in LATER_EMPTY_FIELDS if hasattr(abstract, name)
-             and not jax.tree.leaves(getattr(abstract, name))]
+    later = [
+      name
+      for name in LATER_EMPTY_FIELDS
+      if hasattr(abstract, name) and not jax.tree.leaves(getattr(abstract, name))
+    ]
     if "tree structures do not match" not in str(e) or not later:
       raise
   # Written before those (empty) fields were added to the state: restore the rest.
-  fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
-            if f.name not in later}
+  fields = {
+    f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract) if f.name not in later
+  }
   return abstract.replace(**restore(fields))
 
 
@@ -104,8 +113,9 @@ def save_checkpoint(workdir: str, config: ml_collections.ConfigDict, state) -> N
     mngr.wait_until_finished()
 
 
-def restore_readable(run, mngr: ocp.CheckpointManager, workdir: str, *, set_aside: bool
-                     ) -> tuple[Any, int | None]:
+def restore_readable(
+  run, mngr: ocp.CheckpointManager, workdir: str, *, set_aside: bool
+) -> tuple[Any, int | None]:
   """The state and step of the newest checkpoint of ``run`` (a ``run_lib.Run``) that can be read,
   or (None, None) for a workdir that never had one.
 
@@ -124,13 +134,16 @@ def restore_readable(run, mngr: ocp.CheckpointManager, workdir: str, *, set_asid
     if mismatch and run.missing_data and run.dataset.source is not None:
       raise ValueError(run.missing_data)  # a translation run whose prior holds its source images
     if mismatch and all(m.startswith("prior.data: saved absent") for m in mismatch):
-      raise ValueError(f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} "
-                       f"{priors.NO_SOURCE}.")
+      raise ValueError(
+        f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} "
+        f"{priors.NO_SOURCE}."
+      )
     if mismatch:
       raise ValueError(
-          f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} was trained "
-          f"with another config ({describe_mismatch(run.config, workdir, mismatch)}); nothing was "
-          "moved. Use that run's config (its config.json) or a new --workdir.")
+        f"The checkpoint of step {step} in {workdirs.join(workdir, 'checkpoints')} was trained "
+        f"with another config ({describe_mismatch(run.config, workdir, mismatch)}); nothing was "
+        "moved. Use that run's config (its config.json) or a new --workdir."
+      )
     try:
       with workdirs.stderr_to_log(workdir):
         state = run.restore(mngr, step, abstract)
@@ -140,24 +153,30 @@ def restore_readable(run, mngr: ocp.CheckpointManager, workdir: str, *, set_asid
       continue
     for bad, reason in unreadable:
       moved = workdirs.set_aside_checkpoint(workdir, bad) if set_aside else None
-      print(f"warning: the checkpoint of step {bad} in {workdir} cannot be read ({reason}); "
-            + (f"moved to {moved}; " if moved else "") + f"using step {step}.",
-            file=sys.stderr, flush=True)
+      print(
+        f"warning: the checkpoint of step {bad} in {workdir} cannot be read ({reason}); "
+        + (f"moved to {moved}; " if moved else "")
+        + f"using step {step}.",
+        file=sys.stderr,
+        flush=True,
+      )
     if unreadable and set_aside:
       mngr.reload()
     return state, step
   folder = workdirs.join(workdir, "checkpoints")
   if steps:
     raise ValueError(
-        f"No checkpoint in {folder} can be read (steps {', '.join(map(str, steps))}: "
-        f"{unreadable[0][1]}); nothing was moved. Train in a new --workdir, or move them away to "
-        "start this one again.")
+      f"No checkpoint in {folder} can be read (steps {', '.join(map(str, steps))}: "
+      f"{unreadable[0][1]}); nothing was moved. Train in a new --workdir, or move them away to "
+      "start this one again."
+    )
   aside = workdirs.set_aside_steps(workdir)
   if aside:
     raise ValueError(
-        f"--workdir {workdir} has no readable checkpoint, only set-aside ones in "
-        f"{workdirs.join(workdir, 'unreadable_checkpoints')} (steps {', '.join(aside)}); it will "
-        "not start again from step 0. Train in a new --workdir.")
+      f"--workdir {workdir} has no readable checkpoint, only set-aside ones in "
+      f"{workdirs.join(workdir, 'unreadable_checkpoints')} (steps {', '.join(aside)}); it will "
+      "not start again from step 0. Train in a new --workdir."
+    )
   return None, None
 
 
@@ -167,34 +186,41 @@ def restore_step(run, mngr: ocp.CheckpointManager, workdir: str, step: int):
   folder = workdirs.join(workdir, "checkpoints")
   steps = sorted(mngr.all_steps())
   if step not in steps:
-    raise ValueError(f"{folder} holds no checkpoint of step {step}; steps there: "
-                     f"{', '.join(map(str, steps)) or 'none'}.")
+    raise ValueError(
+      f"{folder} holds no checkpoint of step {step}; steps there: "
+      f"{', '.join(map(str, steps)) or 'none'}."
+    )
   abstract = run.abstract_state()
   mismatch = checkpoint_mismatch(abstract, mngr, workdir, step)
   if mismatch:
-    raise ValueError(f"The checkpoint of step {step} in {folder} was trained with another config "
-                     f"({describe_mismatch(run.config, workdir, mismatch)}).")
+    raise ValueError(
+      f"The checkpoint of step {step} in {folder} was trained with another config "
+      f"({describe_mismatch(run.config, workdir, mismatch)})."
+    )
   try:
     with workdirs.stderr_to_log(workdir):
       return run.restore(mngr, step, abstract)
   except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a bad file
     where = workdirs.log_error(workdir, e)
-    raise ValueError(f"The checkpoint of step {step} in {folder} cannot be read "
-                     f"({_reason(e)}){where}.") from None
+    raise ValueError(
+      f"The checkpoint of step {step} in {folder} cannot be read ({_reason(e)}){where}."
+    ) from None
 
 
 def checkpoint_steps(config: ml_collections.ConfigDict, workdir: str) -> list[int]:
   """The steps of the checkpoints in ``workdir``, oldest first."""
-  with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,
-                                   read_only=True) as mngr:
+  with workdirs.checkpoint_manager(
+    workdir, config.training.keep_checkpoints, read_only=True
+  ) as mngr:
     return sorted(mngr.all_steps())
 
 
 def restore_steps(run, workdir: str, steps: Sequence[int]) -> Iterator[tuple[int, object]]:
   """The state of each checkpoint of ``steps`` in ``workdir``, restored in turn into ``run``'s
   (a ``run_lib.Run``) shapes (``restore_step``: a missing step is a one-line error)."""
-  with workdirs.checkpoint_manager(workdir, run.config.training.keep_checkpoints,
-                                   read_only=True) as mngr:
+  with workdirs.checkpoint_manager(
+    workdir, run.config.training.keep_checkpoints, read_only=True
+  ) as mngr:
     for step in steps:
       yield step, restore_step(run, mngr, workdir, step)
 
@@ -203,8 +229,9 @@ def _leaf_name(path) -> str:
   return ".".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
 
 
-def checkpoint_mismatch(abstract, mngr: ocp.CheckpointManager, workdir: str, step: int
-                        ) -> list[str]:
+def checkpoint_mismatch(
+  abstract, mngr: ocp.CheckpointManager, workdir: str, step: int
+) -> list[str]:
   """How the arrays saved at ``step`` differ from the state ``abstract`` (``"name: saved (…),
   expected (…)"``); empty when they fit or when the checkpoint's metadata cannot be read (then the
   restore finds out what is wrong)."""
@@ -214,22 +241,30 @@ def checkpoint_mismatch(abstract, mngr: ocp.CheckpointManager, workdir: str, ste
       saved_tree = ocp.StandardCheckpointer().metadata(path).item_metadata
   except Exception:  # noqa: BLE001 — unreadable metadata: an unreadable checkpoint
     return []
-  saved = {_leaf_name(p): tuple(m.shape)
-           for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0] if hasattr(m, "shape")}
-  expected = {_leaf_name(p): tuple(a.shape)
-              for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  saved = {
+    _leaf_name(p): tuple(m.shape)
+    for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]
+    if hasattr(m, "shape")
+  }
+  expected = {
+    _leaf_name(p): tuple(a.shape) for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]
+  }
   if not saved:
     return []
-  return [f"{name}: saved {saved.get(name, 'absent')}, expected {expected.get(name, 'absent')}"
-          for name in sorted(set(saved) | set(expected)) if saved.get(name) != expected.get(name)]
+  return [
+    f"{name}: saved {saved.get(name, 'absent')}, expected {expected.get(name, 'absent')}"
+    for name in sorted(set(saved) | set(expected))
+    if saved.get(name) != expected.get(name)
+  ]
 
 
 def describe_mismatch(config: ml_collections.ConfigDict, workdir: str, arrays: list[str]) -> str:
   """The config keys that differ from the workdir's ``config.json`` with both values, or, where
   none does (the data changed shape), the first differing arrays."""
   try:
-    differences = workdirs.config_differences(workdirs.config_dict(workdirs.read_config(workdir)),
-                                              workdirs.config_dict(config))
+    differences = workdirs.config_differences(
+      workdirs.config_dict(workdirs.read_config(workdir)), workdirs.config_dict(config)
+    )
   except ValueError:
     differences = []
   if differences:

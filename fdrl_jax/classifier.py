@@ -42,6 +42,7 @@ class ClassifierNet(nn.Module):
   in conditional sampling, where the plain convolution's gradient is slow on CPU. With
   ``features=True`` the call returns the ``hidden``-d penultimate activations instead of the
   logits (the FD-digits features, ``fdrl_jax.features``)."""
+
   channels: Sequence[int] = (32, 64, 64)
   num_classes: int = 10
   hidden: int = 128
@@ -50,14 +51,14 @@ class ClassifierNet(nn.Module):
   def __call__(self, x: Array, features: bool = False) -> Array:
     for i, c in enumerate(self.channels):
       stride = 2 if i > 0 and x.shape[1] > 4 else 1
-      x = nn.relu(nn.Conv(c, (3, 3), strides=stride,
-                          conv_general_dilated=conv_general_dilated)(x))
+      x = nn.relu(nn.Conv(c, (3, 3), strides=stride, conv_general_dilated=conv_general_dilated)(x))
     x = nn.relu(nn.Dense(self.hidden)(x.reshape((x.shape[0], -1))))
     return x if features else nn.Dense(self.num_classes)(x)
 
 
 class ClassifierState(struct.PyTreeNode):
   """A classifier's training state; saved whole by the checkpoints."""
+
   step: Array
   params: Any
   opt_state: Any
@@ -77,9 +78,16 @@ def _per_example_norm(x: Array) -> Array:
   return jnp.sqrt(jnp.sum(x * x, axis=tuple(range(1, x.ndim)), keepdims=True))
 
 
-def pgd_l2(loss_fn: Callable[[Array, Array], Array], x: Array, y: Array, *, epsilon: float,
-           num_steps: int, step_size: float, clip: tuple[float, float] | None = (-1.0, 1.0)
-           ) -> Array:
+def pgd_l2(
+  loss_fn: Callable[[Array, Array], Array],
+  x: Array,
+  y: Array,
+  *,
+  epsilon: float,
+  num_steps: int,
+  step_size: float,
+  clip: tuple[float, float] | None = (-1.0, 1.0),
+) -> Array:
   """Projected gradient ascent of ``loss_fn(x, y) -> (B,)`` in the L2 ball ‖x' − x‖₂ ≤ ε.
 
   Starts at x; each step moves every example by ``step_size`` along its L2-normalised gradient,
@@ -116,11 +124,13 @@ def pgd_l2(loss_fn: Callable[[Array, Array], Array], x: Array, y: Array, *, epsi
 def _cross_entropy(apply_fn: Callable, params) -> Callable[[Array, Array], Array]:
   """(x, y) ↦ the per-example cross-entropy (B,) of the classifier at ``params``."""
   return lambda x, y: optax.softmax_cross_entropy_with_integer_labels(
-      apply_fn({"params": params}, x), y)
+    apply_fn({"params": params}, x), y
+  )
 
 
-def create_classifier_state(model: nn.Module, tx: optax.GradientTransformation, key: Array,
-                            event_shape: tuple[int, ...]) -> ClassifierState:
+def create_classifier_state(
+  model: nn.Module, tx: optax.GradientTransformation, key: Array, event_shape: tuple[int, ...]
+) -> ClassifierState:
   """Initialises the classifier and its optimizer state in one jitted call.
 
   Args:
@@ -132,17 +142,24 @@ def create_classifier_state(model: nn.Module, tx: optax.GradientTransformation, 
   Returns:
     The state at step 0.
   """
+
   @jax.jit
   def init(key):
     params = model.init(key, jnp.zeros((1, *event_shape)))["params"]
-    return ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=tx.init(params))
+    return ClassifierState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
   return init(key)
 
 
 def make_classifier_step(
-    apply_fn: Callable, tx: optax.GradientTransformation, *, epsilon: float, num_steps: int,
-    step_size: float, noise: float = 0.0, particle_sharding: NamedSharding | None = None,
+  apply_fn: Callable,
+  tx: optax.GradientTransformation,
+  *,
+  epsilon: float,
+  num_steps: int,
+  step_size: float,
+  noise: float = 0.0,
+  particle_sharding: NamedSharding | None = None,
 ) -> Callable[[ClassifierState, tuple[Array, Array], Array], tuple[ClassifierState, dict]]:
   """One step of (adversarial) training: PGD-L2 examples with the current parameters, then one
   optimiser step on their mean cross-entropy (plain training when ε = 0). With ``noise`` > 0 the
@@ -162,6 +179,7 @@ def make_classifier_step(
     accuracy on the trained-on (attacked) images, the accuracy on the clean images, and the
     gradient norm.
   """
+
   def step(state: ClassifierState, batch: tuple[Array, Array], key: Array):
     x, y = batch
     if noise:
@@ -169,8 +187,14 @@ def make_classifier_step(
       x = jnp.clip(x + noise * jax.random.normal(key, x.shape, x.dtype), -1.0, 1.0)
     if particle_sharding is not None:
       x = jax.lax.with_sharding_constraint(x, particle_sharding)
-    x_adv = pgd_l2(_cross_entropy(apply_fn, state.params), x, y, epsilon=epsilon,
-                   num_steps=num_steps, step_size=step_size)
+    x_adv = pgd_l2(
+      _cross_entropy(apply_fn, state.params),
+      x,
+      y,
+      epsilon=epsilon,
+      num_steps=num_steps,
+      step_size=step_size,
+    )
 
     def objective(params):
       logits = apply_fn({"params": params}, x_adv)
@@ -180,17 +204,28 @@ def make_classifier_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     clean = apply_fn({"params": state.params}, x)
-    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
-               "clean_accuracy": jnp.mean(jnp.argmax(clean, -1) == y),
-               "grad_norm": optax.tree.norm(grads)}
+    metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+      "clean_accuracy": jnp.mean(jnp.argmax(clean, -1) == y),
+      "grad_norm": optax.tree.norm(grads),
+    }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
 
 
-def accuracy(apply_fn: Callable, params, images: np.ndarray, labels: np.ndarray, *,
-             epsilon: float = 0.0, num_steps: int = 0, step_size: float = 0.0,
-             batch_size: int = 500) -> float:
+def accuracy(
+  apply_fn: Callable,
+  params,
+  images: np.ndarray,
+  labels: np.ndarray,
+  *,
+  epsilon: float = 0.0,
+  num_steps: int = 0,
+  step_size: float = 0.0,
+  batch_size: int = 500,
+) -> float:
   """The share of ``images`` classified as ``labels``, clean or under a PGD-L2 attack.
 
   Args:
@@ -199,15 +234,23 @@ def accuracy(apply_fn: Callable, params, images: np.ndarray, labels: np.ndarray,
     epsilon, num_steps, step_size: the attack of ``pgd_l2`` (ε = 0: clean accuracy).
     batch_size: the number of examples per call of the jitted function.
   """
+
   @jax.jit
   def correct(x, y):
-    x = pgd_l2(_cross_entropy(apply_fn, params), x, y, epsilon=epsilon, num_steps=num_steps,
-               step_size=step_size)
+    x = pgd_l2(
+      _cross_entropy(apply_fn, params),
+      x,
+      y,
+      epsilon=epsilon,
+      num_steps=num_steps,
+      step_size=step_size,
+    )
     return jnp.sum(jnp.argmax(apply_fn({"params": params}, x), -1) == y)
 
-  total = sum(int(correct(jnp.asarray(images[i:i + batch_size]),
-                          jnp.asarray(labels[i:i + batch_size])))
-              for i in range(0, len(images), batch_size))
+  total = sum(
+    int(correct(jnp.asarray(images[i : i + batch_size]), jnp.asarray(labels[i : i + batch_size])))
+    for i in range(0, len(images), batch_size)
+  )
   return total / len(images)
 
 
@@ -224,32 +267,45 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
   name = c.get("name", "conv")
   registry.lookup(dict.fromkeys(NETWORKS), name, "--config.classifier.name")
   if name != "conv":
-    return robust_resnet.RobustResNet(arch=name, num_classes=c.num_classes,
-                                      width=c.resnet_width, input_mean=tuple(c.input_mean),
-                                      input_std=tuple(c.input_std))
+    return robust_resnet.RobustResNet(
+      arch=name,
+      num_classes=c.num_classes,
+      width=c.resnet_width,
+      input_mean=tuple(c.input_mean),
+      input_std=tuple(c.input_std),
+    )
   return ClassifierNet(channels=tuple(c.channels), num_classes=c.num_classes, hidden=c.hidden)
 
 
 def _attack(config: ml_collections.ConfigDict) -> dict:
   """The PGD-L2 settings of ``config.classifier`` (step 0: ``default_step_size``)."""
   c = config.classifier
-  return {"epsilon": c.epsilon, "num_steps": c.num_steps,
-          "step_size": c.step_size or default_step_size(c.epsilon, c.num_steps)}
+  return {
+    "epsilon": c.epsilon,
+    "num_steps": c.num_steps,
+    "step_size": c.step_size or default_step_size(c.epsilon, c.num_steps),
+  }
 
 
-def init_state(config: ml_collections.ConfigDict, dataset, key: jax.Array, *,
-               fit: bool) -> ClassifierState:
+def init_state(
+  config: ml_collections.ConfigDict, dataset, key: jax.Array, *, fit: bool
+) -> ClassifierState:
   """A freshly initialised classifier (nothing is fitted, so ``fit`` is unused)."""
   del fit
-  return create_classifier_state(build_model(config), optim.build_optimizer(config), key,
-                                 dataset.event_shape)
+  return create_classifier_state(
+    build_model(config), optim.build_optimizer(config), key, dataset.event_shape
+  )
 
 
 def build_train_step(config: ml_collections.ConfigDict, dataset, particle_sharding):
   """``step(state, (images, labels), key)``: adversarial (PGD-L2) or plain training."""
-  return make_classifier_step(build_model(config).apply, optim.build_optimizer(config),
-                              noise=config.classifier.noise, particle_sharding=particle_sharding,
-                              **_attack(config))
+  return make_classifier_step(
+    build_model(config).apply,
+    optim.build_optimizer(config),
+    noise=config.classifier.noise,
+    particle_sharding=particle_sharding,
+    **_attack(config),
+  )
 
 
 def evaluate_accuracy(config: ml_collections.ConfigDict, run, state, workdir: str) -> dict:
@@ -260,12 +316,18 @@ def evaluate_accuracy(config: ml_collections.ConfigDict, run, state, workdir: st
   x, y = run.dataset.test, run.dataset.test_labels
   attack = _attack(config)
   if attack["epsilon"] == 0:
-    attack = {"epsilon": 1.0, "num_steps": config.classifier.num_steps or 7,
-              "step_size": default_step_size(1.0, config.classifier.num_steps or 7)}
-  return {"clean_accuracy": accuracy(apply, params, x, y),
-          "adversarial_accuracy": accuracy(apply, params, x, y, **attack),
-          "attack": f"PGD-L2, epsilon {attack['epsilon']:g}, {attack['num_steps']} steps of "
-                    f"{attack['step_size']:g}", "num_test": len(x)}
+    attack = {
+      "epsilon": 1.0,
+      "num_steps": config.classifier.num_steps or 7,
+      "step_size": default_step_size(1.0, config.classifier.num_steps or 7),
+    }
+  return {
+    "clean_accuracy": accuracy(apply, params, x, y),
+    "adversarial_accuracy": accuracy(apply, params, x, y, **attack),
+    "attack": f"PGD-L2, epsilon {attack['epsilon']:g}, {attack['num_steps']} steps of "
+    f"{attack['step_size']:g}",
+    "num_test": len(x),
+  }
 
 
 def robustness_run(ckpt: dict, source: str) -> tuple[ml_collections.ConfigDict, ClassifierState]:
@@ -273,21 +335,25 @@ def robustness_run(ckpt: dict, source: str) -> tuple[ml_collections.ConfigDict, 
   ``configs/cifar10_classifier.py`` with its ResNet and input normalisation, fresh Adam, step 0."""
   raw = ckpt.get("model", ckpt.get("state_dict"))
   state = torch_files.strip_prefix(torch_files.state_dict(raw, source, "its model state_dict"))
-  model_sd = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+  model_sd = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
   arch, width, num_classes = robust_resnet.detect(model_sd, source)
-  mean, std = (np.asarray(state.get(f"normalizer.new_{k}"), np.float64).ravel()
-               for k in ("mean", "std"))
+  mean, std = (
+    np.asarray(state.get(f"normalizer.new_{k}"), np.float64).ravel() for k in ("mean", "std")
+  )
   if mean.shape != (3,) or std.shape != (3,):
-    raise ValueError(f"{source}: its normalizer holds {mean.shape} / {std.shape} values, not one "
-                     "per RGB channel")
+    raise ValueError(
+      f"{source}: its normalizer holds {mean.shape} / {std.shape} values, not one per RGB channel"
+    )
   config = cifar10_classifier.get_config()
   c = config.classifier
   c.name, c.resnet_width, c.num_classes = arch, width, int(num_classes)
   c.input_mean, c.input_std = tuple(map(float, mean)), tuple(map(float, std))
   model = build_model(config)
   template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  params = jax.tree.map(jnp.asarray, robust_resnet.convert(model_sd, arch, template["params"],
-                                                           source))
+  params = jax.tree.map(
+    jnp.asarray, robust_resnet.convert(model_sd, arch, template["params"], source)
+  )
   tx = optim.build_optimizer(config)
-  return config, ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
-                                 opt_state=tx.init(params))
+  return config, ClassifierState(
+    step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
+  )

@@ -31,33 +31,63 @@ FINITE: Rule = (lambda v: True, "a finite number")
 DECAY: Rule = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 RULES: dict[str, Rule] = {
-    "seed": COUNT,
-    "data.batch_size": POSITIVE_INT, "data.dequantization": NON_NEGATIVE,
-    "data.image_size": POSITIVE_INT, "data.resize_first": COUNT, "data.center_crop": COUNT,
-    "data.max_fit_samples": (lambda v: v >= 2, "an integer >= 2"),
-    "model.width": POSITIVE_INT, "model.depth": POSITIVE_INT, "model.channels": POSITIVE_INT,
-    "model.negative_slope": NON_NEGATIVE, "model.resnet_width": POSITIVE,
-    "flow.num_steps": POSITIVE_INT, "flow.num_refine_steps": COUNT, "flow.step_size": POSITIVE,
-    "flow.noise_scale": NON_NEGATIVE,
-    "prior.jitter": NON_NEGATIVE, "prior.rank": POSITIVE_INT, "prior.loc": FINITE,
-    "prior.scale": POSITIVE,
-    "generator.latent_dim": POSITIVE_INT, "generator.width": POSITIVE_INT,
-    "generator.depth": POSITIVE_INT, "generator.channels": POSITIVE_INT,
-    "gan.shift": FINITE, "gan.scale": POSITIVE, "gan.gen_learning_rate": POSITIVE,
-    "gan.disc_learning_rate": POSITIVE, "gan.b1": DECAY, "gan.b2": DECAY,
-    "refine.num_steps": COUNT, "refine.step_size": NON_NEGATIVE, "refine.noise_scale": NON_NEGATIVE,
-    "sampling.label": COUNT, "sampling.classifier_weight": NON_NEGATIVE,
-    "classifier.channels": POSITIVE_INT, "classifier.hidden": POSITIVE_INT,
-    "classifier.num_classes": (lambda v: v >= 2, "an integer >= 2"),
-    "classifier.epsilon": NON_NEGATIVE, "classifier.num_steps": COUNT,
-    "classifier.step_size": NON_NEGATIVE, "classifier.noise": NON_NEGATIVE,
-    "optim.learning_rate": POSITIVE, "optim.b1": DECAY, "optim.b2": DECAY,
-    "optim.decay_steps": POSITIVE_INT, "optim.ema_decay": DECAY,
-    "training.num_steps": POSITIVE_INT, "training.log_every": POSITIVE_INT,
-    "training.checkpoint_every": POSITIVE_INT, "training.keep_checkpoints": POSITIVE_INT,
-    "training.sample_every": POSITIVE_INT, "training.num_grid_samples": POSITIVE_INT,
-    "training.eval_every": COUNT,
-    "eval.num_samples": POSITIVE_INT, "eval.num_reference": COUNT, "eval.batch_size": COUNT,
+  "seed": COUNT,
+  "data.batch_size": POSITIVE_INT,
+  "data.dequantization": NON_NEGATIVE,
+  "data.image_size": POSITIVE_INT,
+  "data.resize_first": COUNT,
+  "data.center_crop": COUNT,
+  "data.max_fit_samples": (lambda v: v >= 2, "an integer >= 2"),
+  "model.width": POSITIVE_INT,
+  "model.depth": POSITIVE_INT,
+  "model.channels": POSITIVE_INT,
+  "model.negative_slope": NON_NEGATIVE,
+  "model.resnet_width": POSITIVE,
+  "flow.num_steps": POSITIVE_INT,
+  "flow.num_refine_steps": COUNT,
+  "flow.step_size": POSITIVE,
+  "flow.noise_scale": NON_NEGATIVE,
+  "prior.jitter": NON_NEGATIVE,
+  "prior.rank": POSITIVE_INT,
+  "prior.loc": FINITE,
+  "prior.scale": POSITIVE,
+  "generator.latent_dim": POSITIVE_INT,
+  "generator.width": POSITIVE_INT,
+  "generator.depth": POSITIVE_INT,
+  "generator.channels": POSITIVE_INT,
+  "gan.shift": FINITE,
+  "gan.scale": POSITIVE,
+  "gan.gen_learning_rate": POSITIVE,
+  "gan.disc_learning_rate": POSITIVE,
+  "gan.b1": DECAY,
+  "gan.b2": DECAY,
+  "refine.num_steps": COUNT,
+  "refine.step_size": NON_NEGATIVE,
+  "refine.noise_scale": NON_NEGATIVE,
+  "sampling.label": COUNT,
+  "sampling.classifier_weight": NON_NEGATIVE,
+  "classifier.channels": POSITIVE_INT,
+  "classifier.hidden": POSITIVE_INT,
+  "classifier.num_classes": (lambda v: v >= 2, "an integer >= 2"),
+  "classifier.epsilon": NON_NEGATIVE,
+  "classifier.num_steps": COUNT,
+  "classifier.step_size": NON_NEGATIVE,
+  "classifier.noise": NON_NEGATIVE,
+  "optim.learning_rate": POSITIVE,
+  "optim.b1": DECAY,
+  "optim.b2": DECAY,
+  "optim.decay_steps": POSITIVE_INT,
+  "optim.ema_decay": DECAY,
+  "training.num_steps": POSITIVE_INT,
+  "training.log_every": POSITIVE_INT,
+  "training.checkpoint_every": POSITIVE_INT,
+  "training.keep_checkpoints": POSITIVE_INT,
+  "training.sample_every": POSITIVE_INT,
+  "training.num_grid_samples": POSITIVE_INT,
+  "training.eval_every": COUNT,
+  "eval.num_samples": POSITIVE_INT,
+  "eval.num_reference": COUNT,
+  "eval.batch_size": COUNT,
 }
 
 
@@ -84,8 +114,10 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
     key = unknown[0]
     guess = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-    raise ValueError(f"unknown config key {key!r} in the config file{hint}; configs/default.py "
-                     "has every key (`--mode=config` lists them).")
+    raise ValueError(
+      f"unknown config key {key!r} in the config file{hint}; configs/default.py "
+      "has every key (`--mode=config` lists them)."
+    )
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -99,8 +131,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       continue
     value = group[name]
     for v in _values(value):
-      good = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-              and ok(v))
+      good = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
       if not good:
-        raise ValueError(f"--config.{key}={value!r}: must be {wanted}"
-                         + (" each" if isinstance(value, (tuple, list)) else "") + ".")
+        raise ValueError(
+          f"--config.{key}={value!r}: must be {wanted}"
+          + (" each" if isinstance(value, (tuple, list)) else "")
+          + "."
+        )

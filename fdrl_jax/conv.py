@@ -40,8 +40,9 @@ def _dilate(size: int, dilation: int) -> int:
   return 0 if size == 0 else 1 + dilation * (size - 1)
 
 
-def _input_grad_padding(in_size, kernel_size, stride, out_size, pad_lo, lhs_dilation,
-                        rhs_dilation) -> tuple[int, int]:
+def _input_grad_padding(
+  in_size, kernel_size, stride, out_size, pad_lo, lhs_dilation, rhs_dilation
+) -> tuple[int, int]:
   """Padding of the input-gradient convolution along one spatial dimension."""
   kernel = _dilate(kernel_size, rhs_dilation)
   before = kernel - pad_lo - 1
@@ -77,8 +78,9 @@ def _sum_chunks(fn: Callable, chunk: int, *arrays: jax.Array) -> jax.Array:
     return fn(*arrays)
   parts = tuple(a.reshape(n, chunk, *a.shape[1:]) for a in arrays)
   total = jax.eval_shape(fn, *(p[0] for p in parts))
-  return jax.lax.scan(lambda acc, a: (acc + fn(*a), None),
-                      jnp.zeros(total.shape, total.dtype), parts)[0]
+  return jax.lax.scan(
+    lambda acc, a: (acc + fn(*a), None), jnp.zeros(total.shape, total.dtype), parts
+  )[0]
 
 
 def _channels_last(n: int) -> jax.lax.ConvDimensionNumbers:
@@ -96,25 +98,52 @@ def _kernel_grad_channels_last(x, g, k_sizes, strides, padding, rhs_dil, **kwarg
   spatial = tuple(range(1, n - 1))
   lhs = jax.lax.optimization_barrier(x.transpose(n - 1, *spatial, 0))
   rhs = jax.lax.optimization_barrier(g.transpose(*spatial, 0, n - 1))
-  pads = [(p[0], (k - 1) * rd + s * (o - 1) + 1 - i - p[0]) for i, o, k, s, p, rd in zip(
-      x.shape[1:-1], g.shape[1:-1], k_sizes, strides, padding, rhs_dil)]
-  out = jax.lax.conv_general_dilated(lhs, rhs, window_strides=rhs_dil, padding=pads,
-                                     rhs_dilation=strides, dimension_numbers=_channels_last(n),
-                                     **kwargs)
+  pads = [
+    (p[0], (k - 1) * rd + s * (o - 1) + 1 - i - p[0])
+    for i, o, k, s, p, rd in zip(x.shape[1:-1], g.shape[1:-1], k_sizes, strides, padding, rhs_dil)
+  ]
+  out = jax.lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides=rhs_dil,
+    padding=pads,
+    rhs_dilation=strides,
+    dimension_numbers=_channels_last(n),
+    **kwargs,
+  )
   return out.transpose(*spatial, 0, n - 1)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+):
   """``jax.lax.conv_general_dilated``, fast on XLA:CPU in and out of loops (module docstring).
 
   Grouped convolutions fall back to the plain operation.
   """
   kwargs = {"precision": precision, "preferred_element_type": preferred_element_type}
   plain = lambda x, k: jax.lax.conv_general_dilated(
-      x, k, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-      feature_group_count, batch_group_count, **kwargs)
+    x,
+    k,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    **kwargs,
+  )
   if feature_group_count != 1 or batch_group_count != 1:
     return plain(lhs, rhs)
 
@@ -133,12 +162,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   padding = tuple(tuple(p) for p in padding)
 
   # The CPU paths below take channels-last layouts without input dilation (Flax's convolutions).
-  cpu_path = (jax.default_backend() == "cpu" and dn == _channels_last(ndim + 2)
-              and all(d == 1 for d in lhs_dil))
+  cpu_path = (
+    jax.default_backend() == "cpu"
+    and dn == _channels_last(ndim + 2)
+    and all(d == 1 for d in lhs_dil)
+  )
   if cpu_path and all(k == 1 for k in k_sizes) and all(p == (0, 0) for p in padding):
     picked = lhs[(slice(None), *(slice(None, None, s) for s in strides))]  # 1×1: a matmul
-    return jax.lax.dot_general(picked, rhs.reshape(rhs.shape[-2:]),
-                               (((picked.ndim - 1,), (0,)), ((), ())), **kwargs)
+    return jax.lax.dot_general(
+      picked, rhs.reshape(rhs.shape[-2:]), (((picked.ndim - 1,), (0,)), ((), ())), **kwargs
+    )
 
   def forward(x, k):
     return plain(x, k), (x, k)
@@ -146,18 +179,32 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   def backward(res, g):
     x, k = res
     out_sizes = [g.shape[d] for d in out_spec[2:]]
-    pads = [_input_grad_padding(i, ks, s, o, p[0], ld, rd) for i, ks, s, o, p, ld, rd in zip(
-        in_sizes, k_sizes, strides, out_sizes, padding, lhs_dil, rhs_dil)]
+    pads = [
+      _input_grad_padding(i, ks, s, o, p[0], ld, rd)
+      for i, ks, s, o, p, ld, rd in zip(
+        in_sizes, k_sizes, strides, out_sizes, padding, lhs_dil, rhs_dil
+      )
+    ]
     flipped = jax.lax.optimization_barrier(_flip_and_swap(k, rhs_spec))
     grad_x = jax.lax.conv_general_dilated(
-        g, flipped, window_strides=lhs_dil, padding=pads, lhs_dilation=strides,
-        rhs_dilation=rhs_dil,
-        dimension_numbers=jax.lax.ConvDimensionNumbers(out_spec, rhs_spec, lhs_spec), **kwargs)
+      g,
+      flipped,
+      window_strides=lhs_dil,
+      padding=pads,
+      lhs_dilation=strides,
+      rhs_dilation=rhs_dil,
+      dimension_numbers=jax.lax.ConvDimensionNumbers(out_spec, rhs_spec, lhs_spec),
+      **kwargs,
+    )
     if cpu_path:
       kernel_grad = lambda xc, gc: _kernel_grad_channels_last(
-          xc, gc, k_sizes, strides, padding, rhs_dil, **kwargs).astype(k.dtype)
-      chunk = (_batch_chunk(x.shape[0], math.prod(out_sizes), KERNEL_GRAD_ROWS_PER_CALL)
-               if _chunks_batches() else x.shape[0])
+        xc, gc, k_sizes, strides, padding, rhs_dil, **kwargs
+      ).astype(k.dtype)
+      chunk = (
+        _batch_chunk(x.shape[0], math.prod(out_sizes), KERNEL_GRAD_ROWS_PER_CALL)
+        if _chunks_batches()
+        else x.shape[0]
+      )
       grad_k = _sum_chunks(kernel_grad, chunk, x, g)
     else:
       grad_k = jax.vjp(lambda kk: plain(x, kk), k)[1](g)[0]

@@ -27,9 +27,14 @@ from fdrl_jax import inception, inception_weights, torch_files
 
 # (module, leaf) of a state_dict name -> leaf of the .npz key.
 LEAVES: dict[tuple[str, ...], str] = {
-    ("conv", "weight"): "kernel", ("bn", "weight"): "scale", ("bn", "bias"): "bias",
-    ("bn", "running_mean"): "mean", ("bn", "running_var"): "var",
-    ("fc", "weight"): "kernel", ("fc", "bias"): "bias"}
+  ("conv", "weight"): "kernel",
+  ("bn", "weight"): "scale",
+  ("bn", "bias"): "bias",
+  ("bn", "running_mean"): "mean",
+  ("bn", "running_var"): "var",
+  ("fc", "weight"): "kernel",
+  ("fc", "bias"): "bias",
+}
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -46,8 +51,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       something other than a dict of tensors.
   """
   if not os.path.isfile(path):
-    raise ValueError(f"the file {path} does not exist; download pytorch-fid's "
-                     f"{inception.SOURCE_WEIGHTS} (its GitHub release fid_weights) first")
+    raise ValueError(
+      f"the file {path} does not exist; download pytorch-fid's "
+      f"{inception.SOURCE_WEIGHTS} (its GitHub release fid_weights) first"
+    )
   return torch_files.state_dict(torch_files.load(path), path)
 
 
@@ -73,8 +80,9 @@ def torch_name(key: str) -> str:
   return ".".join([*layer, module, inverse[leaf]])
 
 
-def to_npz_arrays(state: dict[str, np.ndarray], path: str = "the state_dict"
-                  ) -> dict[str, np.ndarray]:
+def to_npz_arrays(
+  state: dict[str, np.ndarray], path: str = "the state_dict"
+) -> dict[str, np.ndarray]:
   """Maps a pytorch-fid ``state_dict`` to the ``.npz`` arrays that
   ``inception_weights.load_weights`` reads.
 
@@ -111,8 +119,10 @@ def to_npz_arrays(state: dict[str, np.ndarray], path: str = "the state_dict"
   required = [key for key in table if has_fc or key not in inception.FC_KEYS]
   missing = [key for key in required if key not in arrays]
   if missing:
-    raise ValueError(f"{path}: the state_dict lacks {torch_name(missing[0])} ({len(missing)} of "
-                     f"the FID Inception's {len(required)} arrays are missing)")
+    raise ValueError(
+      f"{path}: the state_dict lacks {torch_name(missing[0])} ({len(missing)} of "
+      f"the FID Inception's {len(required)} arrays are missing)"
+    )
   return arrays
 
 
@@ -151,8 +161,10 @@ def main(argv: list[str]) -> None:
     print(__doc__)
     return
   if len(argv) != 3:
-    print(f"error: usage: python -m fdrl_jax.convert_inception {inception.SOURCE_WEIGHTS} "
-          "OUT.npz", file=sys.stderr)
+    print(
+      f"error: usage: python -m fdrl_jax.convert_inception {inception.SOURCE_WEIGHTS} OUT.npz",
+      file=sys.stderr,
+    )
     sys.exit(2)
   try:
     count = convert(argv[1], argv[2])

@@ -35,30 +35,37 @@ class Divergence(NamedTuple):
     potentials: network-output parameterisation ("ratio" or "log_ratio") → stable f' as a
       function of that output. A missing key means the pairing cannot be computed safely.
   """
+
   f: Callable[[Array], Array]
   f_prime: Callable[[Array], Array]
   potentials: Mapping[str, Callable[[Array], Array]]
 
 
 DIVERGENCES: dict[str, Divergence] = {
-    "pearson": Divergence(
-        f=lambda r: (r - 1.0) ** 2,
-        f_prime=lambda r: 2.0 * (r - 1.0),
-        potentials={"ratio": lambda r: 2.0 * r - 2.0,
-                    # exp overflows float32 only past l ≈ 88, where χ² itself is infinite.
-                    "log_ratio": lambda l: 2.0 * jnp.exp(l) - 2.0}),
-    "kl": Divergence(
-        f=lambda r: r * jnp.log(r),
-        f_prime=lambda r: jnp.log(r) + 1.0,
-        potentials={"log_ratio": lambda l: l + 1.0}),                        # Eq. (22)
-    "js": Divergence(
-        f=lambda r: r * jnp.log(r) - (r + 1.0) * jnp.log((r + 1.0) / 2.0),
-        f_prime=lambda r: jnp.log(2.0 * r / (r + 1.0)),
-        potentials={"log_ratio": lambda l: _LOG2 + jax.nn.log_sigmoid(l)}),  # Eq. (23)
-    "logd": Divergence(
-        f=lambda r: (r + 1.0) * jnp.log(r + 1.0) - 2.0 * _LOG2,
-        f_prime=lambda r: jnp.log(r + 1.0) + 1.0,
-        potentials={"log_ratio": lambda l: 1.0 - jax.nn.log_sigmoid(-l)}),   # Eq. (24)
+  "pearson": Divergence(
+    f=lambda r: (r - 1.0) ** 2,
+    f_prime=lambda r: 2.0 * (r - 1.0),
+    potentials={
+      "ratio": lambda r: 2.0 * r - 2.0,
+      # exp overflows float32 only past l ≈ 88, where χ² itself is infinite.
+      "log_ratio": lambda l: 2.0 * jnp.exp(l) - 2.0,
+    },
+  ),
+  "kl": Divergence(
+    f=lambda r: r * jnp.log(r),
+    f_prime=lambda r: jnp.log(r) + 1.0,
+    potentials={"log_ratio": lambda l: l + 1.0},
+  ),  # Eq. (22)
+  "js": Divergence(
+    f=lambda r: r * jnp.log(r) - (r + 1.0) * jnp.log((r + 1.0) / 2.0),
+    f_prime=lambda r: jnp.log(2.0 * r / (r + 1.0)),
+    potentials={"log_ratio": lambda l: _LOG2 + jax.nn.log_sigmoid(l)},
+  ),  # Eq. (23)
+  "logd": Divergence(
+    f=lambda r: (r + 1.0) * jnp.log(r + 1.0) - 2.0 * _LOG2,
+    f_prime=lambda r: jnp.log(r + 1.0) + 1.0,
+    potentials={"log_ratio": lambda l: 1.0 - jax.nn.log_sigmoid(-l)},
+  ),  # Eq. (24)
 }
 
 
@@ -92,6 +99,7 @@ def flow_potential(name: str, output: str) -> Callable[[Array], Array]:
   if output not in potentials:
     valid = ", ".join(f"{d}+{o}" for d, div in sorted(DIVERGENCES.items()) for o in div.potentials)
     raise ValueError(
-        f"Divergence {name!r} cannot be computed stably from a {output!r} output. Valid "
-        f"divergence+output pairings: {valid} (use a log-ratio loss such as 'lr' or 'kl').")
+      f"Divergence {name!r} cannot be computed stably from a {output!r} output. Valid "
+      f"divergence+output pairings: {valid} (use a log-ratio loss such as 'lr' or 'kl')."
+    )
   return potentials[output]

@@ -54,14 +54,17 @@ def _frechet(name: str) -> Scores:
 def _kept(rows: np.ndarray | None, what: str) -> np.ndarray:
   """The feature rows or logits a metric needs (kept by its ``FeatureAccumulator``)."""
   if rows is None:
-    raise ValueError(f"These statistics hold no {what}: compute them with the metric asked "
-                     "(a --mode=stats file for KID / precision-recall needs its rows).")
+    raise ValueError(
+      f"These statistics hold no {what}: compute them with the metric asked "
+      "(a --mode=stats file for KID / precision-recall needs its rows)."
+    )
   return rows
 
 
 def _kid(s: FeatureSet, ref: FeatureSet) -> dict:
-  mean, std = scores.kernel_inception_distance(_kept(s.features, "feature rows"),
-                                               _kept(ref.features, "feature rows"))
+  mean, std = scores.kernel_inception_distance(
+    _kept(s.features, "feature rows"), _kept(ref.features, "feature rows")
+  )
   return {"kid": mean, "kid_std": std}
 
 
@@ -72,26 +75,37 @@ def _inception_score(s: FeatureSet, ref: FeatureSet) -> dict:
 
 
 def _precision_recall(s: FeatureSet, ref: FeatureSet) -> dict:
-  precision, recall = scores.precision_recall(_kept(s.features, "feature rows"),
-                                              _kept(ref.features, "feature rows"))
+  precision, recall = scores.precision_recall(
+    _kept(s.features, "feature rows"), _kept(ref.features, "feature rows")
+  )
   return {"precision": precision, "recall": recall}
 
 
 # name → (samples' feature set, reference's) → the row's keys.
 METRICS: dict[str, Scores] = {
-    "fd_digits": _frechet("fd_digits"), "fd_mnist": _frechet("fd_mnist"), "fid": _frechet("fid"),
-    "mmd": lambda s, ref: {"mmd": scores.mmd(_kept(s.features, "points"),
-                                             _kept(ref.features, "points"))},
-    "kid": _kid, "is": _inception_score, "pr": _precision_recall}
+  "fd_digits": _frechet("fd_digits"),
+  "fd_mnist": _frechet("fd_mnist"),
+  "fid": _frechet("fid"),
+  "mmd": lambda s, ref: {
+    "mmd": scores.mmd(_kept(s.features, "points"), _kept(ref.features, "points"))
+  },
+  "kid": _kid,
+  "is": _inception_score,
+  "pr": _precision_recall,
+}
 # The families: eval.metric, whose extractor every metric of the list uses.
 FAMILIES = ("fd_digits", "fd_mnist", "fid", "mmd")
 # Metrics that need the feature rows, or the class logits.
 NEEDS_ROWS, NEEDS_LOGITS = {"mmd", "kid", "pr"}, {"is"}
 # The data sets each family applies to, and how to say so.
-METRIC_DATA = {"fd_digits": (("digits", "digits_bold"), "FD-digits needs the bundled digits"),
-               "fd_mnist": (("mnist",), "FD-MNIST needs tfds MNIST"),
-               "mmd": (tuple(sorted(set(bundled.DATASETS) - {"digits", "digits_bold"})),
-                       "MMD scores the 2-D toy sets")}
+METRIC_DATA = {
+  "fd_digits": (("digits", "digits_bold"), "FD-digits needs the bundled digits"),
+  "fd_mnist": (("mnist",), "FD-MNIST needs tfds MNIST"),
+  "mmd": (
+    tuple(sorted(set(bundled.DATASETS) - {"digits", "digits_bold"})),
+    "MMD scores the 2-D toy sets",
+  ),
+}
 # The floor's training images (at most; the digits' whole training split).
 FLOOR_IMAGES = 10_000
 
@@ -103,11 +117,14 @@ def metric_names(config: ml_collections.ConfigDict) -> list[str]:
   for name in names:
     registry.lookup(METRICS, name, "--config.eval.metrics")
     if name in FAMILIES and name != family:
-      raise ValueError(f"--config.eval.metrics={name} scores {name}'s features; this evaluation's "
-                       f"are --config.eval.metric={family}'s (set that to {name}).")
+      raise ValueError(
+        f"--config.eval.metrics={name} scores {name}'s features; this evaluation's "
+        f"are --config.eval.metric={family}'s (set that to {name})."
+      )
   if "is" in names and family == "mmd":
-    raise ValueError("--config.eval.metrics=is needs class logits; the 2-D points of MMD have "
-                     "none.")
+    raise ValueError(
+      "--config.eval.metrics=is needs class logits; the 2-D points of MMD have none."
+    )
   return list(dict.fromkeys(names))
 
 
@@ -116,15 +133,17 @@ def parse_lengths(text: str, setting: str = "--config.eval.flow_lengths") -> tup
   try:
     lengths = sorted({int(part) for part in text.split(",") if part.strip()})
   except ValueError:
-    raise ValueError(f"{setting}={text!r} must be comma-separated step counts, e.g. "
-                     "10,20,40.") from None
+    raise ValueError(
+      f"{setting}={text!r} must be comma-separated step counts, e.g. 10,20,40."
+    ) from None
   if not lengths or lengths[0] < 0:
     raise ValueError(f"{setting}={text!r} must be comma-separated step counts >= 0.")
   return tuple(lengths)
 
 
-def flow_lengths(config: ml_collections.ConfigDict, parts: sampling.SamplerParts | None
-                 ) -> tuple[int, ...] | None:
+def flow_lengths(
+  config: ml_collections.ConfigDict, parts: sampling.SamplerParts | None
+) -> tuple[int, ...] | None:
   """The lengths of the rows: ``eval.flow_lengths`` (with ``refine``: refinement steps, 0 added),
   or None for the run's own sampler alone (K + κ; a GAN's G(z); refine's ``refine.num_steps``)."""
   text = config.eval.get("flow_lengths", "")
@@ -134,12 +153,16 @@ def flow_lengths(config: ml_collections.ConfigDict, parts: sampling.SamplerParts
   if not text:
     return None
   if parts is None or parts.potential is None:
-    raise ValueError("--config.eval.flow_lengths needs a flow: an FDRL run, or a GAN with "
-                     "--config.sampling.name=refine.")
+    raise ValueError(
+      "--config.eval.flow_lengths needs a flow: an FDRL run, or a GAN with "
+      "--config.sampling.name=refine."
+    )
   lengths = parse_lengths(text)
   if lengths[0] < 1:
-    raise ValueError(f"--config.eval.flow_lengths={text!r}: a flow length is at least 1 step "
-                     "(the prior's draws are the rows' *_prior).")
+    raise ValueError(
+      f"--config.eval.flow_lengths={text!r}: a flow length is at least 1 step "
+      "(the prior's draws are the rows' *_prior)."
+    )
   return lengths
 
 
@@ -155,24 +178,32 @@ def check_metric(config: ml_collections.ConfigDict) -> None:
   names, needs = METRIC_DATA.get(metric, ((config.data.name,), ""))
   if config.data.name not in names:
     fits = [m for m, (sets, _) in METRIC_DATA.items() if config.data.name in sets] or ["fid"]
-    raise ValueError(f"{needs} (data.name={' or '.join(names)}), not {config.data.name!r}; use "
-                     f"--config.eval.metric={fits[0]}.")
+    raise ValueError(
+      f"{needs} (data.name={' or '.join(names)}), not {config.data.name!r}; use "
+      f"--config.eval.metric={fits[0]}."
+    )
   for key, value in zip(("num_samples", "num_reference"), feature_stats.eval_sizes(config)):
     if value < 2 and not (key == "num_reference" and value == 0):
-      raise ValueError(f"--config.eval.{key}={value}: a Fréchet distance needs the "
-                       "statistics of at least 2 images (thousands for a meaningful value).")
+      raise ValueError(
+        f"--config.eval.{key}={value}: a Fréchet distance needs the "
+        "statistics of at least 2 images (thousands for a meaningful value)."
+      )
   if config.sampling.name == "conditional":
     judge = config.eval.get("judge_workdir", "")
     if not judge or judge == config.sampling.classifier_workdir:
-      raise ValueError("--config.sampling.name=conditional is judged by "
-                       "--config.eval.judge_workdir=DIR, a classifier run other than the guiding "
-                       "--config.sampling.classifier_workdir.")
+      raise ValueError(
+        "--config.sampling.name=conditional is judged by "
+        "--config.eval.judge_workdir=DIR, a classifier run other than the guiding "
+        "--config.sampling.classifier_workdir."
+      )
   if metric != "fid":
     return
   weights = config.eval.inception_weights
   if not weights:
-    raise ValueError("FID needs --config.eval.inception_weights=FILE.npz: pytorch-fid's Inception "
-                     f"weights, converted once by `{inception.CONVERT_COMMAND} FILE.npz`.")
+    raise ValueError(
+      "FID needs --config.eval.inception_weights=FILE.npz: pytorch-fid's Inception "
+      f"weights, converted once by `{inception.CONVERT_COMMAND} FILE.npz`."
+    )
   try:  # reads the array headers only: a missing, unreadable or foreign file fails before sampling
     inception_weights.check_weights(weights)
   except ValueError as e:
@@ -181,6 +212,7 @@ def check_metric(config: ml_collections.ConfigDict) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Rows.
+
 
 def score(names: list[str], s: FeatureSet, reference: FeatureSet, suffix: str = "") -> dict:
   """Every metric of ``names`` of the set ``s`` against ``reference``, keys suffixed. The
@@ -207,21 +239,37 @@ class _Scoring:
     self.names = metric_names(config)
     self.extractor = features.extractor(config, run.dataset, mesh=run.mesh)
     self.classifier = self.extractor.name in ("digits", "mnist")
-    self.keep = {"keep_features": bool(NEEDS_ROWS & set(self.names)),
-                     "quantize": bool(config.eval.get("quantize", False))}
+    self.keep = {
+      "keep_features": bool(NEEDS_ROWS & set(self.names)),
+      "quantize": bool(config.eval.get("quantize", False)),
+    }
     self.logits = bool(NEEDS_LOGITS & set(self.names))
     # FD-MNIST's reference and floor are labelled MNIST's held-out and training images (a tfds
     # MNIST run reads no held-out split of its own).
-    self.data = run.dataset if self.extractor.name != "mnist" else datasets.labelled_images(
-        "mnist", seed=config.seed, data_dir=config.data.data_dir or None,
-        max_train=features.MNIST_CLASSIFIER_IMAGES)
+    self.data = (
+      run.dataset
+      if self.extractor.name != "mnist"
+      else datasets.labelled_images(
+        "mnist",
+        seed=config.seed,
+        data_dir=config.data.data_dir or None,
+        max_train=features.MNIST_CLASSIFIER_IMAGES,
+      )
+    )
     self.reference = feature_stats.reference_set(
-        config, self.data, workdir, extractor=self.extractor, translation=translation,
-        keep_logits=self.logits, **self.keep)
+      config,
+      self.data,
+      workdir,
+      extractor=self.extractor,
+      translation=translation,
+      keep_logits=self.logits,
+      **self.keep,
+    )
 
   def new(self) -> FeatureAccumulator:
-    return FeatureAccumulator(self.extractor, keep_logits=self.logits or self.classifier,
-                              **self.keep)
+    return FeatureAccumulator(
+      self.extractor, keep_logits=self.logits or self.classifier, **self.keep
+    )
 
   def of(self, batches: Iterable[np.ndarray]) -> FeatureSet:
     accumulator = self.new()
@@ -241,15 +289,17 @@ def _floor(config: ml_collections.ConfigDict, scoring: _Scoring) -> dict:
   if scoring.classifier:
     n = min(feature_stats.split_size(scoring.data) or FLOOR_IMAGES, FLOOR_IMAGES)
     train = scoring.of(feature_stats._training_batches(config, scoring.data, n))
-    out = score([m for m in scoring.names if m not in NEEDS_LOGITS], train, scoring.reference,
-                "_floor")
+    out = score(
+      [m for m in scoring.names if m not in NEEDS_LOGITS], train, scoring.reference, "_floor"
+    )
   if "is" in scoring.names and scoring.reference.logits is not None:
     out.update(score(["is"], scoring.reference, scoring.reference, "_floor"))
   return out
 
 
-def _stream(batches: Iterable[np.ndarray], accumulators: list[FeatureAccumulator],
-            stacked: bool) -> None:
+def _stream(
+  batches: Iterable[np.ndarray], accumulators: list[FeatureAccumulator], stacked: bool
+) -> None:
   """Each batch (``stacked``: one per length, (k, n, ...)) into its length's accumulator."""
   for batch in batches:
     for i, accumulator in enumerate(accumulators):
@@ -259,21 +309,26 @@ def _stream(batches: Iterable[np.ndarray], accumulators: list[FeatureAccumulator
 def _extras(config: ml_collections.ConfigDict, scoring: _Scoring) -> dict:
   name = scoring.extractor.name
   if scoring.classifier:
-    judge = (features.digits_classifier(config.seed) if name == "digits" else
-             features.mnist_classifier(config.seed, config.data.data_dir or None))
+    judge = (
+      features.digits_classifier(config.seed)
+      if name == "digits"
+      else features.mnist_classifier(config.seed, config.data.data_dir or None)
+    )
     return {"classifier_test_accuracy": judge.test_accuracy}
   if name == "inception":
-    return {"fid_variant": "pytorch-fid's InceptionV3 pool3 (TF-FID weights), bilinear resize to "
-                           "299, samples " + ("quantised to 8 bits" if scoring.keep["quantize"]
-                                              else "as floats (not quantised to uint8")
-                           + "), reference = "
-                           + ("held-out target images" if datasets.is_translation(config)
-                              else "training data")}
+    return {
+      "fid_variant": "pytorch-fid's InceptionV3 pool3 (TF-FID weights), bilinear resize to "
+      "299, samples "
+      + ("quantised to 8 bits" if scoring.keep["quantize"] else "as floats (not quantised to uint8")
+      + "), reference = "
+      + ("held-out target images" if datasets.is_translation(config) else "training data")
+    }
   return {"mmd_bandwidth": scores.MMD_BANDWIDTH}
 
 
-def evaluate_samples(config: ml_collections.ConfigDict, run, state, workdir: str,
-                     judge: sampling.Guide | None = None) -> dict:
+def evaluate_samples(
+  config: ml_collections.ConfigDict, run, state, workdir: str, judge: sampling.Guide | None = None
+) -> dict:
   """``--mode=eval`` of FDRL and GAN runs (the ``evaluate`` hook of their method records; see the
   module docstring): {"metrics", "num_samples", "flow_lengths", "quantize", "num_reference", …,
   "rows"}. ``judge``: the classifier of ``eval.judge_workdir`` (conditional sampling)."""
@@ -284,52 +339,92 @@ def evaluate_samples(config: ml_collections.ConfigDict, run, state, workdir: str
   lengths = flow_lengths(config, parts)
   translation = datasets.is_translation(config)
   scoring = _Scoring(config, run, workdir, translation)
-  default_length = (0 if parts.potential is None else
-                    parts.spec.num_steps + parts.spec.num_refine_steps)
+  default_length = (
+    0 if parts.potential is None else parts.spec.num_steps + parts.spec.num_refine_steps
+  )
   row_lengths = lengths or (default_length,)
   arg: int | np.ndarray
   baseline: Iterable[np.ndarray] | None
   if translation:
     _, sources = datasets.source_domain(config, run.dataset)
     if sources is None or run.dataset.test is None:
-      raise ValueError("Translation is scored on held-out images of both domains: set "
-                       "--config.prior.source_test_path and --config.data.test_path.")
+      raise ValueError(
+        "Translation is scored on held-out images of both domains: set "
+        "--config.prior.source_test_path and --config.data.test_path."
+      )
     num, arg, name, baseline = len(sources), sources, "translate", [sources]
   else:
     num, arg, name = feature_stats.eval_sizes(config)[0], feature_stats.eval_sizes(config)[0], None
-    baseline = (None if parts.potential is None or config.sampling.name == "refine" else
-                prior_batches(run, state, parts, num, batch_size))
+    baseline = (
+      None
+      if parts.potential is None or config.sampling.name == "refine"
+      else prior_batches(run, state, parts, num, batch_size)
+    )
   if config.sampling.name == "conditional":
-    rows = _conditional_rows(config, run, state, parts, judge, scoring, lengths, row_lengths,
-                             num, batch_size)
+    rows = _conditional_rows(
+      config, run, state, parts, judge, scoring, lengths, row_lengths, num, batch_size
+    )
   else:
     sampler = run.sampler(name, lengths)
     accumulators = [scoring.new() for _ in row_lengths]
-    _stream(sampling.draw_batches(sampler, state, key, arg, batch_size), accumulators,
-            stacked=lengths is not None)
+    _stream(
+      sampling.draw_batches(sampler, state, key, arg, batch_size),
+      accumulators,
+      stacked=lengths is not None,
+    )
     rows = [scoring.row(a.result()) for a in accumulators]
   # The baseline and the floor, once; in every row that is scored against the whole reference.
-  common = {**({} if baseline is None else
-               score(scoring.names, scoring.of(baseline), scoring.reference, "_prior")),
-            **_floor(config, scoring)}
-  rows = [{"step": step, "flow_length": length, **row,
-           **(common if row.get("class", "all") == "all" else {})}
-          for length, row in zip(row_lengths * (len(rows) // len(row_lengths)), rows)]
-  return {"metrics": scoring.names, "num_samples": num, "flow_lengths": list(row_lengths),
-          "quantize": scoring.keep["quantize"], "num_reference": scoring.reference.count,
-          **_extras(config, scoring), "rows": rows}
+  common = {
+    **(
+      {}
+      if baseline is None
+      else score(scoring.names, scoring.of(baseline), scoring.reference, "_prior")
+    ),
+    **_floor(config, scoring),
+  }
+  rows = [
+    {
+      "step": step,
+      "flow_length": length,
+      **row,
+      **(common if row.get("class", "all") == "all" else {}),
+    }
+    for length, row in zip(row_lengths * (len(rows) // len(row_lengths)), rows)
+  ]
+  return {
+    "metrics": scoring.names,
+    "num_samples": num,
+    "flow_lengths": list(row_lengths),
+    "quantize": scoring.keep["quantize"],
+    "num_reference": scoring.reference.count,
+    **_extras(config, scoring),
+    "rows": rows,
+  }
 
 
-def _conditional_rows(config, run, state, parts, judge: sampling.Guide | None, scoring: _Scoring,
-                      lengths, row_lengths, num: int, batch_size: int) -> list[dict]:
+def _conditional_rows(
+  config,
+  run,
+  state,
+  parts,
+  judge: sampling.Guide | None,
+  scoring: _Scoring,
+  lengths,
+  row_lengths,
+  num: int,
+  batch_size: int,
+) -> list[dict]:
   """Per class n (ceil(num / N) samples each, key fold_in(key, n)) and all classes together:
   the on-class share by ``judge`` and the scores against the class's held-out images."""
   if judge is None:
-    raise ValueError("--config.sampling.name=conditional is judged by --config.eval.judge_workdir "
-                     "(its classifier is loaded by --mode=eval).")
+    raise ValueError(
+      "--config.sampling.name=conditional is judged by --config.eval.judge_workdir "
+      "(its classifier is loaded by --mode=eval)."
+    )
   for_class, num_classes = sampling.conditional_sampler(parts, run.guide, run.mesh, lengths)
-  labelled = datasets.labelled_images(config.data.name, seed=config.seed,
-                                      data_dir=config.data.data_dir or None)
+  labelled = datasets.labelled_images(
+    config.data.name, seed=config.seed, data_dir=config.data.data_dir or None
+  )
   judged = jax.jit(judge.log_probs(judge.params))
   per_class = -(-num // num_classes)
   pooled = [scoring.new() for _ in row_lengths]
@@ -349,10 +444,14 @@ def _conditional_rows(config, run, state, parts, judge: sampling.Guide | None, s
     if labelled.test is None or labelled.test_labels is None:
       raise ValueError(f"Per-class scores need held-out labelled {config.data.name} images.")
     reference = scoring.of([labelled.test[labelled.test_labels == n]])
-    rows += [{"class": n, "on_class": float(h / per_class), **scoring.row(a.result(), reference)}
-             for a, h in zip(accumulators, class_hits)]
-  rows += [{"class": "all", "on_class": float(h / (per_class * num_classes)),
-            **scoring.row(a.result())} for a, h in zip(pooled, hits)]
+    rows += [
+      {"class": n, "on_class": float(h / per_class), **scoring.row(a.result(), reference)}
+      for a, h in zip(accumulators, class_hits)
+    ]
+  rows += [
+    {"class": "all", "on_class": float(h / (per_class * num_classes)), **scoring.row(a.result())}
+    for a, h in zip(pooled, hits)
+  ]
   return rows
 
 

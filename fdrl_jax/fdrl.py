@@ -45,6 +45,7 @@ class TrainState(struct.PyTreeNode):
   ``batch_stats`` holds mutable collections (the spectral-norm power-iteration state), updated by
   the training step and, like the parameters, averaged into the EMA copy used for sampling.
   """
+
   step: Array
   params: Any
   batch_stats: Any
@@ -59,6 +60,7 @@ class TrainState(struct.PyTreeNode):
 
 # ----------------------------------------------------------------------------------------------
 # Builders: the only functions here that read a config.
+
 
 def create_estimator(config: ml_collections.ConfigDict) -> nn.Module:
   """The ratio estimator of ``config.model``, started at the neutral ratio r = 1.
@@ -85,31 +87,52 @@ def build_potential(config: ml_collections.ConfigDict) -> tuple[BregmanLoss, Cal
 # ----------------------------------------------------------------------------------------------
 # Pure functions.
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, prior, key: Array,
-                       event_shape: tuple[int, ...]) -> TrainState:
+
+def create_train_state(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  prior,
+  key: Array,
+  event_shape: tuple[int, ...],
+) -> TrainState:
   @jax.jit  # one compilation instead of one per initialiser op
   def init(key):
     init_vars = model.init(key, jnp.zeros((1, *event_shape)))
     params, batch_stats = init_vars["params"], init_vars.get("batch_stats", {})
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # donated buffers must not alias
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), ema_params=copy(params),
-                      ema_batch_stats=copy(batch_stats), prior=None)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      ema_params=copy(params),
+      ema_batch_stats=copy(batch_stats),
+      prior=None,
+    )
 
   return init(key).replace(prior=prior)
 
 
-def estimator_potential(apply_fn: Callable, potential: Callable, model_vars
-                        ) -> Callable[[Array], Array]:
+def estimator_potential(
+  apply_fn: Callable, potential: Callable, model_vars
+) -> Callable[[Array], Array]:
   """x ↦ f'(r_θ(x)) per particle, for ``flow`` (spectral-norm statistics frozen)."""
   return lambda x: potential(apply_fn(model_vars, x))
 
 
 def make_train_step(
-    apply_fn: Callable, tx: optax.GradientTransformation, loss: BregmanLoss, potential: Callable,
-    flow_spec: FlowSpec, *, dequantization: float, random_flip: bool, ema_decay: float,
-    augment_prior: bool = False, particle_sharding: NamedSharding | None = None,
-    sn_every_call: bool = True,
+  apply_fn: Callable,
+  tx: optax.GradientTransformation,
+  loss: BregmanLoss,
+  potential: Callable,
+  flow_spec: FlowSpec,
+  *,
+  dequantization: float,
+  random_flip: bool,
+  ema_decay: float,
+  augment_prior: bool = False,
+  particle_sharding: NamedSharding | None = None,
+  sn_every_call: bool = True,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Metrics]]:
   """Algorithm 1 as a pure function ``step(state, batch, key) -> (state, metrics)``.
 
@@ -131,6 +154,7 @@ def make_train_step(
       data pass). False: one per step, on the data pass (the flow uses the step's start state),
       which trained worse estimators (experiments/README.md).
   """
+
   def augment(x: Array, k_deq: Array, k_flip: Array) -> Array:
     x = x + dequantization * jax.random.normal(k_deq, x.shape, x.dtype)
     if random_flip:
@@ -147,22 +171,38 @@ def make_train_step(
     if particle_sharding is not None:
       x_0 = jax.lax.with_sharding_constraint(x_0, particle_sharding)
     clip = flow_spec.training_clip()
-    updating_pass = lambda params, stats, x: training_apply(apply_fn, params, stats, x,
-                                                           update_stats=True)
+    updating_pass = lambda params, stats, x: training_apply(
+      apply_fn, params, stats, x, update_stats=True
+    )
     per_call = sn_every_call and bool(state.batch_stats)
     if per_call:
+
       def stateful_potential(x, stats):
         out, stats = updating_pass(state.params, stats, x)
         return potential(out), stats
+
       # (the ignore: flow's PotentialFn annotation names only the stateless form x -> values)
-      x_k, flow_stats = flow(stateful_potential, x_0, k_flow,  # type: ignore[arg-type]
-                             num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
-                             noise_scale=flow_spec.noise_scale, clip=clip, state=state.batch_stats)
+      x_k, flow_stats = flow(
+        stateful_potential,
+        x_0,
+        k_flow,  # type: ignore[arg-type]
+        num_steps=flow_spec.num_steps,
+        step_size=flow_spec.step_size,
+        noise_scale=flow_spec.noise_scale,
+        clip=clip,
+        state=state.batch_stats,
+      )
     else:
       current = variables(state.params, state.batch_stats)
-      x_k = flow(estimator_potential(apply_fn, potential, current), x_0, k_flow,
-                 num_steps=flow_spec.num_steps, step_size=flow_spec.step_size,
-                 noise_scale=flow_spec.noise_scale, clip=clip)
+      x_k = flow(
+        estimator_potential(apply_fn, potential, current),
+        x_0,
+        k_flow,
+        num_steps=flow_spec.num_steps,
+        step_size=flow_spec.step_size,
+        noise_scale=flow_spec.noise_scale,
+        clip=clip,
+      )
     x_k = jax.lax.stop_gradient(x_k)
 
     def objective(params):
@@ -176,18 +216,30 @@ def make_train_step(
       return data_term + flowed_term, (data_term, flowed_term, out_p, out_q, batch_stats)
 
     (value, (data_term, flowed_term, out_p, out_q, batch_stats)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
+      objective, has_aux=True
+    )(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = lambda new, old: optax.incremental_update(new, old, 1.0 - ema_decay)
-    to_ratio = (lambda o: jnp.exp(jnp.clip(o, -80.0, 80.0))) if loss.output == "log_ratio" else (
-        lambda o: o)
-    metrics = {"loss": value, "data_term": data_term, "flowed_term": flowed_term,
-               "ratio_data": jnp.mean(to_ratio(out_p)), "ratio_flowed": jnp.mean(to_ratio(out_q)),
-               "grad_norm": optax.tree.norm(grads)}
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, ema_params=ema(params, state.ema_params),
-                              ema_batch_stats=ema(batch_stats, state.ema_batch_stats))
+    to_ratio = (
+      (lambda o: jnp.exp(jnp.clip(o, -80.0, 80.0))) if loss.output == "log_ratio" else (lambda o: o)
+    )
+    metrics = {
+      "loss": value,
+      "data_term": data_term,
+      "flowed_term": flowed_term,
+      "ratio_data": jnp.mean(to_ratio(out_p)),
+      "ratio_flowed": jnp.mean(to_ratio(out_q)),
+      "grad_norm": optax.tree.norm(grads),
+    }
+    new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      ema_params=ema(params, state.ema_params),
+      ema_batch_stats=ema(batch_stats, state.ema_batch_stats),
+    )
     return new_state, metrics
 
   return step
@@ -196,15 +248,18 @@ def make_train_step(
 # ----------------------------------------------------------------------------------------------
 # The method's hooks (``fdrl_jax.methods``): config → pieces the loop and the samplers use.
 
-def init_state(config: ml_collections.ConfigDict, dataset: bundled.Dataset, key: Array, *,
-               fit: bool) -> TrainState:
+
+def init_state(
+  config: ml_collections.ConfigDict, dataset: bundled.Dataset, key: Array, *, fit: bool
+) -> TrainState:
   """A fresh state with the prior fitted to the data; ``fit=False`` makes a same-shaped template
   (no fit) to restore a checkpoint into."""
   needs_data = fit or datasets.is_translation(config)  # the prior holds source images
   prior_data = datasets.prior_data(config, dataset) if needs_data else None
   prior = priors.build_prior(config, prior_data, dataset.event_shape)
-  return create_train_state(create_estimator(config), optim.build_optimizer(config), prior,
-                            key, dataset.event_shape)
+  return create_train_state(
+    create_estimator(config), optim.build_optimizer(config), prior, key, dataset.event_shape
+  )
 
 
 def _augments_prior(config: ml_collections.ConfigDict, dataset: bundled.Dataset) -> bool:
@@ -212,33 +267,47 @@ def _augments_prior(config: ml_collections.ConfigDict, dataset: bundled.Dataset)
   return dataset.is_image and datasets.is_translation(config)
 
 
-def build_train_step(config: ml_collections.ConfigDict, dataset: bundled.Dataset,
-                     particle_sharding: NamedSharding | None):
+def build_train_step(
+  config: ml_collections.ConfigDict,
+  dataset: bundled.Dataset,
+  particle_sharding: NamedSharding | None,
+):
   """``step(state, batch, key)`` of Algorithm 1 for ``config`` (not jitted)."""
   loss, potential = build_potential(config)
   is_image = dataset.is_image
   return make_train_step(
-      create_estimator(config).apply, optim.build_optimizer(config), loss, potential,
-      build_flow_spec(config), dequantization=config.data.dequantization if is_image else 0.0,
-      random_flip=config.data.random_flip and is_image, ema_decay=config.optim.ema_decay,
-      augment_prior=_augments_prior(config, dataset),
-      particle_sharding=particle_sharding, sn_every_call=config.model.sn_every_call)
+    create_estimator(config).apply,
+    optim.build_optimizer(config),
+    loss,
+    potential,
+    build_flow_spec(config),
+    dequantization=config.data.dequantization if is_image else 0.0,
+    random_flip=config.data.random_flip and is_image,
+    ema_decay=config.optim.ema_decay,
+    augment_prior=_augments_prior(config, dataset),
+    particle_sharding=particle_sharding,
+    sn_every_call=config.model.sn_every_call,
+  )
 
 
-def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
-                  ) -> sampling.SamplerParts:
+def sampler_parts(
+  config: ml_collections.ConfigDict, dataset: bundled.Dataset
+) -> sampling.SamplerParts:
   """FDRL's sampling pieces: prior draws, the EMA estimator's potential f'(r_θ) and its K + κ
   flow (Algorithm 2), and the estimator itself (for conditional sampling)."""
   model = create_estimator(config)
   loss, potential = build_potential(config)
   # flax types apply's result as maybe (out, state): that is with ``mutable`` only
-  apply: Callable[[TrainState], Callable[[Array], Any]] = (
-      lambda state: (lambda x: model.apply(state.ema_variables(), x)))
+  apply: Callable[[TrainState], Callable[[Array], Any]] = lambda state: (
+    lambda x: model.apply(state.ema_variables(), x)
+  )
   return sampling.SamplerParts(
-      start=lambda state, key, n: state.prior.sample(key, n),
-      potential=lambda state: estimator_potential(model.apply, potential,
-                                                  state.ema_variables()),
-      spec=build_flow_spec(config), event_shape=tuple(dataset.event_shape),
-      input_noise=config.data.dequantization if _augments_prior(config, dataset) else 0.0,
-      estimator=sampling.Estimator(apply=apply, output=loss.output,
-                                   divergence=config.loss.divergence))
+    start=lambda state, key, n: state.prior.sample(key, n),
+    potential=lambda state: estimator_potential(model.apply, potential, state.ema_variables()),
+    spec=build_flow_spec(config),
+    event_shape=tuple(dataset.event_shape),
+    input_noise=config.data.dequantization if _augments_prior(config, dataset) else 0.0,
+    estimator=sampling.Estimator(
+      apply=apply, output=loss.output, divergence=config.loss.divergence
+    ),
+  )

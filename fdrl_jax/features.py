@@ -57,14 +57,18 @@ LEARNING_RATE, BATCH_SIZE, INPUT_NOISE = 2e-3, 128, 0.03
 class Classifier(NamedTuple):
   """A trained ``classifier.ClassifierNet``: ``features(x)`` (N, 128) and ``probabilities(x)``
   (N, 10)."""
+
   params: dict
   test_accuracy: float
 
   def _apply(self, x: np.ndarray, features: bool) -> jax.Array:
     x = np.asarray(x, np.float32)
-    return jnp.concatenate([_apply_net({"params": self.params}, jnp.asarray(x[i:i + 1000]),
-                                       features)
-                            for i in range(0, len(x), 1000)])  # bounded memory for 10k images
+    return jnp.concatenate(
+      [
+        _apply_net({"params": self.params}, jnp.asarray(x[i : i + 1000]), features)
+        for i in range(0, len(x), 1000)
+      ]
+    )  # bounded memory for 10k images
 
   def features(self, x: np.ndarray) -> np.ndarray:
     return np.asarray(self._apply(x, True), np.float64)
@@ -82,7 +86,8 @@ def _outputs(variables: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   hidden: Any = classifier.ClassifierNet().apply(variables, x, True)
   dense = variables["params"]["Dense_1"]  # the output layer of ``ClassifierNet``
   return hidden, jnp.dot(hidden, dense["kernel"], precision=jax.lax.Precision.HIGHEST) + dense[
-      "bias"]
+    "bias"
+  ]
 
 
 @functools.cache
@@ -94,8 +99,9 @@ def _outputs_fn(mesh: Mesh | None) -> Any:
   return jax.jit(_outputs, in_shardings=(parallel.replicated(mesh), rows), out_shardings=rows)
 
 
-def classifier_outputs(judge: Classifier, x: np.ndarray, *, mesh: Mesh | None = None,
-                       chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def classifier_outputs(
+  judge: Classifier, x: np.ndarray, *, mesh: Mesh | None = None, chunk: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
   """The penultimate features (N, 128) and logits (N, 10) of ``judge``, float64, ``chunk`` images
   per forward pass; with a mesh of several devices each device computes its rows (every process
   holds all of ``x`` and gets all the outputs)."""
@@ -107,29 +113,39 @@ def classifier_outputs(judge: Classifier, x: np.ndarray, *, mesh: Mesh | None = 
   x = np.asarray(x, np.float32)
   out: list[tuple[np.ndarray, ...]] = [(np.zeros((0, 128)), np.zeros((0, 10)))]
   for start in range(0, len(x), chunk):
-    part = x[start:start + chunk]
+    part = x[start : start + chunk]
     count = len(part)
     part = np.pad(part, ((0, -count % n_dev),) + ((0, 0),) * (part.ndim - 1))
-    result = _outputs_fn(mesh)(variables, part if mesh is None else
-                               parallel.put_particles(part, mesh))
+    result = _outputs_fn(mesh)(
+      variables, part if mesh is None else parallel.put_particles(part, mesh)
+    )
     out.append(tuple(np.asarray(parallel.to_host(r), np.float64)[:count] for r in result))
   hidden, logits = (np.concatenate(parts) for parts in zip(*out))
   return hidden, logits
 
 
-def train_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                     test_y: np.ndarray, *, seed: int, steps: int) -> Classifier:
+def train_classifier(
+  train_x: np.ndarray,
+  train_y: np.ndarray,
+  test_x: np.ndarray,
+  test_y: np.ndarray,
+  *,
+  seed: int,
+  steps: int,
+) -> Classifier:
   """Trains a ``ClassifierNet`` (Adam, batch 128, mild input noise, no attack) and measures its
   accuracy on the test images."""
   model, tx = classifier.ClassifierNet(), optax.adam(LEARNING_RATE)
   state = classifier.create_classifier_state(model, tx, jax.random.key(seed), train_x.shape[1:])
-  step = jax.jit(classifier.make_classifier_step(model.apply, tx, epsilon=0.0, num_steps=0,
-                                                 step_size=0.0, noise=INPUT_NOISE))
+  step = jax.jit(
+    classifier.make_classifier_step(
+      model.apply, tx, epsilon=0.0, num_steps=0, step_size=0.0, noise=INPUT_NOISE
+    )
+  )
   key, rng = jax.random.key(seed), np.random.default_rng(seed)
   for _ in range(steps):
     idx = rng.choice(len(train_x), min(BATCH_SIZE, len(train_x)), replace=False)
-    state, _ = step(state, (jnp.asarray(train_x[idx], jnp.float32), jnp.asarray(train_y[idx])),
-                    key)
+    state, _ = step(state, (jnp.asarray(train_x[idx], jnp.float32), jnp.asarray(train_y[idx])), key)
   trained = Classifier(params=state.params, test_accuracy=0.0)
   accuracy = float(np.mean(np.argmax(trained.probabilities(test_x), -1) == test_y))
   return trained._replace(test_accuracy=accuracy)
@@ -153,15 +169,16 @@ def mnist_classifier(seed: int = 0, data_dir: str | None = None) -> Classifier:
   train_x, train_y, test_x, test_y = mnist.train, mnist.train_labels, mnist.test, mnist.test_labels
   if train_x is None or train_y is None or test_x is None or test_y is None:
     raise ValueError("The FD-MNIST classifier needs MNIST's labelled training and test images.")
-  return train_classifier(train_x, train_y, test_x, test_y, seed=seed,
-                          steps=MNIST_CLASSIFIER_STEPS)
+  return train_classifier(train_x, train_y, test_x, test_y, seed=seed, steps=MNIST_CLASSIFIER_STEPS)
 
 
 def fd_digits(samples: np.ndarray, reference: np.ndarray, judge: Classifier) -> float:
   """FD-digits (FD-MNIST with an MNIST classifier): the Fréchet distance of the classifier's
   features of ``samples`` and ``reference``."""
-  return scores.frechet_distance(*scores.feature_statistics(judge.features(samples)),
-                                 *scores.feature_statistics(judge.features(reference)))
+  return scores.frechet_distance(
+    *scores.feature_statistics(judge.features(samples)),
+    *scores.feature_statistics(judge.features(reference)),
+  )
 
 
 def confident_share(samples: np.ndarray, judge: Classifier, threshold: float = 0.9) -> float:
@@ -171,6 +188,7 @@ def confident_share(samples: np.ndarray, judge: Classifier, threshold: float = 0
 
 # ----------------------------------------------------------------------------------------------
 # The Inception's features, and the choice of ``--space=feature``.
+
 
 def rgb(x: np.ndarray) -> np.ndarray:
   """Grey images repeated to the three channels the Inception expects."""
@@ -187,9 +205,11 @@ def check_feature_space(config: ml_collections.ConfigDict) -> None:
   """A one-line ValueError when ``feature_extractor`` has no features for this run."""
   weights = config.eval.inception_weights
   if config.data.name != "digits" and not (weights and os.path.isfile(weights)):
-    raise ValueError(f"--space=feature needs the bundled digits (FD-digits classifier) or "
-                     f"--config.eval.inception_weights=FILE.npz (found {weights!r}; see "
-                     "fdrl_jax/inception_weights.py); or use --space=pixel.")
+    raise ValueError(
+      f"--space=feature needs the bundled digits (FD-digits classifier) or "
+      f"--config.eval.inception_weights=FILE.npz (found {weights!r}; see "
+      "fdrl_jax/inception_weights.py); or use --space=pixel."
+    )
 
 
 def feature_extractor(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
@@ -209,6 +229,7 @@ def feature_extractor(config: ml_collections.ConfigDict) -> Callable[[np.ndarray
 # ----------------------------------------------------------------------------------------------
 # Extractors, and feature sets streamed through them.
 
+
 class Extractor(NamedTuple):
   """A feature extractor of sample scores.
 
@@ -219,24 +240,30 @@ class Extractor(NamedTuple):
       none (raw points, Inception weights without ``fc``).
     both: images → (features, logits) from one forward pass; None with ``logits``.
   """
+
   name: str
   features: Callable[[np.ndarray], np.ndarray]
   logits: Callable[[np.ndarray], np.ndarray] | None
   both: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None
 
 
-def inception_extractor(variables: dict, *, mesh: Mesh | None = None, batch_size: int = 50,
-                        resize_input: bool = True) -> Extractor:
+def inception_extractor(
+  variables: dict, *, mesh: Mesh | None = None, batch_size: int = 50, resize_input: bool = True
+) -> Extractor:
   """The FID Inception of ``variables`` (``inception_weights.load_weights``) as an ``Extractor``:
   pool3 features, and the Inception Score's logits when the variables hold ``fc``; grey images
   are repeated to RGB; with a mesh, each device computes its rows."""
+
   def run(x: np.ndarray, logits: bool):
-    return inception.features(variables, rgb(np.asarray(x)), batch_size, resize_input,
-                              logits=logits, mesh=mesh)
+    return inception.features(
+      variables, rgb(np.asarray(x)), batch_size, resize_input, logits=logits, mesh=mesh
+    )
+
   if "fc" not in variables["params"]:
     return Extractor("inception", lambda x: run(x, False), None, None)
-  return Extractor("inception", lambda x: run(x, False), lambda x: run(x, True)[1],
-                   lambda x: run(x, True))
+  return Extractor(
+    "inception", lambda x: run(x, False), lambda x: run(x, True)[1], lambda x: run(x, True)
+  )
 
 
 def classifier_extractor(name: str, judge: Classifier, *, mesh: Mesh | None = None) -> Extractor:
@@ -254,23 +281,27 @@ def raw_extractor() -> Extractor:
 def _fid_extractor(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Extractor:
   weights = config.eval.inception_weights
   if not weights:
-    raise ValueError("FID needs --config.eval.inception_weights=FILE.npz: pytorch-fid's Inception "
-                     f"weights, converted once by `{inception.CONVERT_COMMAND} FILE.npz`.")
+    raise ValueError(
+      "FID needs --config.eval.inception_weights=FILE.npz: pytorch-fid's Inception "
+      f"weights, converted once by `{inception.CONVERT_COMMAND} FILE.npz`."
+    )
   return inception_extractor(inception_weights.load_weights(weights), mesh=mesh)
 
 
 # eval.metric's family → (config, mesh) → its extractor.
 EXTRACTORS: dict[str, Callable[[ml_collections.ConfigDict, Mesh | None], Extractor]] = {
-    "fid": _fid_extractor,
-    "fd_digits": lambda c, mesh: classifier_extractor("digits", digits_classifier(c.seed),
-                                                      mesh=mesh),
-    "fd_mnist": lambda c, mesh: classifier_extractor(
-        "mnist", mnist_classifier(c.seed, c.data.data_dir or None), mesh=mesh),
-    "mmd": lambda c, mesh: raw_extractor()}
+  "fid": _fid_extractor,
+  "fd_digits": lambda c, mesh: classifier_extractor("digits", digits_classifier(c.seed), mesh=mesh),
+  "fd_mnist": lambda c, mesh: classifier_extractor(
+    "mnist", mnist_classifier(c.seed, c.data.data_dir or None), mesh=mesh
+  ),
+  "mmd": lambda c, mesh: raw_extractor(),
+}
 
 
-def extractor(config: ml_collections.ConfigDict, dataset: bundled.Dataset, *,
-              mesh: Mesh | None = None) -> Extractor:
+def extractor(
+  config: ml_collections.ConfigDict, dataset: bundled.Dataset, *, mesh: Mesh | None = None
+) -> Extractor:
   """The ``Extractor`` of ``config.eval.metric``'s family (see the module docstring); a digit
   classifier is trained on first use (seconds for the digits, a minute for MNIST)."""
   del dataset  # every family's extractor is the config's; the data are scored by the caller
@@ -281,6 +312,7 @@ class FeatureSet(NamedTuple):
   """A feature set's statistics: mean mu (D,), covariance sigma (D, D) (float64) of ``count``
   rows; the rows (N, D) and class logits (N, C), float32, only where they were kept (else None).
   A pytorch-fid / clean-fid statistics file has no count (0)."""
+
   mu: np.ndarray
   sigma: np.ndarray
   count: int  # type: ignore[assignment]  # a field named count shadows tuple.count for mypy
@@ -290,8 +322,9 @@ class FeatureSet(NamedTuple):
 
 def quantize_images(x: np.ndarray) -> np.ndarray:
   """Images in [-1, 1] rounded to 8 bits as a saved PNG holds them, back in [-1, 1]."""
-  return (np.clip(np.round((np.asarray(x, np.float32) + 1) * 127.5), 0, 255) / 127.5 - 1
-          ).astype(np.float32)
+  return (np.clip(np.round((np.asarray(x, np.float32) + 1) * 127.5), 0, 255) / 127.5 - 1).astype(
+    np.float32
+  )
 
 
 class FeatureAccumulator:
@@ -299,11 +332,19 @@ class FeatureAccumulator:
   batch, the moments summed in float64 (``scores.Moments``), the rows and logits kept only if
   asked; with ``quantize`` each batch is first rounded to 8 bits (``quantize_images``)."""
 
-  def __init__(self, extractor: Extractor, *, keep_features: bool = False,
-               keep_logits: bool = False, quantize: bool = False):
+  def __init__(
+    self,
+    extractor: Extractor,
+    *,
+    keep_features: bool = False,
+    keep_logits: bool = False,
+    quantize: bool = False,
+  ):
     if keep_logits and extractor.both is None:
-      raise ValueError(f"The {extractor.name} features have no class logits: the Inception Score "
-                       "needs the Inception's (weights with fc) or a digit classifier's.")
+      raise ValueError(
+        f"The {extractor.name} features have no class logits: the Inception Score "
+        "needs the Inception's (weights with fc) or a digit classifier's."
+      )
     self.extractor, self.quantize = extractor, quantize
     self.keep_features, self.keep_logits = keep_features, keep_logits
     self._moments = scores.Moments()

@@ -56,6 +56,7 @@ SPACES = ("pixel", "feature")
 # ----------------------------------------------------------------------------------------------
 # Pure helpers: the arrays behind the pictures.
 
+
 def snapshot_plan(total_steps: int, num_columns: int = 10) -> tuple[int, list[int]]:
   """Which flow steps a strip shows: ``(save_every, steps)``, steps from 0 to ``total_steps``.
 
@@ -67,8 +68,9 @@ def snapshot_plan(total_steps: int, num_columns: int = 10) -> tuple[int, list[in
   11, 14, 17, 19, 22, 25). Flows shorter than ``num_columns`` steps show every step.
   """
   if num_columns < 2:
-    raise ValueError(f"A strip needs at least 2 columns (prior draw and sample), got "
-                     f"{num_columns}.")
+    raise ValueError(
+      f"A strip needs at least 2 columns (prior draw and sample), got {num_columns}."
+    )
   if total_steps + 1 <= num_columns:
     return 1, list(range(total_steps + 1))
   divisors = [s for s in range(1, total_steps + 1) if total_steps % s == 0]
@@ -84,6 +86,7 @@ def snapshot_plan(total_steps: int, num_columns: int = 10) -> tuple[int, list[in
 class Snapshots(NamedTuple):
   """A strip's arrays: ``frames`` (R, C, ...) at flow ``steps`` (C,), from ``prior_draw`` to
   ``final`` (R, ...)."""
+
   frames: np.ndarray
   steps: list[int]
   prior_draw: np.ndarray
@@ -99,8 +102,9 @@ def _flow_parts(run: run_lib.Run) -> tuple[sampling.SamplerParts, dict]:
   return parts, parts.spec.sampling_kwargs()
 
 
-def flow_snapshots(run: run_lib.Run, state, key: Array, num_samples: int,
-                   num_columns: int = 10) -> Snapshots:
+def flow_snapshots(
+  run: run_lib.Run, state, key: Array, num_samples: int, num_columns: int = 10
+) -> Snapshots:
   """Draws ``num_samples`` particles from the prior and flows them K + κ steps, keeping snapshots.
 
   The key is used as the ``prior`` sampler uses it (split into prior and flow keys), so the final
@@ -116,8 +120,9 @@ def flow_snapshots(run: run_lib.Run, state, key: Array, num_samples: int,
   def snapshots(state, key):
     k_prior, k_flow = jax.random.split(key)
     x0 = parts.start(state, k_prior, num_samples)
-    final, trajectory = flows.flow(parts.potential(state), x0, k_flow, save_every=save_every,
-                                   **kwargs)
+    final, trajectory = flows.flow(
+      parts.potential(state), x0, k_flow, save_every=save_every, **kwargs
+    )
     return x0, final, trajectory[picks]
 
   x0, final, frames = jax.device_get(snapshots(state, key))
@@ -163,6 +168,7 @@ def interpolants(prior, a: Array, b: Array, num_columns: int) -> Array:
 class Interpolation(NamedTuple):
   """An interpolation figure's arrays: ``starts`` and ``flowed`` (R, C, ...); ``starts[:, 0]`` is
   ``a``, ``starts[:, -1]`` is ``b``; ``spherical`` tells which interpolation was used."""
+
   starts: np.ndarray
   flowed: np.ndarray
   a: np.ndarray
@@ -170,9 +176,16 @@ class Interpolation(NamedTuple):
   spherical: bool
 
 
-def flow_interpolation(run: run_lib.Run, state, key: Array, num_rows: int,
-                       num_columns: int = 10, *, a: Array | None = None,
-                       b: Array | None = None) -> Interpolation:
+def flow_interpolation(
+  run: run_lib.Run,
+  state,
+  key: Array,
+  num_rows: int,
+  num_columns: int = 10,
+  *,
+  a: Array | None = None,
+  b: Array | None = None,
+) -> Interpolation:
   """Interpolates between pairs of prior draws (``interpolants``) and flows every interpolant.
 
   Each particle is flowed on its own (``jax.vmap`` of the flow over particles) with its row's flow
@@ -184,8 +197,9 @@ def flow_interpolation(run: run_lib.Run, state, key: Array, num_rows: int,
   a = state.prior.sample(k_a, num_rows) if a is None else jnp.asarray(a)
   b = state.prior.sample(k_b, num_rows) if b is None else jnp.asarray(b)
   if a.shape != b.shape or a.shape[0] != num_rows:
-    raise ValueError(f"Interpolation ends must both have shape ({num_rows}, ...), got {a.shape} "
-                     f"and {b.shape}.")
+    raise ValueError(
+      f"Interpolation ends must both have shape ({num_rows}, ...), got {a.shape} and {b.shape}."
+    )
   _check_count("interpolation columns", num_columns, minimum=2)
   parts, kwargs = _flow_parts(run)
 
@@ -198,20 +212,23 @@ def flow_interpolation(run: run_lib.Run, state, key: Array, num_rows: int,
 
   starts, flowed = flow_rows(state, a, b, jax.random.split(k_flow, num_rows))
   starts, flowed, ends_a, ends_b = jax.device_get((starts, flowed, a, b))
-  return Interpolation(starts=starts, flowed=flowed, a=ends_a, b=ends_b,
-                       spherical=state.prior.centre() is not None)
+  return Interpolation(
+    starts=starts, flowed=flowed, a=ends_a, b=ends_b, spherical=state.prior.centre() is not None
+  )
 
 
 # ----------------------------------------------------------------------------------------------
 # The figures.
+
 
 def _check_count(what: str, n: int, minimum: int = 1) -> None:
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
     raise ValueError(f"The number of {what} must be an integer >= {minimum}, got {n!r}.")
 
 
-def _prepare(config: ml_collections.ConfigDict, output_path: str, figure: str, *,
-             flow: bool = True) -> None:
+def _prepare(
+  config: ml_collections.ConfigDict, output_path: str, figure: str, *, flow: bool = True
+) -> None:
   """One-line ValueErrors before restoring: an output that is not a new, writable .png, 2-D toy
   data, and (``flow``) a run without FDRL's flow from a prior (a GAN)."""
   if not output_path.lower().endswith(".png"):
@@ -219,14 +236,21 @@ def _prepare(config: ml_collections.ConfigDict, output_path: str, figure: str, *
   files.refuse_existing(output_path)
   files.check_writable(output_path)
   name = config.data.name
-  if (figure != "grid" and name in bundled.DATASETS
-      and not bundled.create_dataset(name, seed=config.seed).is_image):
-    raise ValueError(f"The {figure} figure needs image data; {name!r} is 2-D points "
-                     "(use --figure=grid for a scatter plot).")
+  if (
+    figure != "grid"
+    and name in bundled.DATASETS
+    and not bundled.create_dataset(name, seed=config.seed).is_image
+  ):
+    raise ValueError(
+      f"The {figure} figure needs image data; {name!r} is 2-D points "
+      "(use --figure=grid for a scatter plot)."
+    )
   if flow and config.method != "fdrl":
-    raise ValueError(f"The {figure} figure shows FDRL's flow from the prior; a "
-                     f"--config.method={config.method} run has none (use --figure=grid or "
-                     "neighbours).")
+    raise ValueError(
+      f"The {figure} figure shows FDRL's flow from the prior; a "
+      f"--config.method={config.method} run has none (use --figure=grid or "
+      "neighbours)."
+    )
 
 
 def _write(picture: np.ndarray, output_path: str, title: str, step: int) -> str:
@@ -239,8 +263,9 @@ def _key(run: run_lib.Run, figure: int) -> Array:
   return run.sample_key_for(FIGURE_KEY + figure)
 
 
-def grid(config: ml_collections.ConfigDict, workdir: str, output_path: str,
-         num_samples: int = 64) -> str:
+def grid(
+  config: ml_collections.ConfigDict, workdir: str, output_path: str, num_samples: int = 64
+) -> str:
   """``num_samples`` samples (Algorithm 2, K + κ steps, EMA estimator) as an image grid.
 
   The samples are the first ``num_samples`` that ``--mode=sample`` draws. Images are laid out by
@@ -250,14 +275,24 @@ def grid(config: ml_collections.ConfigDict, workdir: str, output_path: str,
   _check_count("samples", num_samples)
   _prepare(config, output_path, "grid", flow=False)
   run, state, step = loading.restore_for_sampling(config, workdir)
-  samples = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
-                         config.data.batch_size)
-  return _write(images.samples_picture(samples, run_lib.grid_reference(run)), output_path,
-                f"{len(samples)} samples", step)
+  samples = sampling.draw(
+    run.sampler(), state, run.sample_key_for(0), num_samples, config.data.batch_size
+  )
+  return _write(
+    images.samples_picture(samples, run_lib.grid_reference(run)),
+    output_path,
+    f"{len(samples)} samples",
+    step,
+  )
 
 
-def strip(config: ml_collections.ConfigDict, workdir: str, output_path: str,
-          num_samples: int = 8, num_columns: int = 10) -> str:
+def strip(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  output_path: str,
+  num_samples: int = 8,
+  num_columns: int = 10,
+) -> str:
   """FDRL Fig. 6: ``num_samples`` particles (rows) from their prior draw (first column) through
   the K + κ flow steps to the final sample (last column); ``snapshot_plan`` picks the steps
   shown (8–11 columns by default). Image data only."""
@@ -265,12 +300,18 @@ def strip(config: ml_collections.ConfigDict, workdir: str, output_path: str,
   _prepare(config, output_path, "strip")
   run, state, step = run_lib.restore_latest(config, workdir)
   snaps = flow_snapshots(run, state, _key(run, 1), num_samples, num_columns)
-  return _write(images.tile(snaps.frames), output_path,
-                "flow steps " + " ".join(map(str, snaps.steps)), step)
+  return _write(
+    images.tile(snaps.frames), output_path, "flow steps " + " ".join(map(str, snaps.steps)), step
+  )
 
 
-def interpolation(config: ml_collections.ConfigDict, workdir: str, output_path: str,
-                  num_samples: int = 6, num_columns: int = 10) -> str:
+def interpolation(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  output_path: str,
+  num_samples: int = 6,
+  num_columns: int = 10,
+) -> str:
   """FDRL Fig. 7: ``num_samples`` rows, each ``num_columns`` flowed interpolants between two prior
   draws a (first column) and b (last column).
 
@@ -294,8 +335,14 @@ def training_images(run: run_lib.Run) -> np.ndarray:
   return bundled.fit_samples(run.dataset, config.data.max_fit_samples, config.seed)
 
 
-def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str,
-               num_samples: int = 8, k: int = 8, space: str = "pixel") -> str:
+def neighbours(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  output_path: str,
+  num_samples: int = 8,
+  k: int = 8,
+  space: str = "pixel",
+) -> str:
   """FDRL Fig. 10–11: ``num_samples`` samples (first column) and their ``k`` nearest training
   images (next columns, nearest first).
 
@@ -311,8 +358,9 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str
   if space == "feature":
     features.check_feature_space(config)  # before the (possibly long) restore
   run, state, step = loading.restore_for_sampling(config, workdir)
-  samples = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
-                          config.data.batch_size)
+  samples = sampling.draw(
+    run.sampler(), state, run.sample_key_for(0), num_samples, config.data.batch_size
+  )
   train_images = training_images(run)
   if space == "pixel":
     index, _ = scores.nearest_neighbours(samples, train_images, k)
@@ -320,12 +368,12 @@ def neighbours(config: ml_collections.ConfigDict, workdir: str, output_path: str
     extract = features.feature_extractor(config)
     index, _ = scores.nearest_neighbours(extract(samples), extract(train_images), k)
   rows = np.concatenate([samples[:, None], train_images[index]], axis=1)
-  return _write(images.tile(rows), output_path, f"sample | nearest training images ({space})",
-                step)
+  return _write(images.tile(rows), output_path, f"sample | nearest training images ({space})", step)
 
 
-def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: str,
-            num_samples: int = 10) -> str:
+def classes(
+  config: ml_collections.ConfigDict, workdir_path: str, output_path: str, num_samples: int = 10
+) -> str:
   """Class-conditional samples (FDRL Sec. 6.4): one row of ``num_samples`` per class of the
   classifier in ``sampling.classifier_workdir``, guided with weight ``sampling.classifier_weight``
   (``sampling.conditional_sampler``, the classifier read by ``loading.load_classifier``; every
@@ -333,18 +381,30 @@ def classes(config: ml_collections.ConfigDict, workdir_path: str, output_path: s
   _check_count("samples per class", num_samples)
   _prepare(config, output_path, "classes")
   run, state, step = run_lib.restore_latest(config, workdir_path)
-  guide = loading.load_classifier(config.sampling.classifier_workdir,
-                                  event_shape=run.dataset.event_shape)
+  guide = loading.load_classifier(
+    config.sampling.classifier_workdir, event_shape=run.dataset.event_shape
+  )
   for_class, num_classes = sampling.conditional_sampler(_flow_parts(run)[0], guide, run.mesh)
   weight = config.sampling.classifier_weight
-  rows = [for_class(label, weight).sample(state, _key(run, 3), num_samples)
-          for label in range(num_classes)]
-  return _write(images.tile(np.stack(rows)), output_path,
-                f"classes 0-{num_classes - 1}, top to bottom (phi {weight:g})", step)
+  rows = [
+    for_class(label, weight).sample(state, _key(run, 3), num_samples)
+    for label in range(num_classes)
+  ]
+  return _write(
+    images.tile(np.stack(rows)),
+    output_path,
+    f"classes 0-{num_classes - 1}, top to bottom (phi {weight:g})",
+    step,
+  )
 
 
-def translation(config: ml_collections.ConfigDict, workdir_path: str, output_path: str,
-                num_samples: int = 8, inputs: str | None = None) -> str:
+def translation(
+  config: ml_collections.ConfigDict,
+  workdir_path: str,
+  output_path: str,
+  num_samples: int = 8,
+  inputs: str | None = None,
+) -> str:
   """Unpaired translation (FDRL Sec. 6.5): ``num_samples`` pairs in columns, the source above its
   translation, the sources from ``inputs`` (an .npz or folder, as ``--mode=translate`` reads it)
   or else the run's held-out source images."""
@@ -356,24 +416,43 @@ def translation(config: ml_collections.ConfigDict, workdir_path: str, output_pat
   else:
     held_out = datasets.source_domain(config, run.dataset)[1]
     if held_out is None:
-      raise ValueError("The translation figure needs source images: give --input=FILE.npz|DIR "
-                       "or set --config.prior.source_test_path.")
+      raise ValueError(
+        "The translation figure needs source images: give --input=FILE.npz|DIR "
+        "or set --config.prior.source_test_path."
+      )
     sources = held_out
   sources = sources[:num_samples]
-  translated = sampling.draw(run.sampler("translate"), state, _key(run, 4), sources,
-                             config.data.batch_size)
-  return _write(images.tile(np.stack([sources, translated])), output_path,
-                "sources (top) | translated (bottom)", step)
+  translated = sampling.draw(
+    run.sampler("translate"), state, _key(run, 4), sources, config.data.batch_size
+  )
+  return _write(
+    images.tile(np.stack([sources, translated])),
+    output_path,
+    "sources (top) | translated (bottom)",
+    step,
+  )
 
 
 FIGURES: dict[str, Callable[..., str]] = {
-    "grid": grid, "strip": strip, "interpolation": interpolation, "neighbours": neighbours,
-    "classes": classes, "translation": translation}
+  "grid": grid,
+  "strip": strip,
+  "interpolation": interpolation,
+  "neighbours": neighbours,
+  "classes": classes,
+  "translation": translation,
+}
 
 
-def make_figure(name: str, config: ml_collections.ConfigDict, workdir: str, output_path: str, *,
-                num_samples: int | None = None, space: str | None = None,
-                inputs: str | None = None) -> str:
+def make_figure(
+  name: str,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  output_path: str,
+  *,
+  num_samples: int | None = None,
+  space: str | None = None,
+  inputs: str | None = None,
+) -> str:
   """The figure ``name`` (a key of FIGURES), as ``--mode=figure`` calls it; ``None`` arguments take
   the figure's defaults. ``space`` applies to ``neighbours`` only, ``inputs`` to ``translation``."""
   figure = registry.lookup(FIGURES, name, "--figure")

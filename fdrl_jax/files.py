@@ -46,8 +46,10 @@ def refuse_existing(output: str) -> None:
   link is refused too, even one to a missing file: writing would create the file it names, and a
   link is never replaced."""
   if not is_uri(output) and os.path.islink(output) and not os.path.exists(output):
-    raise ValueError(f"--output {output} is a symbolic link to {os.readlink(output)}, which does "
-                     "not exist; give the link's target or a new file (nothing was written).")
+    raise ValueError(
+      f"--output {output} is a symbolic link to {os.readlink(output)}, which does "
+      "not exist; give the link's target or a new file (nothing was written)."
+    )
   if as_path(output).exists():
     raise ValueError(f"--output {output} exists; choose a new file (nothing was overwritten).")
 
@@ -55,10 +57,13 @@ def refuse_existing(output: str) -> None:
 def refuse_existing_folder(output: str) -> None:
   """A one-line ValueError if ``output`` exists and is not an empty folder (a folder output is
   new, or fills an empty folder)."""
-  if os.path.lexists(output) and (os.path.islink(output) or not os.path.isdir(output)
-                                  or os.listdir(output)):
-    raise ValueError(f"--output {output} exists and is not an empty folder; give a new folder or "
-                     "an .npz file (nothing was overwritten).")
+  if os.path.lexists(output) and (
+    os.path.islink(output) or not os.path.isdir(output) or os.listdir(output)
+  ):
+    raise ValueError(
+      f"--output {output} exists and is not an empty folder; give a new folder or "
+      "an .npz file (nothing was overwritten)."
+    )
 
 
 def check_writable(path: str, needed_bytes: int = 0) -> None:
@@ -67,14 +72,17 @@ def check_writable(path: str, needed_bytes: int = 0) -> None:
   before the long work, not after it. The check creates and removes an empty temporary file (and
   removes the temporaries of killed runs there); local paths only. The writing process checks, and
   in a multi-process run every process raises with it (``parallel.check_on_writer``)."""
+
   def check() -> None:
     if is_uri(path):
       return
     os.unlink(_new_temporary(path))
     free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
     if free < needed_bytes:
-      raise ValueError(f"Cannot write {path}: it needs {needed_bytes / 1e6:.3g} MB but only "
-                       f"{free / 1e6:.3g} MB are free there; free space or choose another disk.")
+      raise ValueError(
+        f"Cannot write {path}: it needs {needed_bytes / 1e6:.3g} MB but only "
+        f"{free / 1e6:.3g} MB are free there; free space or choose another disk."
+      )
 
   parallel.check_on_writer(check)
 
@@ -144,8 +152,9 @@ def _new_temporary(path: str, *, directory: bool = False) -> str:
       return tempfile.mkdtemp(dir=folder, prefix=prefix)
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=os.path.splitext(path)[1])
   except OSError as e:
-    raise ValueError(f"Cannot write {path}: {e.strerror or e}; choose a writable location "
-                     "(nothing was written).") from None
+    raise ValueError(
+      f"Cannot write {path}: {e.strerror or e}; choose a writable location (nothing was written)."
+    ) from None
   os.close(handle)
   return tmp
 
@@ -157,8 +166,9 @@ def _readable(path: str) -> None:
   os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
-def _via_temporary(path: str, write: Callable[[str], object], commit: Callable[[str], None]
-                   ) -> None:
+def _via_temporary(
+  path: str, write: Callable[[str], object], commit: Callable[[str], None]
+) -> None:
   """``write`` a temporary file beside ``path`` (readable like any output), then ``commit`` it
   under its name; the temporary file never outlives the call. A failed write (a full disk, a
   read-only folder) is a one-line ValueError naming ``path``."""
@@ -168,8 +178,10 @@ def _via_temporary(path: str, write: Callable[[str], object], commit: Callable[[
     _readable(tmp)
     commit(tmp)
   except OSError as e:
-    raise ValueError(f"Cannot write {path}: {e.strerror or e}; nothing was written there (free "
-                     "space or choose another location).") from None
+    raise ValueError(
+      f"Cannot write {path}: {e.strerror or e}; nothing was written there (free "
+      "space or choose another location)."
+    ) from None
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
@@ -244,8 +256,10 @@ def write_new_folder(output: str, write: Callable[[str], object]) -> str:
     _readable(tmp)
     os.rename(tmp, output)  # replaces an empty folder; fails if files appeared there meanwhile
   except OSError as e:
-    raise ValueError(f"Cannot write {output}: {e.strerror or e}; nothing was written there (free "
-                     "space or choose another location).") from None
+    raise ValueError(
+      f"Cannot write {output}: {e.strerror or e}; nothing was written there (free "
+      "space or choose another location)."
+    ) from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return output

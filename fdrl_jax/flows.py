@@ -83,8 +83,9 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
   except TypeError:
     number = None
   if number is None or number < minimum:
-    raise ValueError(f"{name} must be a Python integer >= {minimum} (static under jit), "
-                     f"got {value!r}.")
+    raise ValueError(
+      f"{name} must be a Python integer >= {minimum} (static under jit), got {value!r}."
+    )
   return number
 
 
@@ -101,9 +102,10 @@ def potential_gradient(potential_fn: Callable[..., Any], x: Array, *, has_aux: b
     (values, vjp), aux = jax.vjp(potential_fn, x), []
   if values.shape != x.shape[:1]:
     raise ValueError(
-        f"potential_fn must return one value per particle, shape ({x.shape[0]},) for particles of "
-        f"shape {tuple(x.shape)}; got shape {tuple(values.shape)}. Reduce the network output "
-        "(e.g. out[:, 0] or out.reshape(-1)).")
+      f"potential_fn must return one value per particle, shape ({x.shape[0]},) for particles of "
+      f"shape {tuple(x.shape)}; got shape {tuple(values.shape)}. Reduce the network output "
+      "(e.g. out[:, 0] or out.reshape(-1))."
+    )
   (grad,) = vjp(jnp.ones_like(values))
   return (values, grad, *aux)
 
@@ -112,25 +114,26 @@ def _check_save_at(save_at, num_steps: int) -> tuple[int, ...]:
   """``save_at`` as a tuple of increasing Python ints in [0, num_steps], or a one-line error."""
   steps = tuple(_check_int("save_at", s, minimum=0) for s in save_at)
   if not steps or any(b <= a for a, b in itertools.pairwise(steps)) or steps[-1] > num_steps:
-    raise ValueError(f"save_at={tuple(save_at)} must be increasing step counts from 0 to "
-                     f"num_steps={num_steps}.")
+    raise ValueError(
+      f"save_at={tuple(save_at)} must be increasing step counts from 0 to num_steps={num_steps}."
+    )
   return steps
 
 
 def flow(
-    potential_fn: Callable[..., Any],
-    x0: Array,
-    key: Array,
-    *,
-    num_steps: int,
-    step_size: float | Array,
-    noise_scale: float | Array,
-    clip: tuple[float, float] | None = None,
-    clip_every_step: bool = True,
-    save_every: int | None = None,
-    save_at: tuple[int, ...] | None = None,
-    unroll: int | bool | None = None,
-    state=None,
+  potential_fn: Callable[..., Any],
+  x0: Array,
+  key: Array,
+  *,
+  num_steps: int,
+  step_size: float | Array,
+  noise_scale: float | Array,
+  clip: tuple[float, float] | None = None,
+  clip_every_step: bool = True,
+  save_every: int | None = None,
+  save_at: tuple[int, ...] | None = None,
+  unroll: int | bool | None = None,
+  state=None,
 ):
   """Run ``num_steps`` Euler–Maruyama steps of Eq. (9): x ← x − η∇ₓΣφ(x) + νξ.
 
@@ -183,7 +186,8 @@ def flow(
   stateful = state is not None
   if unroll is None:
     unroll = auto_unroll(
-        (lambda x: potential_fn(x, state)[0]) if stateful else potential_fn, x0, num_steps)
+      (lambda x: potential_fn(x, state)[0]) if stateful else potential_fn, x0, num_steps
+    )
   elif unroll is not True:
     unroll = _check_int("unroll", unroll)
 
@@ -219,13 +223,15 @@ def flow(
 
   # The step counter rides in the carry: no per-step input array of length K.
   if save_at is None:
+
     def body(carry, _):
       x, k, s = carry
       x, s = step(x, k, s)
       return (x, k + 1, s), None
 
-    x, _, s = jax.lax.scan(body, (x0, jnp.zeros((), jnp.uint32), state), length=num_steps,
-                           unroll=unroll)[0]
+    x, _, s = jax.lax.scan(
+      body, (x0, jnp.zeros((), jnp.uint32), state), length=num_steps, unroll=unroll
+    )[0]
     return result(x, s)
 
   # Snapshots go to their slot of a buffer carried along (slot len(save_at): steps not saved),
@@ -244,13 +250,15 @@ def flow(
     buf = jax.lax.dynamic_update_index_in_dim(buf, x, slot_of[k], 0)
     return (x, k, s, buf), None
 
-  x, _, s, buffer = jax.lax.scan(save_body, (x0, jnp.zeros((), jnp.uint32), state, buffer),
-                                 length=num_steps, unroll=unroll)[0]
-  return result(x, s, buffer[:len(save_at)])
+  x, _, s, buffer = jax.lax.scan(
+    save_body, (x0, jnp.zeros((), jnp.uint32), state, buffer), length=num_steps, unroll=unroll
+  )[0]
+  return result(x, s, buffer[: len(save_at)])
 
 
 class FlowSpec(struct.PyTreeNode):
   """A flow's static hyper-parameters: K, κ, η, ν and clipping (a hashable jit constant)."""
+
   num_steps: int = struct.field(pytree_node=False)
   num_refine_steps: int = struct.field(pytree_node=False)
   step_size: float = struct.field(pytree_node=False)
@@ -260,9 +268,13 @@ class FlowSpec(struct.PyTreeNode):
 
   def sampling_kwargs(self) -> dict:
     """Algorithm 2's K + κ steps with this η, ν and clipping, as ``flow`` takes them."""
-    return {"num_steps": self.num_steps + self.num_refine_steps, "step_size": self.step_size,
-                "noise_scale": self.noise_scale, "clip": self.clip,
-                "clip_every_step": self.clip_every_step}
+    return {
+      "num_steps": self.num_steps + self.num_refine_steps,
+      "step_size": self.step_size,
+      "noise_scale": self.noise_scale,
+      "clip": self.clip,
+      "clip_every_step": self.clip_every_step,
+    }
 
   def training_clip(self) -> tuple[float, float] | None:
     """The clipping of Algorithm 1's training flow: the range after every step, or none when
@@ -277,6 +289,11 @@ DATA_RANGE = (-1.0, 1.0)
 def build_flow_spec(config: ml_collections.ConfigDict) -> FlowSpec:
   """The run's flow (``config.flow``): K, κ, η, ν, and clipping to the data range."""
   f = config.flow
-  return FlowSpec(num_steps=f.num_steps, num_refine_steps=f.num_refine_steps,
-                  step_size=f.step_size, noise_scale=f.noise_scale,
-                  clip=DATA_RANGE if f.clip else None, clip_every_step=f.clip_every_step)
+  return FlowSpec(
+    num_steps=f.num_steps,
+    num_refine_steps=f.num_refine_steps,
+    step_size=f.step_size,
+    noise_scale=f.noise_scale,
+    clip=DATA_RANGE if f.clip else None,
+    clip_every_step=f.clip_every_step,
+  )

@@ -46,6 +46,7 @@ class GANState(struct.PyTreeNode):
   ``gen_stats`` and ``disc_stats`` hold the networks' batch-norm statistics (empty for networks
   without batch norm).
   """
+
   step: Array
   gen_params: Any
   gen_stats: Any
@@ -61,29 +62,45 @@ class GANState(struct.PyTreeNode):
 # ----------------------------------------------------------------------------------------------
 # Builders: the only functions here that read a config.
 
-def build_monotone_map(config: ml_collections.ConfigDict, name: str | None = None
-                       ) -> monoflow.MonotoneMap:
+
+def build_monotone_map(
+  config: ml_collections.ConfigDict, name: str | None = None
+) -> monoflow.MonotoneMap:
   """The generator's h (``gan.h``, or ``name``: ``refine.h``) with its parameters (``gan.shift``,
   ``gan.scale``)."""
   g = config.gan
-  return monoflow.get_map(name or g.h, shift=g.shift, scale=g.scale,
-                          setting="--config.refine.h" if name else "--config.gan.h")
+  return monoflow.get_map(
+    name or g.h,
+    shift=g.shift,
+    scale=g.scale,
+    setting="--config.refine.h" if name else "--config.gan.h",
+  )
 
 
-def build_optimizers(config: ml_collections.ConfigDict
-                     ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+def build_optimizers(
+  config: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
   """Adam for the generator and the discriminator (the DCGAN settings: β₁ = 0.5)."""
   g = config.gan
-  return (optax.adam(g.gen_learning_rate, b1=g.b1, b2=g.b2),
-          optax.adam(g.disc_learning_rate, b1=g.b1, b2=g.b2))
+  return (
+    optax.adam(g.gen_learning_rate, b1=g.b1, b2=g.b2),
+    optax.adam(g.disc_learning_rate, b1=g.b1, b2=g.b2),
+  )
 
 
 # ----------------------------------------------------------------------------------------------
 # Pure functions.
 
-def create_gan_state(generator: nn.Module, discriminator: nn.Module,
-                     gen_tx: optax.GradientTransformation, disc_tx: optax.GradientTransformation,
-                     key: Array, event_shape: tuple[int, ...], latent_dim: int) -> GANState:
+
+def create_gan_state(
+  generator: nn.Module,
+  discriminator: nn.Module,
+  gen_tx: optax.GradientTransformation,
+  disc_tx: optax.GradientTransformation,
+  key: Array,
+  event_shape: tuple[int, ...],
+  latent_dim: int,
+) -> GANState:
   """Initialises both networks after checking, from shapes alone, that they fit the data.
 
   Raises:
@@ -94,31 +111,41 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
   z = jax.ShapeDtypeStruct((2, latent_dim), jnp.float32)
   gen_shape = jax.eval_shape(lambda z: generator.init_with_output(k_gen, z)[0], z).shape
   if gen_shape[1:] != tuple(event_shape):
-    raise ValueError(f"The generator makes samples of shape {gen_shape[1:]} but the data have "
-                     f"shape {tuple(event_shape)}; fix --config.generator (name, channels) for "
-                     "this data set.")
+    raise ValueError(
+      f"The generator makes samples of shape {gen_shape[1:]} but the data have "
+      f"shape {tuple(event_shape)}; fix --config.generator (name, channels) for "
+      "this data set."
+    )
   x = jax.ShapeDtypeStruct((2, *event_shape), jnp.float32)
   disc_shape = jax.eval_shape(lambda x: discriminator.init_with_output(k_disc, x)[0], x).shape
   if disc_shape != (2,):
-    raise ValueError(f"The discriminator must give one value per sample, shape (batch,), but gives "
-                     f"{disc_shape} for a batch of 2; choose a --config.model that ends in one "
-                     "output.")
+    raise ValueError(
+      f"The discriminator must give one value per sample, shape (batch,), but gives "
+      f"{disc_shape} for a batch of 2; choose a --config.model that ends in one "
+      "output."
+    )
 
   @jax.jit
   def init(k_gen, k_disc):
     gen_vars = generator.init(k_gen, jnp.zeros((1, latent_dim)))
     disc_vars = discriminator.init(k_disc, jnp.zeros((1, *event_shape)))
     gen_params, disc_params = gen_vars["params"], disc_vars["params"]
-    return GANState(step=jnp.zeros((), jnp.int32), gen_params=gen_params,
-                    gen_stats=gen_vars.get("batch_stats", {}), disc_params=disc_params,
-                    gen_opt_state=gen_tx.init(gen_params), disc_opt_state=disc_tx.init(disc_params),
-                    disc_stats=disc_vars.get("batch_stats", {}))
+    return GANState(
+      step=jnp.zeros((), jnp.int32),
+      gen_params=gen_params,
+      gen_stats=gen_vars.get("batch_stats", {}),
+      disc_params=disc_params,
+      gen_opt_state=gen_tx.init(gen_params),
+      disc_opt_state=disc_tx.init(disc_params),
+      disc_stats=disc_vars.get("batch_stats", {}),
+    )
 
   return init(k_gen, k_disc)
 
 
-def discriminator_logit(disc_apply: Callable, disc_params, disc_stats=None
-                        ) -> Callable[[Array], Array]:
+def discriminator_logit(
+  disc_apply: Callable, disc_params, disc_stats=None
+) -> Callable[[Array], Array]:
   """x ↦ d(x) = log p/q of a discriminator trained with DISCRIMINATOR_LOSS (which outputs log q/p);
   a per-sample function (batch norm, if any, on its running averages)."""
   disc_vars = variables(disc_params, disc_stats)
@@ -126,9 +153,15 @@ def discriminator_logit(disc_apply: Callable, disc_params, disc_stats=None
 
 
 def make_gan_step(
-    gen_apply: Callable, disc_apply: Callable, gen_tx: optax.GradientTransformation,
-    disc_tx: optax.GradientTransformation, hmap: monoflow.MonotoneMap, latent_dim: int, *,
-    particle_sharding: NamedSharding | None = None, reuse_fake: bool = False,
+  gen_apply: Callable,
+  disc_apply: Callable,
+  gen_tx: optax.GradientTransformation,
+  disc_tx: optax.GradientTransformation,
+  hmap: monoflow.MonotoneMap,
+  latent_dim: int,
+  *,
+  particle_sharding: NamedSharding | None = None,
+  reuse_fake: bool = False,
 ) -> Callable[[GANState, Array, Array], tuple[GANState, dict[str, Array]]]:
   """One discriminator step, then one generator step, as ``step(state, batch, key)``.
 
@@ -142,20 +175,24 @@ def make_gan_step(
       the discriminator and then carry the generator's gradient. False: the generator step draws
       fresh latents.
   """
+
   def latents(key, n):
     z = jax.random.normal(key, (n, latent_dim))
-    return z if particle_sharding is None else jax.lax.with_sharding_constraint(
-        z, particle_sharding)
+    return (
+      z if particle_sharding is None else jax.lax.with_sharding_constraint(z, particle_sharding)
+    )
 
   def step(state: GANState, batch: Array, key: Array):
     k_disc, k_gen = jax.random.split(jax.random.fold_in(key, state.step))
     n = batch.shape[0]
     generate = lambda params, z: training_apply(gen_apply, params, state.gen_stats, z, train=True)
-    discriminate = lambda params, stats, x: training_apply(disc_apply, params, stats, x,
-                                                           update_stats=True)
+    discriminate = lambda params, stats, x: training_apply(
+      disc_apply, params, stats, x, update_stats=True
+    )
     if reuse_fake:
-      fake, gen_vjp, gen_stats = jax.vjp(lambda p: generate(p, latents(k_disc, n)),
-                                         state.gen_params, has_aux=True)
+      fake, gen_vjp, gen_stats = jax.vjp(
+        lambda p: generate(p, latents(k_disc, n)), state.gen_params, has_aux=True
+      )
     else:
       fake, _ = generate(state.gen_params, latents(k_disc, n))
 
@@ -165,7 +202,8 @@ def make_gan_step(
       return DISCRIMINATOR_LOSS(out_data, out_fake), (out_data, out_fake, stats)
 
     (disc_loss, (out_data, out_fake, disc_stats)), disc_grads = jax.value_and_grad(
-        disc_objective, has_aux=True)(state.disc_params)
+      disc_objective, has_aux=True
+    )(state.disc_params)
     updates, disc_opt_state = disc_tx.update(disc_grads, state.disc_opt_state, state.disc_params)
     disc_params = optax.apply_updates(state.disc_params, updates)
     frozen = jax.lax.stop_gradient(disc_params)  # d held fixed for the generator
@@ -176,31 +214,42 @@ def make_gan_step(
       return -jnp.mean(hmap.h(d)), (stats, d)
 
     if reuse_fake:
-      (gen_loss, (disc_stats, d_gen)), fake_grad = jax.value_and_grad(
-          h_objective, has_aux=True)(fake, disc_stats)
+      (gen_loss, (disc_stats, d_gen)), fake_grad = jax.value_and_grad(h_objective, has_aux=True)(
+        fake, disc_stats
+      )
       (gen_grads,) = gen_vjp(fake_grad)
     else:
+
       def gen_objective(params):
         x, stats = generate(params, latents(k_gen, n))
         loss, (d_stats, d) = h_objective(x, disc_stats)
         return loss, (stats, d_stats, d)
 
       (gen_loss, (gen_stats, disc_stats, d_gen)), gen_grads = jax.value_and_grad(
-          gen_objective, has_aux=True)(state.gen_params)
+        gen_objective, has_aux=True
+      )(state.gen_params)
     updates, gen_opt_state = gen_tx.update(gen_grads, state.gen_opt_state, state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, updates)
     metrics = {
-        "loss": disc_loss + gen_loss, "disc_loss": disc_loss, "gen_loss": gen_loss,
-        # D(x) = σ(d): the classifier's probability of "data", on data and on generated samples.
-        "d_data": jnp.mean(jax.nn.sigmoid(-out_data)),
-        "d_fake": jnp.mean(jax.nn.sigmoid(-out_fake)),
-        # Mean h'(d) on the generator's batch: near 0 means the generator loss saturates.
-        "h_slope": jnp.mean(hmap.h_prime(d_gen)),
-        "gen_grad_norm": optax.tree.norm(gen_grads),
+      "loss": disc_loss + gen_loss,
+      "disc_loss": disc_loss,
+      "gen_loss": gen_loss,
+      # D(x) = σ(d): the classifier's probability of "data", on data and on generated samples.
+      "d_data": jnp.mean(jax.nn.sigmoid(-out_data)),
+      "d_fake": jnp.mean(jax.nn.sigmoid(-out_fake)),
+      # Mean h'(d) on the generator's batch: near 0 means the generator loss saturates.
+      "h_slope": jnp.mean(hmap.h_prime(d_gen)),
+      "gen_grad_norm": optax.tree.norm(gen_grads),
     }
-    return state.replace(step=state.step + 1, gen_params=gen_params, gen_stats=gen_stats,
-                         disc_params=disc_params, disc_stats=disc_stats,
-                         gen_opt_state=gen_opt_state, disc_opt_state=disc_opt_state), metrics
+    return state.replace(
+      step=state.step + 1,
+      gen_params=gen_params,
+      gen_stats=gen_stats,
+      disc_params=disc_params,
+      disc_stats=disc_stats,
+      gen_opt_state=gen_opt_state,
+      disc_opt_state=disc_opt_state,
+    ), metrics
 
   return step
 
@@ -208,32 +257,52 @@ def make_gan_step(
 # ----------------------------------------------------------------------------------------------
 # The method's hooks (``fdrl_jax.methods``).
 
-def _networks(config: ml_collections.ConfigDict,
-              dataset: bundled.Dataset) -> tuple[nn.Module, nn.Module]:
+
+def _networks(
+  config: ml_collections.ConfigDict, dataset: bundled.Dataset
+) -> tuple[nn.Module, nn.Module]:
   generator = generators.create_generator(config.generator, dataset.event_shape, dataset.is_image)
   return generator, models.create_model(config.model)
 
 
-def init_state(config: ml_collections.ConfigDict, dataset: bundled.Dataset, key: Array, *,
-               fit: bool) -> GANState:
+def init_state(
+  config: ml_collections.ConfigDict, dataset: bundled.Dataset, key: Array, *, fit: bool
+) -> GANState:
   """Fresh generator and discriminator (nothing is fitted to the data, so ``fit`` is unused)."""
   del fit
   gen_tx, disc_tx = build_optimizers(config)
-  return create_gan_state(*_networks(config, dataset), gen_tx, disc_tx, key,
-                          dataset.event_shape, config.generator.latent_dim)
+  return create_gan_state(
+    *_networks(config, dataset),
+    gen_tx,
+    disc_tx,
+    key,
+    dataset.event_shape,
+    config.generator.latent_dim,
+  )
 
 
-def build_train_step(config: ml_collections.ConfigDict, dataset: bundled.Dataset,
-                     particle_sharding: NamedSharding | None):
+def build_train_step(
+  config: ml_collections.ConfigDict,
+  dataset: bundled.Dataset,
+  particle_sharding: NamedSharding | None,
+):
   generator, discriminator = _networks(config, dataset)
   gen_tx, disc_tx = build_optimizers(config)
-  return make_gan_step(generator.apply, discriminator.apply, gen_tx, disc_tx,
-                       build_monotone_map(config), config.generator.latent_dim,
-                       particle_sharding=particle_sharding, reuse_fake=config.gan.reuse_fake)
+  return make_gan_step(
+    generator.apply,
+    discriminator.apply,
+    gen_tx,
+    disc_tx,
+    build_monotone_map(config),
+    config.generator.latent_dim,
+    particle_sharding=particle_sharding,
+    reuse_fake=config.gan.reuse_fake,
+  )
 
 
-def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
-                  ) -> sampling.SamplerParts:
+def sampler_parts(
+  config: ml_collections.ConfigDict, dataset: bundled.Dataset
+) -> sampling.SamplerParts:
   """G(z) as the start (the ``prior`` sampler draws it as is); the generator and the trained
   discriminator's logit for the ``refine`` sampler."""
   generator, discriminator = _networks(config, dataset)
@@ -244,9 +313,13 @@ def sampler_parts(config: ml_collections.ConfigDict, dataset: bundled.Dataset
     # `mutable` it is the samples.
     return lambda z: generator.apply(state.generator_variables(), z)  # type: ignore[return-value]
 
-  logit = lambda state: discriminator_logit(discriminator.apply, state.disc_params,
-                                            state.disc_stats)
+  logit = lambda state: discriminator_logit(
+    discriminator.apply, state.disc_params, state.disc_stats
+  )
   return sampling.SamplerParts(
-      start=lambda state, key, n: generate(state)(jax.random.normal(key, (n, latent_dim))),
-      potential=None, spec=build_flow_spec(config), event_shape=tuple(dataset.event_shape),
-      generator=sampling.Generator(latent_dim=latent_dim, generate=generate, logit=logit))
+    start=lambda state, key, n: generate(state)(jax.random.normal(key, (n, latent_dim))),
+    potential=None,
+    spec=build_flow_spec(config),
+    event_shape=tuple(dataset.event_shape),
+    generator=sampling.Generator(latent_dim=latent_dim, generate=generate, logit=logit),
+  )

@@ -20,6 +20,7 @@ from fdrl_jax.models import DCGAN_INIT_STD, dcgan_norm
 
 class MLPGenerator(nn.Module):
   """z → ``depth`` Dense(``width``) + ReLU → Dense → reshaped to ``event_shape`` (any data)."""
+
   event_shape: tuple[int, ...]
   width: int = 128
   depth: int = 2
@@ -43,6 +44,7 @@ class DCGANGenerator(nn.Module):
   (4 → 8 → 16 → 32). Batch statistics are used with ``train=True`` (kept in ``batch_stats``) and
   their running averages otherwise.
   """
+
   event_shape: tuple[int, int, int]
   channels: Sequence[int] = (128, 64)
 
@@ -50,7 +52,7 @@ class DCGANGenerator(nn.Module):
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     h, w, c = self.event_shape
     n = len(self.channels)
-    start = (h // 2 ** n, w // 2 ** n)
+    start = (h // 2**n, w // 2**n)
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
     x = nn.Dense(start[0] * start[1] * self.channels[0], use_bias=False)(z)
     x = nn.relu(norm()(x.reshape((z.shape[0], *start, self.channels[0]))))
@@ -68,6 +70,7 @@ class MonoFlowGenerator(nn.Module):
   a centre crop and a 1×1 conv when it is smaller (28² from 32², the reference's padding-2 1×1
   transposed conv); tanh. No biases; DCGAN's N(0, 0.02) weights and N(1, 0.02) batch-norm scales.
   """
+
   event_shape: tuple[int, int, int]
   channels: Sequence[int] = (512, 256, 128)
 
@@ -76,8 +79,13 @@ class MonoFlowGenerator(nn.Module):
     h, _, c = self.event_shape
     init = nn.initializers.normal(DCGAN_INIT_STD)
     up = lambda width, stride, pad: nn.ConvTranspose(
-        width, (4, 4), strides=(stride, stride), padding=((pad, pad), (pad, pad)), use_bias=False,
-        kernel_init=init)
+      width,
+      (4, 4),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      kernel_init=init,
+    )
     x = z.reshape((z.shape[0], 1, 1, -1))
     for i, width in enumerate(self.channels):
       x = up(width, 1, 3)(x) if i == 0 else up(width, 2, 2)(x)  # torch padding 0 / 1
@@ -87,22 +95,28 @@ class MonoFlowGenerator(nn.Module):
       x = up(c, 2, 2)(x)
     else:
       crop = (side - h) // 2
-      x = nn.Conv(c, (1, 1), use_bias=False, kernel_init=init)(x[:, crop:crop + h, crop:crop + h])
+      x = nn.Conv(c, (1, 1), use_bias=False, kernel_init=init)(
+        x[:, crop : crop + h, crop : crop + h]
+      )
     return jnp.tanh(x)
 
 
 GENERATORS = {
-    "mlp": lambda cfg, shape, is_image: MLPGenerator(event_shape=tuple(shape), width=cfg.width,
-                                                     depth=cfg.depth, tanh=is_image),
-    "dcgan": lambda cfg, shape, is_image: DCGANGenerator(event_shape=tuple(shape),
-                                                         channels=tuple(cfg.channels)),
-    "monoflow_dcgan": lambda cfg, shape, is_image: MonoFlowGenerator(event_shape=tuple(shape),
-                                                                     channels=tuple(cfg.channels)),
+  "mlp": lambda cfg, shape, is_image: MLPGenerator(
+    event_shape=tuple(shape), width=cfg.width, depth=cfg.depth, tanh=is_image
+  ),
+  "dcgan": lambda cfg, shape, is_image: DCGANGenerator(
+    event_shape=tuple(shape), channels=tuple(cfg.channels)
+  ),
+  "monoflow_dcgan": lambda cfg, shape, is_image: MonoFlowGenerator(
+    event_shape=tuple(shape), channels=tuple(cfg.channels)
+  ),
 }
 
 
-def create_generator(config: ml_collections.ConfigDict, event_shape: tuple[int, ...],
-                     is_image: bool) -> nn.Module:
+def create_generator(
+  config: ml_collections.ConfigDict, event_shape: tuple[int, ...], is_image: bool
+) -> nn.Module:
   """Builds the generator named ``config.name`` (a key of GENERATORS) for data of ``event_shape``.
 
   Raises a one-line ValueError when that generator cannot produce such data.
@@ -110,18 +124,27 @@ def create_generator(config: ml_collections.ConfigDict, event_shape: tuple[int, 
   build = registry.lookup(GENERATORS, config.name, "--config.generator.name")
   if config.name == "dcgan":
     n = len(config.channels)
-    if len(event_shape) != 3 or any(side % 2 ** n for side in event_shape[:2]):
-      raise ValueError(f"The dcgan generator with {n} channel widths makes images whose sides are "
-                       f"multiples of {2 ** n}; the data have shape {tuple(event_shape)}. Set "
-                       "--config.generator.channels (e.g. 2 widths for 28², 3 for 32²) or use "
-                       "--config.generator.name=mlp.")
+    if len(event_shape) != 3 or any(side % 2**n for side in event_shape[:2]):
+      raise ValueError(
+        f"The dcgan generator with {n} channel widths makes images whose sides are "
+        f"multiples of {2**n}; the data have shape {tuple(event_shape)}. Set "
+        "--config.generator.channels (e.g. 2 widths for 28², 3 for 32²) or use "
+        "--config.generator.name=mlp."
+      )
   if config.name == "monoflow_dcgan":  # a 4² map doubled per further width, then ×2 or a crop
     n = len(config.channels)
     side = 4 * 2 ** (n - 1)
-    if len(event_shape) != 3 or event_shape[0] != event_shape[1] or not (
-        event_shape[0] == 2 * side or (event_shape[0] <= side and (side - event_shape[0]) % 2 == 0)):
-      raise ValueError(f"The monoflow_dcgan generator with {n} widths ends on a {side}² map, so it "
-                       f"makes square images of side {2 * side}, or an even crop of {side}; the "
-                       f"data have shape {tuple(event_shape)}. Set --config.generator.channels "
-                       "(3 widths for 32², 4 for 28²).")
+    if (
+      len(event_shape) != 3
+      or event_shape[0] != event_shape[1]
+      or not (
+        event_shape[0] == 2 * side or (event_shape[0] <= side and (side - event_shape[0]) % 2 == 0)
+      )
+    ):
+      raise ValueError(
+        f"The monoflow_dcgan generator with {n} widths ends on a {side}² map, so it "
+        f"makes square images of side {2 * side}, or an even crop of {side}; the "
+        f"data have shape {tuple(event_shape)}. Set --config.generator.channels "
+        "(3 widths for 32², 4 for 28²)."
+      )
   return build(config, event_shape, is_image)

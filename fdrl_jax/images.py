@@ -31,7 +31,7 @@ def tile(rows: np.ndarray, *, pad: int = 1, min_size: int = 32) -> np.ndarray:
   for r in range(num_rows):
     for col in range(num_cols):
       top, left = pad + r * (h + pad), pad + col * (w + pad)
-      out[top:top + h, left:left + w] = rows[r, col]
+      out[top : top + h, left : left + w] = rows[r, col]
   return np.round((np.clip(out, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
@@ -45,14 +45,19 @@ def grid(images: np.ndarray, *, pad: int = 1, min_size: int = 32) -> np.ndarray:
   return tile(cells, pad=pad, min_size=min_size)
 
 
-def scatter(points: np.ndarray, reference: np.ndarray | None = None, *, size: int = 256,
-            extent: float | None = None) -> np.ndarray:
+def scatter(
+  points: np.ndarray,
+  reference: np.ndarray | None = None,
+  *,
+  size: int = 256,
+  extent: float | None = None,
+) -> np.ndarray:
   """Rasterises 2-D points (red) over optional reference points (grey) into a uint8 RGB array."""
   sets = [np.asarray(points)] + ([np.asarray(reference)] if reference is not None else [])
   if extent is None:
     extent = 1.1 * max(float(np.abs(s).max()) for s in sets) + 1e-6
   canvas = np.full((size, size, 3), 255, np.uint8)
-  for pts, colour in zip(sets[::-1], ([170, 170, 170], [200, 30, 30])[-len(sets):]):
+  for pts, colour in zip(sets[::-1], ([170, 170, 170], [200, 30, 30])[-len(sets) :]):
     ij = np.round((pts / extent + 1) / 2 * (size - 1)).astype(int)
     keep = np.all((ij >= 0) & (ij < size), axis=1)
     canvas[size - 1 - ij[keep, 1], ij[keep, 0]] = colour

@@ -75,6 +75,7 @@ def _pad(kh: int, kw: int) -> Padding:
 
 class ConvBN(nn.Module):
   """Computes ReLU(BatchNorm(conv(x))) with a bias-free convolution and inference-mode BN."""
+
   features: int
   kernel: tuple[int, int] = (1, 1)
   strides: int = 1
@@ -83,14 +84,21 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the convolution, BatchNorm (running statistics, eps 1e-3) and ReLU."""
-    x = nn.Conv(self.features, self.kernel, (self.strides, self.strides), self.padding,
-                use_bias=False, name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      self.kernel,
+      (self.strides, self.strides),
+      self.padding,
+      use_bias=False,
+      name="conv",
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
     return nn.relu(x)
 
 
-def _conv(features: int, name: str, kh: int = 1, kw: int | None = None, strides: int = 1,
-          same: bool = True) -> ConvBN:
+def _conv(
+  features: int, name: str, kh: int = 1, kw: int | None = None, strides: int = 1, same: bool = True
+) -> ConvBN:
   """Builds a ConvBN; ``same`` pads to keep the size, otherwise the convolution is unpadded."""
   kw = kh if kw is None else kw
   return ConvBN(features, (kh, kw), strides, _pad(kh, kw) if same else VALID, name=name)
@@ -113,6 +121,7 @@ def _max_pool_reduce(x: jax.Array) -> jax.Array:
 
 class InceptionA(nn.Module):
   """Computes the FID InceptionA block (Mixed_5b-d): 1x1, 5x5, double 3x3 and pool branches."""
+
   pool_features: int
 
   @nn.compact
@@ -140,6 +149,7 @@ class InceptionB(nn.Module):
 
 class InceptionC(nn.Module):
   """Computes the FID InceptionC block (Mixed_6b-e) with factorised 7x7 convolutions."""
+
   channels_7x7: int
 
   @nn.compact
@@ -171,6 +181,7 @@ class InceptionD(nn.Module):
 
 class InceptionE(nn.Module):
   """Computes the FID InceptionE block; Mixed_7b average-pools (E_1), Mixed_7c max-pools (E_2)."""
+
   max_pool: bool
 
   @nn.compact
@@ -178,11 +189,12 @@ class InceptionE(nn.Module):
     """Concatenates the 1x1, split 3x3, split double 3x3 and pool branches (2048 channels)."""
     b1 = _conv(320, "branch1x1")(x)
     b3_stem = _conv(384, "branch3x3_1")(x)
-    b3 = [_conv(384, "branch3x3_2a", 1, 3)(b3_stem),
-          _conv(384, "branch3x3_2b", 3, 1)(b3_stem)]
+    b3 = [_conv(384, "branch3x3_2a", 1, 3)(b3_stem), _conv(384, "branch3x3_2b", 3, 1)(b3_stem)]
     bd_stem = _conv(384, "branch3x3dbl_2", 3)(_conv(448, "branch3x3dbl_1")(x))
-    bd = [_conv(384, "branch3x3dbl_3a", 1, 3)(bd_stem),
-          _conv(384, "branch3x3dbl_3b", 3, 1)(bd_stem)]
+    bd = [
+      _conv(384, "branch3x3dbl_3a", 1, 3)(bd_stem),
+      _conv(384, "branch3x3dbl_3b", 3, 1)(bd_stem),
+    ]
     pooled = _max_pool_3x3(x) if self.max_pool else _avg_pool_3x3(x)
     bp = _conv(192, "branch_pool")(pooled)
     return jnp.concatenate([b1, *b3, *bd, bp], axis=-1)
@@ -218,6 +230,7 @@ class InceptionV3(nn.Module):
     resize_input: resize inputs that are not 299x299 bilinearly to 299x299 first.
     logits: also return the Inception Score's logits (the ``fc`` variables are then needed).
   """
+
   resize_input: bool = True
   logits: bool = False
 
@@ -235,8 +248,12 @@ class InceptionV3(nn.Module):
     for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
       x = InceptionA(pool_features, name=name)(x)
     x = InceptionB(name="Mixed_6a")(x)
-    for name, channels in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160),
-                           ("Mixed_6e", 192)):
+    for name, channels in (
+      ("Mixed_6b", 128),
+      ("Mixed_6c", 160),
+      ("Mixed_6d", 160),
+      ("Mixed_6e", 192),
+    ):
       x = InceptionC(channels, name=name)(x)
     x = InceptionD(name="Mixed_7a")(x)
     x = InceptionE(max_pool=False, name="Mixed_7b")(x)
@@ -265,9 +282,11 @@ def expected_shapes() -> dict[str, tuple[str, tuple[str, ...], jax.ShapeDtypeStr
 
 def no_classifier(source: str) -> ValueError:
   """The one-line error for logits asked of weights converted before ``fc`` was kept."""
-  return ValueError(f"{source} have no classifier fc (converted before it was kept), which the "
-                    f"Inception Score's logits need; convert pytorch-fid's weights again with: "
-                    f"{CONVERT_COMMAND} OUT.npz")
+  return ValueError(
+    f"{source} have no classifier fc (converted before it was kept), which the "
+    f"Inception Score's logits need; convert pytorch-fid's weights again with: "
+    f"{CONVERT_COMMAND} OUT.npz"
+  )
 
 
 def _network_variables(variables: Variables, logits: bool) -> Variables:
@@ -292,14 +311,13 @@ def _apply_fn(resize_input: bool, logits: bool, mesh: Mesh | None) -> Any:
   return jax.jit(apply, in_shardings=(parallel.replicated(mesh), rows), out_shardings=rows)
 
 
-def _batches(images: np.ndarray, batch_size: int, mesh: Mesh | None
-             ) -> Iterable[tuple[Any, int]]:
+def _batches(images: np.ndarray, batch_size: int, mesh: Mesh | None) -> Iterable[tuple[Any, int]]:
   """Yields (images, count) per batch of ``batch_size`` images, zero-padded to a fixed size
   (``batch_size``, rounded up to a multiple of the mesh's devices) and, with a mesh, split over
   "data" (every process holds all images and places its own devices' rows)."""
   size = batch_size if mesh is None else -(-batch_size // mesh.devices.size) * mesh.devices.size
   for start in range(0, len(images), batch_size):
-    batch = np.asarray(images[start:start + batch_size], np.float32)
+    batch = np.asarray(images[start : start + batch_size], np.float32)
     count = len(batch)
     batch = np.pad(batch, ((0, size - count),) + ((0, 0),) * (batch.ndim - 1))
     yield (batch if mesh is None else parallel.put_particles(batch, mesh)), count
@@ -318,9 +336,15 @@ def _placed(variables: Variables, logits: bool, mesh: Mesh | None) -> tuple[Vari
   return jax.device_put(variables, parallel.replicated(mesh)), mesh
 
 
-def features(variables: Variables, images: np.ndarray, batch_size: int = 50,
-             resize_input: bool = True, *, logits: bool = False, mesh: Mesh | None = None
-             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def features(
+  variables: Variables,
+  images: np.ndarray,
+  batch_size: int = 50,
+  resize_input: bool = True,
+  *,
+  logits: bool = False,
+  mesh: Mesh | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
   """Computes pool3 features (N, 2048) as float64 for NHWC images in [-1, 1], in batches.
 
   The last batch is zero-padded to ``batch_size`` so that the network compiles once per image size.
@@ -352,6 +376,6 @@ def features(variables: Variables, images: np.ndarray, batch_size: int = 50,
     result = apply(variables, batch)
     out.append(tuple(_numpy(r)[:count] for r in (result if logits else (result,))))
   if not out:
-    out = [(np.zeros((0, FEATURE_DIM)), np.zeros((0, NUM_CLASSES)))[:1 + logits]]
+    out = [(np.zeros((0, FEATURE_DIM)), np.zeros((0, NUM_CLASSES)))[: 1 + logits]]
   feats, *rest = (np.concatenate(parts) for parts in zip(*out))
   return (feats, rest[0]) if logits else feats

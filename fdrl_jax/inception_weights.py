@@ -48,22 +48,28 @@ def save_weights(variables: Variables, path: str) -> None:
 
 def _not_weights(path: str, reason: str) -> ValueError:
   """The one-line error for a readable file that is not an ``.npz`` of these weights."""
-  return ValueError(f"{path} is not an .npz of the FID Inception ({reason}); convert pytorch-fid's "
-                    f"weights with: {inception.CONVERT_COMMAND} OUT.npz")
+  return ValueError(
+    f"{path} is not an .npz of the FID Inception ({reason}); convert pytorch-fid's "
+    f"weights with: {inception.CONVERT_COMMAND} OUT.npz"
+  )
 
 
 def _torch_file(path: str) -> ValueError:
   """The one-line error for a ``torch.save`` file (or other pickle) given as the weights."""
-  return ValueError(f"{path} is a PyTorch file or a pickle, not an .npz of the FID Inception; if "
-                    f"it is pytorch-fid's, convert it with: python -m fdrl_jax.convert_inception "
-                    f"{path} OUT.npz")
+  return ValueError(
+    f"{path} is a PyTorch file or a pickle, not an .npz of the FID Inception; if "
+    f"it is pytorch-fid's, convert it with: python -m fdrl_jax.convert_inception "
+    f"{path} OUT.npz"
+  )
 
 
 def _open_npz(path: str) -> np.lib.npyio.NpzFile:
   """Opens ``path`` by ``np.load``: one-line errors for a missing, unreadable or non-.npz file."""
   if not os.path.exists(path):
-    raise ValueError(f"the file {path} does not exist; convert pytorch-fid's weights into it with: "
-                     f"{inception.CONVERT_COMMAND} {path}")
+    raise ValueError(
+      f"the file {path} does not exist; convert pytorch-fid's weights into it with: "
+      f"{inception.CONVERT_COMMAND} {path}"
+    )
   try:
     data = np.load(path)
   except OSError as e:
@@ -91,8 +97,11 @@ def _headers(path: str, data: np.lib.npyio.NpzFile) -> dict[str, tuple[tuple[int
     try:
       with archive.open(name) as f:
         version = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
+        read = (
+          np.lib.format.read_array_header_1_0
+          if version == (1, 0)
+          else np.lib.format.read_array_header_2_0
+        )
         shape, _, dtype = read(f)
     except (ValueError, EOFError, OSError, zipfile.BadZipFile):
       raise _not_weights(path, f"its member {name} is not a numpy array") from None
@@ -120,8 +129,9 @@ def _check_shapes(path: str, found: dict[str, tuple[tuple[int, ...], Any]], logi
     if key not in found:
       raise _not_weights(path, f"layer {layer} is missing {key}, expected shape {expected.shape}")
     if found[key][0] != expected.shape:
-      raise _not_weights(path, f"layer {layer} has {key} of shape {found[key][0]}, expected "
-                         f"{expected.shape}")
+      raise _not_weights(
+        path, f"layer {layer} has {key} of shape {found[key][0]}, expected {expected.shape}"
+      )
   extra = sorted(found.keys() - table.keys())
   if extra:
     raise _not_weights(path, f"unexpected key {extra[0]}")

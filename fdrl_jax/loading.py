@@ -38,6 +38,7 @@ Array = jax.Array
 @dataclasses.dataclass(frozen=True)
 class LoadedRun:
   """A restored run (see the module docstring); fields a method lacks are None."""
+
   config: ml_collections.ConfigDict
   step: int
   state: Any
@@ -70,22 +71,43 @@ def load(workdir: str | os.PathLike) -> LoadedRun:
   method = config.get("method", "fdrl")
   if method == "classifier":
     model = classifier.build_model(config)
-    return LoadedRun(config, step, state, state.params,
-                     output=classifier.log_probabilities(model.apply, state.params))
+    return LoadedRun(
+      config,
+      step,
+      state,
+      state.params,
+      output=classifier.log_probabilities(model.apply, state.params),
+    )
   parts = run.sampler_parts()
   if parts is None:
     raise ValueError(f"{workdir} holds a {method!r} run, which has no sampler to load.")
   sampler = sampling.prior_sample_fn(parts)
   if parts.generator is not None:
     g = parts.generator
-    return LoadedRun(config, step, state, state.gen_params, generator=g.generate(state),
-                     discriminator=g.logit(state), sampler=sampler)
+    return LoadedRun(
+      config,
+      step,
+      state,
+      state.gen_params,
+      generator=g.generate(state),
+      discriminator=g.logit(state),
+      sampler=sampler,
+    )
   if parts.estimator is None or parts.potential is None:
-    raise ValueError(f"{workdir} holds a {method!r} run, which has neither a generator nor a "
-                     "density-ratio estimator to load.")
-  return LoadedRun(config, step, state, state.ema_params, prior=state.prior,
-                   output=parts.estimator.apply(state), potential=parts.potential(state),
-                   sampler=sampler)
+    raise ValueError(
+      f"{workdir} holds a {method!r} run, which has neither a generator nor a "
+      "density-ratio estimator to load."
+    )
+  return LoadedRun(
+    config,
+    step,
+    state,
+    state.ema_params,
+    prior=state.prior,
+    output=parts.estimator.apply(state),
+    potential=parts.potential(state),
+    sampler=sampler,
+  )
 
 
 def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]) -> sampling.Guide:
@@ -96,33 +118,43 @@ def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]) ->
     raise ValueError(sampling.NEEDS_CLASSIFIER)
   config = workdirs.read_config(classifier_workdir)
   if config.get("method") != "classifier":
-    raise ValueError(f"--config.sampling.classifier_workdir {classifier_workdir} holds a "
-                     f"{config.get('method', 'fdrl')!r} run, not a classifier; train one with "
-                     "--config=configs/digits_classifier.py (or another classifier config).")
+    raise ValueError(
+      f"--config.sampling.classifier_workdir {classifier_workdir} holds a "
+      f"{config.get('method', 'fdrl')!r} run, not a classifier; train one with "
+      "--config=configs/digits_classifier.py (or another classifier config)."
+    )
   state: Any  # a ClassifierState
   run, state, _ = run_lib.restore_latest(config, classifier_workdir)
   if tuple(run.dataset.event_shape) != tuple(event_shape):
-    raise ValueError(f"The classifier in {classifier_workdir} was trained on images of shape "
-                     f"{tuple(run.dataset.event_shape)}, but this run samples "
-                     f"{tuple(event_shape)}; train a classifier on this data set.")
+    raise ValueError(
+      f"The classifier in {classifier_workdir} was trained on images of shape "
+      f"{tuple(run.dataset.event_shape)}, but this run samples "
+      f"{tuple(event_shape)}; train a classifier on this data set."
+    )
   model = classifier.build_model(config)
-  return sampling.Guide(log_probs=lambda params: classifier.log_probabilities(model.apply, params),
-                        params=state.params, num_classes=model.num_classes)
+  return sampling.Guide(
+    log_probs=lambda params: classifier.log_probabilities(model.apply, params),
+    params=state.params,
+    num_classes=model.num_classes,
+  )
 
 
-def restore_for_sampling(config: ml_collections.ConfigDict, workdir: str, *,
-                         data_optional: bool = False) -> tuple[run_lib.Run, Any, int]:
+def restore_for_sampling(
+  config: ml_collections.ConfigDict, workdir: str, *, data_optional: bool = False
+) -> tuple[run_lib.Run, Any, int]:
   """``run_lib.restore_latest``, with ``run.guide`` set to the classifier of
   ``sampling.classifier_workdir`` when ``config.sampling.name`` is ``conditional``."""
   run, state, step = run_lib.restore_latest(config, workdir, data_optional=data_optional)
   if config.sampling.name == "conditional":
-    run.guide = load_classifier(config.sampling.classifier_workdir,
-                                event_shape=run.dataset.event_shape)
+    run.guide = load_classifier(
+      config.sampling.classifier_workdir, event_shape=run.dataset.event_shape
+    )
   return run, state, step
 
 
-def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple[int, ...]
-                ) -> tuple[np.ndarray, list[str]]:
+def read_images(
+  path: str, config: ml_collections.ConfigDict, event_shape: tuple[int, ...]
+) -> tuple[np.ndarray, list[str]]:
   """Images to translate, in [-1, 1], and a name for each: an .npz (key ``x``, NHWC, float in
   [-1, 1] or uint8) or a folder of PNG/JPEG files preprocessed as the training folder is
   (``data.image_size``, ``resize_first``, ``center_crop``, ``stretch``; grey when the run's
@@ -132,12 +164,20 @@ def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple
     names = [os.path.splitext(os.path.relpath(f, path))[0].replace(os.sep, "_") for f in files]
     shared = [name for name, count in collections.Counter(names).items() if count > 1]
     if shared:
-      raise ValueError(f"--input {path} holds several images named {shared[0]} (other extensions "
-                       f"or folders), which would all be written as {shared[0]}.png; rename them.")
+      raise ValueError(
+        f"--input {path} holds several images named {shared[0]} (other extensions "
+        f"or folders), which would all be written as {shared[0]}.png; rename them."
+      )
     d = config.data
-    load = readers.folder_loader(files, event_shape[-1], folder=path,
-                                    image_size=event_shape[0], center_crop=d.center_crop or None,
-                                    resize_first=d.resize_first or None, stretch=d.stretch)
+    load = readers.folder_loader(
+      files,
+      event_shape[-1],
+      folder=path,
+      image_size=event_shape[0],
+      center_crop=d.center_crop or None,
+      resize_first=d.resize_first or None,
+      stretch=d.stretch,
+    )
     x = readers.load_all(len(files), load)
   elif os.path.isfile(path) and path.endswith(".npz"):
     with readers.open_npz(path) as arrays:
@@ -146,8 +186,10 @@ def read_images(path: str, config: ml_collections.ConfigDict, event_shape: tuple
   else:
     raise ValueError(f"--input {path} is neither an .npz file nor a folder of images.")
   if tuple(x.shape[1:]) != tuple(event_shape):
-    raise ValueError(f"--input {path} holds images of shape {tuple(x.shape[1:])}; this run's "
-                     f"images have shape {tuple(event_shape)}.")
+    raise ValueError(
+      f"--input {path} holds images of shape {tuple(x.shape[1:])}; this run's "
+      f"images have shape {tuple(event_shape)}."
+    )
   if not len(x):
     raise ValueError(f"--input {path} holds no images.")
   return x, names

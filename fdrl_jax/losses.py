@@ -34,6 +34,7 @@ class BregmanLoss(NamedTuple):
 
   ``loss(out_data, out_flowed)`` returns the scalar L = mean t_p(out_data) + mean t_q(out_flowed).
   """
+
   data_term: Callable[[Array], Array]
   flowed_term: Callable[[Array], Array]
   output: str  # "ratio" or "log_ratio": what the network must output.
@@ -43,15 +44,17 @@ class BregmanLoss(NamedTuple):
 
 
 LOSSES: dict[str, BregmanLoss] = {
-    # LSIF, g(y) = ½(y − 1)²: L = ½E_p[r²] − E_q[r] (Eq. 18, constant dropped).
-    "lsif": BregmanLoss(data_term=lambda r: 0.5 * jnp.square(r), flowed_term=lambda r: -r,
-                        output="ratio"),
-    # Logistic regression, g(y) = y log y − (1 + y) log(1 + y):
-    # L = −E_p[log σ(−l)] − E_q[log σ(l)] (Eq. 21); q is the positive class.
-    "lr": BregmanLoss(data_term=jax.nn.softplus, flowed_term=lambda l: jax.nn.softplus(-l),
-                      output="log_ratio"),
-    # Unnormalised KL, g(y) = y log y − y: L = E_p[e^l] − E_q[l].
-    "kl": BregmanLoss(data_term=jnp.exp, flowed_term=lambda l: -l, output="log_ratio"),
+  # LSIF, g(y) = ½(y − 1)²: L = ½E_p[r²] − E_q[r] (Eq. 18, constant dropped).
+  "lsif": BregmanLoss(
+    data_term=lambda r: 0.5 * jnp.square(r), flowed_term=lambda r: -r, output="ratio"
+  ),
+  # Logistic regression, g(y) = y log y − (1 + y) log(1 + y):
+  # L = −E_p[log σ(−l)] − E_q[log σ(l)] (Eq. 21); q is the positive class.
+  "lr": BregmanLoss(
+    data_term=jax.nn.softplus, flowed_term=lambda l: jax.nn.softplus(-l), output="log_ratio"
+  ),
+  # Unnormalised KL, g(y) = y log y − y: L = E_p[e^l] − E_q[l].
+  "kl": BregmanLoss(data_term=jnp.exp, flowed_term=lambda l: -l, output="log_ratio"),
 }
 
 
@@ -62,10 +65,10 @@ def get_loss(name: str, setting: str = "--config.loss.name") -> BregmanLoss:
 
 
 def bregman_loss(
-    g: Callable[[Array], Array],
-    g_prime: Callable[[Array], Array] | None = None,
-    *,
-    output: str = "ratio",
+  g: Callable[[Array], Array],
+  g_prime: Callable[[Array], Array] | None = None,
+  *,
+  output: str = "ratio",
 ) -> BregmanLoss:
   """Builds the Bregman loss of Eq. (11) for any convex, elementwise g.
 

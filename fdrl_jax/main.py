@@ -34,34 +34,66 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file (configs/digits.py, configs/toy2d.py:chasm; one of your own "
-    "starts from `from fdrl_jax.configs import default`), a bundled config's name (digits, "
-    "toy2d:chasm) or a workdir's config.json.",
-    lock_config=True)
+  "config",
+  None,
+  "A config file (configs/digits.py, configs/toy2d.py:chasm; one of your own "
+  "starts from `from fdrl_jax.configs import default`), a bundled config's name (digits, "
+  "toy2d:chasm) or a workdir's config.json.",
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, logs, samples.")
-_MODE = flags.DEFINE_string("mode", "train", "What to do: train, sample, eval, figure, translate, "
-                            "stats (the data's feature statistics, --output=S.npz) or config "
-                            "(print the resolved config and exit); fdrl_jax/modes.py.")
+_MODE = flags.DEFINE_string(
+  "mode",
+  "train",
+  "What to do: train, sample, eval, figure, translate, "
+  "stats (the data's feature statistics, --output=S.npz) or config "
+  "(print the resolved config and exit); fdrl_jax/modes.py.",
+)
 _NUM_SAMPLES = flags.DEFINE_integer(
-    "num_samples", None, "sample mode: number of samples (default 1000); figure mode: samples "
-    "(grid) or rows (strip, interpolation, neighbours), default per figure.")
-_OUTPUT = flags.DEFINE_string("output", None, "sample mode: output .npz file (key 'x'); figure "
-                              "mode: output .png file; translate mode: .npz file or new folder of "
-                              "PNGs; stats mode: .npz file. Never overwritten.")
-_INPUT = flags.DEFINE_string("input", None, "translate mode: source images, an .npz (key 'x', "
-                             "NHWC in [-1, 1]) or a folder of PNG/JPEG files.")
-_FIGURE = flags.DEFINE_string("figure", None, "figure mode: which picture, a name of "
-                              "fdrl_jax/figures.py's FIGURES (default grid).")
-_SPACE = flags.DEFINE_string("space", None, "figure mode, neighbours: distance of pixels "
-                             "(default) or features, figures.SPACES.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run: call "
-                                  "jax.distributed.initialize() (auto-detects SLURM / TPU pods).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "with --distributed: HOST:PORT "
-                                   "of process 0 (with --num_processes and --process_id).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --distributed: how many "
-                                      "processes form the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --distributed: this process's "
-                                   "index, 0 to num_processes - 1.")
+  "num_samples",
+  None,
+  "sample mode: number of samples (default 1000); figure mode: samples "
+  "(grid) or rows (strip, interpolation, neighbours), default per figure.",
+)
+_OUTPUT = flags.DEFINE_string(
+  "output",
+  None,
+  "sample mode: output .npz file (key 'x'); figure "
+  "mode: output .png file; translate mode: .npz file or new folder of "
+  "PNGs; stats mode: .npz file. Never overwritten.",
+)
+_INPUT = flags.DEFINE_string(
+  "input",
+  None,
+  "translate mode: source images, an .npz (key 'x', "
+  "NHWC in [-1, 1]) or a folder of PNG/JPEG files.",
+)
+_FIGURE = flags.DEFINE_string(
+  "figure",
+  None,
+  "figure mode: which picture, a name of fdrl_jax/figures.py's FIGURES (default grid).",
+)
+_SPACE = flags.DEFINE_string(
+  "space",
+  None,
+  "figure mode, neighbours: distance of pixels (default) or features, figures.SPACES.",
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Multi-process run: call jax.distributed.initialize() (auto-detects SLURM / TPU pods).",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "with --distributed: HOST:PORT of process 0 (with --num_processes and --process_id).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "with --distributed: how many processes form the run."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "with --distributed: this process's index, 0 to num_processes - 1."
+)
 
 
 def _fail(message: str) -> None:
@@ -78,6 +110,7 @@ def _config_argument(value: str) -> str:
   workdir's ``config.json`` goes through ``configs/from_json.py``; a file that does not exist is
   reported in one line before anything is created."""
   from fdrl_jax import configs, registry  # the bundled configs, installed with the package
+
   folder = os.path.dirname(configs.__file__)
   path, sep, args = value.partition(":")
   bundled = os.path.join(folder, f"{path}.py")
@@ -85,19 +118,27 @@ def _config_argument(value: str) -> str:
     return bundled + sep + args
   if os.path.isfile(value) and value.endswith(".json"):
     from fdrl_jax.configs import from_json
+
     try:
       from_json.read(value)  # a broken file is named here, not in a traceback of the loader
     except ValueError as e:
       _fail(f"--config {e}")
     return os.path.join(folder, "from_json.py") + ":" + value
   if not os.path.isfile(path):
-    names = sorted(f[:-3] for f in os.listdir(folder)
-                   if f.endswith(".py") and not f.startswith(("_", "from_json")))
+    names = sorted(
+      f[:-3]
+      for f in os.listdir(folder)
+      if f.endswith(".py") and not f.startswith(("_", "from_json"))
+    )
     if re.fullmatch(r"\w+", path):  # a bundled config's name, mistyped
-      _fail(f"{registry.unknown_name(path, names, '--config')} Or give a config file (e.g. "
-            "configs/digits.py) or a workdir's config.json.")
-    _fail(f"--config {value}: no such file. Give a config file (e.g. configs/digits.py), a "
-          f"workdir's config.json, or a bundled config's name: {', '.join(names)}.")
+      _fail(
+        f"{registry.unknown_name(path, names, '--config')} Or give a config file (e.g. "
+        "configs/digits.py) or a workdir's config.json."
+      )
+    _fail(
+      f"--config {value}: no such file. Give a config file (e.g. configs/digits.py), a "
+      f"workdir's config.json, or a bundled config's name: {', '.join(names)}."
+    )
   return value
 
 
@@ -105,9 +146,11 @@ def _help() -> None:
   """``--help``: what the command does, its flags, and where the config keys are; exit 0."""
   print(__doc__)
   print(flags.FLAGS.main_module_help())
-  print("\nConfig keys: --config.SECTION.KEY=VALUE overrides any key; "
-        "`--config=digits --mode=config` prints them all with their values, and "
-        "configs/default.py explains each.")
+  print(
+    "\nConfig keys: --config.SECTION.KEY=VALUE overrides any key; "
+    "`--config=digits --mode=config` prints them all with their values, and "
+    "configs/default.py explains each."
+  )
   sys.exit(0)
 
 
@@ -117,7 +160,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _help()
   for i, arg in enumerate(argv[1:], start=1):
     if arg.startswith("--config="):
-      argv[i] = "--config=" + _config_argument(arg[len("--config="):])
+      argv[i] = "--config=" + _config_argument(arg[len("--config=") :])
   try:
     rest = flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
@@ -127,20 +170,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
     text = str(err.args[0]) if err.args else str(err)
     match = re.match(r"'?([\w.]*)", text)  # matches any text (maybe empty)
     key = match.group(1) if match else ""
-    given = [a.split("=")[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    given = [a.split("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")]
     key = next((g for g in given if g == key or g.endswith("." + key)), key)
     guess = re.search(r'Did you mean "([\w.]+)"', text)
     hint = f" (did you mean {guess.group(1)!r}?)" if guess else ""
-    _fail(f"unknown config key {key!r} in a --config.* override{hint}; "
-          "`--mode=config` lists every key.")
+    _fail(
+      f"unknown config key {key!r} in a --config.* override{hint}; `--mode=config` lists every key."
+    )
   except (flags.Error, TypeError, ValueError) as e:
     _fail(f"{e} (`--mode=config` lists every config key and its value).")
   needed = ("config",) if flags.FLAGS["mode"].value == "config" else ("config", "workdir")
   missing = [name for name in needed if flags.FLAGS[name].value is None]
   if missing:
-    _fail(f"--{' and --'.join(missing)} must be given, e.g. --config=configs/digits.py "
-          "--workdir=runs/digits.")
+    _fail(
+      f"--{' and --'.join(missing)} must be given, e.g. --config=configs/digits.py "
+      "--workdir=runs/digits."
+    )
   from fdrl_jax import config_checks  # a config file's keys and values, checked as flags are
+
   try:
     config_checks.check_config(flags.FLAGS["config"].value)
   except ValueError as e:
@@ -157,6 +204,7 @@ def _new_output(name: str) -> str:
   """A new file ``name`` in the workdir (``-2``, ``-3`` ... before the extension if it exists),
   named the same by every process before any of them writes."""
   from fdrl_jax import files, parallel, workdir
+
   path = files.free_path(workdir.join(_workdir(), name))
   parallel.sync("output_name")
   return path
@@ -168,10 +216,16 @@ def main(argv: list[str]) -> None:
   if any(v is not None for v in cluster) and not _DISTRIBUTED.value:
     _fail("--coordinator_address, --num_processes and --process_id need --distributed.")
   from fdrl_jax import modes, parallel, registry, stops  # flag errors are reported before JAX
+
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
-  options = modes.Options(num_samples=_NUM_SAMPLES.value, output=_OUTPUT.value,
-                          input=_INPUT.value, figure=_FIGURE.value, space=_SPACE.value,
-                          new_output=_new_output)
+  options = modes.Options(
+    num_samples=_NUM_SAMPLES.value,
+    output=_OUTPUT.value,
+    input=_INPUT.value,
+    figure=_FIGURE.value,
+    space=_SPACE.value,
+    new_output=_new_output,
+  )
   try:
     mode = registry.lookup(modes.MODES, _MODE.value, "--mode")
     if _DISTRIBUTED.value:
@@ -184,15 +238,22 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   except OSError as e:  # a write that failed after the checks: a full disk, a file-size limit
     from fdrl_jax import workdir
+
     where = workdir.log_error(_workdir(), e) if os.path.isdir(_workdir()) else ""
-    _fail(f"could not write {e.filename or 'a file'}: {e.strerror or e}. Nothing written "
-          f"before it is lost; free space (or fix the folder) and run the command again{where}.")
+    _fail(
+      f"could not write {e.filename or 'a file'}: {e.strerror or e}. Nothing written "
+      f"before it is lost; free space (or fix the folder) and run the command again{where}."
+    )
   except stops.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
-    print("Interrupted; the latest checkpoint is where training resumes." if _MODE.value == "train"
-          else f"Interrupted; --mode={_MODE.value} wrote no output: run it again.", file=sys.stderr)
+    print(
+      "Interrupted; the latest checkpoint is where training resumes."
+      if _MODE.value == "train"
+      else f"Interrupted; --mode={_MODE.value} wrote no output: run it again.",
+      file=sys.stderr,
+    )
     sys.exit(130)
 
 

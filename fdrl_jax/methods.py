@@ -45,6 +45,7 @@ class Method(NamedTuple):
       by ``config.sampling.name`` beside ``sampling.SAMPLERS`` (a sampler that is not "start +
       potential → flow" lives with its method).
   """
+
   dataset: Callable[[ml_collections.ConfigDict], Any]
   init_state: Callable[..., Any]
   train_step: Callable[..., Callable]
@@ -57,18 +58,35 @@ class Method(NamedTuple):
 
 
 METHODS: dict[str, Method] = {
-    "fdrl": Method(dataset=datasets.build_dataset, init_state=fdrl.init_state,
-                   train_step=fdrl.build_train_step, batch=datasets.image_batch,
-                   sampler_parts=fdrl.sampler_parts, check_eval=evaluate.check_metric,
-                   evaluate=evaluate.evaluate_samples),
-    "gan": Method(dataset=datasets.build_dataset, init_state=gan.init_state,
-                  train_step=gan.build_train_step, batch=datasets.image_batch,
-                  sampler_parts=gan.sampler_parts, check_eval=evaluate.check_metric,
-                  evaluate=evaluate.evaluate_samples, sections=("gan", "generator")),
-    "classifier": Method(dataset=datasets.labelled_dataset, init_state=classifier.init_state,
-                         train_step=classifier.build_train_step, batch=datasets.labelled_batch,
-                         sampler_parts=None, check_eval=lambda config: None,
-                         evaluate=classifier.evaluate_accuracy, sections=("classifier",)),
+  "fdrl": Method(
+    dataset=datasets.build_dataset,
+    init_state=fdrl.init_state,
+    train_step=fdrl.build_train_step,
+    batch=datasets.image_batch,
+    sampler_parts=fdrl.sampler_parts,
+    check_eval=evaluate.check_metric,
+    evaluate=evaluate.evaluate_samples,
+  ),
+  "gan": Method(
+    dataset=datasets.build_dataset,
+    init_state=gan.init_state,
+    train_step=gan.build_train_step,
+    batch=datasets.image_batch,
+    sampler_parts=gan.sampler_parts,
+    check_eval=evaluate.check_metric,
+    evaluate=evaluate.evaluate_samples,
+    sections=("gan", "generator"),
+  ),
+  "classifier": Method(
+    dataset=datasets.labelled_dataset,
+    init_state=classifier.init_state,
+    train_step=classifier.build_train_step,
+    batch=datasets.labelled_batch,
+    sampler_parts=None,
+    check_eval=lambda config: None,
+    evaluate=classifier.evaluate_accuracy,
+    sections=("classifier",),
+  ),
 }
 
 

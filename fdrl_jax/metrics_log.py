@@ -31,22 +31,37 @@ from fdrl_jax import files, parallel, workdir as workdirs
 
 # The curves of metrics.png, one panel each (those a method logs): FDRL's loss, ratio terms and
 # gradient norm, the GAN's two losses and generator gradient, the classifier's accuracy.
-PLOTTED = ("loss", "data_term", "flowed_term", "ratio_data", "ratio_flowed", "grad_norm",
-           "disc_loss", "gen_loss", "gen_grad_norm", "accuracy")
+PLOTTED = (
+  "loss",
+  "data_term",
+  "flowed_term",
+  "ratio_data",
+  "ratio_flowed",
+  "grad_norm",
+  "disc_loss",
+  "gen_loss",
+  "gen_grad_norm",
+  "accuracy",
+)
 
 
 def header(method: str, workdir: str, devices, start: int, end: int, *, samples: bool) -> str:
   """The line a training run starts with: its method and config (``--config`` of the command
   line), workdir, devices (count and kind) and processes, steps, and where its files go."""
   argv = sys.argv[1:]
-  config = ([a[len("--config="):] for a in argv if a.startswith("--config=")]
-            + [b for a, b in itertools.pairwise(argv) if a == "--config"] + ["given in Python"])[0]
+  config = (
+    [a[len("--config=") :] for a in argv if a.startswith("--config=")]
+    + [b for a, b in itertools.pairwise(argv) if a == "--config"]
+    + ["given in Python"]
+  )[0]
   devices = list(devices)
   kinds = "/".join(sorted({d.device_kind for d in devices}))
   grids = f"samples to {workdirs.join(workdir, 'samples')}, " if samples else ""
-  return (f"Training {method} (config {config}) in {workdir} on {len(devices)} {kinds} device"
-          f"{'s' * (len(devices) > 1)} in {jax.process_count()} process(es): steps {start} to "
-          f"{end}; {grids}checkpoints to {workdirs.join(workdir, 'checkpoints')}")
+  return (
+    f"Training {method} (config {config}) in {workdir} on {len(devices)} {kinds} device"
+    f"{'s' * (len(devices) > 1)} in {jax.process_count()} process(es): steps {start} to "
+    f"{end}; {grids}checkpoints to {workdirs.join(workdir, 'checkpoints')}"
+  )
 
 
 class MetricsLog:
@@ -64,23 +79,28 @@ class MetricsLog:
     self.tensorboard: Any = None  # a tensorboardX SummaryWriter, once opened
     # tensorboardX writes local event files, opened with the first record (a finished run that is
     # merely asked to resume writes nothing).
-    self.tensorboard_dir = None if files.is_uri(workdir) else os.path.join(workdir,
-                                                                               "tensorboard")
+    self.tensorboard_dir = None if files.is_uri(workdir) else os.path.join(workdir, "tensorboard")
     self.start_step = start_step
 
   def _board(self):
     """The TensorBoard writer (None on other processes and for a ``gs://`` workdir)."""
     if self.writer and self.tensorboard is None and self.tensorboard_dir is not None:
       from tensorboardX import SummaryWriter
+
       _quiet_tensorboard_thread()
-      self.tensorboard = SummaryWriter(self.tensorboard_dir, purge_step=self.start_step + 1,
-                                       flush_secs=30)
+      self.tensorboard = SummaryWriter(
+        self.tensorboard_dir, purge_step=self.start_step + 1, flush_secs=30
+      )
     return self.tensorboard
 
   def write(self, step: int, window: list[dict], steps_per_s: float) -> dict:
     """Records the mean of ``window`` (one dict of floats per step) at ``step``."""
-    record = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
-              "window": len(window), "steps_per_s": steps_per_s}
+    record = {
+      "step": step,
+      **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
+      "window": len(window),
+      "steps_per_s": steps_per_s,
+    }
     self.records.append(record)
     files.append_line(self.path, json.dumps(record))
     board = self._board()
@@ -129,8 +149,11 @@ class MetricsLog:
         with workdirs.stderr_to_log(self.workdir):  # its writer thread's dying words
           self.tensorboard.close()
       except OSError as e:  # a full disk: metrics.jsonl is the record; say it, mask nothing
-        print(f"warning: TensorBoard events in {self.tensorboard_dir} not flushed: "
-              f"{e.strerror or e}.", file=sys.stderr, flush=True)
+        print(
+          f"warning: TensorBoard events in {self.tensorboard_dir} not flushed: {e.strerror or e}.",
+          file=sys.stderr,
+          flush=True,
+        )
 
 
 class _QuietTensorboardThread:
@@ -141,10 +164,14 @@ class _QuietTensorboardThread:
     self.previous = previous
 
   def __call__(self, args: threading.ExceptHookArgs) -> None:
-    if type(args.thread).__module__.startswith("tensorboardX") and issubclass(args.exc_type,
-                                                                                 OSError):
-      print(f"warning: TensorBoard events are no longer written: {args.exc_value}.",
-            file=sys.stderr, flush=True)
+    if type(args.thread).__module__.startswith("tensorboardX") and issubclass(
+      args.exc_type, OSError
+    ):
+      print(
+        f"warning: TensorBoard events are no longer written: {args.exc_value}.",
+        file=sys.stderr,
+        flush=True,
+      )
     else:
       self.previous(args)
 
@@ -208,13 +235,17 @@ def read_records(path: str) -> list[dict]:
     if isinstance(record, dict) and "step" in record:
       records.append(record)
     elif record is not None:
-      print(f"warning: line {number} of {path} is not a whole record ({line[:40]!r}); dropped.",
-            file=sys.stderr, flush=True)
+      print(
+        f"warning: line {number} of {path} is not a whole record ({line[:40]!r}); dropped.",
+        file=sys.stderr,
+        flush=True,
+      )
   return records
 
 
-def plot_records(records: list[dict], *, keys: Sequence[str] | None = None, width: int = 360,
-                 height: int = 150) -> np.ndarray:
+def plot_records(
+  records: list[dict], *, keys: Sequence[str] | None = None, width: int = 360, height: int = 150
+) -> np.ndarray:
   """One panel per key (default: each logged metric of ``PLOTTED``): its values against the step,
   titled with its name and its last value; the step axis is labelled at both ends. An RGB
   array."""
@@ -244,6 +275,8 @@ def plot_records(records: list[dict], *, keys: Sequence[str] | None = None, widt
     if len(points) > 1:
       draw.line(points, fill=(31, 119, 180), width=2)
     else:
-      draw.ellipse((points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2),
-                   fill=(31, 119, 180))
+      draw.ellipse(
+        (points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2),
+        fill=(31, 119, 180),
+      )
   return np.asarray(canvas)

@@ -53,29 +53,44 @@ def _write_npz(x: np.ndarray) -> Callable[[str], None]:
   def write(path: str) -> None:
     with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
       np.savez(f, x=x)
+
   return write
 
 
-def sample_to_file(config: ml_collections.ConfigDict, workdir_path: str, num_samples: int,
-                   output: str, batch_size: int | None = None) -> str:
+def sample_to_file(
+  config: ml_collections.ConfigDict,
+  workdir_path: str,
+  num_samples: int,
+  output: str,
+  batch_size: int | None = None,
+) -> str:
   """Draws ``num_samples`` with ``config.sampling`` (default Algorithm 2: the EMA estimator's K + κ
   flow from the prior) from the latest checkpoint and writes them to ``output`` (.npz, key ``x``;
   images in [-1, 1])."""
   files.refuse_existing(output)  # before the sampling, not after it
   files.check_writable(output)
   if config.sampling.name == "translate":
-    raise ValueError("--config.sampling.name=translate moves given images: use --mode=translate "
-                     "--input=FILE.npz|DIR.")
-  run, state, _ = loading.restore_for_sampling(config, workdir_path,
-                                               data_optional=config.sampling.name == "prior")
+    raise ValueError(
+      "--config.sampling.name=translate moves given images: use --mode=translate "
+      "--input=FILE.npz|DIR."
+    )
+  run, state, _ = loading.restore_for_sampling(
+    config, workdir_path, data_optional=config.sampling.name == "prior"
+  )
   files.check_writable(output, 4 * num_samples * math.prod(run.dataset.event_shape))  # float32
-  x = sampling.draw(run.sampler(), state, run.sample_key_for(0), num_samples,
-                    batch_size or config.data.batch_size)
+  x = sampling.draw(
+    run.sampler(), state, run.sample_key_for(0), num_samples, batch_size or config.data.batch_size
+  )
   return files.write_new_file(output, _write_npz(x))
 
 
-def translate_to_file(config: ml_collections.ConfigDict, workdir_path: str, input_path: str,
-                      output: str, batch_size: int | None = None) -> str:
+def translate_to_file(
+  config: ml_collections.ConfigDict,
+  workdir_path: str,
+  input_path: str,
+  output: str,
+  batch_size: int | None = None,
+) -> str:
   """Unpaired translation (Sec. 6.5): flows the images of ``input_path`` K + κ steps with the EMA
   estimator of the latest checkpoint and writes them to ``output``: an .npz (key ``x``, in
   [-1, 1]) or a new folder of PNGs named after the inputs (written whole or not at all,
@@ -91,15 +106,17 @@ def translate_to_file(config: ml_collections.ConfigDict, workdir_path: str, inpu
   run, state, _ = run_lib.restore_latest(config, workdir_path, data_optional=True)
   x, names = loading.read_images(input_path, config, run.dataset.event_shape)
   files.check_writable(output, x.nbytes)
-  y = sampling.draw(run.sampler("translate"), state, run.sample_key_for(0), x,
-                    batch_size or config.data.batch_size)
+  y = sampling.draw(
+    run.sampler("translate"), state, run.sample_key_for(0), x, batch_size or config.data.batch_size
+  )
   if not to_folder:
     return files.write_new_file(output, _write_npz(y))
 
   def write_pngs(folder: str) -> None:
     for name, image in zip(names, y):
-      images.save_png(images.tile(image[None, None], pad=0, min_size=1),
-                      os.path.join(folder, f"{name}.png"))
+      images.save_png(
+        images.tile(image[None, None], pad=0, min_size=1), os.path.join(folder, f"{name}.png")
+      )
 
   return files.write_new_folder(output, write_pngs)
 
@@ -120,7 +137,7 @@ def select_steps(spec: str, steps: list[int], latest: int) -> list[int]:
   if spec == "all":
     return list(steps)
   if spec.startswith("every:"):
-    every = spec[len("every:"):]
+    every = spec[len("every:") :]
     if not every.isdigit() or int(every) < 1:
       raise ValueError(f"{setting}={spec!r}: every:N needs a whole number N >= 1.")
     chosen = [s for s in steps if s % int(every) == 0]
@@ -133,8 +150,9 @@ def select_steps(spec: str, steps: list[int], latest: int) -> list[int]:
   chosen = sorted({int(p) for p in parts})
   missing = [s for s in chosen if s not in steps]
   if missing:
-    raise ValueError(f"{setting}={spec!r}: no checkpoint of step "
-                     f"{', '.join(map(str, missing))}; {there}.")
+    raise ValueError(
+      f"{setting}={spec!r}: no checkpoint of step {', '.join(map(str, missing))}; {there}."
+    )
   return chosen
 
 
@@ -150,35 +168,55 @@ def evaluate_to_file(config: ml_collections.ConfigDict, workdir: str) -> dict:
   methods.get_method(config.method).check_eval(config)
   run, state, latest = loading.restore_for_sampling(config, workdir)
   workdir = os.fspath(files.as_path(workdir))
-  steps = select_steps(config.eval.checkpoints, checkpoints.checkpoint_steps(config, workdir),
-                       latest)
-  name = (f"eval_step_{steps[0]:07d}.json" if len(steps) == 1
-          else f"eval_steps_{steps[0]:07d}-{steps[-1]:07d}.json")
+  steps = select_steps(
+    config.eval.checkpoints, checkpoints.checkpoint_steps(config, workdir), latest
+  )
+  name = (
+    f"eval_step_{steps[0]:07d}.json"
+    if len(steps) == 1
+    else f"eval_steps_{steps[0]:07d}-{steps[-1]:07d}.json"
+  )
   # Named before the evaluation's collectives, so every process names the same file.
   path = files.free_path(workdirs.join(workdir, name))
   files.check_writable(path)
   parallel.sync("eval_path")
-  judge = {} if config.sampling.name != "conditional" else {"judge": loading.load_classifier(
-      config.eval.judge_workdir, event_shape=run.dataset.event_shape)}  # never the guide
+  judge = (
+    {}
+    if config.sampling.name != "conditional"
+    else {
+      "judge": loading.load_classifier(
+        config.eval.judge_workdir, event_shape=run.dataset.event_shape
+      )
+    }
+  )  # never the guide
   results = []
-  restored = ((latest, state),) if steps == [latest] else checkpoints.restore_steps(run, workdir,
-                                                                                     steps)
+  restored = (
+    ((latest, state),) if steps == [latest] else checkpoints.restore_steps(run, workdir, steps)
+  )
   for step, state in restored:
     result = {"step": step, **run.method.evaluate(config, run, state, workdir, **judge)}
     results.append({**result, "rows": metrics_log.eval_rows(result, step)})
-  result = results[0] if len(results) == 1 else {
-      "steps": steps, "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],
-      "rows": [row for r in results for row in r["rows"]]}
+  result = (
+    results[0]
+    if len(results) == 1
+    else {
+      "steps": steps,
+      "results": [{k: v for k, v in r.items() if k != "rows"} for r in results],
+      "rows": [row for r in results for row in r["rows"]],
+    }
+  )
   try:
     files.write_json(path, result)
   except ValueError as e:
-    raise ResultNotWritten(f"{str(e).rstrip('.')}; the results above are not saved.",
-                           result) from None
+    raise ResultNotWritten(
+      f"{str(e).rstrip('.')}; the results above are not saved.", result
+    ) from None
   return {**result, "path": path}
 
 
 # ----------------------------------------------------------------------------------------------
 # The modes.
+
 
 class Options(NamedTuple):
   """The command line's flags besides ``--config`` and ``--workdir``.
@@ -191,6 +229,7 @@ class Options(NamedTuple):
     space: ``--space``, or None.
     new_output: name → a new file of that name in the workdir (never an existing one).
   """
+
   num_samples: int | None
   output: str | None
   input: str | None
@@ -221,17 +260,24 @@ def _eval(config: ml_collections.ConfigDict, workdir: str, options: Options) -> 
 
 def _figure(config: ml_collections.ConfigDict, workdir: str, options: Options) -> None:
   name = options.figure or "grid"
-  path = figures.make_figure(name, config, workdir,
-                             options.output or options.new_output(f"figure_{name}.png"),
-                             num_samples=options.num_samples, space=options.space,
-                             inputs=options.input)
+  path = figures.make_figure(
+    name,
+    config,
+    workdir,
+    options.output or options.new_output(f"figure_{name}.png"),
+    num_samples=options.num_samples,
+    space=options.space,
+    inputs=options.input,
+  )
   print(f"wrote the {name} figure to {path}")
 
 
 def _translate(config: ml_collections.ConfigDict, workdir: str, options: Options) -> None:
   if not (options.input and options.output):
-    raise ValueError("--mode=translate needs --input=FILE.npz|DIR (source images) and "
-                     "--output=FILE.npz|DIR (a new file or folder).")
+    raise ValueError(
+      "--mode=translate needs --input=FILE.npz|DIR (source images) and "
+      "--output=FILE.npz|DIR (a new file or folder)."
+    )
   path = translate_to_file(config, workdir, options.input, options.output)
   print(f"wrote the translated images to {path}")
 
@@ -249,5 +295,11 @@ def _config(config: ml_collections.ConfigDict, workdir: str, options: Options) -
 
 # --mode → mode(config, workdir, options).
 MODES: dict[str, Callable[[ml_collections.ConfigDict, str, Options], None]] = {
-    "train": _train, "sample": _sample, "eval": _eval, "figure": _figure,
-    "translate": _translate, "stats": _stats, "config": _config}
+  "train": _train,
+  "sample": _sample,
+  "eval": _eval,
+  "figure": _figure,
+  "translate": _translate,
+  "stats": _stats,
+  "config": _config,
+}

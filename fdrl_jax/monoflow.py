@@ -38,33 +38,34 @@ CHECK_GRID = np.linspace(-10.0, 10.0, 401, dtype=np.float32)
 
 class MonotoneMap(NamedTuple):
   """An increasing map h of the logit d = log p/q and its derivative, elementwise."""
+
   h: Callable[[Array], Array]
   h_prime: Callable[[Array], Array]
 
 
 def _vanilla(shift: float = 0.0) -> MonotoneMap:
   # Minimax generator loss log(1 − σ(d + C)) = −softplus(d + C), so h(d) = softplus(d + C).
-  return MonotoneMap(h=lambda d: jax.nn.softplus(d + shift),
-                     h_prime=lambda d: jax.nn.sigmoid(d + shift))
+  return MonotoneMap(
+    h=lambda d: jax.nn.softplus(d + shift), h_prime=lambda d: jax.nn.sigmoid(d + shift)
+  )
 
 
 def _exp(scale: float = 1.5) -> MonotoneMap:
-  return MonotoneMap(h=lambda d: jnp.exp(scale * d),
-                     h_prime=lambda d: scale * jnp.exp(scale * d))
+  return MonotoneMap(h=lambda d: jnp.exp(scale * d), h_prime=lambda d: scale * jnp.exp(scale * d))
 
 
 # name → factory(**parameters) → MonotoneMap. Generator loss = −E[h(d(G(z)))].
 MONOTONE_MAPS: dict[str, Callable[..., MonotoneMap]] = {
-    # h(d) = d: the KL flow (generator loss −d).
-    "logit": lambda: MonotoneMap(h=lambda d: d, h_prime=jnp.ones_like),
-    # Minimax GAN, shifted by C ("shift"): h' = σ(d + C) vanishes when d ≪ −C (saturation).
-    "vanilla": _vanilla,
-    # Non-saturating GAN, loss −log σ(d): h = log σ(d), h' = σ(−d).
-    "non_saturating": lambda: MonotoneMap(h=jax.nn.log_sigmoid, h_prime=lambda d: jax.nn.sigmoid(-d)),
-    # h = arcsinh(d), h' = 1/√(1 + d²): slope decays only like 1/|d| on both sides.
-    "arcsinh": lambda: MonotoneMap(h=jnp.arcsinh, h_prime=lambda d: jax.lax.rsqrt(1.0 + d * d)),
-    # h = exp(a d) ("scale" a > 0): the paper's Section 4.3 example.
-    "exp": _exp,
+  # h(d) = d: the KL flow (generator loss −d).
+  "logit": lambda: MonotoneMap(h=lambda d: d, h_prime=jnp.ones_like),
+  # Minimax GAN, shifted by C ("shift"): h' = σ(d + C) vanishes when d ≪ −C (saturation).
+  "vanilla": _vanilla,
+  # Non-saturating GAN, loss −log σ(d): h = log σ(d), h' = σ(−d).
+  "non_saturating": lambda: MonotoneMap(h=jax.nn.log_sigmoid, h_prime=lambda d: jax.nn.sigmoid(-d)),
+  # h = arcsinh(d), h' = 1/√(1 + d²): slope decays only like 1/|d| on both sides.
+  "arcsinh": lambda: MonotoneMap(h=jnp.arcsinh, h_prime=lambda d: jax.lax.rsqrt(1.0 + d * d)),
+  # h = exp(a d) ("scale" a > 0): the paper's Section 4.3 example.
+  "exp": _exp,
 }
 
 
@@ -73,46 +74,60 @@ def get_map(name: str, *, setting: str = "--config.gan.h", **parameters: float) 
   ``setting``). ``parameters`` (``shift`` for vanilla, ``scale`` for exp) go to the maps that take
   them; the others ignore them, so one config can name any map."""
   factory = registry.lookup(MONOTONE_MAPS, name, setting)
-  accepted = factory.__code__.co_varnames[:factory.__code__.co_argcount]
+  accepted = factory.__code__.co_varnames[: factory.__code__.co_argcount]
   return factory(**{k: v for k, v in parameters.items() if k in accepted})
 
 
-def check_increasing(hmap: MonotoneMap, name: str = "the map h", grid: np.ndarray = CHECK_GRID
-                     ) -> MonotoneMap:
+def check_increasing(
+  hmap: MonotoneMap, name: str = "the map h", grid: np.ndarray = CHECK_GRID
+) -> MonotoneMap:
   """Returns ``hmap`` if h and h' are finite, h is non-decreasing with h' ≥ 0 on ``grid`` and not
   constant; otherwise raises a one-line ValueError naming the first bad point."""
   d = jnp.asarray(grid)
   values, slopes = np.asarray(hmap.h(d)), np.asarray(hmap.h_prime(d))
   if values.shape != d.shape or slopes.shape != d.shape:
-    raise ValueError(f"{name} must act elementwise: it mapped {d.shape} logits to {values.shape} "
-                     f"values and {slopes.shape} slopes.")
+    raise ValueError(
+      f"{name} must act elementwise: it mapped {d.shape} logits to {values.shape} "
+      f"values and {slopes.shape} slopes."
+    )
   for what, array in (("value", values), ("derivative", slopes)):
     bad = np.flatnonzero(~np.isfinite(array))
     if bad.size:
-      raise ValueError(f"{name} is not finite on the test grid: its {what} at d = "
-                       f"{grid[bad[0]]:.3g} is {array[bad[0]]}; use a map that is finite on "
-                       f"[{grid[0]:g}, {grid[-1]:g}].")
+      raise ValueError(
+        f"{name} is not finite on the test grid: its {what} at d = "
+        f"{grid[bad[0]]:.3g} is {array[bad[0]]}; use a map that is finite on "
+        f"[{grid[0]:g}, {grid[-1]:g}]."
+      )
   # Flat ends are allowed (a saturating map, e.g. vanilla, has h' ≈ 0 far out in float32), and so
   # is float32 rounding noise in h's values (XLA's tanh wobbles by an ulp near ±1).
   falls = np.diff(values) < -1e-6 * (1.0 + np.abs(values[:-1]))
   bad = np.flatnonzero((slopes < 0) | np.append(falls, False))
   if bad.size or not np.any(slopes > 0):
     at = f"at d = {grid[bad[0]]:.3g} (h' = {slopes[bad[0]]:.3g})" if bad.size else "anywhere"
-    raise ValueError(f"{name} is not increasing {at} on the test grid [{grid[0]:g}, "
-                     f"{grid[-1]:g}]; MonoFlow needs an increasing h of the logit d = log p/q (a "
-                     "decreasing one moves samples away from the data).")
+    raise ValueError(
+      f"{name} is not increasing {at} on the test grid [{grid[0]:g}, "
+      f"{grid[-1]:g}]; MonoFlow needs an increasing h of the logit d = log p/q (a "
+      "decreasing one moves samples away from the data)."
+    )
   return hmap
 
 
-def custom_map(h: Callable[[Array], Array], h_prime: Callable[[Array], Array] | None = None,
-               *, grid: np.ndarray = CHECK_GRID) -> MonotoneMap:
+def custom_map(
+  h: Callable[[Array], Array],
+  h_prime: Callable[[Array], Array] | None = None,
+  *,
+  grid: np.ndarray = CHECK_GRID,
+) -> MonotoneMap:
   """A user's map h (elementwise, jax-traceable), h' by ``jax.grad`` unless given; checked to be
   finite and increasing on ``grid``."""
   if h_prime is None:
     h_prime = jax.vmap(jax.grad(lambda d: jnp.sum(h(d))))
   name = getattr(h, "__name__", "<lambda>")
-  return check_increasing(MonotoneMap(h=h, h_prime=h_prime),
-                          "the map h" if name == "<lambda>" else f"the map {name}", grid)
+  return check_increasing(
+    MonotoneMap(h=h, h_prime=h_prime),
+    "the map h" if name == "<lambda>" else f"the map {name}",
+    grid,
+  )
 
 
 def from_divergence(name: str) -> MonotoneMap:
@@ -143,8 +158,9 @@ def potential(logit_fn: Callable[[Array], Array], hmap: MonotoneMap) -> Callable
   return lambda x: -hmap.h(logit_fn(x))
 
 
-def latent_potential(logit_fn: Callable[[Array], Array], generator_fn: Callable[[Array], Array],
-                     hmap: MonotoneMap) -> Callable[[Array], Array]:
+def latent_potential(
+  logit_fn: Callable[[Array], Array], generator_fn: Callable[[Array], Array], hmap: MonotoneMap
+) -> Callable[[Array], Array]:
   """φ(z) = −h(d(G(z))): DGflow's refinement in latent space, flowing z through the generator."""
   return lambda z: -hmap.h(logit_fn(generator_fn(z)))
 
@@ -161,10 +177,18 @@ def check_refine_space(space: str) -> None:
 
 
 def refine(
-    generator_fn: Callable[[Array], Array], logit_fn: Callable[[Array], Array],
-    hmap: MonotoneMap, z: Array, key: Array, *, space: str, num_steps: int,
-    step_size: float, noise_scale: float, clip: tuple[float, float] | None = None,
-    save_at: tuple[int, ...] | None = None,
+  generator_fn: Callable[[Array], Array],
+  logit_fn: Callable[[Array], Array],
+  hmap: MonotoneMap,
+  z: Array,
+  key: Array,
+  *,
+  space: str,
+  num_steps: int,
+  step_size: float,
+  noise_scale: float,
+  clip: tuple[float, float] | None = None,
+  save_at: tuple[int, ...] | None = None,
 ) -> Array:
   """DGflow-style refinement of generated samples along the MonoFlow of a trained discriminator.
 
@@ -174,8 +198,12 @@ def refine(
   ``save_at`` (``flow``'s), the samples after each of those step counts, stacked.
   """
   check_refine_space(space)
-  kwargs: dict[str, Any] = {"num_steps": num_steps, "step_size": step_size,
-                            "noise_scale": noise_scale, "save_at": save_at}
+  kwargs: dict[str, Any] = {
+    "num_steps": num_steps,
+    "step_size": step_size,
+    "noise_scale": noise_scale,
+    "save_at": save_at,
+  }
   pick = (lambda out: out) if save_at is None else (lambda out: out[1])
   if space == "latent":
     z = pick(flow(latent_potential(logit_fn, generator_fn, hmap), z, key, **kwargs))

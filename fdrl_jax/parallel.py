@@ -18,9 +18,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """``jax.distributed.initialize`` for a multi-process run, before any other JAX call.
 
   With no arguments the cluster is auto-detected (SLURM, Cloud TPU pods, Open MPI); otherwise the
@@ -30,11 +32,14 @@ def initialize_distributed(coordinator_address: str | None = None,
   """
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
-    raise ValueError("--coordinator_address, --num_processes and --process_id go together: give "
-                     "all three, or none for SLURM / TPU-pod auto-detection.")
+    raise ValueError(
+      "--coordinator_address, --num_processes and --process_id go together: give "
+      "all three, or none for SLURM / TPU-pod auto-detection."
+    )
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used only by CPU backends
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
 
 
 def is_writer() -> bool:
@@ -78,8 +83,9 @@ def broadcast_from_writer(tree: Any) -> Any:
 def data_mesh(devices=None) -> Mesh:
   """A 1-D mesh named "data" over ``devices`` (default: all devices of all processes)."""
   devices = jax.devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), ("data",), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+    (len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -96,9 +102,12 @@ def jit_train_step(step_fn_builder: Callable[[NamedSharding | None], Callable], 
   """Jits ``step_fn_builder(data_sharding)`` with the batch sharded over "data", the state
   replicated, and the state donated."""
   sharded = particles(mesh)
-  step = jax.jit(step_fn_builder(sharded), in_shardings=(replicated(mesh), sharded,
-                                                         replicated(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+  step = jax.jit(
+    step_fn_builder(sharded),
+    in_shardings=(replicated(mesh), sharded, replicated(mesh)),
+    out_shardings=(replicated(mesh), replicated(mesh)),
+    donate_argnums=0,
+  )
   if mesh.devices.size == 1 or jax.default_backend() != "cpu":
     return step
 
@@ -118,8 +127,10 @@ def process_rows(global_size: int, mesh: Mesh) -> slice:
   """The rows of a global batch of ``global_size`` that this process loads and places."""
   n_dev, n_proc = mesh.devices.size, jax.process_count()
   if global_size % n_dev:
-    raise ValueError(f"The batch size ({global_size}) must be divisible by the number of "
-                     f"devices ({n_dev}); set --config.data.batch_size.")
+    raise ValueError(
+      f"The batch size ({global_size}) must be divisible by the number of "
+      f"devices ({n_dev}); set --config.data.batch_size."
+    )
   rows = global_size // n_proc
   return slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
 
@@ -128,8 +139,11 @@ def global_batch(local: Any, global_size: int, mesh: Mesh) -> Any:
   """Places this process's rows (``process_rows``) of a global batch of ``global_size`` — an
   array or a tuple of arrays with one leading batch axis — on the mesh, split over "data"."""
   return jax.tree.map(
-      lambda a: jax.make_array_from_process_local_data(particles(mesh), a,
-                                                       (global_size, *a.shape[1:])), local)
+    lambda a: jax.make_array_from_process_local_data(
+      particles(mesh), a, (global_size, *a.shape[1:])
+    ),
+    local,
+  )
 
 
 def put_particles(x: np.ndarray, mesh: Mesh) -> jax.Array:

@@ -58,8 +58,9 @@ class GaussianPrior:
 
   Sampling is mean + L z with z ~ N(0, I), then clipped to ``clip`` (None: no clipping).
   """
-  mean: Array                      # (d,)
-  scale_tril: Array                # (d, d), lower-triangular Cholesky factor of the covariance
+
+  mean: Array  # (d,)
+  scale_tril: Array  # (d, d), lower-triangular Cholesky factor of the covariance
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
   clip: tuple[float, float] | None = struct.field(pytree_node=False, default=DATA_RANGE)
 
@@ -81,9 +82,10 @@ class LowRankGaussianPrior:
   d − k discarded eigenvalues. Sampling is mean + C z₁ + σ z₂ with z₁ ~ N(0, I_k), z₂ ~ N(0, I_d),
   then clipped to ``clip`` (None: no clipping); it costs O(n·d·k), never a d×d matrix.
   """
-  mean: Array                      # (d,)
-  components: Array                # (d, k), C = U (Λ − σ_r²·I)^½
-  residual_scale: Array            # (), σ = (σ_r² + jitter)^½, the isotropic residual std
+
+  mean: Array  # (d,)
+  components: Array  # (d, k), C = U (Λ − σ_r²·I)^½
+  residual_scale: Array  # (), σ = (σ_r² + jitter)^½, the isotropic residual std
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
   clip: tuple[float, float] | None = struct.field(pytree_node=False, default=DATA_RANGE)
 
@@ -100,6 +102,7 @@ class LowRankGaussianPrior:
 @struct.dataclass
 class UniformPrior:
   """U[low, high]^d (FDRL-UP uses U[−1, 1]^d)."""
+
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
   low: float = struct.field(pytree_node=False, default=DATA_RANGE[0])
   high: float = struct.field(pytree_node=False, default=DATA_RANGE[1])
@@ -115,6 +118,7 @@ class UniformPrior:
 @struct.dataclass
 class NormalPrior:
   """N(loc, scale²·I) with the given event shape; the defaults give the standard normal."""
+
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
   loc: float = struct.field(pytree_node=False, default=0.0)
   scale: float = struct.field(pytree_node=False, default=1.0)
@@ -130,7 +134,8 @@ class NormalPrior:
 @struct.dataclass
 class EmpiricalPrior:
   """Draws rows of ``data`` uniformly with replacement (the source domain in translation, Sec. 6.5)."""
-  data: Array                      # (N, *event_shape)
+
+  data: Array  # (N, *event_shape)
   clip = None
 
   @property
@@ -146,10 +151,12 @@ class EmpiricalPrior:
 
 
 # Why a run's empirical prior cannot be drawn from, and what to do (also ``run_lib``'s refusal).
-NO_SOURCE = ("holds no source images (a reference checkpoint imported without them): "
-             "--mode=translate --input=SOURCE_IMAGES moves given ones; to draw from the prior or "
-             "train, import it again with its data (--config.data.path=DIR "
-             "--config.prior.source_path=DIR)")
+NO_SOURCE = (
+  "holds no source images (a reference checkpoint imported without them): "
+  "--mode=translate --input=SOURCE_IMAGES moves given ones; to draw from the prior or "
+  "train, import it again with its data (--config.data.path=DIR "
+  "--config.prior.source_path=DIR)"
+)
 
 
 @struct.dataclass
@@ -157,6 +164,7 @@ class SourcelessPrior:
   """The empirical prior of a translation run whose source images are not stored (a reference
   checkpoint imported without them, ``fdrl_jax.import_reference``): no arrays, so its checkpoint
   holds none. The translate sampler moves given images and never draws from it; drawing raises."""
+
   event_shape: tuple[int, ...] = struct.field(pytree_node=False)
   clip = None
 
@@ -185,20 +193,25 @@ def _check_memory(needed: int, what: str, advice: str) -> None:
   """Raises a ValueError if ``needed`` bytes of host memory exceed what is available."""
   available = _available_memory_bytes()
   if available is not None and needed > available:
-    raise ValueError(f"{what} needs about {needed / 2**30:.1f} GiB of host memory but only "
-                     f"{available / 2**30:.1f} GiB is available; {advice}.")
+    raise ValueError(
+      f"{what} needs about {needed / 2**30:.1f} GiB of host memory but only "
+      f"{available / 2**30:.1f} GiB is available; {advice}."
+    )
 
 
 def _check_finite(flat: np.ndarray, caller: str, offset: int = 0) -> None:
   """Raises a ValueError naming the first sample (counted from ``offset``) with a NaN or inf."""
   finite = np.all(np.isfinite(flat), axis=1)
   if not np.all(finite):
-    raise ValueError(f"{caller} got non-finite values (NaN or inf), first in sample "
-                     f"{offset + int(np.argmin(finite))}; clean the data before fitting the prior.")
+    raise ValueError(
+      f"{caller} got non-finite values (NaN or inf), first in sample "
+      f"{offset + int(np.argmin(finite))}; clean the data before fitting the prior."
+    )
 
 
-def fit_gaussian(x, jitter: float = 1e-4, *, chunk_size: int = 4096,
-                 clip: tuple[float, float] | None = DATA_RANGE) -> GaussianPrior:
+def fit_gaussian(
+  x, jitter: float = 1e-4, *, chunk_size: int = 4096, clip: tuple[float, float] | None = DATA_RANGE
+) -> GaussianPrior:
   """Fits FDRL's data-dependent prior N(μ_D, Σ_D + jitter·I) to data x of shape (N, ...) (Eq. 8).
 
   The covariance of the flattened data is accumulated on the host in float64 from float32 chunk
@@ -217,59 +230,70 @@ def fit_gaussian(x, jitter: float = 1e-4, *, chunk_size: int = 4096,
   """
   x = np.asarray(x)
   if x.ndim < 2 or x.shape[0] < 2:
-    raise ValueError(f"fit_gaussian needs data of shape (N, ...) with N >= 2 samples, got shape "
-                     f"{x.shape}.")
+    raise ValueError(
+      f"fit_gaussian needs data of shape (N, ...) with N >= 2 samples, got shape {x.shape}."
+    )
   n, event_shape = x.shape[0], tuple(x.shape[1:])
   flat = x.reshape(n, -1)
   d = flat.shape[1]
   # Covariance (float64) + its factor and a float32 copy of each, plus one chunk's product.
-  _check_memory(d * d * (8 + 8 + 4 + 4), f"A full-covariance Gaussian prior for d={d}",
-                "use fit_low_rank_gaussian, a smaller image size or a uniform / standard-normal "
-                "prior")
+  _check_memory(
+    d * d * (8 + 8 + 4 + 4),
+    f"A full-covariance Gaussian prior for d={d}",
+    "use fit_low_rank_gaussian, a smaller image size or a uniform / standard-normal prior",
+  )
   _check_finite(flat, "fit_gaussian")
 
   mean = flat.mean(axis=0, dtype=np.float64)
   cov = np.zeros((d, d), np.float64)
   for start in range(0, n, chunk_size):
-    c = (flat[start:start + chunk_size] - mean).astype(np.float32)
+    c = (flat[start : start + chunk_size] - mean).astype(np.float32)
     cov += (c.T @ c).astype(np.float64)
   cov /= n - 1
   cov[np.diag_indices(d)] += jitter
   try:
     scale_tril = np.linalg.cholesky(cov)
   except np.linalg.LinAlgError:
-    raise ValueError(f"The data covariance plus jitter={jitter} is not positive definite; "
-                     "increase jitter.") from None
-  return GaussianPrior(mean=jnp.asarray(mean, jnp.float32),
-                       scale_tril=jnp.asarray(scale_tril, jnp.float32),
-                       event_shape=event_shape, clip=clip)
+    raise ValueError(
+      f"The data covariance plus jitter={jitter} is not positive definite; increase jitter."
+    ) from None
+  return GaussianPrior(
+    mean=jnp.asarray(mean, jnp.float32),
+    scale_tril=jnp.asarray(scale_tril, jnp.float32),
+    event_shape=event_shape,
+    clip=clip,
+  )
 
 
 Batches = np.ndarray | Array | Callable[[], Iterable[np.ndarray | Array]]
 _LOW_RANK = "fit_low_rank_gaussian"
 
 
-def _row_chunks(batches: Batches, chunk_size: int, event_shape: tuple[int, ...] | None = None
-                ) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+def _row_chunks(
+  batches: Batches, chunk_size: int, event_shape: tuple[int, ...] | None = None
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
   """Yields one pass over ``batches`` as (event shape, flattened rows of at most chunk_size).
 
   Every batch must have shape (m, *event_shape); ``event_shape`` None takes the first batch's.
   """
-  for batch in (batches() if callable(batches) else (batches,)):
+  for batch in batches() if callable(batches) else (batches,):
     batch = np.asarray(batch)
     if batch.ndim < 2:
       raise ValueError(f"{_LOW_RANK} needs batches of shape (N, ...), got shape {batch.shape}.")
     event_shape = batch.shape[1:] if event_shape is None else event_shape
     if batch.shape[1:] != event_shape:
-      raise ValueError(f"{_LOW_RANK} got a batch of shape {batch.shape} after batches of samples "
-                       f"of shape {event_shape}; all samples must have the same shape.")
+      raise ValueError(
+        f"{_LOW_RANK} got a batch of shape {batch.shape} after batches of samples "
+        f"of shape {event_shape}; all samples must have the same shape."
+      )
     flat = batch.reshape(batch.shape[0], math.prod(event_shape))
     for start in range(0, flat.shape[0], chunk_size):
-      yield event_shape, flat[start:start + chunk_size]
+      yield event_shape, flat[start : start + chunk_size]
 
 
-def _stream_moments(batches: Batches, chunk_size: int
-                    ) -> tuple[np.ndarray, float, int, tuple[int, ...]]:
+def _stream_moments(
+  batches: Batches, chunk_size: int
+) -> tuple[np.ndarray, float, int, tuple[int, ...]]:
   """Computes the mean, the covariance's trace, N and the event shape in one pass (float64)."""
   total, sum_sq, n, event_shape = np.zeros(()), 0.0, 0, None
   for event_shape, rows in _row_chunks(batches, chunk_size):
@@ -284,8 +308,14 @@ def _stream_moments(batches: Batches, chunk_size: int
   return mean, float(sum_sq - n * np.dot(mean, mean)) / (n - 1), n, event_shape
 
 
-def _covariance_times(batches: Batches, chunk_size: int, event_shape: tuple[int, ...],
-                      mean: np.ndarray, n: int, q: np.ndarray) -> np.ndarray:
+def _covariance_times(
+  batches: Batches,
+  chunk_size: int,
+  event_shape: tuple[int, ...],
+  mean: np.ndarray,
+  n: int,
+  q: np.ndarray,
+) -> np.ndarray:
   """Computes Σ_D q = Xᶜᵀ(Xᶜ q) / (N − 1) in one pass, Xᶜ the centred data (float64 sums)."""
   q32, out, seen = q.astype(np.float32), np.zeros_like(q), 0
   for _, rows in _row_chunks(batches, chunk_size, event_shape):
@@ -293,15 +323,24 @@ def _covariance_times(batches: Batches, chunk_size: int, event_shape: tuple[int,
     out += centred.T @ (centred @ q32)
     seen += rows.shape[0]
   if seen != n:
-    raise ValueError(f"{_LOW_RANK} saw {seen} samples on a later pass over the data but {n} on "
-                     "the first; `batches` must return a fresh iterable over the same data.")
+    raise ValueError(
+      f"{_LOW_RANK} saw {seen} samples on a later pass over the data but {n} on "
+      "the first; `batches` must return a fresh iterable over the same data."
+    )
   return out / (n - 1)
 
 
-def fit_low_rank_gaussian(batches: Batches, rank: int, *, jitter: float = 1e-4,
-                          clip: tuple[float, float] | None = DATA_RANGE, oversample: int = 10,
-                          power_iters: int = 2, seed: int = 0,
-                          chunk_size: int = 1024) -> LowRankGaussianPrior:
+def fit_low_rank_gaussian(
+  batches: Batches,
+  rank: int,
+  *,
+  jitter: float = 1e-4,
+  clip: tuple[float, float] | None = DATA_RANGE,
+  oversample: int = 10,
+  power_iters: int = 2,
+  seed: int = 0,
+  chunk_size: int = 1024,
+) -> LowRankGaussianPrior:
   """Fits N(μ_D, C Cᵀ + σ²·I), the rank-k PPCA approximation of FDRL's prior N(μ_D, Σ_D) (Eq. 8).
 
   Σ_D is never formed: the data are read in 3 + ``power_iters`` streaming passes (the mean and
@@ -332,13 +371,16 @@ def fit_low_rank_gaussian(batches: Batches, rank: int, *, jitter: float = 1e-4,
   mean, trace, n, event_shape = _stream_moments(batches, chunk_size)
   d = mean.shape[0]
   if rank >= d:
-    raise ValueError(f"{_LOW_RANK} needs rank < d = {d}, got {rank}; use fit_gaussian for a "
-                     "full covariance.")
+    raise ValueError(
+      f"{_LOW_RANK} needs rank < d = {d}, got {rank}; use fit_gaussian for a full covariance."
+    )
   width = min(rank + oversample, d)
   # Q, Σ_D Q and QR's workspace in float64, plus one chunk in float64 and float32.
-  _check_memory(8 * 3 * d * width + 12 * chunk_size * d,
-                f"A rank-{rank} Gaussian prior for d={d} (k + oversample = {width})",
-                "lower rank or oversample")
+  _check_memory(
+    8 * 3 * d * width + 12 * chunk_size * d,
+    f"A rank-{rank} Gaussian prior for d={d} (k + oversample = {width})",
+    "lower rank or oversample",
+  )
   cov_times = functools.partial(_covariance_times, batches, chunk_size, event_shape, mean, n)
   q = np.random.default_rng(seed).standard_normal((d, width))
   for _ in range(power_iters + 1):
@@ -348,14 +390,18 @@ def fit_low_rank_gaussian(batches: Batches, rank: int, *, jitter: float = 1e-4,
   eigvals, eigvecs = eigvals[::-1][:rank], eigvecs[:, ::-1][:, :rank]
   residual = max(trace - eigvals.sum(), 0.0) / (d - rank)
   components = (q @ eigvecs) * np.sqrt(np.maximum(eigvals - residual, 0.0))
-  return LowRankGaussianPrior(mean=jnp.asarray(mean, jnp.float32),
-                              components=jnp.asarray(components, jnp.float32),
-                              residual_scale=jnp.asarray(np.sqrt(residual + jitter), jnp.float32),
-                              event_shape=event_shape, clip=clip)
+  return LowRankGaussianPrior(
+    mean=jnp.asarray(mean, jnp.float32),
+    components=jnp.asarray(components, jnp.float32),
+    residual_scale=jnp.asarray(np.sqrt(residual + jitter), jnp.float32),
+    event_shape=event_shape,
+    clip=clip,
+  )
 
 
 # ----------------------------------------------------------------------------------------------
 # The registry, read by the config builders.
+
 
 def _gaussian_prior(p, data, event_shape):
   if data is None:  # restore template: same shapes, no fit
@@ -367,8 +413,12 @@ def _gaussian_prior(p, data, event_shape):
 def _low_rank_prior(p, data, event_shape):
   if data is None:
     d = int(np.prod(event_shape))
-    return LowRankGaussianPrior(mean=jnp.zeros((d,)), components=jnp.zeros((d, p.rank)),
-                                residual_scale=jnp.zeros(()), event_shape=event_shape)
+    return LowRankGaussianPrior(
+      mean=jnp.zeros((d,)),
+      components=jnp.zeros((d, p.rank)),
+      residual_scale=jnp.zeros(()),
+      event_shape=event_shape,
+    )
   return fit_low_rank_gaussian(data, p.rank, jitter=p.jitter)
 
 
@@ -382,17 +432,19 @@ def _empirical_prior(p, data, event_shape):
 # fitted to (the training images) or, for "empirical", the source domain it draws from (no rows:
 # a ``SourcelessPrior``).
 PRIORS: dict[str, Callable[..., Prior]] = {
-    "gaussian": _gaussian_prior,
-    "low_rank": _low_rank_prior,
-    "uniform": lambda p, data, event_shape: UniformPrior(event_shape=event_shape),
-    "normal": lambda p, data, event_shape: NormalPrior(event_shape=event_shape, loc=p.loc,
-                                                       scale=p.scale),
-    "empirical": _empirical_prior,
+  "gaussian": _gaussian_prior,
+  "low_rank": _low_rank_prior,
+  "uniform": lambda p, data, event_shape: UniformPrior(event_shape=event_shape),
+  "normal": lambda p, data, event_shape: NormalPrior(
+    event_shape=event_shape, loc=p.loc, scale=p.scale
+  ),
+  "empirical": _empirical_prior,
 }
 
 
-def build_prior(config: ml_collections.ConfigDict, data: np.ndarray | None,
-                event_shape: tuple[int, ...]) -> Prior:
+def build_prior(
+  config: ml_collections.ConfigDict, data: np.ndarray | None, event_shape: tuple[int, ...]
+) -> Prior:
   """The prior q' named by ``config.prior.name`` (a key of PRIORS), fitted to ``data``; ``data``
   None gives a same-shaped template, to restore a checkpoint without refitting."""
   build = registry.lookup(PRIORS, config.prior.name, "--config.prior.name")

@@ -68,8 +68,14 @@ def crop_center(image: Image.Image, size: int) -> Image.Image:
   return image.crop((left, top, left + size, top + size))
 
 
-def preprocess(pixels: np.ndarray, *, image_size: int, center_crop: int | None = None,
-               resize_first: int | None = None, stretch: bool = False) -> np.ndarray:
+def preprocess(
+  pixels: np.ndarray,
+  *,
+  image_size: int,
+  center_crop: int | None = None,
+  resize_first: int | None = None,
+  stretch: bool = False,
+) -> np.ndarray:
   """Maps uint8 pixels (H, W, C) to a float32 (image_size, image_size, C) image in [-1, 1].
 
   The steps, in order: resize the shorter side to ``resize_first`` (if given); center-crop a
@@ -85,8 +91,11 @@ def preprocess(pixels: np.ndarray, *, image_size: int, center_crop: int | None =
   if center_crop:
     image = crop_center(image, center_crop)
   if stretch:
-    image = image if image.size == (image_size, image_size) else image.resize(
-        (image_size, image_size), RESAMPLE)
+    image = (
+      image
+      if image.size == (image_size, image_size)
+      else image.resize((image_size, image_size), RESAMPLE)
+    )
   else:
     image = crop_center(resize_shorter_side(image, image_size), image_size)
   return np.asarray(image, np.float32).reshape(image_size, image_size, channels) / 127.5 - 1.0
@@ -109,15 +118,28 @@ def index_batch_fn(num_examples: int, load: Loader) -> BatchFn:
   return sample
 
 
-def indexed_dataset(name: str, num_examples: int, load: Loader, *, max_fit_samples: int,
-                    test: np.ndarray | None) -> Dataset:
+def indexed_dataset(
+  name: str, num_examples: int, load: Loader, *, max_fit_samples: int, test: np.ndarray | None
+) -> Dataset:
   """Builds an image Dataset over examples decoded by ``load``: in memory if few, else lazily."""
   if num_examples <= max_fit_samples:
     train = load_all(num_examples, load)
-    return Dataset(name=name, event_shape=train.shape[1:], is_image=True,
-                   sample=rows_batch_fn(train), test=test, train=train)
-  return Dataset(name=name, event_shape=load(0).shape, is_image=True,
-                 sample=index_batch_fn(num_examples, load), test=test, num_train=num_examples)
+    return Dataset(
+      name=name,
+      event_shape=train.shape[1:],
+      is_image=True,
+      sample=rows_batch_fn(train),
+      test=test,
+      train=train,
+    )
+  return Dataset(
+    name=name,
+    event_shape=load(0).shape,
+    is_image=True,
+    sample=index_batch_fn(num_examples, load),
+    test=test,
+    num_train=num_examples,
+  )
 
 
 def first_line(err: Exception) -> str:
@@ -177,8 +199,9 @@ def eight_bit(image: Image.Image) -> Image.Image:
   return image
 
 
-def read_image(file: Path, channels: int = 3,
-               note: Callable[[Path, Image.Image], None] | None = None) -> np.ndarray:
+def read_image(
+  file: Path, channels: int = 3, note: Callable[[Path, Image.Image], None] | None = None
+) -> np.ndarray:
   """Decodes an image file to uint8 pixels (H, W, channels), RGB for 3 channels, grey for 1;
   16-bit images at their true scale (``eight_bit``). ``note(file, image)`` sees the opened image
   first (``FolderNotes``).
@@ -218,15 +241,22 @@ class FolderNotes:
     self.size = self.size or image.size
     if image.size != self.size:
       (w0, h0), (w, h) = self.size, image.size
-      self._say("size", f"the images in {self.folder} have different sizes (e.g. {w0}×{h0} and "
-                f"{w}×{h}, {file.name}); each is resized and cropped as the data settings say.")
+      self._say(
+        "size",
+        f"the images in {self.folder} have different sizes (e.g. {w0}×{h0} and "
+        f"{w}×{h}, {file.name}); each is resized and cropped as the data settings say.",
+      )
     if has_alpha(image):
-      self._say("alpha", f"images in {self.folder} have an alpha channel (e.g. {file.name}); it "
-                "is dropped (transparent pixels keep their colour).")
+      self._say(
+        "alpha",
+        f"images in {self.folder} have an alpha channel (e.g. {file.name}); it "
+        "is dropped (transparent pixels keep their colour).",
+      )
 
 
-def folder_loader(files: list[Path], channels: int = 3, *, folder: str | os.PathLike,
-                  **preprocessing: Any) -> Loader:
+def folder_loader(
+  files: list[Path], channels: int = 3, *, folder: str | os.PathLike, **preprocessing: Any
+) -> Loader:
   """Returns a function decoding image file i of ``folder`` with ``channels`` channels and
   preprocessing it; mixed sizes and alpha channels among the files are said once
   (``FolderNotes``)."""
@@ -234,10 +264,17 @@ def folder_loader(files: list[Path], channels: int = 3, *, folder: str | os.Path
   return lambda i: preprocess(read_image(files[i], channels, note), **preprocessing)
 
 
-def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int | None = None,
-                   resize_first: int | None = None, stretch: bool = False,
-                   test_path: str | os.PathLike | None = None, channels: int | None = None,
-                   max_fit_samples: int = DEFAULT_MAX_FIT_SAMPLES) -> Dataset:
+def folder_dataset(
+  path: str | os.PathLike,
+  *,
+  image_size: int,
+  center_crop: int | None = None,
+  resize_first: int | None = None,
+  stretch: bool = False,
+  test_path: str | os.PathLike | None = None,
+  channels: int | None = None,
+  max_fit_samples: int = DEFAULT_MAX_FIT_SAMPLES,
+) -> Dataset:
   """Builds an image Dataset from the .png/.jpg/.jpeg files under a folder (recursively).
 
   Args:
@@ -261,15 +298,21 @@ def folder_dataset(path: str | os.PathLike, *, image_size: int, center_crop: int
     channels = folder_channels([*files, *test_files])
   elif channels not in IMAGE_MODES:
     raise ValueError(f"images are read with 1 (grey) or 3 (RGB) channels, not {channels}")
-  preprocessing = {"image_size": image_size, "center_crop": center_crop,
-                   "resize_first": resize_first, "stretch": stretch}
+  preprocessing = {
+    "image_size": image_size,
+    "center_crop": center_crop,
+    "resize_first": resize_first,
+    "stretch": stretch,
+  }
   test = None
   if test_path is not None:
-    test = load_all(len(test_files), folder_loader(test_files, channels, folder=test_path,
-                                                   **preprocessing))
+    test = load_all(
+      len(test_files), folder_loader(test_files, channels, folder=test_path, **preprocessing)
+    )
   load = folder_loader(files, channels, folder=path, **preprocessing)
-  return indexed_dataset(Path(path).name, len(files), load, max_fit_samples=max_fit_samples,
-                         test=test)
+  return indexed_dataset(
+    Path(path).name, len(files), load, max_fit_samples=max_fit_samples, test=test
+  )
 
 
 def to_model_range(array: np.ndarray, where: str) -> np.ndarray:
@@ -280,19 +323,21 @@ def to_model_range(array: np.ndarray, where: str) -> np.ndarray:
       not finite or leave [-1, 1].
   """
   if array.ndim != 4 or not len(array):
-    raise ValueError(f"{where}: expected NHWC images (4-D, at least one), got shape "
-                     f"{array.shape}")
+    raise ValueError(f"{where}: expected NHWC images (4-D, at least one), got shape {array.shape}")
   if array.dtype == np.uint8:
     return array.astype(np.float32) / 127.5 - 1.0
   if not np.issubdtype(array.dtype, np.floating):
-    raise ValueError(f"{where}: images must be uint8 (0..255) or float (in [-1, 1]), not "
-                     f"{array.dtype}")
+    raise ValueError(
+      f"{where}: images must be uint8 (0..255) or float (in [-1, 1]), not {array.dtype}"
+    )
   array = array.astype(np.float32)
   if not np.isfinite(array).all():
     raise ValueError(f"{where}: the images hold NaN or infinite values")
   if array.size and (array.min() < -1 or array.max() > 1):
-    raise ValueError(f"{where}: float images must lie in [-1, 1] (or be uint8 in 0..255), "
-                     f"found [{array.min():g}, {array.max():g}]")
+    raise ValueError(
+      f"{where}: float images must lie in [-1, 1] (or be uint8 in 0..255), "
+      f"found [{array.min():g}, {array.max():g}]"
+    )
   return array
 
 
@@ -308,12 +353,17 @@ def open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
   except OSError as err:  # missing, a folder, unreadable
     raise ValueError(f"cannot read {path}: {err.strerror or first_line(err)}") from None
   except (ValueError, zipfile.BadZipFile, EOFError) as err:
-    what = (f"a truncated or corrupt .npz archive ({first_line(err)})" if _zip_start(path)
-            else "not an .npz file (neither np.savez's zip archive nor an .npy array)")
+    what = (
+      f"a truncated or corrupt .npz archive ({first_line(err)})"
+      if _zip_start(path)
+      else "not an .npz file (neither np.savez's zip archive nor an .npy array)"
+    )
     raise ValueError(f"{path} is {what}; save the images with np.savez(FILE, x=images)") from None
   if not isinstance(arrays, np.lib.npyio.NpzFile):
-    raise ValueError(f"{path} holds one .npy array, not an .npz archive of named arrays; save the "
-                     "images with np.savez(FILE, x=images)")
+    raise ValueError(
+      f"{path} holds one .npy array, not an .npz archive of named arrays; save the "
+      "images with np.savez(FILE, x=images)"
+    )
   return arrays
 
 
@@ -335,8 +385,10 @@ def npz_images(arrays: Any, key: str, path: str | os.PathLike) -> np.ndarray:
   try:
     array = arrays[key]
   except (ValueError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
-    raise ValueError(f"cannot read array {key!r} of {path}: {first_line(err)} (a truncated or "
-                     "corrupt .npz archive)") from None
+    raise ValueError(
+      f"cannot read array {key!r} of {path}: {first_line(err)} (a truncated or "
+      "corrupt .npz archive)"
+    ) from None
   return to_model_range(array, f"{path}[{key!r}]")
 
 
@@ -354,5 +406,11 @@ def npz_dataset(path: str | os.PathLike, *, key: str = "x", test_key: str | None
   with open_npz(path) as arrays:
     train = npz_images(arrays, key, path)
     test = None if test_key is None else npz_images(arrays, test_key, path)
-  return Dataset(name=Path(path).stem, event_shape=train.shape[1:], is_image=True,
-                 sample=rows_batch_fn(train), test=test, train=train)
+  return Dataset(
+    name=Path(path).stem,
+    event_shape=train.shape[1:],
+    is_image=True,
+    sample=rows_batch_fn(train),
+    test=test,
+    train=train,
+  )

@@ -34,9 +34,10 @@ SN_BUFFERS = (".weight_u", ".weight_v")
 
 class Layer(NamedTuple):
   """One reference layer and where it lives in the Flax variables."""
-  torch: str                  # state_dict prefix, e.g. "layer2.0.conv1"
-  params: tuple[str, ...]     # path of its Flax module in ``params``, e.g. ("ResBlock_3", "Conv_0")
-  stats: tuple[str, ...]      # path of its spectral-norm statistics in ``batch_stats`` (prefix)
+
+  torch: str  # state_dict prefix, e.g. "layer2.0.conv1"
+  params: tuple[str, ...]  # path of its Flax module in ``params``, e.g. ("ResBlock_3", "Conv_0")
+  stats: tuple[str, ...]  # path of its spectral-norm statistics in ``batch_stats`` (prefix)
   bias: bool
 
 
@@ -52,15 +53,25 @@ def resnet_layers(arch: str, self_attention: bool) -> list[Layer]:
       if (stride if b == 0 else 1) != 1 or in_width != width:
         names.append("shortcut_conv")
       for i, name in enumerate(names):
-        layers.append(Layer(f"layer{s + 1}.{b}.{name}", (f"ResBlock_{block}", f"Conv_{i}"),
-                            (f"ResBlock_{block}", f"_Layer_{i}", "SpectralNorm_0", f"Conv_{i}"),
-                            False))
+        layers.append(
+          Layer(
+            f"layer{s + 1}.{b}.{name}",
+            (f"ResBlock_{block}", f"Conv_{i}"),
+            (f"ResBlock_{block}", f"_Layer_{i}", "SpectralNorm_0", f"Conv_{i}"),
+            False,
+          )
+        )
       in_width, block = width, block + 1
     if self_attention and s == attention_after:
       for i, name in enumerate(("key", "query", "value", "self_att")):
-        layers.append(Layer(f"self_attn_module.{name}", ("SelfAttention_0", f"Conv_{i}"),
-                            ("SelfAttention_0", f"_Layer_{i}", "SpectralNorm_0", f"Conv_{i}"),
-                            True))
+        layers.append(
+          Layer(
+            f"self_attn_module.{name}",
+            ("SelfAttention_0", f"Conv_{i}"),
+            ("SelfAttention_0", f"_Layer_{i}", "SpectralNorm_0", f"Conv_{i}"),
+            True,
+          )
+        )
   layers.append(Layer("linear", ("Dense_0",), ("_Layer_1", "SpectralNorm_0", "Dense_0"), True))
   return layers
 
@@ -97,8 +108,14 @@ def _get(tree: dict, path: tuple[str, ...]) -> Any:
   return tree
 
 
-def convert_params(lookup: Callable[[str], np.ndarray | None], layers: list[Layer],
-                   spectral_norm: bool, gamma: bool, template: dict, source: str) -> dict:
+def convert_params(
+  lookup: Callable[[str], np.ndarray | None],
+  layers: list[Layer],
+  spectral_norm: bool,
+  gamma: bool,
+  template: dict,
+  source: str,
+) -> dict:
   """The Flax ``params`` tree of the reference parameters ``lookup(name)`` (None: missing).
 
   Raises:
@@ -118,8 +135,10 @@ def convert_params(lookup: Callable[[str], np.ndarray | None], layers: list[Laye
     value = _flax_value(name, saved)
     expected = tuple(_get(template, path).shape)
     if value.shape != expected:
-      raise ValueError(f"{source}: {name} has shape {np.shape(saved)}; this library's "
-                       f"estimator has {expected} in Flax's layout")
+      raise ValueError(
+        f"{source}: {name} has shape {np.shape(saved)}; this library's "
+        f"estimator has {expected} in Flax's layout"
+      )
     _put(params, path, value)
   return params
 
@@ -136,26 +155,32 @@ def spectral_stats(state: dict[str, np.ndarray], layers: list[Layer], source: st
     w, u, v = (np.asarray(state[name], np.float64) for name in names)
     matrix = w.reshape(w.shape[0], -1)
     if u.shape != (matrix.shape[0],) or v.shape != (matrix.shape[1],):
-      raise ValueError(f"{source}: {names[1]} / {names[2]} have shapes {u.shape} / {v.shape}, "
-                       f"not those of {names[0]} {w.shape}")
+      raise ValueError(
+        f"{source}: {names[1]} / {names[2]} have shapes {u.shape} / {v.shape}, "
+        f"not those of {names[0]} {w.shape}"
+      )
     *prefix, leaf = layer.stats
     _put(stats, (*prefix, f"{leaf}/kernel/u"), u[None].astype(np.float32))
     _put(stats, (*prefix, f"{leaf}/kernel/sigma"), np.float32(u @ matrix @ v))
   return stats
 
 
-def check_all_used(state: dict[str, np.ndarray], layers: list[Layer], gamma: bool, what: str,
-                   source: str) -> None:
+def check_all_used(
+  state: dict[str, np.ndarray], layers: list[Layer], gamma: bool, what: str, source: str
+) -> None:
   """A one-line error naming the first ``state_dict`` entry that the estimator has no place for."""
   prefixes = tuple(layer.torch + "." for layer in layers)
   for name in state:
     if not (name.startswith(prefixes) or (gamma and name == "self_attn_module.gamma")):
-      raise ValueError(f"{source}: {name} is not part of the reference's {what} (is the "
-                       "checkpoint's config its own?)")
+      raise ValueError(
+        f"{source}: {name} is not part of the reference's {what} (is the "
+        "checkpoint's config its own?)"
+      )
 
 
-def adam_moments(optim_state: Any, params: dict[str, np.ndarray], convert: Callable, source: str
-                 ) -> tuple[int, dict, dict]:
+def adam_moments(
+  optim_state: Any, params: dict[str, np.ndarray], convert: Callable, source: str
+) -> tuple[int, dict, dict]:
   """torch Adam's state as (count, mu, nu) Flax trees; ``params`` are the model's parameters in
   ``model.parameters()`` order (``parameter_names``), ``convert(lookup)`` maps a parameter lookup
   to a Flax tree (``convert_params`` bound to the estimator). A parameter without optimizer state
@@ -164,14 +189,16 @@ def adam_moments(optim_state: Any, params: dict[str, np.ndarray], convert: Calla
   Raises:
     ValueError: one line if the optimiser state is not a torch Adam's of these parameters.
   """
-  if not (isinstance(optim_state, dict) and isinstance(optim_state.get("state"), dict)
-          and isinstance(optim_state.get("param_groups"), list)):
+  if not (
+    isinstance(optim_state, dict)
+    and isinstance(optim_state.get("state"), dict)
+    and isinstance(optim_state.get("param_groups"), list)
+  ):
     raise ValueError(f"{source}: its 'optim' entry is not a torch optimizer state_dict")
   names = list(params)
   ids = [i for group in optim_state["param_groups"] for i in group.get("params", [])]
   if len(ids) != len(names):
-    raise ValueError(f"{source}: its optimizer holds {len(ids)} parameters, the model "
-                     f"{len(names)}")
+    raise ValueError(f"{source}: its optimizer holds {len(ids)} parameters, the model {len(names)}")
   by_name = {name: optim_state["state"].get(i, {}) for name, i in zip(names, ids)}
   steps = [int(np.asarray(s["step"])) for s in by_name.values() if "step" in s]
   if any(s and "exp_avg" not in s for s in by_name.values()):
@@ -183,6 +210,7 @@ def adam_moments(optim_state: Any, params: dict[str, np.ndarray], convert: Calla
         return None
       value = by_name[name].get(key)
       return np.zeros_like(params[name]) if value is None else value
+
     return convert(lookup)
 
   return max(steps, default=0), moment("exp_avg"), moment("exp_avg_sq")

@@ -30,20 +30,29 @@ from fdrl_jax.conv import conv_general_dilated
 
 Array = jax.Array
 # name -> (bottleneck blocks, blocks per stage)
-RESNETS = {"resnet18": (False, (2, 2, 2, 2)), "resnet34": (False, (3, 4, 6, 3)),
-           "resnet50": (True, (3, 4, 6, 3))}
+RESNETS = {
+  "resnet18": (False, (2, 2, 2, 2)),
+  "resnet34": (False, (3, 4, 6, 3)),
+  "resnet50": (True, (3, 4, 6, 3)),
+}
 WIDTHS = (64, 128, 256, 512)
 BN_EPSILON = 1e-5
 
 
 def _conv(features: int, k: int, stride: int = 1) -> nn.Conv:
-  return nn.Conv(features, (k, k), strides=stride, padding=((k // 2, k // 2),) * 2,
-                 conv_general_dilated=conv_general_dilated)
+  return nn.Conv(
+    features,
+    (k, k),
+    strides=stride,
+    padding=((k // 2, k // 2),) * 2,
+    conv_general_dilated=conv_general_dilated,
+  )
 
 
 class Block(nn.Module):
   """A basic (two 3×3) or bottleneck (1×1, 3×3 with the stride, 1×1 to 4×) block, with its
   batch norms folded in; a 1×1 shortcut conv where the stride or the width changes."""
+
   planes: int
   stride: int
   bottleneck: bool
@@ -67,6 +76,7 @@ class Block(nn.Module):
 
 class RobustResNet(nn.Module):
   """robustness's CIFAR ResNet ``arch`` (a key of RESNETS) on [-1, 1] NHWC images → logits."""
+
   arch: str = "resnet50"
   num_classes: int = 10
   width: float = 1.0
@@ -77,8 +87,7 @@ class RobustResNet(nn.Module):
   def __call__(self, x: Array) -> Array:
     bottleneck, blocks = RESNETS[self.arch]
     if self.input_mean:
-      x = (jnp.clip((x + 1) / 2, 0, 1) - jnp.asarray(self.input_mean)) / jnp.asarray(
-          self.input_std)
+      x = (jnp.clip((x + 1) / 2, 0, 1) - jnp.asarray(self.input_mean)) / jnp.asarray(self.input_std)
     widths = [int(w * self.width) for w in WIDTHS]
     x = nn.relu(_conv(widths[0], 3)(x))
     for stage, (planes, n) in enumerate(zip(widths, blocks)):
@@ -98,21 +107,26 @@ def torch_layers(arch: str) -> list[tuple[str, str | None, tuple[str, ...]]]:
       prefix = f"layer{stage + 1}.{b}."
       convs = 3 if bottleneck else 2
       for i in range(convs):
-        layers.append((f"{prefix}conv{i + 1}", f"{prefix}bn{i + 1}", (f"Block_{index}",
-                                                                      f"Conv_{i}")))
-      layers.append((f"{prefix}shortcut.0", f"{prefix}shortcut.1",
-                     (f"Block_{index}", f"Conv_{convs}")))
+        layers.append(
+          (f"{prefix}conv{i + 1}", f"{prefix}bn{i + 1}", (f"Block_{index}", f"Conv_{i}"))
+        )
+      layers.append(
+        (f"{prefix}shortcut.0", f"{prefix}shortcut.1", (f"Block_{index}", f"Conv_{convs}"))
+      )
       index += 1
   layers.append(("linear", None, ("Dense_0",)))
   return layers
 
 
-def fold_batch_norm(weight: np.ndarray, state: dict[str, np.ndarray], bn: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def fold_batch_norm(
+  weight: np.ndarray, state: dict[str, np.ndarray], bn: str
+) -> tuple[np.ndarray, np.ndarray]:
   """A torch OIHW conv weight followed by the inference-mode batch norm ``bn``, as an HWIO
   kernel and a bias."""
-  g, beta, mean, var = (np.asarray(state[f"{bn}.{k}"], np.float64)
-                        for k in ("weight", "bias", "running_mean", "running_var"))
+  g, beta, mean, var = (
+    np.asarray(state[f"{bn}.{k}"], np.float64)
+    for k in ("weight", "bias", "running_mean", "running_var")
+  )
   scale = g / np.sqrt(var + BN_EPSILON)
   kernel = np.asarray(weight, np.float64) * scale[:, None, None, None]
   return kernel.transpose(2, 3, 1, 0).astype(np.float32), (beta - mean * scale).astype(np.float32)
@@ -126,17 +140,23 @@ def detect(state: dict[str, np.ndarray], source: str) -> tuple[str, float, int]:
     ValueError: one line naming an architecture this library does not have.
   """
   if "conv1.weight" not in state or "linear.weight" not in state:
-    raise ValueError(f"{source}: its model is not one of robustness's CIFAR ResNets (no "
-                     "conv1.weight / linear.weight)")
+    raise ValueError(
+      f"{source}: its model is not one of robustness's CIFAR ResNets (no "
+      "conv1.weight / linear.weight)"
+    )
   bottleneck = "layer1.0.conv3.weight" in state
-  blocks = tuple(len({name.split(".")[1] for name in state if name.startswith(f"layer{s}.")})
-                 for s in range(1, 5))
+  blocks = tuple(
+    len({name.split(".")[1] for name in state if name.startswith(f"layer{s}.")})
+    for s in range(1, 5)
+  )
   for arch, spec in RESNETS.items():
     if spec == (bottleneck, blocks):
       return arch, state["conv1.weight"].shape[0] / WIDTHS[0], state["linear.weight"].shape[0]
   kind = "bottleneck" if bottleneck else "basic"
-  raise ValueError(f"{source}: its model is a ResNet of {kind} blocks {blocks}, which this "
-                   f"library does not have ({', '.join(RESNETS)})")
+  raise ValueError(
+    f"{source}: its model is a ResNet of {kind} blocks {blocks}, which this "
+    f"library does not have ({', '.join(RESNETS)})"
+  )
 
 
 def convert(state: dict[str, np.ndarray], arch: str, template: dict, source: str) -> dict:
@@ -155,8 +175,10 @@ def convert(state: dict[str, np.ndarray], arch: str, template: dict, source: str
     for key in path:
       node = node[key]
     if kernel.shape != tuple(node["kernel"].shape):
-      raise ValueError(f"{source}: model.{name}.weight has shape {state[f'{name}.weight'].shape},"
-                       f" this library's {arch} expects {tuple(node['kernel'].shape)} in HWIO")
+      raise ValueError(
+        f"{source}: model.{name}.weight has shape {state[f'{name}.weight'].shape},"
+        f" this library's {arch} expects {tuple(node['kernel'].shape)} in HWIO"
+      )
     out = params
     for key in path:
       out = out.setdefault(key, {})
@@ -171,4 +193,5 @@ def is_checkpoint(ckpt: object) -> bool:
     return False
   state = ckpt.get("model", ckpt.get("state_dict"))
   return isinstance(state, dict) and any(
-      str(name).replace("module.", "", 1).startswith("normalizer.") for name in state)
+    str(name).replace("module.", "", 1).startswith("normalizer.") for name in state
+  )

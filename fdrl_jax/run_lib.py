@@ -63,8 +63,7 @@ class Run:
       self.dataset, self.missing_data = standin, str(e)
     self.mesh = parallel.data_mesh() if mesh is None else mesh
     self.replicated = parallel.replicated(self.mesh)
-    self.init_key, self.step_key, self.sample_key = jax.random.split(
-        jax.random.key(config.seed), 3)
+    self.init_key, self.step_key, self.sample_key = jax.random.split(jax.random.key(config.seed), 3)
     self._samplers: dict[tuple, sampling.Sampler] = {}
     # The classifier of the ``conditional`` sampler, set by whoever restores the run to sample
     # (``loading.restore_for_sampling``); the run itself never reads another workdir.
@@ -75,8 +74,9 @@ class Run:
     multi-process run only process 0 fits the prior (decoding its data) and its state is
     broadcast, so every process holds the same one (``parallel.broadcast_from_writer``)."""
     if fit and jax.process_count() > 1:
-      state = self.method.init_state(self.config, self.dataset, self.init_key,
-                                     fit=parallel.is_writer())
+      state = self.method.init_state(
+        self.config, self.dataset, self.init_key, fit=parallel.is_writer()
+      )
       state = parallel.broadcast_from_writer(state)
     else:
       state = self.method.init_state(self.config, self.dataset, self.init_key, fit=fit)
@@ -85,18 +85,21 @@ class Run:
   def abstract_state(self):
     """The state's shapes and dtypes: no parameters initialised, no d×d prior materialised."""
     return jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
-        jax.eval_shape(lambda: self.new_state(fit=False)))
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
+      jax.eval_shape(lambda: self.new_state(fit=False)),
+    )
 
   def restore(self, mngr: ocp.CheckpointManager, step: int, abstract=None):
     """The state saved at ``step``; ``abstract`` is ``abstract_state()`` where the caller has it."""
-    return checkpoints.restore_state(mngr, step,
-                                     self.abstract_state() if abstract is None else abstract)
+    return checkpoints.restore_state(
+      mngr, step, self.abstract_state() if abstract is None else abstract
+    )
 
   def train_step(self):
     """The jitted, data-parallel ``step(state, batch, key)`` of the method."""
     return parallel.jit_train_step(
-        lambda sharding: self.method.train_step(self.config, self.dataset, sharding), self.mesh)
+      lambda sharding: self.method.train_step(self.config, self.dataset, sharding), self.mesh
+    )
 
   def batch(self, step: int):
     """The global batch of training step ``step``, placed on the mesh; this process loads only
@@ -110,15 +113,22 @@ class Run:
     parts = self.method.sampler_parts
     return None if parts is None else parts(self.config, self.dataset)
 
-  def sampler(self, name: str | None = None, lengths: tuple[int, ...] | None = None
-              ) -> sampling.Sampler:
+  def sampler(
+    self, name: str | None = None, lengths: tuple[int, ...] | None = None
+  ) -> sampling.Sampler:
     """The sampler ``name`` (default ``config.sampling.name``; ``sampling.SAMPLERS`` or the
     method's own ``samplers``) at flow ``lengths`` (``sampling.build_sampler``), compiled once."""
     key = (name or self.config.sampling.name, lengths)
     if key not in self._samplers:
       self._samplers[key] = sampling.build_sampler(
-          self.config, self.sampler_parts(), key[0], self.mesh, self.guide, lengths=lengths,
-          samplers=self.method.samplers)
+        self.config,
+        self.sampler_parts(),
+        key[0],
+        self.mesh,
+        self.guide,
+        lengths=lengths,
+        samplers=self.method.samplers,
+      )
     return self._samplers[key]
 
   def draw(self, state, key: jax.Array, n: int, name: str | None = None) -> np.ndarray:
@@ -139,8 +149,9 @@ def grid_reference(run: Run) -> np.ndarray | None:
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -170,6 +181,7 @@ class Hook:
 @dataclasses.dataclass
 class _AfterStep(Hook):
   """A callable ``hook(step, state, metrics)`` as a ``Hook``."""
+
   fn: Callable[[int, object, dict], None]
 
   def after_step(self, step: int, state, metrics: dict) -> None:
@@ -188,8 +200,10 @@ class Evaluations(Hook):
 
   def begin(self, run: Run, state, step: int) -> None:
     if run.config.sampling.name == "conditional":
-      raise ValueError("--config.training.eval_every cannot score conditional samples (their "
-                       "judge is a --mode=eval setting); set it to 0, or --config.sampling.name.")
+      raise ValueError(
+        "--config.training.eval_every cannot score conditional samples (their "
+        "judge is a --mode=eval setting); set it to 0, or --config.sampling.name."
+      )
     run.method.check_eval(run.config)
     self.run = run
 
@@ -202,12 +216,20 @@ class Evaluations(Hook):
     rows = metrics_log.eval_rows(run.method.evaluate(run.config, run, state, self.workdir), step)
     self.log.write_eval(step, rows)
     if parallel.is_writer():
-      print(f"eval at step {step}  " + "  ".join(
-          f"{k[5:]} {v:.4g}" for k, v in metrics_log.eval_scalars(rows).items()), flush=True)
+      print(
+        f"eval at step {step}  "
+        + "  ".join(f"{k[5:]} {v:.4g}" for k, v in metrics_log.eval_scalars(rows).items()),
+        flush=True,
+      )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=None, *,
-                       hooks: Sequence[Hook | Callable] = ()):
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  mesh=None,
+  *,
+  hooks: Sequence[Hook | Callable] = (),
+):
   """Trains ``config.method`` per ``config`` in ``workdir``, resuming from its latest readable
   checkpoint if any; returns the final state.
 
@@ -218,7 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   """
   loop_hooks = [h if isinstance(h, Hook) else _AfterStep(h) for h in hooks]  # + Evaluations
   workdir = workdirs.check_workdir(
-      workdir, config, create=True, unrelated_sections=methods.unrelated_sections(config.method))
+    workdir, config, create=True, unrelated_sections=methods.unrelated_sections(config.method)
+  )
   committed = workdirs.has_config(workdir)
   run = Run(config, mesh)
   cfg = config.training
@@ -226,8 +249,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
   reference = grid_reference(run)
   draws_grids = run.method.sampler_parts is not None
 
-  with workdirs.training_lock(workdir), stops.StopRequests() as stop, \
-      checkpoints.trainer_manager(workdir, cfg.keep_checkpoints) as mngr:
+  with (
+    workdirs.training_lock(workdir),
+    stops.StopRequests() as stop,
+    checkpoints.trainer_manager(workdir, cfg.keep_checkpoints) as mngr,
+  ):
     state, latest = checkpoints.restore_readable(run, mngr, workdir, set_aside=True)
     if state is None:
       state = run.new_state(fit=True)
@@ -238,8 +264,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     if latest is not None:
       print(f"Resuming from the checkpoint of step {latest} in {workdir}", flush=True)
     if start < cfg.num_steps and parallel.is_writer():
-      print(metrics_log.header(config.method, workdir, run.mesh.devices.flat, start,
-                               cfg.num_steps, samples=draws_grids), flush=True)
+      print(
+        metrics_log.header(
+          config.method, workdir, run.mesh.devices.flat, start, cfg.num_steps, samples=draws_grids
+        ),
+        flush=True,
+      )
     log = metrics_log.MetricsLog(workdir, start)
     if cfg.eval_every:
       loop_hooks.append(Evaluations(log, cfg.eval_every, workdir))
@@ -253,10 +283,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
 
     def diverged(s, what: str) -> TrainingDiverged:
       return TrainingDiverged(
-          f"Training diverged: {what} at step {s}. "
-          + (f"The last good checkpoint (step {last_good}) is kept in {workdir}"
-             if last_good is not None else "No checkpoint was saved")
-          + "; lower the learning rate or the flow step size and train in a new --workdir.")
+        f"Training diverged: {what} at step {s}. "
+        + (
+          f"The last good checkpoint (step {last_good}) is kept in {workdir}"
+          if last_good is not None
+          else "No checkpoint was saved"
+        )
+        + "; lower the learning rate or the flow step size and train in a new --workdir."
+      )
 
     def flush(step: int) -> None:
       """Checks and logs the metrics since the last flush, and that the parameters are finite:
@@ -278,8 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
       if tty:
         bar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{rate:.1f}")
       else:
-        values = "  ".join(f"{k} {v:.4g}" for k, v in record.items()
-                           if k not in ("step", "steps_per_s", "window"))
+        values = "  ".join(
+          f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "steps_per_s", "window")
+        )
         print(f"step {record['step']}/{cfg.num_steps}  {values}  {rate:.1f} steps/s", flush=True)
 
     def save(done: int) -> None:
@@ -322,9 +357,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
             mngr.wait_until_finished()
           signum = stop.signal or signal.SIGTERM  # set whenever stop_now says to stop
           raise stops.TrainingInterrupted(
-              f"Interrupted ({signal.Signals(signum).name}) at step {done}: its checkpoint "
-              f"is saved in {workdirs.join(workdir, 'checkpoints')}. Resume with the same "
-              f"command: python -m fdrl_jax.main {shlex.join(sys.argv[1:])}", signum)
+            f"Interrupted ({signal.Signals(signum).name}) at step {done}: its checkpoint "
+            f"is saved in {workdirs.join(workdir, 'checkpoints')}. Resume with the same "
+            f"command: python -m fdrl_jax.main {shlex.join(sys.argv[1:])}",
+            signum,
+          )
     finally:
       batches.close()
       bar.close()
@@ -334,25 +371,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh=Non
     for hook in loop_hooks:
       hook.end(run, state)
   if start >= cfg.num_steps:
-    print(f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
-          "--config.training.num_steps to train longer.", flush=True)
+    print(
+      f"Training is complete: {workdir} holds step {start} of {cfg.num_steps}; raise "
+      "--config.training.num_steps to train longer.",
+      flush=True,
+    )
   else:
     where = f"; samples in {workdirs.join(workdir, 'samples')}" if draws_grids else ""
     print(f"Trained to step {cfg.num_steps}{where}", flush=True)
   return state
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str, *, data_optional=False
-                   ) -> tuple[Run, object, int]:
+def restore_latest(
+  config: ml_collections.ConfigDict, workdir: str, *, data_optional=False
+) -> tuple[Run, object, int]:
   """The run and the state of the latest readable checkpoint of an existing ``workdir``
   (``data_optional``: see ``Run``; for modes that only sample or translate)."""
   workdir = workdirs.check_workdir(
-      workdir, config, create=False, unrelated_sections=methods.unrelated_sections(config.method))
+    workdir, config, create=False, unrelated_sections=methods.unrelated_sections(config.method)
+  )
   run = Run(config, data_optional=data_optional)
-  with workdirs.checkpoint_manager(workdir, config.training.keep_checkpoints,
-                                   read_only=True) as mngr:
+  with workdirs.checkpoint_manager(
+    workdir, config.training.keep_checkpoints, read_only=True
+  ) as mngr:
     state, step = checkpoints.restore_readable(run, mngr, workdir, set_aside=False)
     if state is None or step is None:  # both or neither
       raise ValueError(f"--workdir {workdir} has no checkpoint yet; train first.")
     return run, state, step
-

@@ -52,6 +52,7 @@ class Estimator(NamedTuple):
     output: "ratio" (the network outputs r = q/p) or "log_ratio" (log r).
     divergence: the f-divergence of the method's flow (``divergences.DIVERGENCES``).
   """
+
   apply: Callable[[State], PotentialFn]
   output: str
   divergence: str
@@ -59,6 +60,7 @@ class Estimator(NamedTuple):
 
 class Generator(NamedTuple):
   """A method's generator x = G(z), z ~ N(0, I), and its discriminator's logit d = log p/q."""
+
   latent_dim: int
   generate: Callable[[State], Callable[[Array], Array]]
   logit: Callable[[State], PotentialFn]
@@ -77,6 +79,7 @@ class SamplerParts(NamedTuple):
     estimator: the density-ratio estimator, if the method has one.
     generator: the generator, if the method has one.
   """
+
   start: Callable[[State, Array, int], Array]
   potential: Callable[[State], PotentialFn] | None
   spec: FlowSpec | None
@@ -94,15 +97,18 @@ class Guide(NamedTuple):
     params: its parameters, a jit argument of the sampler (not a compiled-in constant).
     num_classes: N.
   """
+
   log_probs: Callable[[Any], Callable[[Array], Array]]
   params: Any
   num_classes: int
 
 
 # Where conditional sampling finds its classifier.
-NEEDS_CLASSIFIER = ("--config.sampling.name=conditional needs "
-                    "--config.sampling.classifier_workdir=DIR, a run of --config.method=classifier "
-                    "(e.g. configs/digits_classifier.py).")
+NEEDS_CLASSIFIER = (
+  "--config.sampling.name=conditional needs "
+  "--config.sampling.classifier_workdir=DIR, a run of --config.method=classifier "
+  "(e.g. configs/digits_classifier.py)."
+)
 
 
 class Sampler(NamedTuple):
@@ -121,6 +127,7 @@ class Sampler(NamedTuple):
       after each of them from one flow: samples of shape (len(lengths), n, ...), the particle
       axis second (``build_sampler``'s ``lengths``).
   """
+
   sample: Callable[..., np.ndarray]
   device_sample: Callable[..., Array]
   takes_inputs: bool = False
@@ -130,8 +137,16 @@ class Sampler(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # Pure potentials.
 
-def conditional_potential(output_fn: PotentialFn, log_prob_fn: Callable[[Array], Array], *,
-                          label: int, weight: float, output: str, divergence: str) -> PotentialFn:
+
+def conditional_potential(
+  output_fn: PotentialFn,
+  log_prob_fn: Callable[[Array], Array],
+  *,
+  label: int,
+  weight: float,
+  output: str,
+  divergence: str,
+) -> PotentialFn:
   """f'(r(x | y = n)) of Eq. 12 / 29–31, for any divergence and output parameterisation.
 
   A classifier is a density ratio, N p(y = n | x) = p(x | y = n) / p(x) for N balanced classes, so
@@ -166,16 +181,25 @@ def conditional_potential(output_fn: PotentialFn, log_prob_fn: Callable[[Array],
 # ----------------------------------------------------------------------------------------------
 # Samplers: (config, parts) → Sampler.
 
-def split_sampler(fn: Callable[..., Array], mesh, *, takes_inputs: bool = False,
-                   lengths: tuple[int, ...] | None = None) -> Sampler:
+
+def split_sampler(
+  fn: Callable[..., Array],
+  mesh,
+  *,
+  takes_inputs: bool = False,
+  lengths: tuple[int, ...] | None = None,
+) -> Sampler:
   """A ``Sampler`` from a pure ``fn``: the one way a sampler is made (a method's own samplers,
   ``methods.Method.samplers``, use it too). Jits ``fn(state, key, n | x, *extra)`` with its
   particles split over "data" (``fn`` constrains its start with ``shard``) and wraps it to pad n
   to the devices and gather the result to every process (``Sampler``). ``extra`` arguments are traced, not compiled in. With
   ``lengths``, ``fn`` returns (len(lengths), n, ...): the particle axis is the second."""
   n_dev = mesh.devices.size
-  sharding = (parallel.particles(mesh) if lengths is None else
-              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
+  sharding = (
+    parallel.particles(mesh)
+    if lengths is None
+    else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+  )
   jitted = jax.jit(fn, static_argnums=() if takes_inputs else 2, out_shardings=sharding)
 
   def sample(state, key, arg, *extra):
@@ -216,8 +240,12 @@ def _snapshots(flowed, lengths: tuple[int, ...] | None) -> Array:
   return flowed if lengths is None else flowed[1]
 
 
-def _flow_fn(parts: SamplerParts, mesh, potential_of: Callable[[State, Any], PotentialFn],
-             lengths: tuple[int, ...] | None = None) -> Callable[..., Array]:
+def _flow_fn(
+  parts: SamplerParts,
+  mesh,
+  potential_of: Callable[[State, Any], PotentialFn],
+  lengths: tuple[int, ...] | None = None,
+) -> Callable[..., Array]:
   """``fn(state, key, n, extra)``: x₀ = parts.start, split over the devices (mesh None: left
   where it is), then K + κ steps along ``potential_of(state, extra)`` (with ``lengths``: the
   particles after each length, stacked). ``extra`` (e.g. a classifier's parameters) is a jit
@@ -233,38 +261,53 @@ def _flow_fn(parts: SamplerParts, mesh, potential_of: Callable[[State, Any], Pot
   return fn
 
 
-def prior_sample_fn(parts: SamplerParts, mesh=None, lengths: tuple[int, ...] | None = None
-                    ) -> Callable[[State, Array, int], Array]:
+def prior_sample_fn(
+  parts: SamplerParts, mesh=None, lengths: tuple[int, ...] | None = None
+) -> Callable[[State, Array, int], Array]:
   """The pure ``fn(state, key, n)`` of the ``prior`` sampler: K + κ flow steps from a prior draw
   (or the particles after each of ``lengths``), or a generator's G(z) as is; split over
   ``mesh``'s devices, or (None) traced as plain code for a caller's own ``jax.jit``
   (``fdrl_jax.load``)."""
   if parts.potential is None:  # a generator: its samples are the start itself
     if lengths is not None:
-      raise ValueError("A generator's samples do not flow: flow lengths need "
-                       "--config.sampling.name=refine.")
+      raise ValueError(
+        "A generator's samples do not flow: flow lengths need --config.sampling.name=refine."
+      )
     place = (lambda x: x) if mesh is None else (lambda x: shard(x, mesh))
     return lambda state, key, n: place(parts.start(state, jax.random.split(key)[0], n))
   potential = parts.potential
   return _flow_fn(parts, mesh, lambda state, _: potential(state), lengths)
 
 
-def _prior(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None,
-           lengths: tuple[int, ...] | None) -> Sampler:
+def _prior(
+  config: ml_collections.ConfigDict,
+  parts: SamplerParts,
+  mesh,
+  guide: Guide | None,
+  lengths: tuple[int, ...] | None,
+) -> Sampler:
   return split_sampler(prior_sample_fn(parts, mesh, lengths), mesh, lengths=lengths)
 
 
-def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide: Guide | None,
-            lengths: tuple[int, ...] | None) -> Sampler:
+def _refine(
+  config: ml_collections.ConfigDict,
+  parts: SamplerParts,
+  mesh,
+  guide: Guide | None,
+  lengths: tuple[int, ...] | None,
+) -> Sampler:
   """DGflow's refinement of G(z); with ``lengths`` (refinement step counts, 0 = G(z) before
   refinement) the samples after each, from one refinement flow."""
   g = parts.generator
   if g is None:
-    raise ValueError("--config.sampling.name=refine refines a generator's samples "
-                     "(--config.method=gan); FDRL's own refinement is flow.num_refine_steps.")
+    raise ValueError(
+      "--config.sampling.name=refine refines a generator's samples "
+      "(--config.method=gan); FDRL's own refinement is flow.num_refine_steps."
+    )
   r = config.refine
-  hmap = monoflow.get_map(r.h, setting="--config.refine.h", shift=config.gan.shift,
-                         scale=config.gan.scale)  # the GAN's h
+  hmap = monoflow.get_map(
+    r.h, setting="--config.refine.h", shift=config.gan.shift, scale=config.gan.scale
+  )  # the GAN's h
   monoflow.check_refine_space(r.space)
 
   if lengths is not None and (not lengths or min(lengths) < 0):
@@ -278,23 +321,33 @@ def _refine(config: ml_collections.ConfigDict, parts: SamplerParts, mesh, guide:
     if num_steps == 0:
       x = g.generate(state)(z)
       return x if save_at is None else x[None]
-    return monoflow.refine(g.generate(state), g.logit(state), hmap, z, k_flow, space=r.space,
-                           num_steps=num_steps, step_size=r.step_size,
-                           noise_scale=r.noise_scale, clip=parts.spec.clip if parts.spec else None,
-                           save_at=save_at)
+    return monoflow.refine(
+      g.generate(state),
+      g.logit(state),
+      hmap,
+      z,
+      k_flow,
+      space=r.space,
+      num_steps=num_steps,
+      step_size=r.step_size,
+      noise_scale=r.noise_scale,
+      clip=parts.spec.clip if parts.spec else None,
+      save_at=save_at,
+    )
 
   return split_sampler(sample, mesh, lengths=save_at)
 
 
 def _require_estimator(parts: SamplerParts, name: str) -> None:
   if parts.estimator is None or parts.spec is None:
-    raise ValueError(f"--config.sampling.name={name} needs an FDRL density-ratio estimator "
-                     "(--config.method=fdrl).")
+    raise ValueError(
+      f"--config.sampling.name={name} needs an FDRL density-ratio estimator (--config.method=fdrl)."
+    )
 
 
-def conditional_sampler(parts: SamplerParts, guide: Guide | None, mesh=None,
-                        lengths: tuple[int, ...] | None = None
-                        ) -> tuple[Callable[[int, float], Sampler], int]:
+def conditional_sampler(
+  parts: SamplerParts, guide: Guide | None, mesh=None, lengths: tuple[int, ...] | None = None
+) -> tuple[Callable[[int, float], Sampler], int]:
   """Class-conditional FDRL guided by the classifier ``guide``: ``(for_class, num_classes)``,
   ``for_class(label, weight)`` the ``Sampler`` of class ``label`` with ϕ = ``weight``, particles
   split over ``mesh`` (default all devices; with ``lengths``, the particles after each flow
@@ -307,32 +360,52 @@ def conditional_sampler(parts: SamplerParts, guide: Guide | None, mesh=None,
 
   def potential_of(state, extra):
     classifier_params, label, weight = extra
-    return conditional_potential(est.apply(state), log_probs(classifier_params), label=label,
-                                 weight=weight, output=est.output, divergence=est.divergence)
+    return conditional_potential(
+      est.apply(state),
+      log_probs(classifier_params),
+      label=label,
+      weight=weight,
+      output=est.output,
+      divergence=est.divergence,
+    )
 
   split = split_sampler(_flow_fn(parts, mesh, potential_of, lengths), mesh, lengths=lengths)
 
   def for_class(label: int, weight: float) -> Sampler:
     extra = (guide.params, jnp.asarray(label, jnp.int32), jnp.asarray(weight, jnp.float32))
-    return Sampler(lambda state, key, n: split.sample(state, key, n, extra),
-                   lambda state, key, n: split.device_sample(state, key, n, extra),
-                   lengths=lengths)
+    return Sampler(
+      lambda state, key, n: split.sample(state, key, n, extra),
+      lambda state, key, n: split.device_sample(state, key, n, extra),
+      lengths=lengths,
+    )
 
   return for_class, guide.num_classes
 
 
-def _conditional(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
-                 guide: Guide | None, lengths: tuple[int, ...] | None) -> Sampler:
+def _conditional(
+  config: ml_collections.ConfigDict,
+  parts: SamplerParts,
+  mesh,
+  guide: Guide | None,
+  lengths: tuple[int, ...] | None,
+) -> Sampler:
   for_class, num_classes = conditional_sampler(parts, guide, mesh, lengths)
   label, weight = config.sampling.label, config.sampling.classifier_weight
   if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
-    raise ValueError(f"--config.sampling.label={label!r} is not a class of the classifier in "
-                     f"{config.sampling.classifier_workdir}: choose 0 to {num_classes - 1}.")
+    raise ValueError(
+      f"--config.sampling.label={label!r} is not a class of the classifier in "
+      f"{config.sampling.classifier_workdir}: choose 0 to {num_classes - 1}."
+    )
   return for_class(label, weight)
 
 
-def _translate(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
-               guide: Guide | None, lengths: tuple[int, ...] | None) -> Sampler:
+def _translate(
+  config: ml_collections.ConfigDict,
+  parts: SamplerParts,
+  mesh,
+  guide: Guide | None,
+  lengths: tuple[int, ...] | None,
+) -> Sampler:
   _require_estimator(parts, "translate")
   kwargs, sigma = _flow_kwargs(parts.spec, lengths), parts.input_noise
 
@@ -347,15 +420,23 @@ def _translate(config: ml_collections.ConfigDict, parts: SamplerParts, mesh,
 
 # name → (config, parts, mesh, guide, lengths) → Sampler; ``guide``: the classifier of
 # ``conditional``; ``lengths``: None, or the flow lengths to return the samples after.
-SAMPLERS: dict[str, Callable[[ml_collections.ConfigDict, SamplerParts, Any, Guide | None,
-                              tuple[int, ...] | None], Sampler]] = {
-    "prior": _prior, "refine": _refine, "conditional": _conditional, "translate": _translate}
+SAMPLERS: dict[
+  str,
+  Callable[
+    [ml_collections.ConfigDict, SamplerParts, Any, Guide | None, tuple[int, ...] | None], Sampler
+  ],
+] = {"prior": _prior, "refine": _refine, "conditional": _conditional, "translate": _translate}
 
 
-def build_sampler(config: ml_collections.ConfigDict, parts: SamplerParts | None,
-                  name: str | None = None, mesh=None, guide: Guide | None = None,
-                  lengths: tuple[int, ...] | None = None,
-                  samplers: Mapping[str, Callable[..., Sampler]] | None = None) -> Sampler:
+def build_sampler(
+  config: ml_collections.ConfigDict,
+  parts: SamplerParts | None,
+  name: str | None = None,
+  mesh=None,
+  guide: Guide | None = None,
+  lengths: tuple[int, ...] | None = None,
+  samplers: Mapping[str, Callable[..., Sampler]] | None = None,
+) -> Sampler:
   """The sampler ``name`` (default ``config.sampling.name``) composed from a method's parts, its
   particles split over ``mesh`` (default: a "data" mesh of all devices); ``guide`` is the
   classifier of the ``conditional`` sampler. With ``lengths`` (flow step counts; for ``refine``
@@ -374,8 +455,10 @@ def build_sampler(config: ml_collections.ConfigDict, parts: SamplerParts | None,
 # ----------------------------------------------------------------------------------------------
 # Drawing many samples.
 
-def draw_batches(sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray,
-                 batch_size: int) -> Iterator[np.ndarray]:
+
+def draw_batches(
+  sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray, batch_size: int
+) -> Iterator[np.ndarray]:
   """``sampler`` in batches of ``batch_size``, one host array per batch: ``num`` samples, or the
   given inputs moved; batch i uses ``fold_in(key, i)``. A progress bar on a terminal (process 0).
   Streaming keeps a paper-size evaluation (50 000 images) out of host memory. A sampler with
@@ -388,12 +471,13 @@ def draw_batches(sampler: Sampler, state, key: Array, num_or_inputs: int | np.nd
   with tqdm(total=total, disable=quiet, unit="sample") as bar:
     for i, start in enumerate(range(0, total, batch_size)):
       n = min(batch_size, total - start)
-      arg = n if inputs is None else inputs[start:start + n]
+      arg = n if inputs is None else inputs[start : start + n]
       yield sampler.sample(state, jax.random.fold_in(key, i), arg)
       bar.update(n)
 
 
-def draw(sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray,
-         batch_size: int) -> np.ndarray:
+def draw(
+  sampler: Sampler, state, key: Array, num_or_inputs: int | np.ndarray, batch_size: int
+) -> np.ndarray:
   """All of ``draw_batches`` in one array."""
   return np.concatenate(list(draw_batches(sampler, state, key, num_or_inputs, batch_size)))

@@ -43,7 +43,7 @@ class StopRequests:
 
   def __enter__(self) -> Self:
     if threading.current_thread() is threading.main_thread():
-      for sig in ((signal.SIGINT,) if self._sync else (signal.SIGINT, signal.SIGTERM)):
+      for sig in (signal.SIGINT,) if self._sync else (signal.SIGINT, signal.SIGTERM):
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 

@@ -36,7 +36,8 @@ SPLIT_PATTERN = r"[A-Za-z0-9_]+"
 
 # tfds has no annotations, so mypy checks skip_registration against object's __init_subclass__.
 class ImageFolders(  # type: ignore[call-arg]
-    tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  tfds.core.GeneratorBasedBuilder, skip_registration=True
+):
   """A tfds builder with one split per folder of images and one feature, "image".
 
   Not registered: the built set is read back from its files (``tfds.data_source`` with the
@@ -48,8 +49,15 @@ class ImageFolders(  # type: ignore[call-arg]
   # search for one, which imports importlib_resources, a package tfds does not install.
   code_path = None
 
-  def __init__(self, *, name: str, version: str, folders: Mapping[str, Sequence[Path]],
-               channels: int, data_dir: str | os.PathLike | None):
+  def __init__(
+    self,
+    *,
+    name: str,
+    version: str,
+    folders: Mapping[str, Sequence[Path]],
+    channels: int,
+    data_dir: str | os.PathLike | None,
+  ):
     self.name = name
     self.VERSION = tfds.core.Version(version)  # pylint: disable=invalid-name
     self._folders = folders
@@ -58,9 +66,14 @@ class ImageFolders(  # type: ignore[call-arg]
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = tfds.features.FeaturesDict(
-        {"image": tfds.features.Image(shape=(None, None, self._channels))})
-    return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True,
-                                 description="Folders of images, by fdrl_jax.tfds_build.")
+      {"image": tfds.features.Image(shape=(None, None, self._channels))}
+    )
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=features,
+      disable_shuffling=True,
+      description="Folders of images, by fdrl_jax.tfds_build.",
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
     del dl_manager  # nothing to download
@@ -90,9 +103,13 @@ def stored_image(file: Path, mode: str) -> Path | bytes:
     raise ValueError(f"cannot read image {file}: {err}") from err
 
 
-def build_image_folders(name: str, folders: Mapping[str, str | os.PathLike],
-                        data_dir: str | os.PathLike | None = None, *,
-                        version: str = "1.0.0") -> Path:
+def build_image_folders(
+  name: str,
+  folders: Mapping[str, str | os.PathLike],
+  data_dir: str | os.PathLike | None = None,
+  *,
+  version: str = "1.0.0",
+) -> Path:
   """Builds the tfds data set ``name:version`` with one split per folder of images.
 
   Args:
@@ -110,8 +127,10 @@ def build_image_folders(name: str, folders: Mapping[str, str | os.PathLike],
       or holds an unreadable image, or a set that is already there (nothing is overwritten).
   """
   if not re.fullmatch(NAME_PATTERN, name):
-    raise ValueError(f"tfds name {name!r} must be snake_case: a lower-case letter, then lower-case "
-                     "letters, digits or _ (e.g. my_faces)")
+    raise ValueError(
+      f"tfds name {name!r} must be snake_case: a lower-case letter, then lower-case "
+      "letters, digits or _ (e.g. my_faces)"
+    )
   if not re.fullmatch(VERSION_PATTERN, version):
     raise ValueError(f"version {version!r} must be MAJOR.MINOR.PATCH, e.g. 1.0.0")
   if not folders:
@@ -125,8 +144,9 @@ def build_image_folders(name: str, folders: Mapping[str, str | os.PathLike],
     raise ValueError(f"{target} already exists; delete it or give another --version")
   files = {split: readers.image_files(folder) for split, folder in folders.items()}
   channels = readers.folder_channels([file for split in files.values() for file in split])
-  builder = ImageFolders(name=name, version=version, folders=files, channels=channels,
-                         data_dir=root)
+  builder = ImageFolders(
+    name=name, version=version, folders=files, channels=channels, data_dir=root
+  )
   builder.download_and_prepare()
   return target
 
@@ -142,15 +162,23 @@ def parse_split(text: str) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line: prints the config flags that train on the set it builds."""
   parser = argparse.ArgumentParser(
-      prog="python -m fdrl_jax.tfds_build",
-      description="Builds a tensorflow-datasets data set (array_record) from folders of images, "
-      "one split per folder, without TensorFlow.")
+    prog="python -m fdrl_jax.tfds_build",
+    description="Builds a tensorflow-datasets data set (array_record) from folders of images, "
+    "one split per folder, without TensorFlow.",
+  )
   parser.add_argument("name", help="the data set's tfds name, snake_case, e.g. my_faces")
-  parser.add_argument("splits", nargs="+", type=parse_split, metavar="SPLIT=FOLDER",
-                      help="a split and its folder of PNG/JPEG images, e.g. train=faces/train")
-  parser.add_argument("--data_dir", default="",
-                      help="the tfds data folder (default: $TFDS_DATA_DIR or "
-                      "~/tensorflow_datasets)")
+  parser.add_argument(
+    "splits",
+    nargs="+",
+    type=parse_split,
+    metavar="SPLIT=FOLDER",
+    help="a split and its folder of PNG/JPEG images, e.g. train=faces/train",
+  )
+  parser.add_argument(
+    "--data_dir",
+    default="",
+    help="the tfds data folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+  )
   parser.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH (default: 1.0.0)")
   args = parser.parse_args(argv)
   folders = dict(args.splits)
@@ -160,8 +188,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     target = build_image_folders(args.name, folders, args.data_dir or None, version=args.version)
   except ValueError as err:
     parser.error(str(err))
-  flags = ["--config.data.name=tfds", f"--config.data.tfds_name={args.name}:{args.version}",
-           f"--config.data.data_dir={target.parent.parent.resolve()}"]
+  flags = [
+    "--config.data.name=tfds",
+    f"--config.data.tfds_name={args.name}:{args.version}",
+    f"--config.data.data_dir={target.parent.parent.resolve()}",
+  ]
   if "train" not in folders:
     flags.append(f"--config.data.train_split={args.splits[0][0]}")
   print(f"built {target} (splits: {', '.join(folders)}); train on it with {' '.join(flags)}")

@@ -30,12 +30,22 @@ import ml_dtypes
 import numpy as np
 
 # torch.<name>Storage -> numpy dtype of its elements.
-STORAGE_DTYPES = {"FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f2",
-                  "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": "i8", "IntStorage": "i4",
-                  "ShortStorage": "i2", "CharStorage": "i1", "ByteStorage": "u1",
-                  "BoolStorage": "?", "ComplexFloatStorage": "c8", "ComplexDoubleStorage": "c16"}
+STORAGE_DTYPES = {
+  "FloatStorage": "f4",
+  "DoubleStorage": "f8",
+  "HalfStorage": "f2",
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": "i8",
+  "IntStorage": "i4",
+  "ShortStorage": "i2",
+  "CharStorage": "i1",
+  "ByteStorage": "u1",
+  "BoolStorage": "?",
+  "ComplexFloatStorage": "c8",
+  "ComplexDoubleStorage": "c16",
+}
 ZIP_MAGIC = b"PK\x03\x04"  # how a zip-format torch.save file starts
-LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # the first pickle of a pre-zip torch.save file
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-zip torch.save file
 LEGACY_PROTOCOL = 1001
 
 
@@ -46,6 +56,7 @@ class _Invalid(ValueError):
 class Opaque:
   """An object of a class this reader does not rebuild: its global name, the arguments it was
   called or created with, its pickled state and any items or list entries pickled into it."""
+
   module: str = ""
   name: str = ""
   # Set by __new__: pickle's NEWOBJ creates the object without calling __init__.
@@ -88,11 +99,13 @@ def opaque_class(module: str, name: str) -> type:
 
 class StorageType(NamedTuple):
   """What ``torch.<name>Storage`` unpickles to: a marker naming the element type."""
+
   name: str
 
 
 class Storage(NamedTuple):
   """A storage named by a persistent id: its key, element dtype and number of elements."""
+
   key: str
   dtype: np.dtype
   numel: int
@@ -100,6 +113,7 @@ class Storage(NamedTuple):
 
 class TensorRef(NamedTuple):
   """A tensor as pickled: a strided view (in elements) of a storage, read after the pickle."""
+
   storage: Storage
   offset: int
   size: tuple[int, ...]
@@ -108,8 +122,12 @@ class TensorRef(NamedTuple):
 
 def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> TensorRef:
   """Stands in for ``torch._utils._rebuild_tensor_v2``."""
-  if not (isinstance(storage, Storage) and isinstance(offset, int)
-          and all(isinstance(v, int) for v in (*size, *stride)) and len(size) == len(stride)):
+  if not (
+    isinstance(storage, Storage)
+    and isinstance(offset, int)
+    and all(isinstance(v, int) for v in (*size, *stride))
+    and len(size) == len(stride)
+  ):
     raise _Invalid("a tensor in the pickle is malformed")
   return TensorRef(storage, offset, tuple(size), tuple(stride))
 
@@ -122,8 +140,12 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
 def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
   """Stands in for NumPy's scalar reconstructor (``numpy.core.multiarray.scalar``); a scalar of
   any other kind stays an :class:`Opaque` record."""
-  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) or len(
-      data) != dtype.itemsize:
+  if (
+    not isinstance(dtype, np.dtype)
+    or dtype.hasobject
+    or not isinstance(data, bytes)
+    or len(data) != dtype.itemsize
+  ):
     return opaque_class("numpy.core.multiarray", "scalar")(dtype, data)
   return np.frombuffer(data, dtype)[0]
 
@@ -143,17 +165,19 @@ def _numpy_dtype(spec: Any, *_: Any) -> np.dtype:
 
 
 SAFE_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "Size"): tuple,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): _numpy_dtype,
-    ("_codecs", "encode"): _encode,
-    ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray, ("builtins", "complex"): complex,
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+  ("torch", "Size"): tuple,
+  ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+  ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+  ("numpy", "dtype"): _numpy_dtype,
+  ("_codecs", "encode"): _encode,
+  ("builtins", "set"): set,
+  ("builtins", "frozenset"): frozenset,
+  ("builtins", "bytearray"): bytearray,
+  ("builtins", "complex"): complex,
 }
 
 
@@ -179,8 +203,13 @@ class _Unpickler(pickle.Unpickler):
 
   def persistent_load(self, pid: Any) -> Storage:
     """Maps ``("storage", type, key, location, numel[, view])`` to a :class:`Storage`."""
-    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-            and isinstance(pid[1], StorageType) and isinstance(pid[4], int)):
+    if not (
+      isinstance(pid, tuple)
+      and len(pid) in (5, 6)
+      and pid[0] == "storage"
+      and isinstance(pid[1], StorageType)
+      and isinstance(pid[4], int)
+    ):
       raise _Invalid(f"its pickle has an unknown persistent id {str(pid)[:60]}")
     if len(pid) == 6 and pid[5] is not None:
       raise _Invalid("it uses storage views (an old PyTorch format), which are not supported")
@@ -204,18 +233,21 @@ def _unpickle(unpickler: _Unpickler) -> Any:
 def _buffer(storage: Storage, data: bytes) -> np.ndarray:
   """The elements of a storage from its raw bytes, checking the length."""
   if len(data) != storage.numel * storage.dtype.itemsize:
-    raise _Invalid(f"its storage {storage.key} has {len(data)} bytes, expected "
-                   f"{storage.numel * storage.dtype.itemsize} (a truncated download?)")
+    raise _Invalid(
+      f"its storage {storage.key} has {len(data)} bytes, expected "
+      f"{storage.numel * storage.dtype.itemsize} (a truncated download?)"
+    )
   return np.frombuffer(data, storage.dtype)
 
 
 def _read_zip(archive: zipfile.ZipFile) -> tuple[Any, dict[str, np.ndarray]]:
   """The unpickled object and storage buffers of a zip-format ``torch.save`` file."""
-  pickles = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"
-             and n.count("/") == 1]
+  pickles = [
+    n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl" and n.count("/") == 1
+  ]
   if len(pickles) != 1:
     raise _Invalid("it is a zip archive but not a torch.save file (no <archive>/data.pkl)")
-  prefix = pickles[0][:-len("data.pkl")]
+  prefix = pickles[0][: -len("data.pkl")]
   byteorder = "<"
   if prefix + "byteorder" in archive.namelist():
     byteorder = "<" if archive.read(prefix + "byteorder").strip() == b"little" else ">"
@@ -267,8 +299,9 @@ def _array(ref: TensorRef, buffers: dict[str, np.ndarray]) -> np.ndarray:
   last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
   if ref.offset < 0 or min(ref.stride, default=0) < 0 or last >= len(buffer):
     raise _Invalid(f"a tensor of shape {ref.size} reaches outside its storage {ref.storage.key}")
-  view = np.lib.stride_tricks.as_strided(buffer[ref.offset:], ref.size,
-                                         [s * buffer.itemsize for s in ref.stride])
+  view = np.lib.stride_tricks.as_strided(
+    buffer[ref.offset :], ref.size, [s * buffer.itemsize for s in ref.stride]
+  )
   return view.astype(dtype)
 
 
@@ -331,8 +364,9 @@ def load(path: str) -> Any:
   except _Invalid as e:
     raise ValueError(f"{path} is not a readable torch.save file: {e}") from None
   except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as e:
-    raise ValueError(f"{path} is not a readable torch.save file: its zip archive is damaged "
-                     f"({type(e).__name__})") from None
+    raise ValueError(
+      f"{path} is not a readable torch.save file: its zip archive is damaged ({type(e).__name__})"
+    ) from None
   except OSError as e:
     raise ValueError(f"cannot read {path} ({e.strerror or e})") from None
 
@@ -359,7 +393,7 @@ def state_dict(obj: Any, path: str, what: str = "a state_dict") -> dict[str, np.
 def strip_prefix(state: dict[str, np.ndarray], prefix: str = "module.") -> dict[str, np.ndarray]:
   """The ``state_dict`` without ``prefix`` (DataParallel's ``module.``) where every name has it."""
   if state and all(name.startswith(prefix) for name in state):
-    return {name[len(prefix):]: value for name, value in state.items()}
+    return {name[len(prefix) :]: value for name, value in state.items()}
   return dict(state)
 
 
@@ -373,15 +407,22 @@ def multivariate_normal(obj: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
   Raises:
     ValueError: one line if ``obj`` is not such a distribution.
   """
-  if not (isinstance(obj, Opaque) and obj.name == "MultivariateNormal"
-          and isinstance(obj.state, dict) and isinstance(obj.state.get("loc"), np.ndarray)):
-    raise ValueError(f"{path} holds a pickled {describe(obj)}, not a torch.distributions."
-                     "MultivariateNormal")
+  if not (
+    isinstance(obj, Opaque)
+    and obj.name == "MultivariateNormal"
+    and isinstance(obj.state, dict)
+    and isinstance(obj.state.get("loc"), np.ndarray)
+  ):
+    raise ValueError(
+      f"{path} holds a pickled {describe(obj)}, not a torch.distributions.MultivariateNormal"
+    )
   state = obj.state
   loc = np.asarray(state["loc"], np.float64)
   if loc.ndim != 1:
-    raise ValueError(f"{path}: the MultivariateNormal has a batch shape {loc.shape[:-1]}; one "
-                     "distribution is needed")
+    raise ValueError(
+      f"{path}: the MultivariateNormal has a batch shape {loc.shape[:-1]}; one "
+      "distribution is needed"
+    )
   for key in ("_unbroadcasted_scale_tril", "scale_tril"):
     if isinstance(state.get(key), np.ndarray):
       tril = np.asarray(state[key], np.float64)
@@ -392,9 +433,11 @@ def multivariate_normal(obj: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
       tril = np.linalg.cholesky(np.asarray(state["covariance_matrix"], np.float64))
     except np.linalg.LinAlgError:
-      raise ValueError(f"{path}: the MultivariateNormal's covariance is not positive "
-                       "definite") from None
+      raise ValueError(
+        f"{path}: the MultivariateNormal's covariance is not positive definite"
+      ) from None
   if tril.shape != (loc.size, loc.size):
-    raise ValueError(f"{path}: the MultivariateNormal's scale has shape {tril.shape}, its mean "
-                     f"{loc.shape}")
+    raise ValueError(
+      f"{path}: the MultivariateNormal's scale has shape {tril.shape}, its mean {loc.shape}"
+    )
   return loc, np.tril(tril)

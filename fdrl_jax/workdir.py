@@ -48,11 +48,15 @@ def parse_config(text: str, path: str) -> dict:
   try:
     saved = json.loads(text)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                     "repair it (`--mode=config` prints a config as JSON).") from None
+    raise ValueError(
+      f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+      "repair it (`--mode=config` prints a config as JSON)."
+    ) from None
   if not isinstance(saved, dict):
-    raise ValueError(f"{path} holds a JSON {type(saved).__name__}, not a config (an object of "
-                     "sections); repair it (`--mode=config` prints a config as JSON).")
+    raise ValueError(
+      f"{path} holds a JSON {type(saved).__name__}, not a config (an object of "
+      "sections); repair it (`--mode=config` prints a config as JSON)."
+    )
   return saved
 
 
@@ -65,8 +69,13 @@ def _config_path(workdir: str) -> epath.Path:
   return files.as_path(workdir) / "config.json"
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bool,
-                  unrelated_sections: tuple[str, ...] = ()) -> str:
+def check_workdir(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  *,
+  create: bool,
+  unrelated_sections: tuple[str, ...] = (),
+) -> str:
   """Refuses a workdir that is a file, unwritable, or written by an incompatible config; with
   ``create``, makes the folder (training commits ``config.json`` once its first step has run:
   ``write_config``). Returns the absolute path or the URI. The config's numbers are range-checked
@@ -97,18 +106,21 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict, *, create: bo
     diff = config_differences(old, new, skip=(*RESUMABLE_CHANGES, *unrelated_sections))
     if diff:
       raise ValueError(
-          f"--workdir {workdir} was written by a different config ({'; '.join(diff)}); use a "
-          f"new --workdir, or the config in {path}.")
+        f"--workdir {workdir} was written by a different config ({'; '.join(diff)}); use a "
+        f"new --workdir, or the config in {path}."
+      )
   elif not create:
     raise ValueError(f"--workdir {workdir} holds no run (no config.json); train there first.")
   return workdir
 
 
-def config_differences(old: dict, new: dict, *, skip: tuple[str, ...] = (), limit: int = 6
-                       ) -> list[str]:
+def config_differences(
+  old: dict, new: dict, *, skip: tuple[str, ...] = (), limit: int = 6
+) -> list[str]:
   """``"key: OLD in the workdir, NEW now"`` for each config key (``section.name``) whose value
   differs between ``old`` (a workdir's config) and ``new``, sections in ``skip`` left out; at most
   ``limit`` of them, then how many more."""
+
   def flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
@@ -118,11 +130,16 @@ def config_differences(old: dict, new: dict, *, skip: tuple[str, ...] = (), limi
         out[f"{prefix}{key}"] = value
     return out
 
-  a, b = flat({k: v for k, v in old.items() if k not in skip}), flat(
-      {k: v for k, v in new.items() if k not in skip})
+  a, b = (
+    flat({k: v for k, v in old.items() if k not in skip}),
+    flat({k: v for k, v in new.items() if k not in skip}),
+  )
   keys = sorted(k for k in set(a) | set(b) if a.get(k, "(absent)") != b.get(k, "(absent)"))
-  lines = [f"{k}: {json.dumps(a.get(k, '(absent)'))} in the workdir, "
-           f"{json.dumps(b.get(k, '(absent)'))} now" for k in keys[:limit]]
+  lines = [
+    f"{k}: {json.dumps(a.get(k, '(absent)'))} in the workdir, "
+    f"{json.dumps(b.get(k, '(absent)'))} now"
+    for k in keys[:limit]
+  ]
   if len(keys) > limit:
     lines.append(f"and {len(keys) - limit} more keys")
   return lines
@@ -165,11 +182,13 @@ def log_error(workdir: str, error: BaseException) -> str:
   """Appends ``error``'s full trace to ``WORKDIR/errors.log`` (the terminal gets one line);
   returns ``"; details in PATH"``, or ``""`` where the log cannot be written (a full disk)."""
   import traceback
+
   path = join(workdir, ERROR_LOG)
   stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
   try:
-    files.append_line(path, f"--- {stamp} pid {os.getpid()}\n" + "".join(
-        traceback.format_exception(error)).rstrip())
+    files.append_line(
+      path, f"--- {stamp} pid {os.getpid()}\n" + "".join(traceback.format_exception(error)).rstrip()
+    )
   except OSError:
     return ""
   return f"; details in {path}"
@@ -189,6 +208,7 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
   replaces by one line. Local workdirs, main thread only; elsewhere a no-op."""
   import gc
   import threading
+
   if files.is_uri(workdir) or threading.current_thread() is not threading.main_thread():
     yield
     return
@@ -222,8 +242,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(parse_config(path.read_text(), os.fspath(path)))
 
 
-def checkpoint_manager(workdir: str, keep: int, *, read_only: bool = False
-                       ) -> ocp.CheckpointManager:
+def checkpoint_manager(
+  workdir: str, keep: int, *, read_only: bool = False
+) -> ocp.CheckpointManager:
   """The Orbax manager of ``WORKDIR/checkpoints``. The trainer (who holds the workdir's lock)
   saves, keeps the last ``keep`` and clears the temporary folders of a killed or failed save; a
   reader
@@ -241,9 +262,9 @@ def checkpoint_manager(workdir: str, keep: int, *, read_only: bool = False
     # Synchronous saves: a failed write (a full disk) is caught at its step, in one line, instead
     # of surfacing steps later from Orbax's background threads. A save of the paper's ResNet state
     # (parameters, EMA, Adam moments) is tens of MB, small beside the steps between saves.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True,
-                                           enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False
+    )
   return ocp.CheckpointManager(files.as_path(workdir) / "checkpoints", options=options)
 
 
@@ -260,8 +281,10 @@ def _holder(workdir: str) -> dict | None:
 def _describe(holder: dict | None) -> str:
   if not holder:
     return "another process"
-  return (f"process {holder.get('pid')} on {holder.get('host')} (started "
-          f"{holder.get('started')}: {holder.get('command')})")
+  return (
+    f"process {holder.get('pid')} on {holder.get('host')} (started "
+    f"{holder.get('started')}: {holder.get('command')})"
+  )
 
 
 @contextlib.contextmanager
@@ -274,8 +297,12 @@ def training_lock(workdir: str) -> Iterator[None]:
   locks: there the user keeps to one trainer."""
   if files.is_uri(workdir):
     if parallel.is_writer():
-      print(f"warning: {workdir} is on an object store, where no lock keeps a second trainer "
-            "out; run one trainer per workdir.", file=sys.stderr, flush=True)
+      print(
+        f"warning: {workdir} is on an object store, where no lock keeps a second trainer "
+        "out; run one trainer per workdir.",
+        file=sys.stderr,
+        flush=True,
+      )
     yield
     return
   lock = filelock.FileLock(os.path.join(workdir, LOCK_FILE), timeout=0)
@@ -285,9 +312,10 @@ def training_lock(workdir: str) -> Iterator[None]:
       lock.acquire()
     except filelock.Timeout:
       raise ValueError(
-          f"--workdir {workdir} is being trained by {_describe(_holder(workdir))}; two trainers "
-          "would overwrite each other's checkpoints. Wait for it or stop it, or train in another "
-          "--workdir (sample / eval / figure may run beside it).") from None
+        f"--workdir {workdir} is being trained by {_describe(_holder(workdir))}; two trainers "
+        "would overwrite each other's checkpoints. Wait for it or stop it, or train in another "
+        "--workdir (sample / eval / figure may run beside it)."
+      ) from None
 
   parallel.check_on_writer(acquire)
   if not parallel.is_writer():
@@ -296,16 +324,23 @@ def training_lock(workdir: str) -> Iterator[None]:
   try:
     stale = _holder(workdir)
     if stale:
-      print(f"warning: took over the lock of {workdir} from {_describe(stale)}, which ended "
-            "without releasing it.", file=sys.stderr, flush=True)
-    files.write_json(os.path.join(workdir, HOLDER_FILE), {
-        "host": files.host_name(), "pid": os.getpid(),
+      print(
+        f"warning: took over the lock of {workdir} from {_describe(stale)}, which ended "
+        "without releasing it.",
+        file=sys.stderr,
+        flush=True,
+      )
+    files.write_json(
+      os.path.join(workdir, HOLDER_FILE),
+      {
+        "host": files.host_name(),
+        "pid": os.getpid(),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python -m fdrl_jax.main " + " ".join(sys.argv[1:])})
+        "command": "python -m fdrl_jax.main " + " ".join(sys.argv[1:]),
+      },
+    )
     yield
   finally:
     with contextlib.suppress(OSError):
       os.unlink(os.path.join(workdir, HOLDER_FILE))
     lock.release()
-
-
