@@ -215,7 +215,7 @@ def main(argv: list[str]) -> None:
   cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in cluster) and not _DISTRIBUTED.value:
     _fail("--coordinator_address, --num_processes and --process_id need --distributed.")
-  from fdrl_jax import modes, parallel, registry, stops  # flag errors are reported before JAX
+  from fdrl_jax import modes, parallel, registry, stops, workdir  # flag errors come before JAX
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO
   options = modes.Options(
@@ -231,14 +231,13 @@ def main(argv: list[str]) -> None:
     if _DISTRIBUTED.value:
       parallel.initialize_distributed(*cluster)
     mode(_CONFIG.value, _workdir(), options)
+    workdir.quiet_late_reports()  # the output is complete: late library noise goes to errors.log
   except modes.ResultNotWritten as e:
     print(json.dumps(e.result, indent=2))  # the evaluation's numbers, then why they are not saved
     _fail(str(e))
   except ValueError as e:
     _fail(str(e))
   except OSError as e:  # a write that failed after the checks: a full disk, a file-size limit
-    from fdrl_jax import workdir
-
     where = workdir.log_error(_workdir(), e) if os.path.isdir(_workdir()) else ""
     _fail(
       f"could not write {e.filename or 'a file'}: {e.strerror or e}. Nothing written "
@@ -246,6 +245,7 @@ def main(argv: list[str]) -> None:
     )
   except stops.TrainingInterrupted as e:
     print(str(e), file=sys.stderr)
+    workdir.quiet_late_reports()
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
     print(

@@ -194,10 +194,36 @@ def log_error(workdir: str, error: BaseException) -> str:
   return f"; details in {path}"
 
 
-def await_failed_callbacks() -> None:
+# errors.log of the workdirs where an Orbax read or write failed in this process: TensorStore's
+# callbacks of the failure can still report ("Event loop is closed") as the process ends.
+_LATE_REPORTS: list[str] = []
+
+
+def quiet_late_reports() -> None:
+  """Sends what the process still writes to its standard error once the user's output is done
+  (TensorStore's late callbacks of a failed read, at exit) to ``errors.log``, not the terminal;
+  nothing to do where no Orbax failure happened."""
+  if _LATE_REPORTS:
+    sys.stderr.flush()
+    os.dup2(os.open(_LATE_REPORTS[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), 2)
+
+
+def await_failed_callbacks(capture=None) -> None:
   """Waits for TensorStore's callbacks of a failed read or write, so that they report while the
-  standard error is still captured (``stderr_to_log``), not later on the terminal."""
+  standard error is still captured (``stderr_to_log``), not later on the terminal: one second,
+  and, given the ``capture`` file, on until it has not grown for half a second (at most 5 s: a
+  loaded machine runs the callbacks late)."""
   time.sleep(1.0)
+  if capture is None:
+    return
+  size, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 4.0
+  while time.monotonic() < deadline:
+    now = os.fstat(capture.fileno()).st_size
+    if now != size:
+      size, quiet_since = now, time.monotonic()
+    elif time.monotonic() - quiet_since >= 0.5:
+      return
+    time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -222,7 +248,7 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
       failed = False
     finally:
       if failed:
-        await_failed_callbacks()
+        await_failed_callbacks(capture)
       gc.collect()  # futures that failed unobserved report themselves when collected
       sys.stderr.flush()
       os.dup2(saved, 2)
@@ -232,6 +258,8 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
       if failed and text:  # what a success printed is Orbax's routine warnings
         with contextlib.suppress(OSError):
           files.append_line(join(workdir, ERROR_LOG), text)
+      if failed:
+        _LATE_REPORTS.append(join(workdir, ERROR_LOG))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
