@@ -20,7 +20,7 @@ FLOORS = {
     3: ["features", "feature_stats", "evaluate"],
     4: ["methods"],
     5: ["checkpoints", "run_lib"],
-    6: ["loading", "figures", "modes", "import_reference", "convert_inception"],
+    6: ["loading", "figures", "figure_arrays", "modes", "import_reference", "convert_inception"],
     7: ["main", "__init__"],
 }
 FLOOR = {module: floor for floor, modules in FLOORS.items() for module in modules}
