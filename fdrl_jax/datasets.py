@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from fdrl_jax import bundled, readers, registry
+from fdrl_jax import bundled, preprocessing, readers, registry
 
 # The paper's tensorflow-datasets sets by ``data.name``: the tfds name and the preprocessing
 # (``tfds_sources.tfds_dataset``'s arguments): CIFAR10 32², CelebA center crop 140 → 64², LSUN
@@ -178,7 +178,7 @@ def labelled_images(
   *,
   seed: int = 0,
   data_dir: str | None = None,
-  max_train: int = readers.DEFAULT_MAX_FIT_SAMPLES,
+  max_train: int = preprocessing.DEFAULT_MAX_FIT_SAMPLES,
 ) -> bundled.Dataset:
   """Labelled images (``train_labels``, ``test_labels``): the bundled digits (the split fixed by
   ``seed``) or a tfds preset with labels (``mnist``, ``cifar10``: the first ``max_train`` training

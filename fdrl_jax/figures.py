@@ -15,8 +15,8 @@ Every function takes ``(config, workdir, output_path, ...)``, restores the workd
 checkpoint and flows with what ``--mode=sample`` uses: the run's sampler parts
 (``run.sampler_parts()``: prior draws, the EMA estimator's potential, the flow's ``spec`` of
 K + κ steps, η, ν, clipping). The arrays behind each picture come from pure helpers
-(``flow_snapshots``, ``interpolants``, ``flow_interpolation``, ``scores.nearest_neighbours``), so
-that tests check numbers rather than pixels.
+(``figure_arrays``: ``flow_snapshots``, ``interpolants``, ``flow_interpolation``; and
+``scores.nearest_neighbours``), so that tests check numbers rather than pixels.
 Rows × columns pictures are tiled by ``images.tile``. An existing output is never overwritten: it
 is refused up front, and the PNG created by ``files.write_new_file``.
 """
@@ -24,10 +24,9 @@ is refused up front, and the PNG created by ``files.write_new_file``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -35,8 +34,8 @@ from fdrl_jax import (
   bundled,
   datasets,
   features,
+  figure_arrays,
   files,
-  flows,
   images,
   loading,
   registry,
@@ -51,179 +50,6 @@ Array = jax.Array
 # fold_in(sample_key, step ≥ 1), --mode=sample fold_in(sample_key, 0), FD-digits' prior 1 << 30.
 FIGURE_KEY = 1 << 29
 SPACES = ("pixel", "feature")
-
-
-# ----------------------------------------------------------------------------------------------
-# Pure helpers: the arrays behind the pictures.
-
-
-def snapshot_plan(total_steps: int, num_columns: int = 10) -> tuple[int, list[int]]:
-  """Which flow steps a strip shows: ``(save_every, steps)``, steps from 0 to ``total_steps``.
-
-  If some ``save_every`` dividing ``total_steps`` gives between ``num_columns`` − 2 and
-  ``num_columns`` + 1 snapshots (8–11 for the default 10), every saved snapshot is a column, evenly
-  spaced (K + κ = 120: every 12th step, 11 columns). Otherwise the flow saves at the largest
-  divisor that still gives at least ``num_columns`` snapshots (often every step) and
-  ``num_columns`` of them, as evenly spaced as possible, are shown (K + κ = 25: steps 0, 3, 6, 8,
-  11, 14, 17, 19, 22, 25). Flows shorter than ``num_columns`` steps show every step.
-  """
-  if num_columns < 2:
-    raise ValueError(
-      f"A strip needs at least 2 columns (prior draw and sample), got {num_columns}."
-    )
-  if total_steps + 1 <= num_columns:
-    return 1, list(range(total_steps + 1))
-  divisors = [s for s in range(1, total_steps + 1) if total_steps % s == 0]
-  near = [s for s in divisors if num_columns - 2 <= total_steps // s + 1 <= num_columns + 1]
-  if near:
-    every = min(near, key=lambda s: (abs(total_steps // s + 1 - num_columns), s))
-    return every, list(range(0, total_steps + 1, every))
-  every = max(s for s in divisors if total_steps // s + 1 >= num_columns)
-  picks = np.round(np.linspace(0, total_steps // every, num_columns)).astype(int)
-  return every, [int(p) * every for p in picks]
-
-
-class Snapshots(NamedTuple):
-  """A strip's arrays: ``frames`` (R, C, ...) at flow ``steps`` (C,), from ``prior_draw`` to
-  ``final`` (R, ...)."""
-
-  frames: np.ndarray
-  steps: list[int]
-  prior_draw: np.ndarray
-  final: np.ndarray
-
-
-def _flow_parts(run: run_lib.Run) -> tuple[sampling.SamplerParts, dict]:
-  """The run's sampling pieces: its start (prior draws), potential and K + κ flow; and that flow's
-  ``flows.flow`` keywords (``FlowSpec.sampling_kwargs``)."""
-  parts = run.sampler_parts()
-  if parts is None or parts.potential is None or parts.spec is None:
-    raise ValueError(f"A --config.method={run.config.method} run has no flow from a prior.")
-  return parts, parts.spec.sampling_kwargs()
-
-
-def flow_snapshots(
-  run: run_lib.Run, state, key: Array, num_samples: int, num_columns: int = 10
-) -> Snapshots:
-  """Draws ``num_samples`` particles from the prior and flows them K + κ steps, keeping snapshots.
-
-  The key is used as the ``prior`` sampler uses it (split into prior and flow keys), so the final
-  column is the sample ``run.draw(state, key, num_samples, "prior")`` draws: the strip shows how
-  Algorithm 2's own samples came about.
-  """
-  _check_count("strip rows", num_samples)
-  parts, kwargs = _flow_parts(run)
-  save_every, steps = snapshot_plan(kwargs["num_steps"], num_columns)
-  picks = np.asarray([s // save_every for s in steps])
-
-  @jax.jit
-  def snapshots(state, key):
-    k_prior, k_flow = jax.random.split(key)
-    x0 = parts.start(state, k_prior, num_samples)
-    final, trajectory = flows.flow(
-      parts.potential(state), x0, k_flow, save_every=save_every, **kwargs
-    )
-    return x0, final, trajectory[picks]
-
-  x0, final, frames = jax.device_get(snapshots(state, key))
-  return Snapshots(frames=np.swapaxes(frames, 0, 1), steps=steps, prior_draw=x0, final=final)
-
-
-def interpolants(prior, a: Array, b: Array, num_columns: int) -> Array:
-  """Rows of ``num_columns`` points from a (R, ...) to b (R, ...) at t = 0, 1/(C−1), ..., 1.
-
-  Gaussian-type priors (with a centre μ, ``Prior.centre``): spherical interpolation around μ,
-
-      x(t) = μ + cos(tπ/2)(a − μ) + sin(tπ/2)(b − μ).
-
-  If a − μ and b − μ are independent N(0, Σ) draws, so is every x(t) − μ (cos² + sin² = 1): each
-  interpolant is a typical prior draw, as far from μ as a and b. Linear interpolation would pull
-  the middle of a row towards μ (covariance Σ/2 at t = ½), where the prior has almost no mass in
-  high dimension and the flow was never trained. Interpolants are clipped to the prior's own
-  clipping range, as its samples are. Other priors (uniform, empirical): linear interpolation
-  x(t) = (1 − t) a + t b. Either way x(0) = a and x(1) = b exactly.
-
-  Returns:
-    (R, C, ...) starting points.
-  """
-  _check_count("interpolation columns", num_columns, minimum=2)
-  t = np.linspace(0.0, 1.0, num_columns)
-  a, b = jnp.asarray(a)[:, None], jnp.asarray(b)[:, None]
-  shape = (1, num_columns) + (1,) * (a.ndim - 2)
-  mean = prior.centre()
-  if mean is None:
-    w_a, w_b = 1.0 - t, t
-  else:  # sin(π/2 (1 − t)) = cos(tπ/2), but exactly 0 and 1 at the ends in float64
-    w_a, w_b = np.sin(np.pi / 2 * (1.0 - t)), np.sin(np.pi / 2 * t)
-  weight = lambda w: jnp.asarray(w, a.dtype).reshape(shape)
-  x = weight(w_a) * a + weight(w_b) * b  # at t = 0 and 1 this is a or b exactly
-  if mean is not None:
-    x = x + weight(1.0 - w_a - w_b) * mean
-    clip = prior.clip
-    if clip is not None:
-      x = jnp.clip(x, *clip)
-  return x
-
-
-class Interpolation(NamedTuple):
-  """An interpolation figure's arrays: ``starts`` and ``flowed`` (R, C, ...); ``starts[:, 0]`` is
-  ``a``, ``starts[:, -1]`` is ``b``; ``spherical`` tells which interpolation was used."""
-
-  starts: np.ndarray
-  flowed: np.ndarray
-  a: np.ndarray
-  b: np.ndarray
-  spherical: bool
-
-
-def flow_interpolation(
-  run: run_lib.Run,
-  state,
-  key: Array,
-  num_rows: int,
-  num_columns: int = 10,
-  *,
-  a: Array | None = None,
-  b: Array | None = None,
-) -> Interpolation:
-  """Interpolates between pairs of prior draws (``interpolants``) and flows every interpolant.
-
-  Each particle is flowed on its own (``jax.vmap`` of the flow over particles) with its row's flow
-  key, so every interpolant of a row sees the same noise realisation and the row varies only
-  through its starting point. ``a`` and ``b`` (R, ...) replace the prior draws when given.
-  """
-  _check_count("interpolation rows", num_rows)
-  k_a, k_b, k_flow = jax.random.split(key, 3)
-  a = state.prior.sample(k_a, num_rows) if a is None else jnp.asarray(a)
-  b = state.prior.sample(k_b, num_rows) if b is None else jnp.asarray(b)
-  if a.shape != b.shape or a.shape[0] != num_rows:
-    raise ValueError(
-      f"Interpolation ends must both have shape ({num_rows}, ...), got {a.shape} and {b.shape}."
-    )
-  _check_count("interpolation columns", num_columns, minimum=2)
-  parts, kwargs = _flow_parts(run)
-
-  @jax.jit
-  def flow_rows(state, a, b, keys):
-    starts = interpolants(state.prior, a, b, num_columns)
-    one = lambda x0, k: flows.flow(parts.potential(state), x0[None], k, **kwargs)[0]
-    # Columns share their row's key (in_axes None): the same noise for the whole row.
-    return starts, jax.vmap(jax.vmap(one, in_axes=(0, None)))(starts, keys)
-
-  starts, flowed = flow_rows(state, a, b, jax.random.split(k_flow, num_rows))
-  starts, flowed, ends_a, ends_b = jax.device_get((starts, flowed, a, b))
-  return Interpolation(
-    starts=starts, flowed=flowed, a=ends_a, b=ends_b, spherical=state.prior.centre() is not None
-  )
-
-
-# ----------------------------------------------------------------------------------------------
-# The figures.
-
-
-def _check_count(what: str, n: int, minimum: int = 1) -> None:
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
-    raise ValueError(f"The number of {what} must be an integer >= {minimum}, got {n!r}.")
 
 
 def _prepare(
@@ -272,7 +98,7 @@ def grid(
   ``images.grid`` (⌈√N⌉ columns, ⌈N / columns⌉ rows); 2-D toy data is drawn as a 256×256
   scatter plot (red) over 2 000 training points (grey), like the training grids.
   """
-  _check_count("samples", num_samples)
+  figure_arrays.check_count("samples", num_samples)
   _prepare(config, output_path, "grid", flow=False)
   run, state, step = loading.restore_for_sampling(config, workdir)
   samples = sampling.draw(
@@ -294,12 +120,12 @@ def strip(
   num_columns: int = 10,
 ) -> str:
   """FDRL Fig. 6: ``num_samples`` particles (rows) from their prior draw (first column) through
-  the K + κ flow steps to the final sample (last column); ``snapshot_plan`` picks the steps
-  shown (8–11 columns by default). Image data only."""
-  _check_count("strip rows", num_samples)
+  the K + κ flow steps to the final sample (last column); ``figure_arrays.snapshot_plan`` picks
+  the steps shown (8–11 columns by default). Image data only."""
+  figure_arrays.check_count("strip rows", num_samples)
   _prepare(config, output_path, "strip")
   run, state, step = run_lib.restore_latest(config, workdir)
-  snaps = flow_snapshots(run, state, _key(run, 1), num_samples, num_columns)
+  snaps = figure_arrays.flow_snapshots(run, state, _key(run, 1), num_samples, num_columns)
   return _write(
     images.tile(snaps.frames), output_path, "flow steps " + " ".join(map(str, snaps.steps)), step
   )
@@ -317,13 +143,14 @@ def interpolation(
 
   Gaussian-type priors are interpolated spherically around their mean μ,
   x(t) = μ + cos(tπ/2)(a − μ) + sin(tπ/2)(b − μ), so that every interpolant is still a typical
-  prior draw; uniform and empirical priors linearly (see ``interpolants``). Every interpolant of a
-  row is flowed K + κ steps with the same noise (``flow_interpolation``). Image data only.
+  prior draw; uniform and empirical priors linearly (see ``figure_arrays.interpolants``). Every
+  interpolant of a row is flowed K + κ steps with the same noise
+  (``figure_arrays.flow_interpolation``). Image data only.
   """
-  _check_count("interpolation rows", num_samples)
+  figure_arrays.check_count("interpolation rows", num_samples)
   _prepare(config, output_path, "interpolation")
   run, state, step = run_lib.restore_latest(config, workdir)
-  result = flow_interpolation(run, state, _key(run, 2), num_samples, num_columns)
+  result = figure_arrays.flow_interpolation(run, state, _key(run, 2), num_samples, num_columns)
   return _write(images.tile(result.flowed), output_path, "flowed interpolants, row by row", step)
 
 
@@ -351,8 +178,8 @@ def neighbours(
   are the first ones ``--mode=sample`` draws; training images are ``training_images(run)``. Image
   data only.
   """
-  _check_count("samples", num_samples)
-  _check_count("neighbours", k)
+  figure_arrays.check_count("samples", num_samples)
+  figure_arrays.check_count("neighbours", k)
   registry.lookup(dict.fromkeys(SPACES), space, "--space")
   _prepare(config, output_path, "neighbours", flow=False)
   if space == "feature":
@@ -378,13 +205,15 @@ def classes(
   classifier in ``sampling.classifier_workdir``, guided with weight ``sampling.classifier_weight``
   (``sampling.conditional_sampler``, the classifier read by ``loading.load_classifier``; every
   row is drawn with the same key)."""
-  _check_count("samples per class", num_samples)
+  figure_arrays.check_count("samples per class", num_samples)
   _prepare(config, output_path, "classes")
   run, state, step = run_lib.restore_latest(config, workdir_path)
   guide = loading.load_classifier(
     config.sampling.classifier_workdir, event_shape=run.dataset.event_shape
   )
-  for_class, num_classes = sampling.conditional_sampler(_flow_parts(run)[0], guide, run.mesh)
+  for_class, num_classes = sampling.conditional_sampler(
+    figure_arrays.flow_parts(run)[0], guide, run.mesh
+  )
   weight = config.sampling.classifier_weight
   rows = [
     for_class(label, weight).sample(state, _key(run, 3), num_samples)
@@ -408,7 +237,7 @@ def translation(
   """Unpaired translation (FDRL Sec. 6.5): ``num_samples`` pairs in columns, the source above its
   translation, the sources from ``inputs`` (an .npz or folder, as ``--mode=translate`` reads it)
   or else the run's held-out source images."""
-  _check_count("translation rows", num_samples)
+  figure_arrays.check_count("translation rows", num_samples)
   _prepare(config, output_path, "translation")
   run, state, step = run_lib.restore_latest(config, workdir_path)
   if inputs:

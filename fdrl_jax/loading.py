@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fdrl_jax import classifier, readers, run_lib, sampling, workdir as workdirs
+from fdrl_jax import classifier, preprocessing, readers, run_lib, sampling, workdir as workdirs
 
 Array = jax.Array
 
@@ -178,7 +178,7 @@ def read_images(
       resize_first=d.resize_first or None,
       stretch=d.stretch,
     )
-    x = readers.load_all(len(files), load)
+    x = preprocessing.load_all(len(files), load)
   elif os.path.isfile(path) and path.endswith(".npz"):
     with readers.open_npz(path) as arrays:
       x = readers.npz_images(arrays, "x", path)

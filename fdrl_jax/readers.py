@@ -1,21 +1,18 @@
-"""Image readers: folders of PNG/JPEG files and .npz arrays as ``bundled.Dataset``, and the
-pieces every image source shares (preprocessing, lazy decoding of big splits).
+"""Image files as ``bundled.Dataset``: folders of PNG/JPEG files and .npz arrays.
 
-Every builder returns NHWC float32 images in [-1, 1] (uint8 pixels mapped by x/127.5 − 1). The
-tensorflow-datasets splits are read by ``tfds_sources`` through the same preprocessing.
+Every builder returns NHWC float32 images in [-1, 1] (uint8 pixels mapped by x/127.5 − 1),
+preprocessed and decoded (whole, or lazily for a big folder) by ``preprocessing``, as the
+tensorflow-datasets splits of ``tfds_sources`` are.
 
 * ``folder_dataset``: every .png/.jpg/.jpeg under a folder (recursively, sorted). Grey when every
   image of the folder (and of its test folder) is greyscale, (H, W, 1); otherwise, colour or
-  mixed, every image is converted to RGB. ``CAT2DOG_PREPROCESSING`` is the paper's resize 84 →
-  center crop 64, used on each folder of the Cat2dog layout:
+  mixed, every image is converted to RGB. ``preprocessing.CAT2DOG_PREPROCESSING`` is the paper's
+  resize 84 → center crop 64, used on each folder of the Cat2dog layout:
   ``folder_dataset(root / "trainA", test_path=root / "testA", **CAT2DOG_PREPROCESSING)``.
 * ``npz_dataset``: an NHWC array in an .npz file, float in [-1, 1] or uint8 in 0..255.
 
-Memory: a split or a folder with at most ``max_fit_samples`` examples is decoded whole into
-``Dataset.train``. A bigger one keeps ``train=None`` and ``sample`` decodes only the n examples it
-draws; ``bundled.fit_samples(dataset, n, seed)`` then fits the prior on n distinct random training
-examples (raise ``max_fit_samples`` to the split size to fit on all of them, as the paper does).
-Either way ``sample`` draws the same indices, so ``bundled.get_batch`` gives the same batches.
+Memory: a folder with at most ``max_fit_samples`` images is decoded whole into ``Dataset.train``
+(so a corrupt file fails at once); a bigger one is decoded on demand (``indexed_dataset``).
 """
 
 from __future__ import annotations
@@ -32,114 +29,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageMode
 
-from fdrl_jax.bundled import BatchFn, Dataset, rows_batch_fn
-
-Loader = Callable[[int], np.ndarray]
+from fdrl_jax.bundled import Dataset, rows_batch_fn
+from fdrl_jax.preprocessing import (
+  DEFAULT_MAX_FIT_SAMPLES,
+  Loader,
+  indexed_dataset,
+  load_all,
+  preprocess,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-RESAMPLE = Image.Resampling.BILINEAR  # Pillow's resize is antialiased when it downscales.
-DEFAULT_MAX_FIT_SAMPLES = 10_000
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError)
 IMAGE_MODES = {1: "L", 3: "RGB"}  # Pillow mode of images with 1 or 3 channels
-
-CAT2DOG_PREPROCESSING: dict[str, int] = {"resize_first": 84, "center_crop": 64, "image_size": 64}
-
-
-def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
-  """Resizes an image so that its shorter side is ``size`` pixels, keeping the aspect ratio."""
-  width, height = image.size
-  scale = size / min(width, height)
-  if scale == 1:
-    return image
-  new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-  return image.resize(new_size, RESAMPLE)
-
-
-def crop_center(image: Image.Image, size: int) -> Image.Image:
-  """Crops the central size×size square of an image.
-
-  Raises:
-    ValueError: if the image is smaller than ``size`` on either side.
-  """
-  width, height = image.size
-  if min(width, height) < size:
-    raise ValueError(f"cannot center-crop {size}×{size} pixels from a {width}×{height} image")
-  left, top = (width - size) // 2, (height - size) // 2
-  return image.crop((left, top, left + size, top + size))
-
-
-def preprocess(
-  pixels: np.ndarray,
-  *,
-  image_size: int,
-  center_crop: int | None = None,
-  resize_first: int | None = None,
-  stretch: bool = False,
-) -> np.ndarray:
-  """Maps uint8 pixels (H, W, C) to a float32 (image_size, image_size, C) image in [-1, 1].
-
-  The steps, in order: resize the shorter side to ``resize_first`` (if given); center-crop a
-  ``center_crop`` square (if given); resize the shorter side to ``image_size`` and center-crop an
-  ``image_size`` square (a plain resize for square images, nothing for ones already that size).
-  With ``stretch`` the last step resizes both sides to ``image_size`` instead, squeezing a
-  non-square image whole into the square (the reference's LSUN ``Resize((128, 128))``).
-  """
-  channels = pixels.shape[-1]
-  image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
-  if resize_first:
-    image = resize_shorter_side(image, resize_first)
-  if center_crop:
-    image = crop_center(image, center_crop)
-  if stretch:
-    image = (
-      image
-      if image.size == (image_size, image_size)
-      else image.resize((image_size, image_size), RESAMPLE)
-    )
-  else:
-    image = crop_center(resize_shorter_side(image, image_size), image_size)
-  return np.asarray(image, np.float32).reshape(image_size, image_size, channels) / 127.5 - 1.0
-
-
-def load_all(num_examples: int, load: Loader) -> np.ndarray:
-  """Decodes examples 0..num_examples−1 into one array."""
-  return np.stack([load(i) for i in range(num_examples)])
-
-
-def index_batch_fn(num_examples: int, load: Loader) -> BatchFn:
-  """Returns a batch function decoding n distinct random examples on demand, as rows_batch_fn
-  draws them."""
-
-  def sample(rng: np.random.Generator, n: int, rows: slice = slice(None)) -> np.ndarray:
-    if n > num_examples:
-      raise ValueError(f"cannot draw {n} distinct examples from a training split of {num_examples}")
-    return np.stack([load(int(i)) for i in rng.choice(num_examples, size=n, replace=False)[rows]])
-
-  return sample
-
-
-def indexed_dataset(
-  name: str, num_examples: int, load: Loader, *, max_fit_samples: int, test: np.ndarray | None
-) -> Dataset:
-  """Builds an image Dataset over examples decoded by ``load``: in memory if few, else lazily."""
-  if num_examples <= max_fit_samples:
-    train = load_all(num_examples, load)
-    return Dataset(
-      name=name,
-      event_shape=train.shape[1:],
-      is_image=True,
-      sample=rows_batch_fn(train),
-      test=test,
-      train=train,
-    )
-  return Dataset(
-    name=name,
-    event_shape=load(0).shape,
-    is_image=True,
-    sample=index_batch_fn(num_examples, load),
-    test=test,
-    num_train=num_examples,
-  )
 
 
 def first_line(err: Exception) -> str:

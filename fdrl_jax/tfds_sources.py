@@ -2,8 +2,8 @@
 format (a catalogue set, or one's own, e.g. built by ``fdrl_jax.tfds_build``), read through
 ``tfds.data_source`` (random access, decoded with pillow, no TensorFlow at read time); the
 channels are the image feature's (1 or 3). The paper's presets (their names and preprocessing) are
-``datasets.TFDS_PRESETS``. Images are preprocessed and decoded (whole or lazily) as ``readers``
-does for folders.
+``datasets.TFDS_PRESETS``. Images are preprocessed and decoded (whole or lazily) by
+``preprocessing``, as ``readers`` does for folders.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fdrl_jax.bundled import Dataset
-from fdrl_jax.readers import (
+from fdrl_jax.preprocessing import (
   DEFAULT_MAX_FIT_SAMPLES,
-  IMAGE_MODES,
   Loader,
-  first_line,
   indexed_dataset,
   load_all,
   preprocess,
 )
+from fdrl_jax.readers import IMAGE_MODES, first_line
 
 DEFAULT_MAX_TEST_SAMPLES = 10_000
 MISSING_TFDS_ERRORS = (NotImplementedError, KeyError, FileNotFoundError, AssertionError)

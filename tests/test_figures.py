@@ -15,7 +15,7 @@ import scipy.linalg
 from PIL import Image
 
 from configs import toy2d
-from fdrl_jax import features, figures, images, priors, run_lib, scores
+from fdrl_jax import features, figure_arrays, figures, images, priors, run_lib, scores
 from helpers import TINY_FLAGS, cli, tiny_digits_config
 
 CELL = 33  # 8 pixels × 4 + a 1-pixel border
@@ -52,18 +52,18 @@ def test_grid_png_layout(trained, tmp_path):
 
 
 def test_snapshot_plan():
-  assert figures.snapshot_plan(120) == (12, list(range(0, 121, 12)))  # 11 columns
-  assert figures.snapshot_plan(20) == (2, list(range(0, 21, 2)))
-  assert figures.snapshot_plan(25) == (1, [0, 3, 6, 8, 11, 14, 17, 19, 22, 25])
-  assert figures.snapshot_plan(3) == (1, [0, 1, 2, 3])
+  assert figure_arrays.snapshot_plan(120) == (12, list(range(0, 121, 12)))  # 11 columns
+  assert figure_arrays.snapshot_plan(20) == (2, list(range(0, 21, 2)))
+  assert figure_arrays.snapshot_plan(25) == (1, [0, 3, 6, 8, 11, 14, 17, 19, 22, 25])
+  assert figure_arrays.snapshot_plan(3) == (1, [0, 1, 2, 3])
   with pytest.raises(ValueError, match="at least 2 columns"):
-    figures.snapshot_plan(10, 1)
+    figure_arrays.snapshot_plan(10, 1)
 
 
 def test_strip_runs_from_the_prior_draw_to_algorithm_2s_sample(trained, tmp_path):
   config, workdir, run, state = trained
   key = jax.random.key(3)
-  snaps = figures.flow_snapshots(run, state, key, 3)
+  snaps = figure_arrays.flow_snapshots(run, state, key, 3)
   assert snaps.steps == [0, 1, 2, 3] and snaps.frames.shape == (3, 4, 8, 8, 1)
   np.testing.assert_array_equal(snaps.frames[:, 0], snaps.prior_draw)
   np.testing.assert_array_equal(snaps.frames[:, -1], snaps.final)
@@ -82,7 +82,8 @@ def test_interpolants_end_at_a_and_b_and_stay_typical(trained):
   prior = state.prior.replace(clip=None)  # unclipped: exactly Gaussian, to test the statistics
   ka, kb = jax.random.split(jax.random.key(0))
   a, b = prior.sample(ka, 400), prior.sample(kb, 400)
-  interpolants = jax.jit(figures.interpolants, static_argnums=3)  # one compilation, not per op
+  # One compilation, not per op.
+  interpolants = jax.jit(figure_arrays.interpolants, static_argnums=3)
   x = np.asarray(interpolants(prior, a, b, 5))
   np.testing.assert_array_equal(x[:, 0], a)
   np.testing.assert_array_equal(x[:, -1], b)
@@ -106,14 +107,14 @@ def test_interpolants_end_at_a_and_b_and_stay_typical(trained):
 
 def test_interpolation_rows_share_their_noise(trained, tmp_path):
   config, workdir, run, state = trained
-  result = figures.flow_interpolation(run, state, jax.random.key(5), 2, 4)
+  result = figure_arrays.flow_interpolation(run, state, jax.random.key(5), 2, 4)
   assert result.spherical and result.starts.shape == result.flowed.shape == (2, 4, 8, 8, 1)
   np.testing.assert_array_equal(result.starts[:, 0], result.a)
   np.testing.assert_array_equal(result.starts[:, -1], result.b)
   # Both ends at the prior mean: every start is μ, so with the row's one noise draw every column
   # flows to the same point, while the two rows (two noise draws) differ.
   mean = np.broadcast_to(state.prior.centre(), result.a.shape)
-  same = figures.flow_interpolation(run, state, jax.random.key(5), 2, 4, a=mean, b=mean)
+  same = figure_arrays.flow_interpolation(run, state, jax.random.key(5), 2, 4, a=mean, b=mean)
   np.testing.assert_allclose(same.starts, np.broadcast_to(mean[:, None], same.starts.shape),
                              atol=1e-6)
   np.testing.assert_allclose(same.flowed, np.broadcast_to(same.flowed[:, :1], same.flowed.shape),

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from fdrl_jax.bundled import fit_samples, get_batch
-from fdrl_jax.readers import (CAT2DOG_PREPROCESSING, folder_dataset, indexed_dataset, npz_dataset,
-                              preprocess)
+from fdrl_jax.preprocessing import CAT2DOG_PREPROCESSING, indexed_dataset, preprocess
+from fdrl_jax.readers import folder_dataset, npz_dataset
 
 
 def write_images(folder, sizes, suffix, channels=3):

@@ -13,14 +13,14 @@ MAX_LINES = 400
 FLOORS = {
     0: ["registry", "conv", "divergences", "losses", "flows", "monoflow", "images", "torch_files",
         "scores", "optim", "configs"],
-    1: ["parallel", "files", "config_checks", "workdir", "metrics_log", "bundled", "readers",
-        "tfds_sources", "datasets", "models", "generators", "priors", "inception",
+    1: ["parallel", "files", "config_checks", "workdir", "metrics_log", "bundled", "preprocessing",
+        "readers", "tfds_sources", "datasets", "models", "generators", "priors", "inception",
         "inception_weights", "robust_resnet", "reference_weights", "tfds_build", "stops"],
     2: ["classifier", "sampling", "fdrl", "gan"],
     3: ["features", "feature_stats", "evaluate"],
     4: ["methods"],
     5: ["checkpoints", "run_lib"],
-    6: ["loading", "figures", "modes", "import_reference", "convert_inception"],
+    6: ["loading", "figures", "figure_arrays", "modes", "import_reference", "convert_inception"],
     7: ["main", "__init__"],
 }
 FLOOR = {module: floor for floor, modules in FLOORS.items() for module in modules}
