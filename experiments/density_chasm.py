@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw
 
 from experiments.common import argument_parser
 from fdrl_jax.configs import toy2d
-from fdrl_jax import bundled, flows, images, priors, run_lib
+from fdrl_jax import bundled, flows, images, prior_fit, run_lib
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set
 NEAR_TARGET = np.array([1.0, 1.0])         # "chasm_near" (Fig. 2a): p close to q'
@@ -196,7 +196,7 @@ def reference_points(seed: int, n: int = 500, name: str = "chasm") -> np.ndarray
   """Draws n prior particles and n data points (2n, 2), the grey background of the plots."""
   config = chasm_config(1, seed, name)
   dataset = bundled.create_dataset(name, seed=seed)
-  prior = priors.build_prior(config, bundled.fit_samples(dataset, 10_000, seed), dataset.event_shape)
+  prior = prior_fit.build_prior(config, bundled.fit_samples(dataset, 10_000, seed), dataset.event_shape)
   return np.concatenate([np.asarray(prior.sample(jax.random.key(seed), n)),
                          bundled.get_batch(dataset, seed, 0, n)])
 

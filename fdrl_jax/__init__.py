@@ -10,7 +10,7 @@ from fdrl_jax import divergences, losses, monoflow, priors
 from fdrl_jax.divergences import DIVERGENCES, flow_potential
 from fdrl_jax.flows import flow, potential_gradient
 from fdrl_jax.losses import LOSSES, bregman_loss
-from fdrl_jax.priors import fit_gaussian, fit_low_rank_gaussian
+from fdrl_jax.prior_fit import fit_gaussian, fit_low_rank_gaussian
 
 try:
   __version__ = _metadata.version("fdrl_jax")

@@ -27,7 +27,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax import optim, registry, robust_resnet, torch_files
+from fdrl_jax import optim, registry, robust_resnet, torch_objects
 from fdrl_jax.configs import cifar10_classifier
 from fdrl_jax.conv import conv_general_dilated
 
@@ -334,7 +334,7 @@ def robustness_run(ckpt: dict, source: str) -> tuple[ml_collections.ConfigDict, 
   """(config, state) of a robustness checkpoint (``robust_resnet.is_checkpoint``):
   ``configs/cifar10_classifier.py`` with its ResNet and input normalisation, fresh Adam, step 0."""
   raw = ckpt.get("model", ckpt.get("state_dict"))
-  state = torch_files.strip_prefix(torch_files.state_dict(raw, source, "its model state_dict"))
+  state = torch_objects.strip_prefix(torch_objects.state_dict(raw, source, "its model state_dict"))
   model_sd = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
   arch, width, num_classes = robust_resnet.detect(model_sd, source)
   mean, std = (

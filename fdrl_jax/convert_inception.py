@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from fdrl_jax import inception, inception_weights, torch_files
+from fdrl_jax import inception, inception_weights, torch_files, torch_objects
 
 # (module, leaf) of a state_dict name -> leaf of the .npz key.
 LEAVES: dict[tuple[str, ...], str] = {
@@ -55,7 +55,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       f"the file {path} does not exist; download pytorch-fid's "
       f"{inception.SOURCE_WEIGHTS} (its GitHub release fid_weights) first"
     )
-  return torch_files.state_dict(torch_files.load(path), path)
+  return torch_objects.state_dict(torch_files.load(path), path)
 
 
 def npz_key(name: str) -> str | None:

@@ -29,7 +29,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax import bundled, datasets, models, optim, priors, sampling
+from fdrl_jax import bundled, datasets, models, optim, prior_fit, sampling
 from fdrl_jax.divergences import flow_potential
 from fdrl_jax.flows import FlowSpec, build_flow_spec, flow
 from fdrl_jax.losses import BregmanLoss, get_loss
@@ -256,7 +256,7 @@ def init_state(
   (no fit) to restore a checkpoint into."""
   needs_data = fit or datasets.is_translation(config)  # the prior holds source images
   prior_data = datasets.prior_data(config, dataset) if needs_data else None
-  prior = priors.build_prior(config, prior_data, dataset.event_shape)
+  prior = prior_fit.build_prior(config, prior_data, dataset.event_shape)
   return create_train_state(
     create_estimator(config), optim.build_optimizer(config), prior, key, dataset.event_shape
   )

@@ -63,11 +63,13 @@ from fdrl_jax import (
   methods,
   models,
   optim,
+  prior_fit,
   priors,
   readers,
   reference_weights,
   robust_resnet,
   torch_files,
+  torch_objects,
   workdir as workdirs,
 )
 
@@ -234,7 +236,7 @@ def estimator_variables(
 
 def read_prior(path: str, shape: tuple[int, ...]) -> priors.GaussianPrior:
   """The reference's ``DATASET_ddp.pt`` as a ``GaussianPrior`` over NHWC images of ``shape``."""
-  mean, tril = torch_files.multivariate_normal(torch_files.load(path), path)
+  mean, tril = torch_objects.multivariate_normal(torch_files.load(path), path)
   d = int(np.prod(shape))
   if mean.size != d:
     raise ValueError(
@@ -259,12 +261,12 @@ def build_prior(config: ml_collections.ConfigDict, prior_path: str | None, shape
     config.prior.name = "gaussian"
     return read_prior(prior_path, shape)
   if config.prior.name in ("uniform", "normal"):
-    return priors.build_prior(config, None, shape)
+    return prior_fit.build_prior(config, None, shape)
   if datasets.is_translation(config) and not config.prior.source_path:
-    return priors.build_prior(config, np.zeros((0, *shape), np.float32), shape)
+    return prior_fit.build_prior(config, np.zeros((0, *shape), np.float32), shape)
   try:
     dataset = datasets.build_dataset(config)
-    return priors.build_prior(config, datasets.prior_data(config, dataset), shape)
+    return prior_fit.build_prior(config, datasets.prior_data(config, dataset), shape)
   except (ValueError, OSError) as e:
     reason = readers.first_line(e).split("; ")[0][:200]
     raise ValueError(
@@ -292,13 +294,13 @@ def build_state(
   config: ml_collections.ConfigDict, ckpt: dict, prior, source: str
 ) -> fdrl.TrainState:
   """The ``fdrl.TrainState`` of a reference checkpoint (weights, EMA, Adam, step, prior)."""
-  model_sd = torch_files.strip_prefix(
-    torch_files.state_dict(ckpt["model"], source, "its model state_dict")
+  model_sd = torch_objects.strip_prefix(
+    torch_objects.state_dict(ckpt["model"], source, "its model state_dict")
   )
   ema_sd = model_sd
   if config.optim.ema_decay and isinstance(ckpt.get("ema"), dict) and ckpt["ema"]:
-    ema_sd = torch_files.strip_prefix(
-      torch_files.state_dict(ckpt["ema"], source, "its EMA state_dict")
+    ema_sd = torch_objects.strip_prefix(
+      torch_objects.state_dict(ckpt["ema"], source, "its EMA state_dict")
     )
   shape = reference_shape(ckpt)
   model = fdrl.create_estimator(config)
@@ -371,8 +373,8 @@ def import_checkpoint(
   else:
     ckpt = check_checkpoint(ckpt, path)
     config = reference_config(ckpt, path)
-    model_sd = torch_files.strip_prefix(
-      torch_files.state_dict(ckpt["model"], path, "its model state_dict")
+    model_sd = torch_objects.strip_prefix(
+      torch_objects.state_dict(ckpt["model"], path, "its model state_dict")
     )
     set_width(config, model_sd, path)
     apply_overrides(config, list(overrides))

@@ -11,8 +11,8 @@ of its storage. ``collections.OrderedDict``, ``torch.Size``, NumPy scalars and d
 protocol 2's ``bytes`` are rebuilt as themselves. Every other global — an LR scheduler, a
 ``torch.distributions`` object, ``dill``'s helpers, ``os.system`` — unpickles to an inert
 :class:`Opaque` that records its name, arguments and state and is never looked up or called: a
-checkpoint that pickles a scheduler or a lambda still reads, with its tensors
-(``multivariate_normal`` reads the reference's pickled priors, ``DATASET_ddp.pt``).
+checkpoint that pickles a scheduler or a lambda still reads, with its tensors. What the objects
+mean (a ``state_dict``, a pickled ``MultivariateNormal``) is ``fdrl_jax.torch_objects``'s.
 """
 
 from __future__ import annotations
@@ -369,75 +369,3 @@ def load(path: str) -> Any:
     ) from None
   except OSError as e:
     raise ValueError(f"cannot read {path} ({e.strerror or e})") from None
-
-
-def describe(obj: Any) -> str:
-  """A short name of what an unpickled object is, for error messages."""
-  return obj.qualname if isinstance(obj, Opaque) else type(obj).__name__
-
-
-def state_dict(obj: Any, path: str, what: str = "a state_dict") -> dict[str, np.ndarray]:
-  """``obj`` checked to be a ``state_dict`` of arrays, as ``{name: array}`` in its order.
-
-  Raises:
-    ValueError: one line naming the first entry that is not a tensor.
-  """
-  if not isinstance(obj, dict):
-    raise ValueError(f"{path} holds a pickled {describe(obj)}, not {what}")
-  for name, value in obj.items():
-    if not isinstance(value, np.ndarray):
-      raise ValueError(f"{path}: {what} entry {name!r} is a {describe(value)}, not a tensor")
-  return {str(name): value for name, value in obj.items()}
-
-
-def strip_prefix(state: dict[str, np.ndarray], prefix: str = "module.") -> dict[str, np.ndarray]:
-  """The ``state_dict`` without ``prefix`` (DataParallel's ``module.``) where every name has it."""
-  if state and all(name.startswith(prefix) for name in state):
-    return {name[len(prefix) :]: value for name, value in state.items()}
-  return dict(state)
-
-
-def multivariate_normal(obj: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
-  """The mean (d,) and lower Cholesky factor (d, d) of a pickled
-  ``torch.distributions.MultivariateNormal`` (without a batch shape), in float64.
-
-  The factor is the one the distribution stored (``_unbroadcasted_scale_tril``, from which torch
-  samples), else the Cholesky factor of its ``covariance_matrix``.
-
-  Raises:
-    ValueError: one line if ``obj`` is not such a distribution.
-  """
-  if not (
-    isinstance(obj, Opaque)
-    and obj.name == "MultivariateNormal"
-    and isinstance(obj.state, dict)
-    and isinstance(obj.state.get("loc"), np.ndarray)
-  ):
-    raise ValueError(
-      f"{path} holds a pickled {describe(obj)}, not a torch.distributions.MultivariateNormal"
-    )
-  state = obj.state
-  loc = np.asarray(state["loc"], np.float64)
-  if loc.ndim != 1:
-    raise ValueError(
-      f"{path}: the MultivariateNormal has a batch shape {loc.shape[:-1]}; one "
-      "distribution is needed"
-    )
-  for key in ("_unbroadcasted_scale_tril", "scale_tril"):
-    if isinstance(state.get(key), np.ndarray):
-      tril = np.asarray(state[key], np.float64)
-      break
-  else:
-    if not isinstance(state.get("covariance_matrix"), np.ndarray):
-      raise ValueError(f"{path}: the MultivariateNormal stores no scale_tril or covariance")
-    try:
-      tril = np.linalg.cholesky(np.asarray(state["covariance_matrix"], np.float64))
-    except np.linalg.LinAlgError:
-      raise ValueError(
-        f"{path}: the MultivariateNormal's covariance is not positive definite"
-      ) from None
-  if tril.shape != (loc.size, loc.size):
-    raise ValueError(
-      f"{path}: the MultivariateNormal's scale has shape {tril.shape}, its mean {loc.shape}"
-    )
-  return loc, np.tril(tril)

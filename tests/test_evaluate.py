@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from fdrl_jax import bundled, features, priors, scores
+from fdrl_jax import bundled, features, prior_fit, scores
 
 
 def psd_sqrt(m):
@@ -63,7 +63,7 @@ def test_fd_digits_separates_real_from_prior_samples():
   assert classifier.test_accuracy > 0.9
   train_x, _, test_x, _ = bundled.digits_split(0)
   floor = features.fd_digits(train_x, test_x, classifier)
-  prior = priors.fit_gaussian(train_x)
+  prior = prior_fit.fit_gaussian(train_x)
   fake = np.asarray(prior.sample(jax.random.key(0), len(test_x)))
   assert features.fd_digits(fake, test_x, classifier) > 3 * floor
   assert features.confident_share(test_x, classifier) > 0.8

@@ -6,9 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import priors
-from fdrl_jax.priors import (EmpiricalPrior, GaussianPrior, LowRankGaussianPrior, NormalPrior,
-                             UniformPrior, fit_gaussian, fit_low_rank_gaussian)
+from fdrl_jax import prior_fit
+from fdrl_jax.prior_fit import fit_gaussian, fit_low_rank_gaussian
+from fdrl_jax.priors import (
+  EmpiricalPrior,
+  GaussianPrior,
+  LowRankGaussianPrior,
+  NormalPrior,
+  UniformPrior,
+)
 
 COV = np.array([[0.20, 0.05, 0.00], [0.05, 0.10, -0.03], [0.00, -0.03, 0.15]])
 MEAN = np.array([0.1, -0.2, 0.3])
@@ -82,7 +88,7 @@ def test_too_few_samples():
 
 
 def test_covariance_too_large_for_memory_is_refused(monkeypatch):
-  monkeypatch.setattr(priors, "_available_memory_bytes", lambda: 2**20)
+  monkeypatch.setattr(prior_fit, "_available_memory_bytes", lambda: 2**20)
   with pytest.raises(ValueError, match=r"d=3072 needs about 0\.2 GiB .* only 0\.0 GiB"):
     fit_gaussian(np.zeros((4, 32, 32, 3), np.float32))
 
@@ -193,6 +199,6 @@ def test_low_rank_bad_inputs_are_one_clear_error():
 
 
 def test_low_rank_working_memory_too_large_is_refused(monkeypatch):
-  monkeypatch.setattr(priors, "_available_memory_bytes", lambda: 2**20)
+  monkeypatch.setattr(prior_fit, "_available_memory_bytes", lambda: 2**20)
   with pytest.raises(ValueError, match=r"rank-64 .* d=49152 .* about 0\.1 GiB .* only 0\.0 GiB"):
     fit_low_rank_gaussian(np.zeros((2, 128, 128, 3), np.float32), 64, chunk_size=2)

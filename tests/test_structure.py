@@ -12,10 +12,10 @@ MAX_LINES = 400
 # The floors of docs/architecture.md: a module imports from its own floor or below.
 FLOORS = {
     0: ["registry", "conv", "divergences", "losses", "flows", "monoflow", "images", "torch_files",
-        "scores", "optim", "configs"],
+        "torch_objects", "scores", "optim", "configs"],
     1: ["parallel", "files", "config_checks", "workdir", "metrics_log", "bundled", "preprocessing",
-        "readers", "tfds_sources", "datasets", "models", "generators", "priors", "inception",
-        "inception_weights", "robust_resnet", "reference_weights", "tfds_build", "stops"],
+        "readers", "tfds_sources", "datasets", "models", "generators", "priors", "prior_fit",
+        "inception", "inception_weights", "robust_resnet", "reference_weights", "tfds_build", "stops"],
     2: ["classifier", "sampling", "fdrl", "gan"],
     3: ["features", "feature_stats", "evaluate"],
     4: ["methods"],

@@ -1,4 +1,5 @@
-"""fdrl_jax.torch_files: torch.save files (written here without torch) read back with NumPy."""
+"""fdrl_jax.torch_files / torch_objects: torch.save files (written here without torch) read back
+with NumPy, and what their objects mean."""
 
 import collections
 import os
@@ -6,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fdrl_jax import torch_files
+from fdrl_jax import torch_files, torch_objects
 from tests import torch_format
 from tests.torch_format import Call, FakeStorage, View, fake_class, fake_function, instance
 
@@ -57,9 +58,9 @@ def test_checkpoint_dict_with_nested_state_dicts_and_dtypes(tmp_path, legacy):
   assert scheduler.state["gamma"] == 0.1
   assert scheduler.state["lr_lambda"].qualname == "dill._dill._create_function"
   assert scheduler.state["lr_lambda"].args[2] == "<lambda>"
-  state = torch_files.strip_prefix(torch_files.state_dict(got["model"], path))
+  state = torch_objects.strip_prefix(torch_objects.state_dict(got["model"], path))
   assert list(state) == ["conv1.weight_orig", "conv1.weight_u", "linear.bias"]
-  assert torch_files.strip_prefix({"a": 1, "module.b": 2}) == {"a": 1, "module.b": 2}
+  assert torch_objects.strip_prefix({"a": 1, "module.b": 2}) == {"a": 1, "module.b": 2}
 
 
 def test_strided_views_and_shared_storages(tmp_path):
@@ -81,15 +82,15 @@ def test_multivariate_normal_as_dataset_setup_saves_it(tmp_path):
   dist = torch_files.load(path)
   assert dist.qualname == "torch.distributions.multivariate_normal.MultivariateNormal"
   assert dist.state["_event_shape"] == (6,) and dist.state["_batch_shape"] == ()
-  mean, tril = torch_files.multivariate_normal(dist, path)
+  mean, tril = torch_objects.multivariate_normal(dist, path)
   np.testing.assert_allclose(mean, loc, rtol=1e-6)
   np.testing.assert_allclose(tril @ tril.T, cov, rtol=1e-4, atol=1e-5)
   assert np.all(np.triu(tril, 1) == 0)
   # Only the covariance stored: the factor is its Cholesky factor.
   del dist.state["_unbroadcasted_scale_tril"]
-  _, tril = torch_files.multivariate_normal(dist, path)
+  _, tril = torch_objects.multivariate_normal(dist, path)
   np.testing.assert_allclose(tril @ tril.T, cov, rtol=1e-4, atol=1e-5)
-  _one_line_error(torch_files.multivariate_normal, {"loc": loc}, path,
+  _one_line_error(torch_objects.multivariate_normal, {"loc": loc}, path,
                   match=r"holds a pickled dict, not a torch.distributions.MultivariateNormal")
 
 
@@ -104,9 +105,9 @@ def test_unknown_globals_are_never_called(tmp_path):
   assert got["evil"].qualname in ("os.mkdir", "posix.mkdir")
   assert got["fn"].args[0].qualname == "dill._dill._create_code"
   np.testing.assert_array_equal(got["model"]["w"], [1, 1])
-  _one_line_error(torch_files.state_dict, got, "dill.pt",
+  _one_line_error(torch_objects.state_dict, got, "dill.pt",
                   match=r"dill.pt: a state_dict entry 'model' is a dict, not a tensor")
-  _one_line_error(torch_files.state_dict, got["evil"], "dill.pt",
+  _one_line_error(torch_objects.state_dict, got["evil"], "dill.pt",
                   match=r"dill.pt holds a pickled (os|posix).mkdir, not a state_dict")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import digits, toy2d
-from fdrl_jax import datasets, files, modes, parallel, priors, run_lib
+from fdrl_jax import datasets, files, modes, parallel, prior_fit, run_lib
 from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 
@@ -232,8 +232,8 @@ def test_prior_restore_template_matches_the_fitted_prior(prior):
   config.prior.name = prior
   config.prior.rank = 3
   images = np.random.default_rng(0).uniform(-1, 1, (40, 4, 4, 1)).astype(np.float32)
-  fitted = priors.build_prior(config, images, (4, 4, 1))
-  template = priors.build_prior(config, None, (4, 4, 1))
+  fitted = prior_fit.build_prior(config, images, (4, 4, 1))
+  template = prior_fit.build_prior(config, None, (4, 4, 1))
   assert jax.tree.structure(fitted) == jax.tree.structure(template)
   assert [a.shape for a in jax.tree.leaves(fitted)] == [a.shape for a in jax.tree.leaves(template)]
 
