@@ -117,7 +117,7 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   import fdrl_jax
-  from fdrl_jax import fdrl, import_reference, torch_files
+  from fdrl_jax import fdrl, import_reference, reference_config, torch_files
 
   out = args.out or tempfile.mkdtemp(prefix="check_reference_import_")
   os.makedirs(out, exist_ok=True)
@@ -131,8 +131,8 @@ def main() -> None:
     ema_model, shape = reference_checkpoint(torch, models, ema_module, config, batch, path,
                                            args.steps)
     ckpt = torch_files.load(path)
-    cfg = import_reference.reference_config(ckpt, path)
-    import_reference.set_width(cfg, torch_files.strip_prefix(ckpt["model"]), path)
+    cfg = reference_config.reference_config(ckpt, path)
+    reference_config.set_width(cfg, torch_files.strip_prefix(ckpt["model"]), path)
     state = import_reference.build_state(cfg, ckpt, None, path)
     estimator = fdrl.create_estimator(cfg)
     _, potential_of = fdrl.build_potential(cfg)
