@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw
 
 from experiments.common import argument_parser
 from fdrl_jax.configs import toy2d
-from fdrl_jax import bundled, flows, images, priors, run_lib
+from fdrl_jax import bundled, flows, images, priors, run_lib, train_hooks
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set
 NEAR_TARGET = np.array([1.0, 1.0])         # "chasm_near" (Fig. 2a): p close to q'
@@ -88,7 +88,7 @@ def chasm_config(steps: int, seed: int, name: str = "chasm") -> ml_collections.C
   return config
 
 
-class Record(run_lib.Hook):
+class Record(train_hooks.Hook):
   """Records, in the training loop, the mean of ``num_record`` particles sampled with the EMA
   estimator (Algorithm 2) at step 0 and every ``record_every`` steps (if > 0), and at the end
   the final ``finish(run, state)``."""

@@ -20,7 +20,7 @@ FLOORS = {
     2: ["classifier", "sampling", "fdrl", "gan"],
     3: ["features", "feature_stats", "evaluate"],
     4: ["methods"],
-    5: ["checkpoints", "run_lib"],
+    5: ["checkpoints", "train_hooks", "run_lib"],
     6: ["loading", "figures", "modes", "import_reference", "convert_inception"],
     7: ["main", "__init__"],
 }

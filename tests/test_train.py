@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import digits, toy2d
-from fdrl_jax import datasets, files, modes, parallel, priors, run_lib
+from fdrl_jax import datasets, files, modes, parallel, priors, run_lib, train_hooks
 from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 
@@ -47,7 +47,7 @@ def test_hooks_run_at_the_loops_points_and_resume_where_it_does(tmp_path):
   config.training.sample_every = 4
   calls = []
 
-  class Recorder(run_lib.Hook):
+  class Recorder(train_hooks.Hook):
     def begin(self, run, state, step):
       calls.append(("begin", step, int(state.step)))
 
