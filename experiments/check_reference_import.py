@@ -76,8 +76,9 @@ def check_robustness(torch, checkout: str, out: str) -> None:
   mode) saved as its train.py saves an AttackerModel under DataParallel, imported as a classifier
   workdir's network, logits compared on random [-1, 1] images."""
   sys.path.insert(0, os.path.abspath(checkout))
-  from robustness.cifar_models import resnet
   import jax.numpy as jnp
+  from robustness.cifar_models import resnet
+
   from fdrl_jax import classifier, torch_files
   mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2023, 0.1994, 0.2010])
   for name in ("resnet18", "resnet50"):
@@ -113,11 +114,12 @@ def main() -> None:
   args = parser.parse_args()
   import torch  # only here: this script is the only place fdrl_jax's checks use PyTorch
   sys.path.insert(0, os.path.abspath(args.reference))
-  from src import ema as ema_module, model_utils, models  # the reference's own code
   import jax
   import jax.numpy as jnp
+  from src import ema as ema_module, model_utils, models  # the reference's own code
+
   import fdrl_jax
-  from fdrl_jax import fdrl, import_reference, torch_files, torch_objects
+  from fdrl_jax import fdrl, import_reference, reference_config, torch_files, torch_objects
 
   out = args.out or tempfile.mkdtemp(prefix="check_reference_import_")
   os.makedirs(out, exist_ok=True)
@@ -131,8 +133,8 @@ def main() -> None:
     ema_model, shape = reference_checkpoint(torch, models, ema_module, config, batch, path,
                                            args.steps)
     ckpt = torch_files.load(path)
-    cfg = import_reference.reference_config(ckpt, path)
-    import_reference.set_width(cfg, torch_objects.strip_prefix(ckpt["model"]), path)
+    cfg = reference_config.reference_config(ckpt, path)
+    reference_config.set_width(cfg, torch_objects.strip_prefix(ckpt["model"]), path)
     state = import_reference.build_state(cfg, ckpt, None, path)
     estimator = fdrl.create_estimator(cfg)
     _, potential_of = fdrl.build_potential(cfg)

@@ -39,7 +39,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -47,8 +48,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from experiments.common import argument_parser
+from fdrl_jax import bundled, flows, images, prior_fit, run_lib, train_hooks
 from fdrl_jax.configs import toy2d
-from fdrl_jax import bundled, flows, images, prior_fit, run_lib
 
 TARGET = np.array([6.0, 6.0])              # the mean of the "chasm" data set
 NEAR_TARGET = np.array([1.0, 1.0])         # "chasm_near" (Fig. 2a): p close to q'
@@ -88,7 +89,7 @@ def chasm_config(steps: int, seed: int, name: str = "chasm") -> ml_collections.C
   return config
 
 
-class Record(run_lib.Hook):
+class Record(train_hooks.Hook):
   """Records, in the training loop, the mean of ``num_record`` particles sampled with the EMA
   estimator (Algorithm 2) at step 0 and every ``record_every`` steps (if > 0), and at the end
   the final ``finish(run, state)``."""

@@ -9,7 +9,6 @@ latest checkpoint to sampling, evaluation and figures.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import shlex
 import signal
@@ -35,6 +34,7 @@ from fdrl_jax import (
   parallel,
   sampling,
   stops,
+  train_hooks,
   workdir as workdirs,
 )
 
@@ -159,86 +159,23 @@ def _state_bytes(state) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
 
 
-class Hook:
-  """Work the training loop does at its fixed points, so that an experiment extends the one loop
-  instead of copying it (as flax's periodic actions do). Override what is needed; a plain callable
-  ``hook(step, state, metrics)`` passed to ``train_and_evaluate`` is an ``after_step``. Hooks run
-  on every process.
-
-  The state a hook gets is donated to the next step: read it within the call, never keep it."""
-
-  def begin(self, run: Run, state, step: int) -> None:
-    """Before the first step of this call; ``step`` is the restored (or fresh) state's."""
-
-  def after_step(self, step: int, state, metrics: dict) -> None:
-    """After each step, once its log, checkpoint and sample grid (if due) are written: ``step``
-    steps are done, ``metrics`` are that step's (device arrays, not yet checked finite)."""
-
-  def end(self, run: Run, state) -> None:
-    """After the last step, once every checkpoint is written (not after an interruption)."""
-
-
-@dataclasses.dataclass
-class _AfterStep(Hook):
-  """A callable ``hook(step, state, metrics)`` as a ``Hook``."""
-
-  fn: Callable[[int, object, dict], None]
-
-  def after_step(self, step: int, state, metrics: dict) -> None:
-    self.fn(step, state, metrics)
-
-
-class Evaluations(Hook):
-  """``training.eval_every``: the method's evaluation (``--mode=eval``'s, of the EMA state) every
-  ``every`` steps, after that step's checkpoint, into ``log`` (``MetricsLog.write_eval``). Its keys
-  are the sampling modes' (``Run.sample_key_for``), never the training's: training is the same
-  with or without it."""
-
-  def __init__(self, log: metrics_log.MetricsLog, every: int, workdir: str):
-    self.log, self.every, self.workdir = log, every, workdir
-    self.run: Run | None = None
-
-  def begin(self, run: Run, state, step: int) -> None:
-    if run.config.sampling.name == "conditional":
-      raise ValueError(
-        "--config.training.eval_every cannot score conditional samples (their "
-        "judge is a --mode=eval setting); set it to 0, or --config.sampling.name."
-      )
-    run.method.check_eval(run.config)
-    self.run = run
-
-  def after_step(self, step: int, state, metrics: dict) -> None:
-    if step % self.every:
-      return
-    run = self.run
-    if run is None:
-      raise ValueError("Evaluations.after_step was called before its begin.")
-    rows = metrics_log.eval_rows(run.method.evaluate(run.config, run, state, self.workdir), step)
-    self.log.write_eval(step, rows)
-    if parallel.is_writer():
-      print(
-        f"eval at step {step}  "
-        + "  ".join(f"{k[5:]} {v:.4g}" for k, v in metrics_log.eval_scalars(rows).items()),
-        flush=True,
-      )
-
-
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
   mesh=None,
   *,
-  hooks: Sequence[Hook | Callable] = (),
+  hooks: Sequence[train_hooks.Hook | Callable] = (),
 ):
   """Trains ``config.method`` per ``config`` in ``workdir``, resuming from its latest readable
   checkpoint if any; returns the final state.
 
   The config is committed to the workdir (``config.json``) only once the first step has run, so a
   first run that fails leaves a workdir the corrected command can use. SIGINT / SIGTERM save a
-  checkpoint of the current step and raise ``TrainingInterrupted``. ``hooks`` (``Hook``s or
-  callables ``hook(step, state, metrics)``) run at the loop's fixed points, in order.
+  checkpoint of the current step and raise ``TrainingInterrupted``. ``hooks``
+  (``train_hooks.Hook``s or callables ``hook(step, state, metrics)``) run at the loop's fixed
+  points, in order.
   """
-  loop_hooks = [h if isinstance(h, Hook) else _AfterStep(h) for h in hooks]  # + Evaluations
+  loop_hooks = [train_hooks.as_hook(h) for h in hooks]  # + Evaluations
   workdir = workdirs.check_workdir(
     workdir, config, create=True, unrelated_sections=methods.unrelated_sections(config.method)
   )
@@ -272,7 +209,7 @@ def train_and_evaluate(
       )
     log = metrics_log.MetricsLog(workdir, start)
     if cfg.eval_every:
-      loop_hooks.append(Evaluations(log, cfg.eval_every, workdir))
+      loop_hooks.append(train_hooks.Evaluations(log, cfg.eval_every, workdir))
     for hook in loop_hooks:
       hook.begin(run, state, start)
     pending: list[tuple[int, dict]] = []

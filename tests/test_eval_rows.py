@@ -4,7 +4,6 @@ recall beside FD-digits, a GAN's refinement before and after, class-conditional 
 import json
 import shutil
 
-import jax
 import numpy as np
 import pytest
 

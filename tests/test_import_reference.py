@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import fdrl, import_reference, modes, reference_weights, torch_files
+from fdrl_jax import (fdrl, import_reference, modes, reference_config, reference_weights,
+                      torch_files)
 from helpers import conv_nchw
 from tests import torch_format
 
@@ -172,7 +173,7 @@ def test_resnet32_matches_numpy_forward(tmp_path, prior_file, sn, attention):
   assert config["optim"]["decay_steps"] == [80000, 90000]
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "42"))
 
-  cfg = import_reference.reference_config(torch_files.load(source), source)
+  cfg = reference_config.reference_config(torch_files.load(source), source)
   cfg.model.resnet_width = 1 / 16
   state = import_reference.build_state(cfg, torch_files.load(source), None, source)
   model = fdrl.create_estimator(cfg)
@@ -205,7 +206,7 @@ def test_spectral_norm_sigma_is_top_singular_value_when_converged(tmp_path):
   sd = _resnet32_state(rng, True, True, converged=True)
   ckpt = _checkpoint(sd, sd, _reference_config())
   source = torch_format.torch_save(tmp_path / "ckpt.pt", ckpt)
-  cfg = import_reference.reference_config(torch_files.load(source), source)
+  cfg = reference_config.reference_config(torch_files.load(source), source)
   cfg.model.resnet_width = 1 / 16
   state = import_reference.build_state(cfg, torch_files.load(source), None, source)
   w = sd["layer2.0.conv1.weight_orig"]
@@ -237,7 +238,7 @@ def test_toy_mlp_matches_numpy_forward(tmp_path):
   workdir, step = import_reference.import_checkpoint(source, str(tmp_path / "w"))
   assert step == 1000
   ckpt = torch_files.load(source)
-  cfg = import_reference.reference_config(ckpt, source)
+  cfg = reference_config.reference_config(ckpt, source)
   assert (cfg.model.name, cfg.model.width, cfg.model.depth) == ("mlp", 16, 4)
   assert (cfg.prior.name, cfg.loss.name, cfg.loss.divergence) == ("normal", "lr", "kl")
   state = import_reference.build_state(cfg, ckpt, None, source)
@@ -289,7 +290,7 @@ def test_cat2dog_imports_without_its_data_and_translates_given_images(tmp_path):
   from PIL import Image
   from fdrl_jax import priors, run_lib, workdir as workdirs
   ref = _reference_config(dataset="cat2dog", img_size=64, model="resnetshallow", n_flow_steps=2)
-  config = import_reference.reference_config({"config": ref}, "cat2dog.pt")
+  config = reference_config.reference_config({"config": ref}, "cat2dog.pt")
   config.model.resnet_width = 8 / 64  # 8 channels in the stem
   sd = _reference_resnet_state(config, np.random.default_rng(7))
   source = torch_format.torch_save(tmp_path / "cat2dog.pt", _checkpoint(sd, sd, ref))
@@ -330,14 +331,14 @@ def test_cat2dog_imports_without_its_data_and_translates_given_images(tmp_path):
 
 def test_reference_prior_is_read_in_nhwc_order(prior_file):
   path, mean, cov = prior_file
-  prior = import_reference.read_prior(path, (32, 32, 3))
+  prior = reference_config.read_prior(path, (32, 32, 3))
   order = np.arange(3072).reshape(3, 32, 32).transpose(1, 2, 0).ravel()
   np.testing.assert_allclose(np.asarray(prior.mean), mean[order], rtol=1e-5, atol=1e-6)
   tril = np.asarray(prior.scale_tril, np.float64)
   rows = [0, 1, 100, 3071]
   np.testing.assert_allclose(tril[rows] @ tril[rows].T, cov[order][:, order][rows][:, rows],
                              rtol=1e-3, atol=1e-4)
-  _one_line_error(import_reference.read_prior, path, (64, 64, 3),
+  _one_line_error(reference_config.read_prior, path, (64, 64, 3),
                   match=r"has dimension 3072; the checkpoint's data have 64 × 64 × 3 = 12288")
 
 

@@ -1,7 +1,6 @@
 """KID, Inception Score and improved precision/recall against direct loop computations; streamed
 feature moments against whole-set statistics."""
 
-import itertools
 
 import numpy as np
 import pytest

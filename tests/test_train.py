@@ -1,17 +1,17 @@
 """Training (Algorithm 1): data-parallel equivalence, exact resume, the CLI end to end, bad input."""
 
 import json
-import re
 import os
+import re
 import shutil
 
 import jax
 import numpy as np
 import pytest
+from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
 
 from configs import digits, toy2d
-from fdrl_jax import datasets, files, modes, parallel, prior_fit, run_lib
-from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
+from fdrl_jax import datasets, files, modes, parallel, prior_fit, run_lib, train_hooks
 
 
 def one_step(config, devices):
@@ -47,7 +47,7 @@ def test_hooks_run_at_the_loops_points_and_resume_where_it_does(tmp_path):
   config.training.sample_every = 4
   calls = []
 
-  class Recorder(run_lib.Hook):
+  class Recorder(train_hooks.Hook):
     def begin(self, run, state, step):
       calls.append(("begin", step, int(state.step)))
 
