@@ -32,6 +32,7 @@ import numpy as np
 
 from fdrl_jax import (
   bundled,
+  conditional,
   datasets,
   feature_stats,
   features,
@@ -43,6 +44,7 @@ from fdrl_jax import (
   scores,
 )
 from fdrl_jax.features import FeatureAccumulator, FeatureSet
+from fdrl_jax.sampler import SamplerParts
 
 Scores = Callable[[FeatureSet, FeatureSet], dict]
 
@@ -142,7 +144,7 @@ def parse_lengths(text: str, setting: str = "--config.eval.flow_lengths") -> tup
 
 
 def flow_lengths(
-  config: ml_collections.ConfigDict, parts: sampling.SamplerParts | None
+  config: ml_collections.ConfigDict, parts: SamplerParts | None
 ) -> tuple[int, ...] | None:
   """The lengths of the rows: ``eval.flow_lengths`` (with ``refine``: refinement steps, 0 added),
   or None for the run's own sampler alone (K + κ; a GAN's G(z); refine's ``refine.num_steps``)."""
@@ -327,7 +329,11 @@ def _extras(config: ml_collections.ConfigDict, scoring: _Scoring) -> dict:
 
 
 def evaluate_samples(
-  config: ml_collections.ConfigDict, run, state, workdir: str, judge: sampling.Guide | None = None
+  config: ml_collections.ConfigDict,
+  run,
+  state,
+  workdir: str,
+  judge: conditional.Guide | None = None,
 ) -> dict:
   """``--mode=eval`` of FDRL and GAN runs (the ``evaluate`` hook of their method records; see the
   module docstring): {"metrics", "num_samples", "flow_lengths", "quantize", "num_reference", …,
@@ -407,7 +413,7 @@ def _conditional_rows(
   run,
   state,
   parts,
-  judge: sampling.Guide | None,
+  judge: conditional.Guide | None,
   scoring: _Scoring,
   lengths,
   row_lengths,
@@ -421,7 +427,7 @@ def _conditional_rows(
       "--config.sampling.name=conditional is judged by --config.eval.judge_workdir "
       "(its classifier is loaded by --mode=eval)."
     )
-  for_class, num_classes = sampling.conditional_sampler(parts, run.guide, run.mesh, lengths)
+  for_class, num_classes = conditional.conditional_sampler(parts, run.guide, run.mesh, lengths)
   labelled = datasets.labelled_images(
     config.data.name, seed=config.seed, data_dir=config.data.data_dir or None
   )

@@ -33,6 +33,7 @@ import numpy as np
 
 from fdrl_jax import (
   bundled,
+  conditional,
   datasets,
   features,
   files,
@@ -41,6 +42,7 @@ from fdrl_jax import (
   loading,
   registry,
   run_lib,
+  sampler,
   sampling,
   scores,
 )
@@ -93,7 +95,7 @@ class Snapshots(NamedTuple):
   final: np.ndarray
 
 
-def _flow_parts(run: run_lib.Run) -> tuple[sampling.SamplerParts, dict]:
+def _flow_parts(run: run_lib.Run) -> tuple[sampler.SamplerParts, dict]:
   """The run's sampling pieces: its start (prior draws), potential and K + κ flow; and that flow's
   ``flows.flow`` keywords (``FlowSpec.sampling_kwargs``)."""
   parts = run.sampler_parts()
@@ -376,7 +378,7 @@ def classes(
 ) -> str:
   """Class-conditional samples (FDRL Sec. 6.4): one row of ``num_samples`` per class of the
   classifier in ``sampling.classifier_workdir``, guided with weight ``sampling.classifier_weight``
-  (``sampling.conditional_sampler``, the classifier read by ``loading.load_classifier``; every
+  (``conditional.conditional_sampler``, the classifier read by ``loading.load_classifier``; every
   row is drawn with the same key)."""
   _check_count("samples per class", num_samples)
   _prepare(config, output_path, "classes")
@@ -384,7 +386,7 @@ def classes(
   guide = loading.load_classifier(
     config.sampling.classifier_workdir, event_shape=run.dataset.event_shape
   )
-  for_class, num_classes = sampling.conditional_sampler(_flow_parts(run)[0], guide, run.mesh)
+  for_class, num_classes = conditional.conditional_sampler(_flow_parts(run)[0], guide, run.mesh)
   weight = config.sampling.classifier_weight
   rows = [
     for_class(label, weight).sample(state, _key(run, 3), num_samples)

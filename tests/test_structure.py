@@ -16,7 +16,7 @@ FLOORS = {
     1: ["parallel", "files", "config_checks", "workdir", "metrics_log", "bundled", "readers",
         "tfds_sources", "datasets", "models", "generators", "priors", "inception",
         "inception_weights", "robust_resnet", "reference_weights", "tfds_build", "stops"],
-    2: ["classifier", "sampling", "fdrl", "gan"],
+    2: ["classifier", "sampler", "conditional", "sampling", "fdrl", "gan"],
     3: ["features", "feature_stats", "evaluate"],
     4: ["methods"],
     5: ["checkpoints", "run_lib"],
