@@ -17,7 +17,7 @@ FLOORS = {
         "tfds_sources", "datasets", "models", "generators", "priors", "inception",
         "inception_weights", "robust_resnet", "reference_weights", "tfds_build", "stops"],
     2: ["classifier", "sampler", "conditional", "sampling", "fdrl", "gan"],
-    3: ["features", "feature_stats", "evaluate"],
+    3: ["features", "feature_stats", "metric_table", "evaluate"],
     4: ["methods"],
     5: ["checkpoints", "run_lib"],
     6: ["loading", "figures", "modes", "import_reference", "convert_inception"],
