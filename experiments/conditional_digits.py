@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments.common import argument_parser, experiment_report
 from fdrl_jax.configs import digits, digits_classifier
-from fdrl_jax import bundled, features, images, loading, modes, run_lib, sampling
+from fdrl_jax import bundled, conditional, features, images, loading, modes, run_lib, sampling
 
 WEIGHTS = (0.0, 0.03, 0.1, 0.2, 0.3, 1.0)
 
@@ -67,7 +67,7 @@ def main() -> None:
     guided.sampling.classifier_workdir = os.path.join(work, name)
     guide = loading.load_classifier(guided.sampling.classifier_workdir,
                                     event_shape=run.dataset.event_shape)
-    for_class, num_classes = sampling.conditional_sampler(run.sampler_parts(), guide)
+    for_class, num_classes = conditional.conditional_sampler(run.sampler_parts(), guide)
     for weight in WEIGHTS:
       shares, fds, everything = [], [], []
       for label in range(num_classes):

@@ -29,7 +29,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax import bundled, datasets, models, optim, prior_fit, sampling
+from fdrl_jax import bundled, datasets, models, optim, prior_fit, sampler
 from fdrl_jax.divergences import flow_potential
 from fdrl_jax.flows import FlowSpec, build_flow_spec, flow
 from fdrl_jax.losses import BregmanLoss, get_loss
@@ -292,7 +292,7 @@ def build_train_step(
 
 def sampler_parts(
   config: ml_collections.ConfigDict, dataset: bundled.Dataset
-) -> sampling.SamplerParts:
+) -> sampler.SamplerParts:
   """FDRL's sampling pieces: prior draws, the EMA estimator's potential f'(r_θ) and its K + κ
   flow (Algorithm 2), and the estimator itself (for conditional sampling)."""
   model = create_estimator(config)
@@ -301,13 +301,11 @@ def sampler_parts(
   apply: Callable[[TrainState], Callable[[Array], Any]] = lambda state: (
     lambda x: model.apply(state.ema_variables(), x)
   )
-  return sampling.SamplerParts(
+  return sampler.SamplerParts(
     start=lambda state, key, n: state.prior.sample(key, n),
     potential=lambda state: estimator_potential(model.apply, potential, state.ema_variables()),
     spec=build_flow_spec(config),
     event_shape=tuple(dataset.event_shape),
     input_noise=config.data.dequantization if _augments_prior(config, dataset) else 0.0,
-    estimator=sampling.Estimator(
-      apply=apply, output=loss.output, divergence=config.loss.divergence
-    ),
+    estimator=sampler.Estimator(apply=apply, output=loss.output, divergence=config.loss.divergence),
   )

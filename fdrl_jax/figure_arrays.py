@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fdrl_jax import flows, run_lib, sampling
+from fdrl_jax import flows, run_lib, sampler
 
 Array = jax.Array
 
@@ -67,7 +67,7 @@ class Snapshots(NamedTuple):
   final: np.ndarray
 
 
-def flow_parts(run: run_lib.Run) -> tuple[sampling.SamplerParts, dict]:
+def flow_parts(run: run_lib.Run) -> tuple[sampler.SamplerParts, dict]:
   """The run's sampling pieces: its start (prior draws), potential and K + κ flow; and that flow's
   ``flows.flow`` keywords (``FlowSpec.sampling_kwargs``)."""
   parts = run.sampler_parts()

@@ -32,6 +32,7 @@ import numpy as np
 
 from fdrl_jax import (
   bundled,
+  conditional,
   datasets,
   features,
   figure_arrays,
@@ -203,7 +204,7 @@ def classes(
 ) -> str:
   """Class-conditional samples (FDRL Sec. 6.4): one row of ``num_samples`` per class of the
   classifier in ``sampling.classifier_workdir``, guided with weight ``sampling.classifier_weight``
-  (``sampling.conditional_sampler``, the classifier read by ``loading.load_classifier``; every
+  (``conditional.conditional_sampler``, the classifier read by ``loading.load_classifier``; every
   row is drawn with the same key)."""
   figure_arrays.check_count("samples per class", num_samples)
   _prepare(config, output_path, "classes")
@@ -211,7 +212,7 @@ def classes(
   guide = loading.load_classifier(
     config.sampling.classifier_workdir, event_shape=run.dataset.event_shape
   )
-  for_class, num_classes = sampling.conditional_sampler(
+  for_class, num_classes = conditional.conditional_sampler(
     figure_arrays.flow_parts(run)[0], guide, run.mesh
   )
   weight = config.sampling.classifier_weight

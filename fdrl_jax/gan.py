@@ -29,7 +29,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding
 
-from fdrl_jax import bundled, generators, models, monoflow, sampling
+from fdrl_jax import bundled, generators, models, monoflow, sampler
 from fdrl_jax.flows import build_flow_spec
 from fdrl_jax.losses import LOSSES
 from fdrl_jax.models import training_apply, variables
@@ -302,7 +302,7 @@ def build_train_step(
 
 def sampler_parts(
   config: ml_collections.ConfigDict, dataset: bundled.Dataset
-) -> sampling.SamplerParts:
+) -> sampler.SamplerParts:
   """G(z) as the start (the ``prior`` sampler draws it as is); the generator and the trained
   discriminator's logit for the ``refine`` sampler."""
   generator, discriminator = _networks(config, dataset)
@@ -316,10 +316,10 @@ def sampler_parts(
   logit = lambda state: discriminator_logit(
     discriminator.apply, state.disc_params, state.disc_stats
   )
-  return sampling.SamplerParts(
+  return sampler.SamplerParts(
     start=lambda state, key, n: generate(state)(jax.random.normal(key, (n, latent_dim))),
     potential=None,
     spec=build_flow_spec(config),
     event_shape=tuple(dataset.event_shape),
-    generator=sampling.Generator(latent_dim=latent_dim, generate=generate, logit=logit),
+    generator=sampler.Generator(latent_dim=latent_dim, generate=generate, logit=logit),
   )

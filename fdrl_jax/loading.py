@@ -30,7 +30,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from fdrl_jax import classifier, preprocessing, readers, run_lib, sampling, workdir as workdirs
+from fdrl_jax import (
+  classifier,
+  conditional,
+  preprocessing,
+  readers,
+  run_lib,
+  sampling,
+  workdir as workdirs,
+)
 
 Array = jax.Array
 
@@ -110,12 +118,12 @@ def load(workdir: str | os.PathLike) -> LoadedRun:
   )
 
 
-def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]) -> sampling.Guide:
-  """The guiding classifier of ``--config.sampling.classifier_workdir`` as a ``sampling.Guide``
+def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]) -> conditional.Guide:
+  """The guiding classifier of ``--config.sampling.classifier_workdir`` as a ``conditional.Guide``
   (x ↦ log p(y | x) (B, N), its parameters, N), checked against the sampled images' shape
   (one-line ValueErrors). The classifier is restored like any run."""
   if not classifier_workdir:
-    raise ValueError(sampling.NEEDS_CLASSIFIER)
+    raise ValueError(conditional.NEEDS_CLASSIFIER)
   config = workdirs.read_config(classifier_workdir)
   if config.get("method") != "classifier":
     raise ValueError(
@@ -132,7 +140,7 @@ def load_classifier(classifier_workdir: str, *, event_shape: tuple[int, ...]) ->
       f"{tuple(event_shape)}; train a classifier on this data set."
     )
   model = classifier.build_model(config)
-  return sampling.Guide(
+  return conditional.Guide(
     log_probs=lambda params: classifier.log_probabilities(model.apply, params),
     params=state.params,
     num_classes=model.num_classes,

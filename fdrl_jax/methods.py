@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from fdrl_jax import classifier, datasets, evaluate, fdrl, gan, registry
+from fdrl_jax import classifier, datasets, evaluate, fdrl, gan, metric_table, registry
 
 
 class Method(NamedTuple):
@@ -64,7 +64,7 @@ METHODS: dict[str, Method] = {
     train_step=fdrl.build_train_step,
     batch=datasets.image_batch,
     sampler_parts=fdrl.sampler_parts,
-    check_eval=evaluate.check_metric,
+    check_eval=metric_table.check_metric,
     evaluate=evaluate.evaluate_samples,
   ),
   "gan": Method(
@@ -73,7 +73,7 @@ METHODS: dict[str, Method] = {
     train_step=gan.build_train_step,
     batch=datasets.image_batch,
     sampler_parts=gan.sampler_parts,
-    check_eval=evaluate.check_metric,
+    check_eval=metric_table.check_metric,
     evaluate=evaluate.evaluate_samples,
     sections=("gan", "generator"),
   ),

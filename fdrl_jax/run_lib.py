@@ -26,6 +26,7 @@ from tqdm import tqdm
 from fdrl_jax import (
   bundled,
   checkpoints,
+  conditional,
   datasets,
   files,
   images,
@@ -37,6 +38,7 @@ from fdrl_jax import (
   train_hooks,
   workdir as workdirs,
 )
+from fdrl_jax.sampler import Sampler, SamplerParts
 
 
 class TrainingDiverged(ValueError):
@@ -64,10 +66,10 @@ class Run:
     self.mesh = parallel.data_mesh() if mesh is None else mesh
     self.replicated = parallel.replicated(self.mesh)
     self.init_key, self.step_key, self.sample_key = jax.random.split(jax.random.key(config.seed), 3)
-    self._samplers: dict[tuple, sampling.Sampler] = {}
+    self._samplers: dict[tuple, Sampler] = {}
     # The classifier of the ``conditional`` sampler, set by whoever restores the run to sample
     # (``loading.restore_for_sampling``); the run itself never reads another workdir.
-    self.guide: sampling.Guide | None = None
+    self.guide: conditional.Guide | None = None
 
   def new_state(self, fit: bool):
     """A fresh state; ``fit=False`` skips fitting the prior (a template to restore into). In a
@@ -109,13 +111,11 @@ class Run:
     local = self.method.batch(self.config, self.dataset, step, rows)
     return parallel.global_batch(local, size, self.mesh)
 
-  def sampler_parts(self) -> sampling.SamplerParts | None:
+  def sampler_parts(self) -> SamplerParts | None:
     parts = self.method.sampler_parts
     return None if parts is None else parts(self.config, self.dataset)
 
-  def sampler(
-    self, name: str | None = None, lengths: tuple[int, ...] | None = None
-  ) -> sampling.Sampler:
+  def sampler(self, name: str | None = None, lengths: tuple[int, ...] | None = None) -> Sampler:
     """The sampler ``name`` (default ``config.sampling.name``; ``sampling.SAMPLERS`` or the
     method's own ``samplers``) at flow ``lengths`` (``sampling.build_sampler``), compiled once."""
     key = (name or self.config.sampling.name, lengths)

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fdrl_jax import (convert_inception, evaluate, features, inception, inception_weights, modes,
-                      parallel, scores)
+from fdrl_jax import (convert_inception, features, inception, inception_weights, metric_table,
+                      modes, parallel, scores)
 from tests import torch_format
 from tests.torch_format import FakeStorage, View
 
@@ -192,18 +192,18 @@ def test_check_metric_tells_unset_missing_and_foreign_weights_apart(weights_file
   from configs import digits
   config = digits.get_config()
   config.eval.metric, config.eval.inception_weights = "fid", ""
-  _one_line_error(evaluate.check_metric, config,
+  _one_line_error(metric_table.check_metric, config,
                   match=r"FID needs --config.eval.inception_weights=FILE.npz.*convert_inception")
   config.eval.inception_weights = str(tmp_path / "missing.npz")
-  _one_line_error(evaluate.check_metric, config,
+  _one_line_error(metric_table.check_metric, config,
                   match=r"^--config.eval.inception_weights: the file .*missing.npz does not exist")
   (tmp_path / "junk.npz").write_bytes(b"junk")
   config.eval.inception_weights = str(tmp_path / "junk.npz")
-  _one_line_error(evaluate.check_metric, config, match=r"junk.npz is not an .npz of the FID")
+  _one_line_error(metric_table.check_metric, config, match=r"junk.npz is not an .npz of the FID")
   config.eval.inception_weights = str(tmp_path)
-  _one_line_error(evaluate.check_metric, config, match="cannot read")
+  _one_line_error(metric_table.check_metric, config, match="cannot read")
   config.eval.inception_weights = str(weights_file)
-  evaluate.check_metric(config)
+  metric_table.check_metric(config)
 
 
 # Logits, old weight files, several devices. 75 x 75 is the smallest input the network takes

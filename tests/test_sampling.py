@@ -8,7 +8,7 @@ import pytest
 from jax.scipy.stats import norm
 
 from configs import default
-from fdrl_jax import bundled, fdrl, flows, parallel, sampling
+from fdrl_jax import bundled, conditional, fdrl, flows, parallel, sampler, sampling
 from fdrl_jax.divergences import flow_potential
 
 # Two balanced classes in 1-D: p(x | y = 0) = N(-M, 1), p(x | y = 1) = N(M, 1); q = N(0, S²).
@@ -45,7 +45,7 @@ def test_conditional_potential_is_f_prime_of_the_class_conditional_ratio(diverge
   x = jnp.linspace(-4.0, 4.0, 41)[:, None]
   output_fn = exact_log_ratio if output == "log_ratio" else (lambda x: jnp.exp(exact_log_ratio(x)))
   for label in (0, 1):
-    phi = sampling.conditional_potential(output_fn, exact_log_probs, label=label, weight=weight,
+    phi = conditional.conditional_potential(output_fn, exact_log_probs, label=label, weight=weight,
                                          output=output, divergence=divergence)(x)
     # Closed form: r(x | y)^… = q / (p · (N p(y|x))^ϕ); with ϕ = 1 this is q(x) / p(x | y).
     log_r_cond = (log_q(x) - log_p(x) - weight * (exact_log_probs(x)[:, label:label + 1]
@@ -59,14 +59,14 @@ def test_conditional_potential_is_f_prime_of_the_class_conditional_ratio(diverge
 
 def test_zero_weight_gives_the_unconditional_potential():
   x = jnp.linspace(-3.0, 3.0, 7)[:, None]
-  phi = sampling.conditional_potential(exact_log_ratio, exact_log_probs, label=1, weight=0.0,
+  phi = conditional.conditional_potential(exact_log_ratio, exact_log_probs, label=1, weight=0.0,
                                        output="log_ratio", divergence="kl")(x)
   np.testing.assert_allclose(phi, flow_potential("kl", "log_ratio")(exact_log_ratio(x)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("label", [0, 1])
 def test_conditional_flow_concentrates_on_the_requested_class(label):
-  potential = sampling.conditional_potential(exact_log_ratio, exact_log_probs, label=label,
+  potential = conditional.conditional_potential(exact_log_ratio, exact_log_probs, label=label,
                                              weight=1.0, output="log_ratio", divergence="kl")
   x0 = S * jax.random.normal(jax.random.key(0), (2000, 1))
   x = flows.flow(potential, x0, jax.random.key(1), num_steps=400, step_size=0.02,
@@ -74,7 +74,7 @@ def test_conditional_flow_concentrates_on_the_requested_class(label):
   side = np.asarray(x[:, 0] > 0) if label == 1 else np.asarray(x[:, 0] < 0)
   assert side.mean() > 0.97, side.mean()
   # Unconditionally (ϕ = 0) the same flow splits between the classes.
-  plain = sampling.conditional_potential(exact_log_ratio, exact_log_probs, label=label,
+  plain = conditional.conditional_potential(exact_log_ratio, exact_log_probs, label=label,
                                          weight=0.0, output="log_ratio", divergence="kl")
   y = flows.flow(plain, x0, jax.random.key(1), num_steps=400, step_size=0.02, noise_scale=0.2)
   assert 0.3 < float(np.mean(np.asarray(y[:, 0]) > 0)) < 0.7
@@ -184,8 +184,8 @@ def test_a_method_brings_its_own_sampler(monkeypatch):
 
   def uniform(config, parts, mesh, guide, lengths):
     del config, parts, guide, lengths
-    draw = lambda state, key, n: sampling.shard(jax.random.uniform(key, (n, 8, 8, 1)), mesh)
-    return sampling.split_sampler(draw, mesh)
+    draw = lambda state, key, n: sampler.shard(jax.random.uniform(key, (n, 8, 8, 1)), mesh)
+    return sampler.split_sampler(draw, mesh)
 
   method = methods.METHODS["fdrl"]._replace(samplers={"uniform_noise": uniform})
   monkeypatch.setitem(methods.METHODS, "fdrl", method)
