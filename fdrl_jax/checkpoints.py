@@ -58,6 +58,7 @@ def checkpoint_write(workdir: str, step: int, last_good: int | None):
       yield
     except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a failed write
       error, where = e, workdirs.log_error(workdir, e)  # the trace first, while there is room
+      workdirs.note_orbax_failure(workdir)
       workdirs.await_failed_callbacks()
   if error is not None:
     kept = (

@@ -194,36 +194,56 @@ def log_error(workdir: str, error: BaseException) -> str:
   return f"; details in {path}"
 
 
-# errors.log of the workdirs where an Orbax read or write failed in this process: TensorStore's
-# callbacks of the failure can still report ("Event loop is closed") as the process ends.
-_LATE_REPORTS: list[str] = []
+# errors.log of the local workdir whose checkpoints this process last read or wrote, and whether
+# an Orbax read or write failed: TensorStore's callbacks of a failure still report ("Event loop is
+# closed") at any moment until the process ends.
+_ORBAX_LOG: list[str] = []
+_ORBAX_FAILED: list[bool] = []
+
+
+def _late_report_hook(unraisable) -> None:
+  """``sys.unraisablehook`` while the process uses Orbax: after a failed read or write, TensorStore's
+  callbacks that still complete find Orbax's event loop closed and report it as an unraisable
+  exception, from any thread. Those reports go to ``errors.log`` whenever they come (no race with
+  the capture of ``stderr_to_log``); every other one is printed as Python would."""
+  if _ORBAX_LOG and "Event loop is closed" in str(unraisable.exc_value):
+    import traceback
+
+    text = "".join(
+      traceback.format_exception(
+        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback
+      )
+    )
+    with contextlib.suppress(OSError):
+      files.append_line(_ORBAX_LOG[-1], text.rstrip())
+    return
+  sys.__unraisablehook__(unraisable)
+
+
+def _watch_orbax(workdir: str) -> None:
+  _ORBAX_LOG[:] = [join(workdir, ERROR_LOG)]
+  sys.unraisablehook = _late_report_hook
+
+
+def note_orbax_failure(workdir: str) -> None:
+  """Records that an Orbax read or write failed in ``workdir`` (``quiet_late_reports``)."""
+  _watch_orbax(workdir)
+  _ORBAX_FAILED[:] = [True]
 
 
 def quiet_late_reports() -> None:
   """Sends what the process still writes to its standard error once the user's output is done
   (TensorStore's late callbacks of a failed read, at exit) to ``errors.log``, not the terminal;
   nothing to do where no Orbax failure happened."""
-  if _LATE_REPORTS:
+  if _ORBAX_FAILED:
     sys.stderr.flush()
-    os.dup2(os.open(_LATE_REPORTS[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), 2)
+    os.dup2(os.open(_ORBAX_LOG[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), 2)
 
 
-def await_failed_callbacks(capture=None) -> None:
-  """Waits for TensorStore's callbacks of a failed read or write, so that they report while the
-  standard error is still captured (``stderr_to_log``), not later on the terminal: one second,
-  and, given the ``capture`` file, on until it has not grown for half a second (at most 5 s: a
-  loaded machine runs the callbacks late)."""
+def await_failed_callbacks() -> None:
+  """Gives TensorStore's callbacks of a failed read or write a second to report while the standard
+  error is still captured (``stderr_to_log``); later ones reach ``_late_report_hook``."""
   time.sleep(1.0)
-  if capture is None:
-    return
-  size, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 4.0
-  while time.monotonic() < deadline:
-    now = os.fstat(capture.fileno()).st_size
-    if now != size:
-      size, quiet_since = now, time.monotonic()
-    elif time.monotonic() - quiet_since >= 0.5:
-      return
-    time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -238,6 +258,7 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
   if files.is_uri(workdir) or threading.current_thread() is not threading.main_thread():
     yield
     return
+  _watch_orbax(workdir)
   sys.stderr.flush()
   saved = os.dup(2)
   failed = True
@@ -248,7 +269,8 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
       failed = False
     finally:
       if failed:
-        await_failed_callbacks(capture)
+        note_orbax_failure(workdir)
+        await_failed_callbacks()
       gc.collect()  # futures that failed unobserved report themselves when collected
       sys.stderr.flush()
       os.dup2(saved, 2)
@@ -258,8 +280,6 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
       if failed and text:  # what a success printed is Orbax's routine warnings
         with contextlib.suppress(OSError):
           files.append_line(join(workdir, ERROR_LOG), text)
-      if failed:
-        _LATE_REPORTS.append(join(workdir, ERROR_LOG))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
