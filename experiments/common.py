@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -17,7 +18,7 @@ import jax
 import numpy as np
 
 from fdrl_jax.configs import digits, mnist
-from fdrl_jax import datasets, features, files, images, modes, run_lib, sampling
+from fdrl_jax import datasets, features, files, images, modes, run_lib, sampling, scores
 
 # Where every experiment writes by default (--out).
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
@@ -103,15 +104,41 @@ def flow_lengths(k: int) -> list[int]:
   return [k // 2, k, k + 5, k + 10, 2 * k, 3 * k]
 
 
+def chosen(variants: list[tuple], words: str) -> list[tuple]:
+  """The rows whose label contains one of the comma-separated ``words`` (all if empty)."""
+  keep = [w for w in words.split(",") if w]
+  return [v for v in variants if not keep or any(w in v[0] for w in keep)]
+
+
+def report_suffix(words: str) -> str:
+  """The suffix of a partial run's reports (``chosen`` rows): ``_WORDS``, so that they sit beside,
+  not over, the whole table's ("" for all rows)."""
+  return "_" + re.sub(r"[^A-Za-z0-9]+", "-", words).strip("-") if words else ""
+
+
+def fd_digits_score(config) -> Callable[[np.ndarray], float]:
+  """x ↦ FD-digits of x against the held-out digits of ``config``'s split."""
+  classifier = features.digits_classifier(config.seed)
+  test = run_lib.Run(config).dataset.test
+  return lambda x: features.fd_digits(x, test, classifier)
+
+
+def feature_scores(x: np.ndarray, reference: np.ndarray, judge: features.Classifier) -> dict:
+  """KID (mean, std) and precision/recall (k = 3) of ``x`` against ``reference`` on the digit
+  classifier ``judge``'s features: the scores ``eval.metrics=kid,pr`` gives, for a classifier
+  that an experiment trained itself."""
+  a, b = judge.features(x), judge.features(reference)
+  kid, kid_std = scores.kernel_inception_distance(a, b)
+  precision, recall = scores.precision_recall(a, b)
+  return {"kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall}
+
+
 def flow_length_curve(config, workdir: str, lengths: list[int], score=None
                       ) -> list[tuple[int, float]]:
   """``score(samples)`` (default FD-digits) of the trained model sampled with K + κ = each of
   ``lengths`` (Fig. 8), all from one flow to the longest (``Run.sampler``'s lengths: each length's
   samples equal a flow of that many steps with the same key)."""
-  if score is None:
-    classifier = features.digits_classifier(config.seed)
-    run = run_lib.Run(config)
-    score = lambda x: features.fd_digits(x, run.dataset.test, classifier)
+  score = fd_digits_score(config) if score is None else score
   run, state, _ = run_lib.restore_latest(config, workdir)
   lengths = sorted(lengths)
   batches = list(sampling.draw_batches(run.sampler(None, tuple(lengths)), state,
@@ -119,6 +146,35 @@ def flow_length_curve(config, workdir: str, lengths: list[int], score=None
                                        config.data.batch_size))
   return [(total, score(np.concatenate([b[i] for b in batches])))
           for i, total in enumerate(lengths)]
+
+
+def timed_flow_length_curve(config, workdir: str, lengths: list[int], score=None) -> dict:
+  """Fig. 8 twice, each route timed from the restore to the last score (compilation included):
+  one flow to the longest length (``flow_length_curve``) and one flow per length. Returns the
+  one-pass ``curve``, the seconds of ``one_pass``, of the ``separate`` flows together and of the
+  ``longest`` alone, and the largest difference of the two routes' scores (``max_difference``)."""
+  score = fd_digits_score(config) if score is None else score
+  start = time.perf_counter()
+  curve = flow_length_curve(config, workdir, lengths, score)
+  one_pass = time.perf_counter() - start
+  separate, seconds = [], {}
+  for total in sorted(lengths):
+    start = time.perf_counter()
+    separate += flow_length_curve(config, workdir, [total], score)
+    seconds[total] = time.perf_counter() - start
+  return {"curve": curve, "one_pass": one_pass, "separate": sum(seconds.values()),
+          "longest": seconds[max(lengths)],
+          "max_difference": max(abs(a - b) for (_, a), (_, b) in zip(curve, separate))}
+
+
+def timing_lines(timed: dict, what: str) -> list[str]:
+  """The report lines of a ``timed_flow_length_curve``."""
+  return [f"Time of the curve ({what}; restore, compile, sample, score): one pass "
+          f"{timed['one_pass']:.1f} s, one flow per length {timed['separate']:.1f} s, the longest "
+          f"length alone {timed['longest']:.1f} s (one pass / longest alone "
+          f"{timed['one_pass'] / timed['longest']:.2f}×, separate / longest alone "
+          f"{timed['separate'] / timed['longest']:.2f}×). Largest difference between the two "
+          f"routes' scores: {timed['max_difference']:.2g}.", ""]
 
 
 def train_variant(variant, steps: int, samples: int, base=None, evaluate_run: bool = True):

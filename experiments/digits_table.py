@@ -5,12 +5,14 @@
 
 Trains each variant with ``configs/digits.py`` for the same number of steps (FDRL-DDP with LSIF-χ²,
 LR-KL, LR-JS, LR-logD; FDRL-UP with LSIF-χ² and LR-KL), scores samples of the EMA estimator
-(K + κ steps) with FD-digits against the held-out split (``fdrl_jax.evaluate``), and lists the
-prior's own FD-digits and the real floor (training vs held-out split), into ``digits_table.md``.
+(K + κ steps) with FD-digits, KID and precision/recall on the same classifier features against the
+held-out split (``eval.metrics=fd_digits,kid,pr``), and lists the prior's own scores and the real
+floor (training vs held-out split), into ``digits_table.md``.
 --variants keeps the rows whose label contains one of the given words (and names the reports
 after them, ``digits_table_WORDS.md``, so a partial run leaves the whole table's report alone).
 The curve part (reusing the table's runs with --part all) writes FD-digits of FDRL-DDP LSIF-χ²
-and LR-KL as a function of the sampling length K + κ (Fig. 8) into ``digits_flow_length.md``, and
+and LR-KL as a function of the sampling length K + κ (Fig. 8), from one flow to the longest length
+and timed against one flow per length, into ``digits_flow_length.md``, and
 the LR-KL model's pictures (``digits_*.png``: samples, the flow strip of Fig. 6, interpolations of
 Fig. 7, nearest training digits by pixels and by classifier features of Fig. 10–11). Everything
 goes into --out. FD-digits is a Fréchet distance on a small digits classifier's features, not
@@ -20,21 +22,16 @@ FID.
 from __future__ import annotations
 
 import os
-import re
 
 import jax
 
-from experiments.common import (CURVE_VARIANTS, VARIANTS, argument_parser, experiment_report,
-                                flow_length_curve, flow_lengths, train_variant)
+from experiments.common import (CURVE_VARIANTS, VARIANTS, argument_parser, chosen,
+                                experiment_report, flow_lengths, report_suffix,
+                                timed_flow_length_curve, timing_lines, train_variant)
 from fdrl_jax import figures
+from fdrl_jax.configs import digits
 
 FIGURE_VARIANT = "FDRL-DDP LR-KL"  # the digits default: its pictures
-
-
-def chosen(variants: list[tuple], words: str) -> list[tuple]:
-  """The rows whose label contains one of the comma-separated ``words`` (all if empty)."""
-  keep = [w for w in words.split(",") if w]
-  return [v for v in variants if not keep or any(w in v[0] for w in keep)]
 
 
 def write_figures(config, workdir: str, out: str) -> list[str]:
@@ -62,35 +59,41 @@ def main() -> None:
             f"{args.samples} samples, FD-digits against the 297 held-out digits.")
   trained = {}
   # A subset of the rows writes its own report, beside (not over) the whole table's.
-  suffix = "_" + re.sub(r"[^A-Za-z0-9]+", "-", args.variants).strip("-") if args.variants else ""
+  suffix = report_suffix(args.variants)
+  base = digits.get_config()
+  base.eval.metrics = "fd_digits,kid,pr"  # KID and precision/recall on FD-digits' features
   if args.part in ("table", "all"):
-    lines = [header, "", "| model | FD-digits | prior's FD-digits | confident share | train time |",
-             "|---|---|---|---|---|"]
+    lines = [header, "", "| model | FD-digits | KID | precision | recall | prior's FD-digits | "
+             "prior's KID | confident share | train time |", "|---" * 9 + "|"]
     for variant in chosen(VARIANTS, args.variants):
-      config, workdir, result, seconds = train_variant(variant, args.steps, args.samples)
+      config, workdir, result, seconds = train_variant(variant, args.steps, args.samples, base)
       trained[variant[0]] = (config, workdir, result)
       row = result["rows"][0]
-      lines.append(f"| {variant[0]} | {row['fd_digits']:.1f} | {row['fd_digits_prior']:.1f} "
-                   f"| {row['confident_share']:.2f} | {seconds:.0f} s |")
+      lines.append(f"| {variant[0]} | {row['fd_digits']:.1f} | {row['kid']:.4g} ± "
+                   f"{row['kid_std']:.2g} | {row['precision']:.2f} | {row['recall']:.2f} | "
+                   f"{row['fd_digits_prior']:.1f} | {row['kid_prior']:.4g} | "
+                   f"{row['confident_share']:.2f} | {seconds:.0f} s |")
       print(lines[-1], flush=True)
-    lines += ["", "Real floor (training vs held-out split): "
-              f"{result['rows'][0]['fd_digits_floor']:.1f}. "
-              f"Classifier test accuracy: {result['classifier_test_accuracy']:.3f}."]
+    floor = result["rows"][0]
+    lines += ["", "Real floor (training vs held-out split): FD-digits "
+              f"{floor['fd_digits_floor']:.1f}, KID {floor['kid_floor']:.4g}, precision {floor['precision_floor']:.2f}, recall "
+              f"{floor['recall_floor']:.2f}. Classifier test accuracy: "
+              f"{result['classifier_test_accuracy']:.3f}."]
     experiment_report(args.out, f"digits_table{suffix}", "\n".join(lines) + "\n")
   if args.part in ("curve", "all"):
     lines = [header, "", "Flow length (Fig. 8): FD-digits of samples drawn with K + κ flow steps "
              "by models trained with K = 20.", ""]
     for label in chosen([v for v in VARIANTS if v[0] in CURVE_VARIANTS], args.variants):
       if label[0] not in trained:
-        config, workdir, result, _ = train_variant(label, args.steps, args.samples)
+        config, workdir, result, _ = train_variant(label, args.steps, args.samples, base)
         trained[label[0]] = (config, workdir, result)
       config, workdir, result = trained[label[0]]
       row = result["rows"][0]
       lines += [f"{label[0]}: prior's FD-digits {row['fd_digits_prior']:.1f}, real floor "
                 f"{row['fd_digits_floor']:.1f}.", "", "| K + κ | FD-digits |", "|---|---|"]
-      for total, fd in flow_length_curve(config, workdir, flow_lengths(config.flow.num_steps)):
-        lines.append(f"| {total} | {fd:.1f} |")
-      lines.append("")
+      timed = timed_flow_length_curve(config, workdir, flow_lengths(config.flow.num_steps))
+      lines += [f"| {total} | {fd:.1f} |" for total, fd in timed["curve"]]
+      lines += ["", *timing_lines(timed, f"{args.samples} samples")]
     experiment_report(args.out, f"digits_flow_length{suffix}",
                                "\n".join(lines) + "\n")
     if FIGURE_VARIANT in trained:

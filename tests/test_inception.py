@@ -443,9 +443,12 @@ def test_fid_eval_end_to_end(weights_file, tmp_path):
   config.training.num_steps = config.training.checkpoint_every = config.training.sample_every = 2
   config.eval.metric, config.eval.inception_weights = "fid", str(weights_file)
   config.eval.num_samples, config.eval.num_reference = 6, 6
+  config.eval.metrics = "fid,kid,pr"
   run_lib.train_and_evaluate(config, str(tmp_path))
   first = modes.evaluate_to_file(config, str(tmp_path))
-  assert np.isfinite(first["fid"]) and first["fid"] >= 0
+  (row,) = first["rows"]
+  assert np.isfinite(row["fid"]) and row["fid"] >= 0 and np.isfinite(row["kid"])
+  assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
   assert (tmp_path / "fid_stats_digits_6.npz").exists()
   second = modes.evaluate_to_file(config, str(tmp_path))  # reuses the cached statistics
   assert second["path"] != first["path"]
@@ -460,10 +463,12 @@ def test_cat2dog_translation_fid_eval_on_generated_folders(weights_file, tmp_pat
   from fdrl_jax import run_lib
   from test_applications import cat2dog_folders, tiny_cat2dog_config
   config = tiny_cat2dog_config(cat2dog_folders(tmp_path))
-  config.eval.inception_weights = str(weights_file)
+  config.eval.inception_weights, config.eval.metrics = str(weights_file), "fid,kid,pr"
   run_lib.train_and_evaluate(config, str(tmp_path / "run"))
   result = modes.evaluate_to_file(config, str(tmp_path / "run"))
   assert result["num_samples"] == 4 and result["num_reference"] == 4
   (row,) = result["rows"]  # the untranslated sources are the empirical prior's draws
   assert np.isfinite(row["fid"]) and np.isfinite(row["fid_prior"])
+  assert np.isfinite(row["kid"]) and np.isfinite(row["kid_prior"])
+  assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
   assert "held-out target images" in result["fid_variant"]
