@@ -8,23 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import digits_bold, digits_classifier
+from configs import digits_bold
 from fdrl_jax import bundled, figures, images, modes, run_lib, sampling
-from helpers import TINY_FLAGS, cli, straight_and_resumed, tiny_digits_config
-
-CLASSIFIER_FLAGS = ["--config.training.num_steps=30", "--config.training.checkpoint_every=30",
-                    "--config.data.batch_size=64", "--config.classifier.num_steps=2",
-                    "--config.classifier.channels=(16,16)", "--config.classifier.hidden=32"]
-
-
-def tiny_classifier_config(num_steps=30):
-  config = digits_classifier.get_config()
-  config.training.num_steps = config.training.checkpoint_every = num_steps
-  config.data.batch_size = 64
-  config.classifier.num_steps = 2
-  config.classifier.channels, config.classifier.hidden = (16, 16), 32
-  return config
-
+from helpers import (CLASSIFIER_FLAGS, TINY_FLAGS, cat2dog_folders, cli, straight_and_resumed,
+                     tiny_cat2dog_config, tiny_classifier_config, tiny_digits_config)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -171,28 +158,6 @@ def test_translation_eval_and_figures(trained, tmp_path):
                          num_samples=4)
   width, height = Image.open(path).size
   assert height == 10 * 33 + 1 + images.TITLE_LINE and width >= 4 * 33 + 1
-
-
-def cat2dog_folders(root, size=(96, 80), count=4):
-  """Cat2dog's layout (trainA, trainB, testA, testB) with a few generated RGB images each."""
-  rng = np.random.default_rng(0)
-  for name in ("trainA", "trainB", "testA", "testB"):
-    (root / name).mkdir()
-    for i in range(count):
-      pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(root / name / f"{name}_{i}.jpg")
-  return root
-
-
-def tiny_cat2dog_config(root):
-  from configs import cat2dog
-  config = tiny_digits_config(2, cat2dog.get_config())
-  config.data.path, config.data.test_path = str(root / "trainB"), str(root / "testB")
-  config.prior.source_path, config.prior.source_test_path = (str(root / "trainA"),
-                                                             str(root / "testA"))
-  config.data.batch_size = 4
-  config.model.name = "conv"  # the paper's ResNet is exercised by test_configs; keep this light
-  return config
 
 
 def test_cat2dog_translation_on_generated_folders(tmp_path):

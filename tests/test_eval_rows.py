@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from fdrl_jax import features, loading, modes, run_lib, sampling, scores
-from helpers import tiny_digits_config
-from test_applications import tiny_classifier_config
-from test_gan import tiny_gan_config
+from helpers import tiny_classifier_config, tiny_digits_config, tiny_gan_config
 
 
 @pytest.fixture(scope="module")

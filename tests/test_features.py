@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from fdrl_jax import bundled, datasets, feature_stats, features, inception, parallel, scores
-from helpers import tiny_digits_config
-from test_applications import cat2dog_folders, tiny_cat2dog_config
+from helpers import cat2dog_folders, tiny_cat2dog_config, tiny_digits_config
 
 
 def _one_line_error(fn, *args, match, **kwargs):

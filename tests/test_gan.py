@@ -13,18 +13,10 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import monoflow_digits, monoflow_mnist
+from configs import monoflow_mnist
 from fdrl_jax import (features, gan, generators, models, modes, monoflow, parallel, run_lib,
                       workdir as workdirs)
-from helpers import cli, straight_and_resumed, tiny_digits_config
-
-
-def tiny_gan_config(num_steps=4):
-  config = tiny_digits_config(num_steps, monoflow_digits.get_config())
-  config.generator.latent_dim = 4
-  config.generator.channels = (16, 8)
-  config.model.channels = (8, 8)
-  return config
+from helpers import cli, straight_and_resumed, tiny_digits_config, tiny_gan_config
 
 
 def two_steps(config, devices):

@@ -461,7 +461,7 @@ def test_fid_eval_end_to_end(weights_file, tmp_path):
 def test_cat2dog_translation_fid_eval_on_generated_folders(weights_file, tmp_path):
   """Table 3's protocol with FID: translated test cats vs test dogs, beside the untranslated."""
   from fdrl_jax import run_lib
-  from test_applications import cat2dog_folders, tiny_cat2dog_config
+  from helpers import cat2dog_folders, tiny_cat2dog_config
   config = tiny_cat2dog_config(cat2dog_folders(tmp_path))
   config.eval.inception_weights, config.eval.metrics = str(weights_file), "fid,kid,pr"
   run_lib.train_and_evaluate(config, str(tmp_path / "run"))

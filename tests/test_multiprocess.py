@@ -22,8 +22,7 @@ from PIL import Image
 
 from configs import digits_bold, monoflow_toy2d
 from fdrl_jax import bundled, modes, run_lib, workdir as workdirs
-from test_applications import CLASSIFIER_FLAGS, tiny_classifier_config
-from helpers import TINY_FLAGS, tiny_digits_config
+from helpers import CLASSIFIER_FLAGS, TINY_FLAGS, tiny_classifier_config, tiny_digits_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=configs/toy2d.py:8gaussians"

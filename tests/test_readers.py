@@ -7,15 +7,7 @@ from PIL import Image
 from fdrl_jax.bundled import fit_samples, get_batch
 from fdrl_jax.preprocessing import CAT2DOG_PREPROCESSING, indexed_dataset, preprocess
 from fdrl_jax.readers import folder_dataset, npz_dataset
-
-
-def write_images(folder, sizes, suffix, channels=3):
-  """Writes random RGB (or, with channels=1, grey) images of the given (width, height) sizes."""
-  folder.mkdir(parents=True, exist_ok=True)
-  rng = np.random.default_rng(len(sizes))
-  for i, (w, h) in enumerate(sizes):
-    pixels = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
-    Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(folder / f"{i}{suffix}")
+from helpers import assert_images, write_images
 
 
 @pytest.fixture
@@ -28,12 +20,6 @@ def image_folder(tmp_path):
   Image.fromarray(np.full((20, 24), 7, np.uint8)).save(root / "sub" / "gray.jpeg")
   (root / "notes.txt").write_text("not an image")
   return root
-
-
-def assert_images(x, shape):
-  assert x.shape == shape
-  assert x.dtype == np.float32
-  assert -1.0 <= x.min() and x.max() <= 1.0
 
 
 def test_folder_reads_pngs_and_jpegs_recursively(image_folder):

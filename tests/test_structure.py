@@ -111,3 +111,21 @@ def test_every_module_has_an_api_page_in_the_site():
              and (not os.path.exists(os.path.join(root, "docs", "api", f"{m}.md"))
                   or f"api/{m}.md" not in nav)]
   assert not missing, f"add docs/api/<module>.md (::: fdrl_jax.<module>) and a nav line: {missing}"
+
+
+def test_test_files_share_helpers_not_each_other():
+  """What several test files use lives in tests/helpers.py (or a helper module such as
+  torch_format), never in another test file."""
+  tests = os.path.dirname(os.path.abspath(__file__))
+  borrowed = {}
+  for name in sorted(os.listdir(tests)):
+    if name.startswith("test_") and name.endswith(".py"):
+      with open(os.path.join(tests, name)) as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        sources = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                   else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+        if any(s.split(".")[-1].startswith("test_") for s in sources + names):
+          borrowed.setdefault(name, []).append(ast.unparse(node))
+  assert not borrowed, f"move these into tests/helpers.py: {borrowed}"

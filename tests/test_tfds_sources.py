@@ -12,7 +12,7 @@ from fdrl_jax.datasets import TFDS_PRESETS, build_dataset
 from fdrl_jax.readers import folder_dataset
 from fdrl_jax.tfds_build import build_image_folders
 from fdrl_jax.tfds_sources import tfds_dataset
-from tests.test_readers import assert_images, write_images
+from helpers import assert_images, write_images
 
 PRESET_SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "celeb_a": (64, 64, 3),
                  "lsun_church": (128, 128, 3)}
