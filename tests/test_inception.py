@@ -458,6 +458,30 @@ def test_fid_eval_end_to_end(weights_file, tmp_path):
 
 
 @pytest.mark.slow
+def test_tfds_preset_run_scores_fid_kid_pr(weights_file, tmp_path):
+  """--mode=eval of a run on a tfds preset (CIFAR10's, on tfds' mock data) with FID, KID and
+  precision/recall: the reference statistics come from the run's own tfds training split."""
+  import tensorflow_datasets as tfds
+
+  from configs import cifar10
+  from fdrl_jax import run_lib
+  from helpers import tiny_digits_config
+  config = tiny_digits_config(2, cifar10.get_config())
+  config.data.batch_size, config.data.max_fit_samples, config.prior.rank = 4, 8, 4
+  config.model.name = "conv"  # the paper's ResNet is exercised by test_configs; keep this light
+  config.eval.inception_weights, config.eval.metrics = str(weights_file), "fid,kid,pr"
+  config.eval.num_samples, config.eval.num_reference = 6, 6
+  with tfds.testing.mock_data(num_examples=8):
+    run_lib.train_and_evaluate(config, str(tmp_path))
+    result = modes.evaluate_to_file(config, str(tmp_path))
+  (row,) = result["rows"]
+  assert result["num_samples"] == 6 and result["num_reference"] == 6
+  assert all(np.isfinite(row[k]) for k in ("fid", "fid_prior", "kid", "kid_prior"))
+  assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+  assert (tmp_path / "fid_stats_cifar10_6.npz").exists()
+
+
+@pytest.mark.slow
 def test_cat2dog_translation_fid_eval_on_generated_folders(weights_file, tmp_path):
   """Table 3's protocol with FID: translated test cats vs test dogs, beside the untranslated."""
   from fdrl_jax import run_lib
