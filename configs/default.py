@@ -173,7 +173,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.inception_weights = ""  # fid: .npz of the FID Inception (inception_weights.py)
   config.eval.num_reference = 10_000  # fid: training images behind the cached statistics (0: all)
   config.eval.fast = False            # True: 1 000 samples against 10 000 training images (quick,
-                                      # biased FID of a run in progress)
+                                      # biased FID of a run in progress; KID beside it by default)
   config.eval.batch_size = 0          # particles per sampling call (0: data.batch_size)
   config.eval.metrics = ""            # comma-separated: eval.metric's family (fid | fd_digits |
                                       # fd_mnist | mmd) and kid, is, pr ("": eval.metric alone)

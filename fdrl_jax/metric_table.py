@@ -70,8 +70,9 @@ METRICS: dict[str, Scores] = {
   "is": _inception_score,
   "pr": _precision_recall,
 }
-# The families: eval.metric, whose extractor every metric of the list uses.
-FAMILIES = ("fd_digits", "fd_mnist", "fid", "mmd")
+# The families: eval.metric, whose extractor every metric of the list uses; the Fréchet ones.
+FRECHET = ("fd_digits", "fd_mnist", "fid")
+FAMILIES = (*FRECHET, "mmd")
 # Metrics that need the feature rows, or the class logits.
 NEEDS_ROWS, NEEDS_LOGITS = {"mmd", "kid", "pr"}, {"is"}
 # The data sets each family applies to, and how to say so.
@@ -99,9 +100,14 @@ def parse_lengths(text: str, setting: str = "--config.eval.flow_lengths") -> tup
 
 
 def metric_names(config: ml_collections.ConfigDict) -> list[str]:
-  """``eval.metrics`` as a list (default ``[eval.metric]``), checked (one-line ValueErrors)."""
-  family = config.eval.metric
-  names = [n.strip() for n in config.eval.get("metrics", "").split(",") if n.strip()] or [family]
+  """``eval.metrics`` as a list, checked (one-line ValueErrors). Default ``[eval.metric]``; with
+  ``eval.fast`` (and the reference's feature rows at hand: no ``eval.reference_stats`` file), a
+  Fréchet family's 1 000 samples also get KID, which unlike the Fréchet distance is unbiased at
+  that size."""
+  family, e = config.eval.metric, config.eval
+  fast_kid = e.get("fast", False) and family in FRECHET and not e.get("reference_stats", "")
+  default = [family, "kid"] if fast_kid else [family]
+  names = [n.strip() for n in config.eval.get("metrics", "").split(",") if n.strip()] or default
   for name in names:
     registry.lookup(METRICS, name, "--config.eval.metrics")
     if name in FAMILIES and name != family:

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from fdrl_jax import features, loading, modes, run_lib, sampling, scores
+from configs import cifar10, toy2d
+from fdrl_jax import features, loading, metric_table, modes, run_lib, sampling, scores
 from helpers import tiny_classifier_config, tiny_digits_config, tiny_gan_config
 
 
@@ -85,6 +86,20 @@ def test_unknown_or_foreign_metrics_are_one_line(runs):
     evaluate(fdrl_config(), runs["fdrl"], metrics="fid")
   with pytest.raises(ValueError, match="flow_lengths='2,x' must be comma-separated step counts"):
     evaluate(fdrl_config(), runs["fdrl"], flow_lengths="2,x")
+
+
+def test_fast_evaluation_reports_kid_beside_the_frechet_distance():
+  config = cifar10.get_config()
+  assert metric_table.metric_names(config) == ["fid"]
+  config.eval.fast = True  # 1 000 samples: FID is biased there, KID is not
+  assert metric_table.metric_names(config) == ["fid", "kid"]
+  config.eval.metrics = "fid,pr"  # a list given is the list scored
+  assert metric_table.metric_names(config) == ["fid", "pr"]
+  config.eval.metrics, config.eval.reference_stats = "", "published_mu_sigma.npz"
+  assert metric_table.metric_names(config) == ["fid"]  # such a file holds no feature rows
+  toy = toy2d.get_config("8gaussians")
+  toy.eval.fast = True
+  assert metric_table.metric_names(toy) == ["mmd"]
 
 
 def test_gan_refinement_rows_before_and_after(runs):
