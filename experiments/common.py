@@ -18,7 +18,9 @@ import jax
 import numpy as np
 
 from fdrl_jax.configs import digits, mnist
-from fdrl_jax import datasets, features, files, images, modes, run_lib, sampling, scores
+from fdrl_jax import (datasets, features, files, images, metric_table, modes, run_lib, sampling,
+                      scores)
+from fdrl_jax.features import FeatureSet
 
 # Where every experiment writes by default (--out).
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
@@ -127,10 +129,9 @@ def feature_scores(x: np.ndarray, reference: np.ndarray, judge: features.Classif
   """KID (mean, std) and precision/recall (k = 3) of ``x`` against ``reference`` on the digit
   classifier ``judge``'s features: the scores ``eval.metrics=kid,pr`` gives, for a classifier
   that an experiment trained itself."""
-  a, b = judge.features(x), judge.features(reference)
-  kid, kid_std = scores.kernel_inception_distance(a, b)
-  precision, recall = scores.precision_recall(a, b)
-  return {"kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall}
+  sets = [FeatureSet(*scores.feature_statistics(rows), len(rows), features=rows)
+          for rows in (judge.features(x), judge.features(reference))]
+  return metric_table.score(["kid", "pr"], *sets)
 
 
 def flow_length_curve(config, workdir: str, lengths: list[int], score=None

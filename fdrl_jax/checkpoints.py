@@ -59,7 +59,6 @@ def checkpoint_write(workdir: str, step: int, last_good: int | None):
     except Exception as e:  # noqa: BLE001 — whatever Orbax / TensorStore raise for a failed write
       error, where = e, workdirs.log_error(workdir, e)  # the trace first, while there is room
       workdirs.note_orbax_failure(workdir)
-      workdirs.await_failed_callbacks()
   if error is not None:
     kept = (
       f"the checkpoint of step {last_good} is intact"

@@ -107,7 +107,7 @@ def metric_names(config: ml_collections.ConfigDict) -> list[str]:
   family, e = config.eval.metric, config.eval
   fast_kid = e.get("fast", False) and family in FRECHET and not e.get("reference_stats", "")
   default = [family, "kid"] if fast_kid else [family]
-  names = [n.strip() for n in config.eval.get("metrics", "").split(",") if n.strip()] or default
+  names = [n.strip() for n in e.get("metrics", "").split(",") if n.strip()] or default
   for name in names:
     registry.lookup(METRICS, name, "--config.eval.metrics")
     if name in FAMILIES and name != family:

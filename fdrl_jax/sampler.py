@@ -100,8 +100,9 @@ def split_sampler(
   """A ``Sampler`` from a pure ``fn``: the one way a sampler is made (a method's own samplers,
   ``methods.Method.samplers``, use it too). Jits ``fn(state, key, n | x, *extra)`` with its
   particles split over "data" (``fn`` constrains its start with ``shard``) and wraps it to pad n
-  to the devices and gather the result to every process (``Sampler``). ``extra`` arguments are traced, not compiled in. With
-  ``lengths``, ``fn`` returns (len(lengths), n, ...): the particle axis is the second."""
+  to the devices and gather the result to every process (``Sampler``). ``extra`` arguments are
+  traced, not compiled in. With ``lengths``, ``fn`` returns (len(lengths), n, ...): the particle
+  axis is the second."""
   n_dev = mesh.devices.size
   sharding = (
     parallel.particles(mesh)

@@ -226,9 +226,12 @@ def _watch_orbax(workdir: str) -> None:
 
 
 def note_orbax_failure(workdir: str) -> None:
-  """Records that an Orbax read or write failed in ``workdir`` (``quiet_late_reports``)."""
+  """Records that an Orbax read or write failed in ``workdir`` (``quiet_late_reports``) and gives
+  TensorStore's callbacks of the failure a second to report while the standard error is still
+  captured (``stderr_to_log``); later ones reach ``_late_report_hook``."""
   _watch_orbax(workdir)
   _ORBAX_FAILED[:] = [True]
+  time.sleep(1.0)
 
 
 def quiet_late_reports() -> None:
@@ -238,12 +241,6 @@ def quiet_late_reports() -> None:
   if _ORBAX_FAILED:
     sys.stderr.flush()
     os.dup2(os.open(_ORBAX_LOG[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), 2)
-
-
-def await_failed_callbacks() -> None:
-  """Gives TensorStore's callbacks of a failed read or write a second to report while the standard
-  error is still captured (``stderr_to_log``); later ones reach ``_late_report_hook``."""
-  time.sleep(1.0)
 
 
 @contextlib.contextmanager
@@ -270,7 +267,6 @@ def stderr_to_log(workdir: str) -> Iterator[None]:
     finally:
       if failed:
         note_orbax_failure(workdir)
-        await_failed_callbacks()
       gc.collect()  # futures that failed unobserved report themselves when collected
       sys.stderr.flush()
       os.dup2(saved, 2)

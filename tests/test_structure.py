@@ -123,9 +123,12 @@ def test_test_files_share_helpers_not_each_other():
       with open(os.path.join(tests, name)) as f:
         tree = ast.parse(f.read())
       for node in ast.walk(tree):
-        sources = ([node.module or ""] if isinstance(node, ast.ImportFrom)
-                   else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-        names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
-        if any(s.split(".")[-1].startswith("test_") for s in sources + names):
+        if isinstance(node, ast.ImportFrom):  # from tests.test_x import y, from tests import test_x
+          modules = [node.module or "", *(a.name for a in node.names)]
+        elif isinstance(node, ast.Import):
+          modules = [a.name for a in node.names]
+        else:
+          continue
+        if any(m.split(".")[-1].startswith("test_") for m in modules):
           borrowed.setdefault(name, []).append(ast.unparse(node))
   assert not borrowed, f"move these into tests/helpers.py: {borrowed}"
